@@ -1,0 +1,5 @@
+import sys
+
+from irlnb.cli import main
+
+sys.exit(main())

