@@ -1,0 +1,34 @@
+# The two commands of the README: `make figures` and `make test`. Both start from python3 + pip.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PARAMS ?= params/default.yaml
+# pip's local extra indexes on these machines print one warning per package; keep the log readable.
+PIP_QUIET := 2>&1 | grep -v "^WARNING: Location" || true
+
+.PHONY: setup figures test bench check clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt $(PIP_QUIET)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . $(PIP_QUIET)
+	$(BIN)/python -c "import irlnb, torch, transformers, trl, papermill, profanity_check"
+	$(BIN)/irlnb fetch
+	touch $@
+
+figures: setup
+	$(BIN)/irlnb run $(PARAMS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/irlnb bench
+
+check: setup
+	$(BIN)/irlnb check $(PARAMS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,46 @@
+"""Shared fixtures: the repo, params files rewritten into a temporary runs dir, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PARAMS = REPO / "params"
+
+# Tests never reach the hub: everything they load is embedded or built in the test.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def write_params(tmp_path: Path, base: str = "smoke.yaml", name: str = "params.yaml", **changes) -> Path:
+    """A copy of params/<base> with its runs_dir in tmp_path and `section.key=value` changes applied."""
+    data = yaml.safe_load((PARAMS / base).read_text())
+    data["run"]["runs_dir"] = str(tmp_path / "runs")
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        data[section][key] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def irlnb_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "irlnb", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """One complete smoke run (stages 01 and 02) shared by the tests that only read it."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    params = write_params(tmp)
+    done = irlnb_cli("run", str(params))
+    assert done.returncode == 0, done.stderr
+    return tmp / "runs" / "smoke"

@@ -1,0 +1,55 @@
+"""A hub source that cannot be reached fails fast, with one line naming the embedded alternative."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from irlnb.sources import SourceError, check_hub_source, parse_source
+
+from conftest import irlnb_cli, write_params
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback port that accepts connections and never answers (a hung hub)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.fixture
+def closed_port():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def test_a_hung_hub_fails_within_10_seconds(silent_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", silent_server)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.perf_counter()
+    with pytest.raises(SourceError, match="use the embedded alternative embedded:tox-block"):
+        check_hub_source(parse_source("hub:s-nlp/roberta_toxicity_classifier", "toxicity_classifier"))
+    assert time.perf_counter() - started < 10
+
+
+def test_run_with_an_unreachable_hub_exits_with_one_line_and_writes_nothing(closed_port, tmp_path):
+    params = write_params(tmp_path, sources__policy="hub:EleutherAI/pythia-70m")
+    started = time.perf_counter()
+    done = irlnb_cli("run", str(params), env={"HF_ENDPOINT": closed_port, "HF_HOME": str(tmp_path / "hf"),
+                                              "HF_HUB_OFFLINE": "0"})
+    assert time.perf_counter() - started < 10 + 5  # + interpreter start-up
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "hub:EleutherAI/pythia-70m: the Hugging Face hub is unreachable" in lines[0]
+    assert "embedded:smollm2-135m-instruct" in lines[0]
+    assert not (tmp_path / "runs").exists()

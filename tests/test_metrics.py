@@ -1,0 +1,54 @@
+"""Metrics and the ground-truth reward against cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from irlnb import metrics
+from irlnb.classifiers import ground_truth_reward
+
+
+def test_roc_auc_hand_cases():
+    # Pairs (pos, neg): (0.35>0.1 yes), (0.35>0.4 no), (0.8>0.1 yes), (0.8>0.4 yes) -> 3/4
+    assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert metrics.roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts one half
+    assert metrics.roc_auc([1, 0, 1], [3, 1, 2]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="needs both classes"):
+        metrics.roc_auc([1, 1], [0.2, 0.3])
+
+
+def test_accuracy_f1_and_confusion_hand_cases():
+    predicted = [1, 1, 0, 0, 1]
+    labels = [1, 0, 0, 1, 1]
+    assert metrics.accuracy(predicted, labels) == pytest.approx(3 / 5)
+    # TP = 2, FP = 1, FN = 1 -> F1 = 2*2 / (2*2 + 1 + 1) = 4/6
+    assert metrics.f1(predicted, labels) == pytest.approx(4 / 6)
+    assert metrics.f1([0, 0], [0, 0]) == 0.0
+    np.testing.assert_array_equal(metrics.confusion(predicted, labels), [[1, 1], [1, 2]])
+
+
+def test_a_reward_of_zero_reads_as_toxic():
+    np.testing.assert_array_equal(metrics.toxic_by_reward([-1.0, 0.0, 0.5]), [True, True, False])
+
+
+def test_ground_truth_reward_is_minus_the_logit():
+    reward = ground_truth_reward(np.array([0.5, 0.9, 0.1]), clip=10)
+    np.testing.assert_allclose(reward, [0.0, -math.log(9), math.log(9)], rtol=1e-12)
+    np.testing.assert_allclose(ground_truth_reward(np.array([0.0, 1.0]), clip=10), [10.0, -10.0])
+    with pytest.raises(ValueError, match="finite probabilities"):
+        ground_truth_reward(np.array([np.nan]), clip=10)
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_data():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 2, 50)
+    large = rng.integers(0, 2, 5000)
+    low, high = metrics.bootstrap_interval(np.mean, small, samples=500, seed=0)
+    assert low <= small.mean() <= high
+    low_l, high_l = metrics.bootstrap_interval(np.mean, large, samples=500, seed=0)
+    assert high_l - low_l < high - low
+    assert metrics.bootstrap_interval(np.mean, small, samples=200, seed=3) == \
+        metrics.bootstrap_interval(np.mean, small, samples=200, seed=3)
