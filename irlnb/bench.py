@@ -1,0 +1,70 @@
+"""`irlnb bench`: speed ratios measured side by side in one process, written to runs/bench.json.
+
+Each ratio compares the way this project does a piece of work with the way the reference code did
+it, on the same inputs, in the same process, one after the other, so that machine load affects
+both alike. Keys are flat `name -> number`; later stages add theirs here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from irlnb import runio
+from irlnb.provenance import provenance
+from irlnb.stages import REPO_ROOT
+
+
+def best_seconds(work, repeats: int = 3) -> float:
+    """The fastest of a few runs: the least disturbed by other processes."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def matmul_peak_gflops(n: int = 1024) -> float:
+    """The machine's fp32 matmul rate at the current thread count (the reference for model work)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeats=10) / 1e9
+
+
+def bench_ground_truth_scoring(n_texts: int = 2000) -> dict[str, float]:
+    """Batched tox-block scoring vs the reference's one-text-at-a-time loop, on real comments."""
+    from irlnb.classifiers import ToxBlockClassifier
+    from irlnb.curate import read_insults
+
+    classifier = ToxBlockClassifier.embedded()
+    comments = read_insults()
+    texts = comments[comments["text"].str.split().str.len() >= 8]["text"].head(n_texts).tolist()
+    classifier.p_toxic(texts[:64])  # warm-up
+    batched = best_seconds(lambda: classifier.p_toxic(texts), repeats=2)
+    started = time.perf_counter()
+    looped = [classifier.p_toxic([text])[0] for text in texts]
+    loop = time.perf_counter() - started
+    same = np.allclose(looped, classifier.p_toxic(texts), atol=1e-5)
+    if not same:
+        raise AssertionError("batched and one-at-a-time scores differ: padding leaks into the result")
+    return {"gt_score.batched_vs_loop": loop / batched, "gt_score.texts_per_s": len(texts) / batched,
+            "gt_score.loop_texts_per_s": len(texts) / loop, "gt_score.n_texts": float(len(texts))}
+
+
+def run_bench(threads: int = 1, out: str | Path = "runs/bench.json") -> dict[str, float]:
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    results = {"bench.torch_threads": float(threads), "matmul.peak_gflops": matmul_peak_gflops()}
+    results.update(bench_ground_truth_scoring())
+    results["bench.total_s"] = time.perf_counter() - started
+    out = Path(out) if Path(out).is_absolute() else REPO_ROOT / out
+    merged = {**runio.read_json(out, default={}), **results}  # keep other stages' keys
+    runio.write_json_atomic(out, merged)
+    runio.write_json_atomic(out.with_suffix(".manifest.json"), provenance(REPO_ROOT))
+    for name, value in sorted(results.items()):
+        print(f"{name}: {value:.4g}")
+    return results

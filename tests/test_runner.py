@@ -1,0 +1,108 @@
+"""The runner on the smoke params: papermill runs, manifest and metrics, skip, refusal, --force, kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from irlnb.stages import STAGES
+
+from conftest import REPO, irlnb_cli, write_params
+
+STAGE_NAMES = [stage.name for stage in STAGES]
+
+
+def test_a_run_writes_notebooks_metrics_manifest_and_figures(smoke_run):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    for key in ("curate.n_train", "gt.auc_human", "gt.accuracy_human", "gt.f1_human", "gt.evaluator_spearman",
+                "gt.auc_human_ci_low", "gt.all.auc_human", "timing.total_s", "timing.01_curate_s"):
+        assert key in metrics and math.isfinite(metrics[key]), key
+    # the real classifier separates real insults from non-insults far better than chance
+    assert metrics["gt.auc_human"] > 0.7
+    assert metrics["gt.auc_human_ci_low"] <= metrics["gt.auc_human"] <= metrics["gt.auc_human_ci_high"]
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    assert manifest["params"]["run"]["name"] == "smoke"
+    assert set(manifest["stages"]) == set(STAGE_NAMES)
+    assert manifest["git"]["commit"] and manifest["packages"]["torch"].startswith("2.13.0")
+    assert manifest["hardware"]["cpu_count"] >= 1
+    for stage in STAGES:
+        assert (smoke_run / "notebooks" / stage.notebook).is_file()
+        assert (smoke_run / "stages" / f"{stage.name}.json").is_file()
+    for figure in ("curation", "gt_reward_distribution", "gt_confusion"):
+        for ext in ("png", "pdf"):
+            assert (smoke_run / "figures" / f"{figure}.{ext}").stat().st_size > 1000
+
+
+def test_executed_notebooks_carry_the_injected_parameters(smoke_run):
+    import nbformat
+
+    notebook = nbformat.read(smoke_run / "notebooks" / "01_curate.ipynb", as_version=4)
+    injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "n_per_class = 60" in injected[0].source
+
+
+def _copy_run(smoke_run, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke_run, runs / "smoke")
+    return runs / "smoke"
+
+
+def test_rerun_skips_and_changed_params_are_refused_without_force(smoke_run, tmp_path):
+    run_dir = _copy_run(smoke_run, tmp_path)
+    metrics_before = (run_dir / "metrics.json").read_bytes()
+    params = write_params(tmp_path)
+    done = irlnb_cli("run", str(params))
+    assert done.returncode == 0 and "nothing to do" in done.stdout
+    assert (run_dir / "metrics.json").read_bytes() == metrics_before
+
+    changed = write_params(tmp_path, name="changed.yaml", ground_truth__reward_clip=5.0)
+    done = irlnb_cli("run", str(changed))
+    assert done.returncode == 2
+    assert "stage 02_ground_truth_rm already finished with other settings; rerun with --force" in done.stderr
+    assert (run_dir / "metrics.json").read_bytes() == metrics_before
+
+    done = irlnb_cli("run", str(changed), "--force", "--only", "02_ground_truth_rm")
+    assert done.returncode == 0, done.stderr
+    assert "01_curate" not in done.stdout  # only the asked stage ran
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["params"]["ground_truth"]["reward_clip"] == 5.0
+
+
+def test_only_refuses_a_stage_whose_inputs_are_missing(tmp_path):
+    params = write_params(tmp_path)
+    done = irlnb_cli("run", str(params), "--only", "02_ground_truth_rm")
+    assert done.returncode == 2
+    assert "stage 02_ground_truth_rm needs 01_curate, which is not complete" in done.stderr
+
+
+def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
+    params = write_params(tmp_path)
+    run_dir = tmp_path / "runs" / "smoke"
+    first_marker = run_dir / "stages" / "01_curate.json"
+    process = subprocess.Popen([sys.executable, "-m", "irlnb", "run", str(params)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while not first_marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert first_marker.exists(), "stage 01 never finished"
+    time.sleep(1.0)  # stage 02 is now starting its kernel or scoring
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "stages" / "02_ground_truth_rm.json").exists()
+    curate_marker = first_marker.read_bytes()
+
+    done = irlnb_cli("run", str(params))
+    assert done.returncode == 0, done.stderr
+    assert "[1/1] 02_ground_truth_rm" in done.stdout  # 01 was kept, 02 redone
+    assert first_marker.read_bytes() == curate_marker
+    assert (run_dir / "stages" / "02_ground_truth_rm.json").exists()
+    assert "gt.auc_human" in json.loads((run_dir / "metrics.json").read_text())
