@@ -43,7 +43,7 @@ class ToxBlockClassifier:
 
         return cls(ToxBlock.from_dir(asset_path("tox-block") / "tox_block" / "trained_models"))
 
-    def p_toxic(self, texts, batch_size: int = 512) -> np.ndarray:
+    def p_toxic(self, texts, batch_size: int = 128) -> np.ndarray:
         from irlnb.toxblock import HEADS
 
         texts = _check_texts(texts)

@@ -85,7 +85,7 @@ class CurateSettings:
 class GroundTruthSettings:
     """Notebook 02: the ground-truth reward R*(x) = -logit p_toxic(x)."""
 
-    score_batch_size: int = setting(512, doc="texts per batch when scoring with the classifier", ge=1)
+    score_batch_size: int = setting(128, doc="texts per batch when scoring with the classifier", ge=1)
     reward_clip: float = setting(10.0, doc="|R*| is clamped to this (nats of log-odds)", gt=0.0)
     bootstrap_samples: int = setting(1000, doc="bootstrap resamples for 95% intervals of the metrics", ge=100)
 

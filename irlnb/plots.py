@@ -9,20 +9,21 @@ import seaborn as sns
 
 from irlnb import metrics
 
-LABEL_NAMES = {0: "non-toxic (human)", 1: "toxic (human)"}
+LABEL_NAMES = {0: "non-toxic", 1: "toxic"}
+LABEL = "human label"
 PALETTE = {LABEL_NAMES[0]: "#4C72B0", LABEL_NAMES[1]: "#C44E52"}
 
 
 def curation_figure(curated: pd.DataFrame) -> plt.Figure:
     """Comment, prompt and continuation lengths by label, and the label counts per split."""
-    frame = curated.assign(label_name=curated["label"].map(LABEL_NAMES))
+    frame = curated.assign(**{LABEL: curated["label"].map(LABEL_NAMES)})
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for ax, column, title in zip(axes, ("n_words", "prompt_words", "continuation_words"),
                                  ("comment", "prompt", "original continuation")):
-        sns.histplot(frame, x=column, hue="label_name", palette=PALETTE, element="step", ax=ax, bins=25)
+        sns.histplot(frame, x=column, hue=LABEL, palette=PALETTE, element="step", ax=ax, binwidth=2)
         ax.set(title=f"{title} length", xlabel="words")
-    counts = frame.groupby(["split", "label_name"]).size().rename("comments").reset_index()
-    sns.barplot(counts, x="split", y="comments", hue="label_name", palette=PALETTE, ax=axes[3],
+    counts = frame.groupby(["split", LABEL]).size().rename("comments").reset_index()
+    sns.barplot(counts, x="split", y="comments", hue=LABEL, palette=PALETTE, ax=axes[3],
                 order=["train", "validation", "test"])
     axes[3].set(title="comments per split")
     fig.tight_layout()
@@ -31,13 +32,13 @@ def curation_figure(curated: pd.DataFrame) -> plt.Figure:
 
 def reward_distribution_figure(scores: pd.DataFrame, classifier_name: str) -> plt.Figure:
     """The paper's Figure 2: R* split by human label, and mean R* by label."""
-    frame = scores.assign(label_name=scores["label"].map(LABEL_NAMES))
+    frame = scores.assign(**{LABEL: scores["label"].map(LABEL_NAMES)})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
-    sns.histplot(frame, x="reward", hue="label_name", palette=PALETTE, element="step", bins=40, ax=left)
+    sns.histplot(frame, x="reward", hue=LABEL, palette=PALETTE, element="step", bins=40, ax=left)
     left.axvline(0, color="black", lw=0.8, ls="--")
     left.set(title=f"R* = -logit p_toxic ({classifier_name}) on prompt + original continuation",
              xlabel="R* (> 0: non-toxic)")
-    sns.barplot(frame, x="label_name", y="reward", hue="label_name", palette=PALETTE, errorbar=("ci", 95), ax=right)
+    sns.barplot(frame, x=LABEL, y="reward", hue=LABEL, palette=PALETTE, errorbar=("ci", 95), ax=right)
     right.axhline(0, color="black", lw=0.8)
     right.set(title="mean R* by human label (95% CI)", xlabel="", ylabel="mean R*")
     fig.tight_layout()

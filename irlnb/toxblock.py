@@ -128,7 +128,7 @@ class KerasTokenizer:
 
 def _hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
     """Keras 2's hard_sigmoid, clip(0.2 x + 0.5, 0, 1); Keras 3 and torch use other slopes."""
-    return (x * 0.2 + 0.5).clamp_(0.0, 1.0)
+    return torch.add(0.5, x, alpha=0.2).clamp_(0.0, 1.0)
 
 
 _RECURRENT_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -212,25 +212,77 @@ class ToxBlock(torch.nn.Module):
         """Token ids [n, 100] exactly as tox-block's encoder makes them."""
         return torch.from_numpy(self.tokenizer.encode(texts))
 
+    def _input_table(self) -> torch.Tensor:
+        """Input projection of every vocabulary entry, [2, V, 4u]: a step's input is then a lookup.
+
+        The embedding is frozen, so E @ W + b is the same for every call; it is computed once.
+        """
+        if getattr(self, "_table", None) is None or self._table.device != self.embedding.device:
+            self._table = torch.baddbmm(self.bias, self.embedding.expand(2, -1, -1), self.kernel)
+        return self._table
+
+    def _step(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One LSTM step from the pre-activations z (gates i, f, c, o) and the cell state c."""
+        u = self.units
+        gates = self._gate(z)  # i, f and o read from this; the c slice is replaced by tanh below
+        c = torch.addcmul(gates[..., u:2 * u] * c, gates[..., :u], torch.tanh(z[..., 2 * u:3 * u]))
+        return gates[..., 3 * u:] * torch.tanh(c), c
+
+    def _padding_trajectory(self, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward-LSTM states over a run of padding tokens: h, c and running max after k pads.
+
+        Inputs are padded at the front (Keras 'pre'), so before its first real token every
+        sequence's forward LSTM has seen only pads: its state there is this shared trajectory.
+        """
+        cached = getattr(self, "_pad_cache", None)
+        if cached is not None and cached[0].shape[0] == steps + 1 and cached[0].device == self.embedding.device:
+            return cached
+        u = self.units
+        z_pad = self._input_table()[0, 0]
+        h, c = z_pad.new_zeros(1, u), z_pad.new_zeros(1, u)
+        hs, cs, maxima = [h], [c], [z_pad.new_full((1, u), -torch.inf)]
+        for _ in range(steps):
+            h, c = self._step(z_pad + h @ self.recurrent_kernel[0], c)
+            hs.append(h)
+            cs.append(c)
+            maxima.append(torch.maximum(maxima[-1], h))
+        self._pad_cache = (torch.cat(hs), torch.cat(cs), torch.cat(maxima))
+        return self._pad_cache
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Sigmoid probabilities [n, 6] (float32) for padded token ids [n, 100]."""
+        """Sigmoid probabilities [n, 6] (float32) for padded token ids [n, 100].
+
+        Exact, but cheaper than running both directions over all 100 steps: the forward direction
+        starts at the batch's first real token from the shared padding trajectory (see
+        `_padding_trajectory`); the backward direction, which meets the pads last, runs every step.
+        """
         if token_ids.dim() != 2:
             raise ValueError(f"token_ids must be [n, length], got shape {tuple(token_ids.shape)}")
         n, steps = token_ids.shape
         u = self.units
         # Time-major ids, the backward direction's reversed: Keras runs that LSTM on the reversed sequence.
         ids = token_ids.t()
-        x = torch.nn.functional.embedding(torch.stack([ids, ids.flip(0)]), self.embedding)  # [2, T, n, 50]
-        # Input projections of every time step in one matmul per direction.
-        z_in = torch.baddbmm(self.bias, x.view(2, steps * n, -1), self.kernel).view(2, steps, n, 4 * u)
-        h = x.new_zeros(2, n, u)
-        c = x.new_zeros(2, n, u)
-        pooled = x.new_full((2, n, u), -torch.inf)
-        for t in range(steps):
-            z = torch.baddbmm(z_in[:, t], h, self.recurrent_kernel)             # gates i, f, c, o
-            i, f, o = self._gate(z[..., :u]), self._gate(z[..., u:2 * u]), self._gate(z[..., 3 * u:])
-            c = f * c + i * torch.tanh(z[..., 2 * u:3 * u])
-            h = o * torch.tanh(c)
+        z_in = self._input_table()[torch.arange(2).view(2, 1, 1), torch.stack([ids, ids.flip(0)])]  # [2, T, n, 4u]
+        first_real = steps - (token_ids != 0).sum(dim=1)            # index of each sequence's first token
+        start = int(first_real.min()) if n else steps
+        pad_h, pad_c, pad_max = self._padding_trajectory(steps)
+        # Backward direction alone while the whole batch is still in its padding (forward time).
+        h_b, c_b = z_in.new_zeros(n, u), z_in.new_zeros(n, u)
+        pooled_b = z_in.new_full((n, u), -torch.inf)
+        for t in range(start):
+            h_b, c_b = self._step(torch.addmm(z_in[1, t], h_b, self.recurrent_kernel[1]), c_b)
+            pooled_b = torch.maximum(pooled_b, h_b)
+        # Then both directions in one batched matmul per step.
+        h = torch.stack([pad_h[start].expand(n, u), h_b])
+        c = torch.stack([pad_c[start].expand(n, u), c_b])
+        pooled = torch.stack([pad_max[start].expand(n, u), pooled_b])
+        for t in range(start, steps):
+            h, c = self._step(torch.baddbmm(z_in[:, t], h, self.recurrent_kernel), c)
+            still_padding = first_real > t
+            if still_padding.any():  # sequences shorter than the batch's longest keep the pad states
+                keep = still_padding.view(n, 1)
+                h[0] = torch.where(keep, pad_h[t + 1], h[0])
+                c[0] = torch.where(keep, pad_c[t + 1], c[0])
             # GlobalMaxPool1D over time is order-free, so Keras re-reversing the backward outputs
             # (return_sequences=True) does not matter: a running max of each direction suffices.
             pooled = torch.maximum(pooled, h)
@@ -238,14 +290,16 @@ class ToxBlock(torch.nn.Module):
         hidden = torch.relu(features @ self.dense_kernel + self.dense_bias)
         return torch.sigmoid(hidden @ self.out_kernel + self.out_bias)
 
-    def predict_proba(self, texts: list[str], batch_size: int = 512) -> np.ndarray:
-        """Probabilities [n, 6] for raw texts (tox-block's rescale=False), in batches."""
+    def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """Probabilities [n, 6] for raw texts (tox-block's rescale=False), in length-sorted batches."""
         ids = self.encode(texts)
+        out = torch.zeros(len(ids), len(HEADS))
+        # Similar lengths together: each batch's forward pass starts at its longest text's first token.
+        order = torch.argsort((ids != 0).sum(dim=1), stable=True)
         self.eval()
         device = self.embedding.device
         with torch.inference_mode():
-            parts = [self(ids[start:start + batch_size].to(device)).cpu()
-                     for start in range(0, len(ids), batch_size)]
-        if not parts:
-            return np.zeros((0, len(HEADS)), dtype=np.float32)
-        return torch.cat(parts).numpy()
+            for start in range(0, len(ids), batch_size):
+                index = order[start:start + batch_size]
+                out[index] = self(ids[index].to(device)).cpu()
+        return out.numpy()
