@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PARAMS ?= params/default.yaml
+# pipefail: a failing pip stops make even though its output goes through the filter below.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 # pip's local extra indexes on these machines print one warning per package; keep the log readable.
-PIP_QUIET := 2>&1 | grep -v "^WARNING: Location" || true
+PIP_QUIET := 2>&1 | (grep -v "^WARNING: Location" || true)
 
 .PHONY: setup figures test bench check clean-venv
 
