@@ -1,0 +1,56 @@
+"""Batched continuations of prompts: length-sorted, left-padded, with the KV cache of `generate`.
+
+Used for the policy evaluation (notebook 03) and the IRL demonstrations (notebook 04). Sorting by
+prompt length keeps padding small; left padding keeps every prompt's last token at the end, where
+generation continues. The result is in the caller's order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How continuations are drawn."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False  # False = greedy, the paper's decoding for evaluation and demonstrations
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k cut (the paper's RLHF sampling used 30)
+    top_p: float = 1.0
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p)
+        return kwargs
+
+
+def generate_continuations(model, tokenizer, prompts: list[str], decoding: Decoding,
+                           batch_size: int = 32, seed: int = 0, max_prompt_tokens: int | None = None) -> list[str]:
+    """One continuation per prompt (the new text only, special tokens removed)."""
+    if tokenizer.padding_side != "left":
+        raise ValueError("generation needs a left-padding tokenizer (see irlnb.models.prepare_tokenizer)")
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    if max_prompt_tokens is not None:
+        encoded = [ids[-max_prompt_tokens:] for ids in encoded]  # keep the end: it is what gets continued
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("an empty prompt cannot be continued")
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    device = next(model.parameters()).device
+    out: list[str] = [""] * len(encoded)
+    generator_seed = seed
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt").to(device)
+            torch.manual_seed(generator_seed + start)  # sampled decoding is reproducible per batch
+            tokens = model.generate(**batch, **decoding.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
+            new = tokens[:, batch["input_ids"].shape[1]:]
+            for i, text in zip(index, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                out[i] = text
+    return out

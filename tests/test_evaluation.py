@@ -1,0 +1,71 @@
+"""Policy evaluation pieces on hand-computed cases and on the tiny offline GPT-NeoX."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from irlnb.evaluation import distinct_n, perplexity, toxicity_summary
+from irlnb.generation import Decoding, generate_continuations
+from irlnb.sources import load_policy
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_policy("embedded:tiny-gpt-neox")
+
+
+def test_distinct_2_hand_case():
+    # bigrams: (a b) (b a) (a b) | (a b) -> 4 bigrams, 2 distinct
+    assert distinct_n(["a b a b", "a b"], n=2) == pytest.approx(2 / 4)
+    assert distinct_n(["one", ""], n=2) == 0.0
+    assert distinct_n(["x y z"], n=1) == 1.0
+
+
+def test_toxicity_summary_hand_case():
+    values = toxicity_summary([0.9, 0.1, 0.6, 0.2], prefix="rlhf.base.", samples=200, seed=0)
+    assert values["rlhf.base.toxicity_ratio"] == pytest.approx(0.5)  # 0.9 and 0.6 are > 0.5
+    assert values["rlhf.base.toxicity_mean"] == pytest.approx(0.45)
+    assert values["rlhf.base.toxicity_ratio_ci_low"] <= 0.5 <= values["rlhf.base.toxicity_ratio_ci_high"]
+    with pytest.raises(ValueError, match="no continuations"):
+        toxicity_summary([], prefix="x.", samples=10, seed=0)
+
+
+def test_perplexity_equals_the_exponentiated_token_loss(tiny):
+    model, tokenizer = tiny
+    texts = ["You are such an idiot", "What a lovely thoughtful comment, thank you"]
+    expected_nll, expected_tokens = 0.0, 0
+    for text in texts:  # one text at a time: no padding involved
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            loss = model(ids, labels=ids).loss
+        expected_nll += float(loss) * (ids.shape[1] - 1)
+        expected_tokens += ids.shape[1] - 1
+    assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(math.exp(expected_nll / expected_tokens), rel=1e-4)
+
+
+def test_batched_greedy_generation_matches_one_prompt_at_a_time(tiny):
+    model, tokenizer = tiny
+    prompts = ["You are such a", "The council voted yesterday to approve the new", "Hi"]
+    decoding = Decoding(max_new_tokens=6)
+    batched = generate_continuations(model, tokenizer, prompts, decoding, batch_size=3)
+    single = [generate_continuations(model, tokenizer, [p], decoding, batch_size=1)[0] for p in prompts]
+    assert batched == single
+    assert all(isinstance(t, str) for t in batched)
+
+
+def test_sampled_generation_is_reproducible_with_a_seed(tiny):
+    model, tokenizer = tiny
+    decoding = Decoding(max_new_tokens=6, do_sample=True, top_k=30)
+    first = generate_continuations(model, tokenizer, ["You are", "I think"], decoding, seed=3)
+    again = generate_continuations(model, tokenizer, ["You are", "I think"], decoding, seed=3)
+    assert first == again
+
+
+def test_empty_prompt_is_refused(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate_continuations(model, tokenizer, ["ok", ""], Decoding(max_new_tokens=2))
