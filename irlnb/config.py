@@ -43,7 +43,7 @@ class RunSettings:
 
     name: str = setting(doc="run directory name under runs_dir (letters, digits, - and _)")
     runs_dir: str = setting("runs", doc="directory holding run directories, relative to the repo root")
-    figures_dir: str = setting("", doc="directory the run's figures are copied to when it completes; '' = none")
+    figures_dir: str = setting("", doc="directory the run's figures are copied to when it completes (empty: none)")
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,40 @@ class GroundTruthSettings:
     bootstrap_samples: int = setting(1000, doc="bootstrap resamples for 95% intervals of the metrics", ge=100)
 
 
+@dataclass(frozen=True)
+class RlhfSettings:
+    """Notebook 03: KL-regularised RLHF of the base policy with TRL, and the evaluation of policies."""
+
+    trainer: str = setting("rloo", doc="TRL trainer: RLOO (REINFORCE, leave-one-out baseline) or GRPO", choices=("rloo", "grpo"))
+    steps: int = setting(40, doc="optimiser steps", ge=1)
+    learning_rate: float = setting(2e-5, doc="AdamW learning rate", gt=0.0)
+    beta: float = setting(0.05, doc="KL coefficient against the starting policy (0: no KL term)", ge=0.0)
+    completions_per_step: int = setting(16, doc="completions sampled per step (a multiple of generations_per_prompt)", ge=2)
+    generations_per_prompt: int = setting(4, doc="completions per prompt (RLOO's leave-one-out group)", ge=2)
+    max_completion_tokens: int = setting(24, doc="longest completion during training, in tokens", ge=1)
+    top_k: int = setting(30, doc="top-k of training samples (0: none; the paper used 30)", ge=0)
+    temperature: float = setting(1.0, doc="sampling temperature during training", gt=0.0)
+    train_prompts: str = setting("toxic", doc="train-split prompts trained on, by human label", choices=("toxic", "all"))
+    lora_rank: int = setting(0, doc="LoRA rank on all linear layers (0: full fine-tuning)", ge=0)
+    checkpoint_steps: int = setting(10, doc="steps between resumable checkpoints", ge=1)
+    reward_batch_size: int = setting(32, doc="texts per batch when a backbone reward scores them", ge=1)
+    random_reward_seed: int = setting(1234, doc="seed of the random linear reward's head", ge=0)
+    reward_pooling: str = setting("last", doc="backbone features of random/learned rewards: last token or token mean", choices=("last", "mean"))
+    reward_layer: int = setting(-1, doc="hidden-state layer the reward reads (-1: the final one)")
+    eval_prompts: int = setting(400, doc="test prompts each policy is evaluated on (at most the test split)", ge=1)
+    eval_max_new_tokens: int = setting(24, doc="tokens generated per evaluation continuation", ge=1)
+    eval_batch_size: int = setting(32, doc="prompts per generation batch in evaluation", ge=1)
+    eval_sampled: bool = setting(True, doc="also evaluate sampled continuations (top_k, temperature), besides greedy")
+    perplexity_texts: int = setting(100, doc="held-out human non-toxic texts for the perplexity (fluency) check", ge=1)
+
+
 SECTIONS: dict[str, type] = {
     "run": RunSettings,
     "compute": ComputeSettings,
     "sources": SourcesSettings,
     "curate": CurateSettings,
     "ground_truth": GroundTruthSettings,
+    "rlhf": RlhfSettings,
 }
 
 
@@ -108,6 +136,7 @@ class Config:
     sources: SourcesSettings
     curate: CurateSettings
     ground_truth: GroundTruthSettings
+    rlhf: RlhfSettings
     path: str = ""  # the file it came from, for messages
 
     def section(self, name: str) -> Any:
@@ -208,6 +237,10 @@ def _check_cross_field(config: Config, path: str) -> None:
 
     if not re.fullmatch(r"[A-Za-z0-9_-]+", config.run.name):
         raise ConfigError(f"{path}: run.name: expected letters, digits, '-' and '_' only, got {config.run.name!r}")
+    r = config.rlhf
+    if r.completions_per_step % r.generations_per_prompt:
+        raise ConfigError(f"{path}: rlhf.completions_per_step: expected a multiple of rlhf.generations_per_prompt "
+                          f"({r.generations_per_prompt}), got {r.completions_per_step}")
     c = config.curate
     if c.max_words < c.min_words:
         raise ConfigError(f"{path}: curate.max_words: expected >= curate.min_words ({c.min_words}), got {c.max_words}")

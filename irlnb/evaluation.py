@@ -57,3 +57,46 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 16) -> floa
     if total_tokens == 0:
         raise ValueError("the texts have no token to predict (each needs at least two tokens)")
     return math.exp(total_nll / total_tokens)
+
+
+def evaluate_policy(model, tokenizer, prompts: list[str], human_texts: list[str], classifier, evaluator,
+                    rlhf, tag: str, samples: int, seed: int):
+    """rlhf.<tag>.* metrics of one policy on held-out prompts, and its continuations as a frame.
+
+    Greedy decoding (the paper's) gives the unprefixed keys; sampled decoding, with the training's
+    top_k and temperature, gives `rlhf.<tag>.sampled.*`.
+    """
+    import pandas as pd
+
+    from irlnb.generation import Decoding, generate_continuations
+
+    decodings = {"greedy": Decoding(rlhf.eval_max_new_tokens)}
+    if rlhf.eval_sampled:
+        decodings["sampled"] = Decoding(rlhf.eval_max_new_tokens, do_sample=True, top_k=rlhf.top_k,
+                                        temperature=rlhf.temperature)
+    values, frames = {}, []
+    for name, decoding in decodings.items():
+        prefix = f"rlhf.{tag}." if name == "greedy" else f"rlhf.{tag}.{name}."
+        continuations = generate_continuations(model, tokenizer, prompts, decoding, batch_size=rlhf.eval_batch_size,
+                                                seed=seed)
+        p_toxic, evaluator_p = classifier.p_toxic(continuations), evaluator.p_toxic(continuations)
+        values.update(toxicity_summary(p_toxic, prefix, samples, seed))
+        values.update(toxicity_summary(evaluator_p, prefix + "evaluator_", samples, seed))
+        values[prefix + "distinct2"] = distinct_n(continuations, 2)
+        values[prefix + "empty_share"] = float(np.mean([not c.strip() for c in continuations]))
+        frames.append(pd.DataFrame({"policy": tag, "decoding": name, "prompt": prompts, "continuation": continuations,
+                                    "p_toxic": p_toxic, "evaluator_p_toxic": evaluator_p}))
+    values[f"rlhf.{tag}.perplexity"] = perplexity(model, tokenizer, human_texts, batch_size=rlhf.eval_batch_size)
+    return values, pd.concat(frames, ignore_index=True)
+
+
+def policy_table(metrics_by_key: dict[str, float], tags: list[str]):
+    """One row per evaluated policy from rlhf.<tag>.* metrics (greedy decoding)."""
+    import pandas as pd
+
+    columns = ["toxicity_ratio", "toxicity_mean", "toxicity_mean_ci_low", "toxicity_mean_ci_high",
+               "evaluator_toxicity_ratio", "evaluator_toxicity_mean", "evaluator_toxicity_mean_ci_low",
+               "evaluator_toxicity_mean_ci_high", "perplexity", "distinct2"]
+    rows = [{"policy": tag, **{c: metrics_by_key.get(f"rlhf.{tag}.{c}", float("nan")) for c in columns}}
+            for tag in tags if f"rlhf.{tag}.toxicity_mean" in metrics_by_key]
+    return pd.DataFrame(rows)

@@ -20,6 +20,16 @@ class StageContext:
     out: Path
     settings: Mapping[str, Any]
 
+    @property
+    def digest(self) -> str:
+        """The stage's settings digest (its own settings and its upstream stages'), as the runner computes it."""
+        from dataclasses import asdict
+
+        from irlnb.runner import digest_from_markers
+
+        settings = {key: value for section in self.settings.values() for key, value in asdict(section).items()}
+        return digest_from_markers(self.run_dir, self.stage, settings)
+
     def __getattr__(self, section: str) -> Any:
         try:
             return self.settings[section]
@@ -49,6 +59,10 @@ def begin_stage(name: str, namespace: Mapping[str, Any]) -> StageContext:
         names = [f.name for f in fields(SECTIONS[section])]
         values = {key: namespace[key] for key in names if key in namespace}
         settings[section] = parse_section(SECTIONS[section], values, f"notebook {stage.notebook}: {section}")
+    for key, value in stage.fixed.items():
+        if namespace.get(key) != value:
+            raise ValueError(f"notebook {stage.notebook}: stage {stage.name} runs with {key}={value!r}, "
+                             f"got {namespace.get(key)!r}; use the stage that fits (irlnb.stages.STAGES)")
     run_dir = Path(namespace["run_dir"]).resolve()
     out = run_dir / stage.output
     out.mkdir(parents=True, exist_ok=True)

@@ -56,3 +56,30 @@ def confusion_figure(predicted_toxic, labels, title: str, predicted_name: str, t
     ax.set(title=title, xlabel=predicted_name, ylabel=true_name)
     fig.tight_layout()
     return fig
+
+
+def rlhf_training_figure(log: pd.DataFrame, title: str) -> plt.Figure:
+    """Training dynamics of one RLHF run, from its saved per-step log."""
+    panels = [("reward_mean", "reward (raw, mean over completions)"), ("kl", "KL to the starting policy"),
+              ("loss", "loss"), ("entropy", "entropy"), ("completion_length", "completion length (tokens)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (column, label) in zip(axes, panels):
+        ax.plot(log["step"], log[column], marker=".", lw=1)
+        if column == "reward_mean" and "reward_std" in log:
+            ax.fill_between(log["step"], log[column] - log["reward_std"], log[column] + log["reward_std"], alpha=0.2)
+        ax.set(title=label, xlabel="step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def toxicity_comparison_figure(table: pd.DataFrame) -> plt.Figure:
+    """Toxicity mean with 95% intervals per policy, by the ground-truth classifier and the evaluator."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=False)
+    for ax, (prefix, label) in zip(axes, (("", "ground-truth classifier"), ("evaluator_", "independent evaluator"))):
+        mean = table[f"{prefix}toxicity_mean"]
+        errors = [mean - table[f"{prefix}toxicity_mean_ci_low"], table[f"{prefix}toxicity_mean_ci_high"] - mean]
+        ax.bar(table["policy"], mean, yerr=errors, capsize=4, color="#8172B2")
+        ax.set(title=f"mean p_toxic of greedy continuations\n({label}, 95% CI)", ylabel="mean p_toxic")
+    fig.tight_layout()
+    return fig

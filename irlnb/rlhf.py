@@ -112,5 +112,160 @@ def train_policy(policy_dir: str | Path, tokenizer, prompts: list[str], reward: 
     trainer = RLOOTrainer(model=str(policy_dir), reward_funcs=reward, args=config,
                           train_dataset=datasets.Dataset.from_dict({"prompt": list(prompts)}),
                           processing_class=tokenizer)
-    trainer.train(resume_from_checkpoint=last_checkpoint(config.output_dir))
+    resume_or_finish(trainer, Path(config.output_dir))
     return trainer
+
+
+# --------------------------------------------------------------------------------------------
+# One RLHF stage: the same code runs in notebook 03 and under `accelerate launch` (irlnb.rlhf_launch)
+
+REWARD_KINDS = ("ground_truth", "learned", "random")
+LEARNED_REWARD_DIR = ("irl", "reward")  # where notebook 04 saves the learned reward, inside the run directory
+NORMALIZER_TEXTS = 256  # train-split texts that fix the reward's scale before training
+
+
+def checkpoint_dir(run_dir: Path, stage_name: str, digest: str) -> Path:
+    """Where a stage's resumable checkpoints live; emptied when the settings changed since they were made.
+
+    It sits outside the stage's output folder (which the runner clears before a redo), so a killed
+    training resumes from its last checkpoint, and only with the settings it was started with.
+    """
+    import shutil
+
+    folder = Path(run_dir) / "checkpoints" / stage_name
+    stamp = folder / "settings_digest.txt"
+    if folder.is_dir() and (not stamp.is_file() or stamp.read_text().strip() != digest):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
+    return folder
+
+
+def make_scorer(kind: str, run_dir: Path, sources, ground_truth, rlhf, device: str) -> TextScorer:
+    """The text reward a policy is trained with: R*, the reward learned by IRL, or a random one."""
+    from irlnb import reward_model
+    from irlnb.sources import load_toxicity_classifier
+
+    if kind == "ground_truth":
+        classifier = load_toxicity_classifier(sources.toxicity_classifier, device=device)
+        return ground_truth_scorer(classifier, ground_truth.reward_clip, ground_truth.score_batch_size)
+    if kind == "random":
+        reward = reward_model.random_reward(sources.policy, rlhf.random_reward_seed, rlhf.reward_pooling,
+                                            rlhf.reward_layer, device=device)
+    elif kind == "learned":
+        reward = reward_model.load_reward(Path(run_dir).joinpath(*LEARNED_REWARD_DIR), device=device)
+    else:
+        raise ValueError(f"reward must be one of {', '.join(REWARD_KINDS)}, got {kind!r}")
+    return lambda texts: reward.score(texts, batch_size=rlhf.reward_batch_size)
+
+
+def training_prompts(curated, rlhf) -> list[str]:
+    train = curated[curated["split"] == "train"]
+    if rlhf.train_prompts == "toxic":
+        train = train[train["label"] == 1]
+    return train["prompt"].tolist()
+
+
+def fit_normalizer(scorer: TextScorer, curated, seed: int) -> Normalizer:
+    """Scale fixed before training: the reward's mean and std on human train texts (prompt + continuation)."""
+    train = curated[curated["split"] == "train"]
+    sample = train.sample(n=min(NORMALIZER_TEXTS, len(train)), random_state=seed)
+    return Normalizer.fit(scorer(sample["text"].tolist()))
+
+
+def trainer_config(output_dir: Path, rlhf, seed: int, device: str):
+    """RLOO (default) or GRPO config from the rlhf settings; GRPO gets the same KL coefficient."""
+    if rlhf.trainer == "rloo":
+        return rloo_config(output_dir, steps=rlhf.steps, learning_rate=rlhf.learning_rate, beta=rlhf.beta,
+                           batch_size=rlhf.completions_per_step, num_generations=rlhf.generations_per_prompt,
+                           max_completion_length=rlhf.max_completion_tokens, top_k=rlhf.top_k,
+                           temperature=rlhf.temperature, save_steps=rlhf.checkpoint_steps, seed=seed,
+                           use_cpu=device == "cpu")
+    from trl import GRPOConfig
+
+    return GRPOConfig(output_dir=str(output_dir), max_steps=rlhf.steps, learning_rate=rlhf.learning_rate,
+                      beta=rlhf.beta, per_device_train_batch_size=rlhf.completions_per_step,
+                      num_generations=rlhf.generations_per_prompt, max_completion_length=rlhf.max_completion_tokens,
+                      top_k=rlhf.top_k, temperature=rlhf.temperature, logging_steps=1, save_strategy="steps",
+                      save_steps=rlhf.checkpoint_steps, report_to="none", seed=seed, use_cpu=device == "cpu",
+                      bf16=False, activation_checkpointing=False, disable_dropout=True)
+
+
+def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind: str, settings, device: str):
+    """Train the base policy of `settings.sources` with the chosen reward; returns (trainer, reward)."""
+    from irlnb.curate import load_curated
+    from irlnb.reward_model import backbone_dir
+    from trl import GRPOTrainer, RLOOTrainer
+
+    import datasets
+
+    curated = load_curated(run_dir)
+    scorer = make_scorer(reward_kind, run_dir, settings.sources, settings.ground_truth, settings.rlhf, device)
+    reward = PolicyReward(scorer, fit_normalizer(scorer, curated, settings.compute.seed), name=reward_kind)
+    prompts = training_prompts(curated, settings.rlhf)
+    output_dir = checkpoint_dir(run_dir, stage_name, digest)
+    config = trainer_config(output_dir, settings.rlhf, settings.compute.seed, device)
+    peft_config = None
+    if settings.rlhf.lora_rank:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=settings.rlhf.lora_rank, lora_alpha=2 * settings.rlhf.lora_rank,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    from irlnb.sources import load_policy
+
+    _, tokenizer = load_policy(settings.sources.policy, device=device)
+    trainer_class = RLOOTrainer if settings.rlhf.trainer == "rloo" else GRPOTrainer
+    trainer = trainer_class(model=str(backbone_dir(settings.sources.policy)), reward_funcs=reward, args=config,
+                            train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
+                            processing_class=tokenizer, peft_config=peft_config)
+    resume_or_finish(trainer, output_dir)
+    return trainer, reward
+
+
+def resume_or_finish(trainer, output_dir: Path) -> None:
+    """Train from the last checkpoint; if that checkpoint already reached max_steps, only load it.
+
+    (transformers' Trainer, resumed at its final step, would run one step more.)
+    """
+    from transformers.trainer_callback import TrainerState
+
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is not None:
+        state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        if state.global_step >= trainer.args.max_steps:
+            trainer._load_from_checkpoint(checkpoint)  # weights (or LoRA adapter) of the finished run
+            trainer.state = state
+            return
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
+LOG_COLUMNS = {"loss": "loss", "reward": "reward_normalised_mean", "reward_std": "reward_normalised_std",
+               "kl": "kl", "entropy": "entropy", "completions/mean_length": "completion_length",
+               "grad_norm": "grad_norm", "step_time": "step_seconds"}
+
+
+def training_log(trainer, reward: PolicyReward):
+    """One row per step: loss, reward (normalised and raw), KL, entropy, completion length, seconds."""
+    import pandas as pd
+
+    rows = [row for row in trainer.state.log_history if "loss" in row and "step" in row]
+    log = pd.DataFrame([{"step": row["step"], **{name: row.get(key) for key, name in LOG_COLUMNS.items()}}
+                        for row in rows])
+    if len(log):
+        log["reward_mean"] = log["reward_normalised_mean"] * reward.normalizer.std + reward.normalizer.mean
+        log["reward_std"] = log["reward_normalised_std"] * reward.normalizer.std
+    return log
+
+
+def save_policy(trainer, folder: Path, about: dict) -> Path:
+    """The trained policy as a plain `save_pretrained` folder (LoRA merged), with what made it."""
+    import json
+
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    trainer.processing_class.save_pretrained(folder)
+    (folder / "irlnb_policy.json").write_text(json.dumps(about, indent=2, default=str))
+    return folder

@@ -55,10 +55,10 @@ def record_metrics(run_dir: str | Path, values: Mapping[str, float]) -> dict[str
     return metrics
 
 
-def drop_metrics(run_dir: str | Path, prefix: str) -> None:
+def drop_metrics(run_dir: str | Path, prefixes: tuple[str, ...]) -> None:
     """Forget the metrics of a stage that is about to be redone."""
     metrics = read_metrics(run_dir)
-    kept = {k: v for k, v in metrics.items() if not k.startswith(prefix)}
+    kept = {k: v for k, v in metrics.items() if not k.startswith(prefixes)}
     if kept != metrics:
         write_json_atomic(Path(run_dir) / METRICS_FILE, kept)
 

@@ -35,12 +35,28 @@ def stage_digests(config: Config) -> dict[str, str]:
     digests: dict[str, str] = {}
     for stage in STAGES:
         upstream = {name: digests[name] for name in stage.needs}
-        digests[stage.name] = settings_digest({"settings": config.flat(stage.sections), "upstream": upstream})
+        settings = {**config.flat(stage.sections), **stage.fixed}
+        digests[stage.name] = settings_digest({"settings": settings, "upstream": upstream})
     return digests
 
 
 def marker_path(run_dir: Path, stage: Stage) -> Path:
     return run_dir / "stages" / f"{stage.name}.json"
+
+
+def digest_from_markers(run_dir: Path, stage: Stage, settings: dict) -> str:
+    """A stage's digest from its settings and the markers of the upstream stages it reads.
+
+    Equals `stage_digests(config)[stage.name]` when the upstream stages finished with that config;
+    a notebook (which sees only its own settings) uses it to key its resumable state.
+    """
+    upstream = {}
+    for name in stage.needs:
+        marker = runio.read_json(marker_path(Path(run_dir), get_stage(name)))
+        if not marker:
+            raise RunError(f"{run_dir}: stage {stage.name} needs {name}, which is not complete")
+        upstream[name] = marker["digest"]
+    return settings_digest({"settings": {**settings, **stage.fixed}, "upstream": upstream})
 
 
 def is_complete(run_dir: Path, stage: Stage, digest: str) -> bool:
@@ -92,10 +108,10 @@ def execute_stage(stage: Stage, config: Config, run_dir: Path, digest: str, log:
     marker = marker_path(run_dir, stage)
     marker.unlink(missing_ok=True)  # from here on the stage is incomplete until it finishes again
     shutil.rmtree(run_dir / stage.output, ignore_errors=True)
-    runio.drop_metrics(run_dir, stage.metrics_prefix)
-    executed = run_dir / "notebooks" / stage.notebook
+    runio.drop_metrics(run_dir, stage.metrics_prefixes)
+    executed = run_dir / "notebooks" / f"{stage.name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
-    parameters = {"run_dir": str(run_dir.resolve()), **config.flat(stage.sections)}
+    parameters = {"run_dir": str(run_dir.resolve()), **config.flat(stage.sections), **stage.fixed}
     started = time.perf_counter()
     try:
         papermill.execute_notebook(str(stage.notebook_path), str(executed), parameters=parameters,
@@ -148,7 +164,7 @@ def run(config: Config, only: str | None = None, force: bool = False, runs_dir: 
         log(f"[{number}/{len(todo)}] {stage.name} ...")
         seconds = execute_stage(stage, config, run_dir, digests[stage.name], log)
         manifest["stages"][stage.name] = {"seconds": round(seconds, 2), "digest": digests[stage.name],
-                                          "notebook": f"notebooks/{stage.notebook}",
+                                          "notebook": f"notebooks/{stage.name}.ipynb",
                                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         runio.write_json_atomic(manifest_file, manifest)
         runio.record_metrics(run_dir, {f"timing.{stage.name}_s": seconds})

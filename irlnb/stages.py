@@ -6,8 +6,9 @@ parameters; the names must match its `parameters` cell exactly (checked before a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -23,18 +24,25 @@ class Stage:
     notebook: str  # file under notebooks/
     sections: tuple[str, ...]  # params sections passed as parameters
     output: str  # the stage's folder inside the run directory
-    metrics_prefix: str  # every metrics.json key the stage writes starts with this
+    metrics_prefixes: tuple[str, ...]  # every metrics.json key the stage writes starts with one of these
     needs: tuple[str, ...] = ()  # stages whose outputs it reads
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # parameters set by the stage, not the params file
 
     @property
     def notebook_path(self) -> Path:
         return NOTEBOOKS_DIR / self.notebook
 
 
+RLHF_SECTIONS = ("compute", "sources", "ground_truth", "rlhf")
+
 STAGES: tuple[Stage, ...] = (
-    Stage("01_curate", "01_curate.ipynb", ("compute", "sources", "curate"), "curate", "curate."),
+    Stage("01_curate", "01_curate.ipynb", ("compute", "sources", "curate"), "curate", ("curate.",)),
     Stage("02_ground_truth_rm", "02_ground_truth_rm.ipynb", ("compute", "sources", "ground_truth"),
-          "ground_truth", "gt.", needs=("01_curate",)),
+          "ground_truth", ("gt.",), needs=("01_curate",)),
+    # The ground-truth RLHF run also evaluates the base policy (rlhf.base.*), the reference of every comparison.
+    Stage("03_rlhf_ground_truth", "03_rlhf.ipynb", RLHF_SECTIONS, "rlhf_ground_truth",
+          ("rlhf.ground_truth.", "rlhf.base."), needs=("01_curate", "02_ground_truth_rm"),
+          fixed={"reward": "ground_truth"}),
 )
 
 
@@ -50,7 +58,7 @@ def expected_parameters(stage: Stage) -> set[str]:
 
     from irlnb.config import SECTIONS
 
-    return {"run_dir"} | {f.name for section in stage.sections for f in fields(SECTIONS[section])}
+    return {"run_dir", *stage.fixed} | {f.name for section in stage.sections for f in fields(SECTIONS[section])}
 
 
 def check_notebook_parameters(stage: Stage) -> None:
@@ -66,7 +74,7 @@ def check_notebook_parameters(stage: Stage) -> None:
     expected = expected_parameters(stage)
     if missing := sorted(expected - declared):
         raise StageError(f"{path}: the parameters cell does not define {', '.join(missing)} "
-                         f"(settings of sections {', '.join(stage.sections)})")
+                         f"(settings of sections {', '.join(stage.sections)}, or set by stage {stage.name})")
     if extra := sorted(declared - expected):
         raise StageError(f"{path}: parameters {', '.join(extra)} are not settings of sections "
                          f"{', '.join(stage.sections)}; add them to irlnb/config.py or remove them")

@@ -67,3 +67,10 @@ def test_rloo_training_changes_the_policy_and_resumes_from_its_checkpoint(tmp_pa
     assert 1 in logged_steps and 4 in logged_steps  # history restored from checkpoint-2, then steps 3-4
     assert (tmp_path / "train" / "checkpoint-4").is_dir()
     assert reward.scored == 4 * 8  # steps 1-2 scored once, steps 3-4 once: nothing was redone
+
+    finished = train_policy(policy_dir, tokenizer, PROMPTS, reward, config(4))
+    assert finished.state.global_step == 4 and reward.scored == 4 * 8  # a finished training is only loaded
+    trained = _weights(tmp_path / "train" / "checkpoint-4")
+    loaded = {k: v for k, v in finished.model.state_dict().items()}
+    assert all(torch.equal(trained[k], loaded[k]) for k in trained if k in loaded)
+    assert not (tmp_path / "train" / "checkpoint-5").exists()

@@ -22,7 +22,10 @@ STAGE_NAMES = [stage.name for stage in STAGES]
 def test_a_run_writes_notebooks_metrics_manifest_and_figures(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     for key in ("curate.n_train", "gt.auc_human", "gt.accuracy_human", "gt.f1_human", "gt.evaluator_spearman",
-                "gt.auc_human_ci_low", "gt.all.auc_human", "timing.total_s", "timing.01_curate_s"):
+                "gt.auc_human_ci_low", "gt.all.auc_human", "timing.total_s", "timing.01_curate_s",
+                *(f"rlhf.{tag}.{name}" for tag in ("base", "ground_truth")
+                  for name in ("toxicity_ratio", "toxicity_mean", "evaluator_toxicity_ratio", "evaluator_toxicity_mean",
+                               "perplexity", "distinct2", "toxicity_mean_ci_low", "sampled.toxicity_mean"))):
         assert key in metrics and math.isfinite(metrics[key]), key
     # the real classifier separates real insults from non-insults far better than chance
     assert metrics["gt.auc_human"] > 0.7
@@ -33,9 +36,10 @@ def test_a_run_writes_notebooks_metrics_manifest_and_figures(smoke_run):
     assert manifest["git"]["commit"] and manifest["packages"]["torch"].startswith("2.13.0")
     assert manifest["hardware"]["cpu_count"] >= 1
     for stage in STAGES:
-        assert (smoke_run / "notebooks" / stage.notebook).is_file()
+        assert (smoke_run / "notebooks" / f"{stage.name}.ipynb").is_file()
         assert (smoke_run / "stages" / f"{stage.name}.json").is_file()
-    for figure in ("curation", "gt_reward_distribution", "gt_confusion"):
+    for figure in ("curation", "gt_reward_distribution", "gt_confusion", "rlhf_ground_truth_training",
+                   "rlhf_ground_truth_toxicity"):
         for ext in ("png", "pdf"):
             assert (smoke_run / "figures" / f"{figure}.{ext}").stat().st_size > 1000
 
@@ -44,6 +48,8 @@ def test_executed_notebooks_carry_the_injected_parameters(smoke_run):
     import nbformat
 
     notebook = nbformat.read(smoke_run / "notebooks" / "01_curate.ipynb", as_version=4)
+    rlhf = nbformat.read(smoke_run / "notebooks" / "03_rlhf_ground_truth.ipynb", as_version=4)
+    assert any('reward = "ground_truth"' in c.source for c in rlhf.cells if "injected-parameters" in c.metadata.get("tags", []))
     injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "n_per_class = 60" in injected[0].source
 
@@ -64,7 +70,7 @@ def test_rerun_skips_and_changed_params_are_refused_without_force(smoke_run, tmp
     assert done.returncode == 0 and "nothing to do" in done.stdout
     assert (run_dir / "metrics.json").read_bytes() == metrics_before
 
-    changed = write_params(tmp_path, name="changed.yaml", ground_truth__reward_clip=5.0)
+    changed = write_params(tmp_path, name="changed.yaml", ground_truth__bootstrap_samples=300)
     done = irlnb_cli("run", str(changed))
     assert done.returncode == 2
     assert "stage 02_ground_truth_rm already finished with other settings; rerun with --force" in done.stderr
@@ -74,7 +80,7 @@ def test_rerun_skips_and_changed_params_are_refused_without_force(smoke_run, tmp
     assert done.returncode == 0, done.stderr
     assert "01_curate" not in done.stdout  # only the asked stage ran
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["params"]["ground_truth"]["reward_clip"] == 5.0
+    assert manifest["params"]["ground_truth"]["bootstrap_samples"] == 300
 
 
 def test_only_refuses_a_stage_whose_inputs_are_missing(tmp_path):
@@ -102,7 +108,30 @@ def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
 
     done = irlnb_cli("run", str(params))
     assert done.returncode == 0, done.stderr
-    assert "[1/1] 02_ground_truth_rm" in done.stdout  # 01 was kept, 02 redone
+    assert "[1/2] 02_ground_truth_rm" in done.stdout and "[2/2] 03_rlhf_ground_truth" in done.stdout  # 01 kept
     assert first_marker.read_bytes() == curate_marker
     assert (run_dir / "stages" / "02_ground_truth_rm.json").exists()
     assert "gt.auc_human" in json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_rlhf_trains_unchanged_under_accelerate_with_two_cpu_processes(smoke_run, tmp_path):
+    import shutil
+
+    run_dir = _copy_run(smoke_run, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    params = write_params(tmp_path)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "irlnb.rlhf_launch",
+                           str(params), "--reward", "ground_truth"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained to step 4 on 2 process(es)" in done.stdout
+    checkpoints = run_dir / "checkpoints" / "03_rlhf_ground_truth"
+    assert (checkpoints / "checkpoint-4").is_dir()
+    # the runner then finds the finished training, only loads it, saves and evaluates the policy
+    done = irlnb_cli("run", str(params), "--force", "--only", "03_rlhf_ground_truth")
+    assert done.returncode == 0, done.stderr
+    assert not (checkpoints / "checkpoint-5").exists()
+    log = (run_dir / "rlhf_ground_truth" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 1 + 4

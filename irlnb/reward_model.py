@@ -1,0 +1,174 @@
+"""Rewards on a causal-LM backbone: R(x) = w . phi(x) + b, with phi a pooled hidden state.
+
+The learned reward of notebook 04 and the random baseline reward of notebook 03 are both of this
+form, so they read the same features. Which hidden states feed the head is a setting: the paper's
+choice (final layer, last non-padding token, `pooling="last"`) or the mean over tokens at a chosen
+layer (`pooling="mean"`). A saved reward holds the head, its config, and the backbone's sha256;
+`load_reward` refuses a reward whose backbone files are not the ones it was made on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from irlnb.assets import sha256_of
+
+REWARD_CONFIG = "reward.json"
+REWARD_HEAD = "head.safetensors"
+POOLINGS = ("last", "mean")
+
+
+class RewardLoadError(RuntimeError):
+    """A saved reward that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """What a saved reward is: its backbone source and fingerprint, and how features are read."""
+
+    backbone: str  # a source spec, e.g. "embedded:smollm2-135m-instruct"
+    backbone_sha256: str
+    pooling: str = "last"
+    layer: int = -1  # hidden_states index; -1 = final layer
+    max_length: int = 128
+    kind: str = "learned"  # "learned" or "random"
+
+
+def backbone_dir(spec: str) -> Path:
+    """The local folder holding a backbone's weights (embedded, local, or the hub cache)."""
+    from irlnb import models
+    from irlnb.sources import parse_source
+
+    source = parse_source(spec, "policy")
+    if source.kind == "embedded":
+        return models.embedded_policy_dir(source.name)
+    if source.kind == "local":
+        return Path(source.name)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source.name, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]))
+
+
+def backbone_sha256(folder: Path) -> str:
+    """One sha256 over the backbone's weight files (name and content), in name order."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not files:
+        raise RewardLoadError(f"{folder}: no weight files (.safetensors or .bin)")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(sha256_of(path).encode())
+    return digest.hexdigest()
+
+
+class FeatureReward:
+    """A linear head on pooled backbone hidden states; `.score(texts)` returns a numpy array."""
+
+    def __init__(self, spec: RewardSpec, backbone, tokenizer, head: torch.nn.Linear):
+        if spec.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {spec.pooling!r}")
+        self.spec, self.backbone, self.tokenizer, self.head = spec, backbone.eval(), tokenizer, head
+        self.backbone.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def features(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Pooled hidden states [n, d] (float32), length-sorted batches, in the callers' order."""
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.head.in_features)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = torch.zeros(len(texts), self.head.in_features)
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                index = order[start:start + batch_size]
+                batch = self.tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,
+                                       truncation=True, max_length=self.spec.max_length).to(self.device)
+                if batch["attention_mask"].sum(dim=1).min() == 0:
+                    raise ValueError("an empty text has no token to read a reward from")
+                hidden = self.backbone(**batch, output_hidden_states=True).hidden_states[self.spec.layer]
+                out[torch.as_tensor(index)] = pool(hidden, batch["attention_mask"], self.spec.pooling).float().cpu()
+        return out
+
+    def score(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        with torch.inference_mode():
+            return self.head(self.features(texts, batch_size)).squeeze(-1).double().numpy()
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.head.weight.detach().cpu().contiguous(),
+                   "bias": self.head.bias.detach().cpu().contiguous()}, str(folder / REWARD_HEAD))
+        (folder / REWARD_CONFIG).write_text(json.dumps({**asdict(self.spec), "head_sha256": sha256_of(folder / REWARD_HEAD)}, indent=2))
+        return folder
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """'last': the last non-padding token (any padding side); 'mean': the mean over real tokens."""
+    mask = attention_mask.to(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = (positions * attention_mask).argmax(dim=1)  # index of the last real token
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _load_backbone(spec: str, device: str):
+    from irlnb.sources import load_policy
+
+    return load_policy(spec, device=device)
+
+
+def random_reward(backbone: str, seed: int, pooling: str = "last", layer: int = -1, device: str = "cpu") -> FeatureReward:
+    """A fixed, seeded random linear reward on the backbone's features: the 'training alone' baseline."""
+    model, tokenizer = _load_backbone(backbone, device)
+    width = model.config.hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(width, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(1, width, generator=generator) / width**0.5)
+        head.bias.zero_()
+    spec = RewardSpec(backbone, backbone_sha256(backbone_dir(backbone)), pooling, layer, kind="random")
+    return FeatureReward(spec, model, tokenizer, head.to(device))
+
+
+def load_reward(path: str | Path, device: str = "cpu") -> FeatureReward:
+    """A reward saved by `FeatureReward.save`, refused if corrupted or made on another backbone."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    config_file, head_file = folder / REWARD_CONFIG, folder / REWARD_HEAD
+    for file in (config_file, head_file):
+        if not file.is_file():
+            raise RewardLoadError(f"{folder}: not a saved reward ({file.name} is missing)")
+    try:
+        stored = json.loads(config_file.read_text())
+        head_sha = stored.pop("head_sha256")
+        spec = RewardSpec(**stored)
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise RewardLoadError(f"{config_file}: unreadable reward config ({err})") from None
+    if sha256_of(head_file) != head_sha:
+        raise RewardLoadError(f"{head_file}: sha256 mismatch; the reward head is corrupted")
+    actual = backbone_sha256(backbone_dir(spec.backbone))
+    if actual != spec.backbone_sha256:
+        raise RewardLoadError(f"{folder}: made on backbone {spec.backbone} with sha256 {spec.backbone_sha256[:12]}..., "
+                              f"but that backbone's files now hash to {actual[:12]}...; retrain the reward")
+    weights = load_file(str(head_file))
+    head = torch.nn.Linear(weights["weight"].shape[1], 1)
+    with torch.no_grad():
+        head.weight.copy_(weights["weight"])
+        head.bias.copy_(weights["bias"])
+    model, tokenizer = _load_backbone(spec.backbone, device)
+    if model.config.hidden_size != head.in_features:
+        raise RewardLoadError(f"{folder}: head width {head.in_features} does not fit backbone width {model.config.hidden_size}")
+    return FeatureReward(spec, model, tokenizer, head.to(device))
