@@ -55,11 +55,57 @@ def bench_ground_truth_scoring(n_texts: int = 2000) -> dict[str, float]:
             "gt_score.loop_texts_per_s": len(texts) / loop, "gt_score.n_texts": float(len(texts))}
 
 
-def run_bench(threads: int = 1, out: str | Path = "runs/bench.json") -> dict[str, float]:
+def bench_rlhf_step(params: str | Path = "params/default.yaml", steps: int = 3) -> dict[str, float]:
+    """One RLOO step of the default configuration (policy, reward, batch and lengths from the params file).
+
+    The model FLOPs of a step are estimated as 2N per generated token (sampling with the KV cache)
+    plus 2N (reference policy) + 6N (policy forward and backward) per token of prompt + completion,
+    with N the policy's parameter count; the rate is those FLOPs over the step's wall time.
+    """
+    import tempfile
+
+    from irlnb.classifiers import ToxBlockClassifier
+    from irlnb.config import load_config
+    from irlnb.curate import curate, read_insults
+    from irlnb.reward_model import backbone_dir
+    from irlnb.rlhf import Normalizer, PolicyReward, ground_truth_scorer, rloo_config, train_policy
+    from irlnb.sources import load_policy
+
+    config = load_config(REPO_ROOT / params)
+    r = config.rlhf
+    curated = curate(read_insults(), config.curate, config.compute.seed)
+    prompts = curated[(curated["split"] == "train") & (curated["label"] == 1)]["prompt"].tolist()
+    scorer = ground_truth_scorer(ToxBlockClassifier.embedded(), config.ground_truth.reward_clip)
+    reward = PolicyReward(scorer, Normalizer.fit(scorer(curated["text"].head(256).tolist())), name="ground_truth")
+    model, tokenizer = load_policy(config.sources.policy)
+    n_params = model.num_parameters()
+    del model
+    with tempfile.TemporaryDirectory() as folder:
+        args = rloo_config(folder, steps=steps, learning_rate=r.learning_rate, beta=r.beta,
+                           batch_size=r.completions_per_step, num_generations=r.generations_per_prompt,
+                           max_completion_length=r.max_completion_tokens, top_k=r.top_k, temperature=r.temperature,
+                           save_steps=10 * steps, seed=0, use_cpu=True)
+        trainer = train_policy(backbone_dir(config.sources.policy), tokenizer, prompts, reward, args)
+    rows = [row for row in trainer.state.log_history if "step_time" in row]
+    last, before = rows[-1], rows[-2]  # the last step, after warm-up
+    tokens = last["num_tokens"] - before["num_tokens"]
+    generated = last["completions/mean_length"] * r.completions_per_step
+    flops = n_params * (2 * generated + 8 * tokens)
+    return {"rlhf_step.seconds": last["step_time"], "rlhf_step.gflops": flops / last["step_time"] / 1e9,
+            "rlhf_step.tokens": float(tokens), "rlhf_step.generated_tokens": float(generated)}
+
+
+def run_bench(threads: int = 1, out: str | Path = "runs/bench.json", rlhf_threads: int = 2) -> dict[str, float]:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     results = {"bench.torch_threads": float(threads), "matmul.peak_gflops": matmul_peak_gflops()}
     results.update(bench_ground_truth_scoring())
+    # The RLHF step runs at the default's thread count; the matmul peak at that count is its reference.
+    torch.set_num_threads(rlhf_threads)
+    results[f"matmul.peak_gflops_{rlhf_threads}_threads"] = matmul_peak_gflops()
+    results.update(bench_rlhf_step())
+    results["bench.rlhf_torch_threads"] = float(rlhf_threads)
+    torch.set_num_threads(threads)
     results["bench.total_s"] = time.perf_counter() - started
     out = Path(out) if Path(out).is_absolute() else REPO_ROOT / out
     merged = {**runio.read_json(out, default={}), **results}  # keep other stages' keys

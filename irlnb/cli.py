@@ -60,7 +60,7 @@ def cmd_fetch(args) -> int:
 def cmd_bench(args) -> int:
     from irlnb.bench import run_bench
 
-    run_bench(threads=args.threads, out=args.out)
+    run_bench(threads=args.threads, out=args.out, rlhf_threads=args.rlhf_threads)
     return 0
 
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure speed ratios side by side; writes runs/bench.json")
     bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    bench.add_argument("--rlhf-threads", type=int, default=2, help="torch threads for the RLHF step (default 2)")
     bench.add_argument("--out", default="runs/bench.json", help="where to write the results")
     bench.set_defaults(func=cmd_bench)
     return parser

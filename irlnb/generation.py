@@ -35,8 +35,11 @@ def generate_continuations(model, tokenizer, prompts: list[str], decoding: Decod
     if tokenizer.padding_side != "left":
         raise ValueError("generation needs a left-padding tokenizer (see irlnb.models.prepare_tokenizer)")
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    # Keep each prompt's end (it is what gets continued) and leave room for the new tokens.
+    limit = context_limit(model, decoding.max_new_tokens)
     if max_prompt_tokens is not None:
-        encoded = [ids[-max_prompt_tokens:] for ids in encoded]  # keep the end: it is what gets continued
+        limit = min(limit, max_prompt_tokens)
+    encoded = [ids[-limit:] for ids in encoded]
     if any(len(ids) == 0 for ids in encoded):
         raise ValueError("an empty prompt cannot be continued")
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -54,3 +57,22 @@ def generate_continuations(model, tokenizer, prompts: list[str], decoding: Decod
             for i, text in zip(index, tokenizer.batch_decode(new, skip_special_tokens=True)):
                 out[i] = text
     return out
+
+
+def context_limit(model, new_tokens: int) -> int:
+    """The most prompt tokens that leave room for `new_tokens` in the model's context window."""
+    window = getattr(model.config, "max_position_embeddings", None) or 2048
+    if new_tokens >= window:
+        raise ValueError(f"{new_tokens} new tokens do not fit the model's context of {window}")
+    return window - new_tokens
+
+
+def fit_prompts(prompts: list[str], tokenizer, max_tokens: int) -> tuple[list[str], int]:
+    """Prompts cut to their last `max_tokens` tokens (the end is what gets continued); returns (prompts, n_cut)."""
+    fitted, cut = [], 0
+    for prompt, ids in zip(prompts, tokenizer(list(prompts), add_special_tokens=False)["input_ids"]):
+        if len(ids) > max_tokens:
+            prompt = tokenizer.decode(ids[-max_tokens:])
+            cut += 1
+        fitted.append(prompt)
+    return fitted, cut

@@ -84,7 +84,7 @@ def rloo_config(output_dir: str | Path, *, steps: int, learning_rate: float, bet
         output_dir=str(output_dir), max_steps=steps, learning_rate=learning_rate, beta=beta,
         per_device_train_batch_size=batch_size, num_generations=num_generations,
         max_completion_length=max_completion_length, top_k=top_k, temperature=temperature,
-        logging_steps=1, save_strategy="steps", save_steps=save_steps, save_only_model=False,
+        logging_steps=1, save_strategy="steps", save_steps=save_steps, save_only_model=False, save_total_limit=1,
         report_to="none", seed=seed, use_cpu=use_cpu, bf16=False, activation_checkpointing=False,
         disable_dropout=True,
     )
@@ -187,13 +187,22 @@ def trainer_config(output_dir: Path, rlhf, seed: int, device: str):
                       beta=rlhf.beta, per_device_train_batch_size=rlhf.completions_per_step,
                       num_generations=rlhf.generations_per_prompt, max_completion_length=rlhf.max_completion_tokens,
                       top_k=rlhf.top_k, temperature=rlhf.temperature, logging_steps=1, save_strategy="steps",
-                      save_steps=rlhf.checkpoint_steps, report_to="none", seed=seed, use_cpu=device == "cpu",
+                      save_steps=rlhf.checkpoint_steps, save_total_limit=1, report_to="none", seed=seed, use_cpu=device == "cpu",
                       bf16=False, activation_checkpointing=False, disable_dropout=True)
 
 
-def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind: str, settings, device: str):
-    """Train the base policy of `settings.sources` with the chosen reward; returns (trainer, reward)."""
+@dataclass
+class TrainingResult:
+    trainer: object
+    reward: PolicyReward
+    prompts: int  # train prompts used
+    prompts_cut: int  # of which were longer than the context allows and were cut from the front
+
+
+def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind: str, settings, device: str) -> TrainingResult:
+    """Train the base policy of `settings.sources` with the chosen reward, resuming if it was interrupted."""
     from irlnb.curate import load_curated
+    from irlnb.generation import context_limit, fit_prompts
     from irlnb.reward_model import backbone_dir
     from trl import GRPOTrainer, RLOOTrainer
 
@@ -213,13 +222,15 @@ def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind:
                                  target_modules="all-linear", task_type="CAUSAL_LM")
     from irlnb.sources import load_policy
 
-    _, tokenizer = load_policy(settings.sources.policy, device=device)
+    model, tokenizer = load_policy(settings.sources.policy, device=device)
+    prompts, prompts_cut = fit_prompts(prompts, tokenizer, context_limit(model, settings.rlhf.max_completion_tokens))
+    del model  # TRL loads its own copies from the folder
     trainer_class = RLOOTrainer if settings.rlhf.trainer == "rloo" else GRPOTrainer
     trainer = trainer_class(model=str(backbone_dir(settings.sources.policy)), reward_funcs=reward, args=config,
                             train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
                             processing_class=tokenizer, peft_config=peft_config)
     resume_or_finish(trainer, output_dir)
-    return trainer, reward
+    return TrainingResult(trainer, reward, len(prompts), prompts_cut)
 
 
 def resume_or_finish(trainer, output_dir: Path) -> None:

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = (REPO_ROOT / (args.runs_dir or config.run.runs_dir) / config.run.name).resolve()
         digest = digest_from_markers(run_dir, stage, config.flat(stage.sections))
         set_seed_and_threads(config.compute.seed, config.compute.torch_threads)
-        trainer, _ = run_stage_training(run_dir, stage.name, digest, args.reward, config,
-                                        resolve_device(config.compute.device))
+        trainer = run_stage_training(run_dir, stage.name, digest, args.reward, config,
+                                     resolve_device(config.compute.device)).trainer
         if trainer.accelerator.is_main_process:
             print(f"irlnb.rlhf_launch: {stage.name} trained to step {trainer.state.global_step} "
                   f"on {trainer.accelerator.num_processes} process(es); checkpoints in {trainer.args.output_dir}")

@@ -69,3 +69,16 @@ def test_empty_prompt_is_refused(tiny):
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="empty prompt"):
         generate_continuations(model, tokenizer, ["ok", ""], Decoding(max_new_tokens=2))
+
+
+def test_prompts_longer_than_the_context_are_cut_from_the_front(tiny):
+    from irlnb.generation import context_limit, fit_prompts
+
+    model, tokenizer = tiny
+    assert context_limit(model, 12) == model.config.max_position_embeddings - 12
+    long_prompt = "word " * 2000
+    fitted, cut = fit_prompts(["short one", long_prompt], tokenizer, max_tokens=50)
+    assert cut == 1 and fitted[0] == "short one"
+    assert len(tokenizer(fitted[1], add_special_tokens=False)["input_ids"]) <= 50
+    out = generate_continuations(model, tokenizer, [long_prompt], Decoding(max_new_tokens=3))
+    assert len(out) == 1  # no position overflow: the prompt was cut to the context window
