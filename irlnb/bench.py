@@ -68,7 +68,7 @@ def bench_rlhf_step(params: str | Path = "params/default.yaml", steps: int = 3) 
     from irlnb.config import load_config
     from irlnb.curate import curate, read_insults
     from irlnb.reward_model import backbone_dir
-    from irlnb.rlhf import Normalizer, PolicyReward, ground_truth_scorer, rloo_config, train_policy
+    from irlnb.rlhf import Normalizer, PolicyReward, ground_truth_scorer, rl_config, train_policy
     from irlnb.sources import load_policy
 
     config = load_config(REPO_ROOT / params)
@@ -81,7 +81,7 @@ def bench_rlhf_step(params: str | Path = "params/default.yaml", steps: int = 3) 
     n_params = model.num_parameters()
     del model
     with tempfile.TemporaryDirectory() as folder:
-        args = rloo_config(folder, steps=steps, learning_rate=r.learning_rate, beta=r.beta,
+        args = rl_config(folder, steps=steps, learning_rate=r.learning_rate, beta=r.beta,
                            batch_size=r.completions_per_step, num_generations=r.generations_per_prompt,
                            max_completion_length=r.max_completion_tokens, top_k=r.top_k, temperature=r.temperature,
                            save_steps=10 * steps, seed=0, use_cpu=True)

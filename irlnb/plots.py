@@ -61,12 +61,15 @@ def confusion_figure(predicted_toxic, labels, title: str, predicted_name: str, t
 def rlhf_training_figure(log: pd.DataFrame, title: str) -> plt.Figure:
     """Training dynamics of one RLHF run, from its saved per-step log."""
     panels = [("reward_mean", "reward (raw, mean over completions)"), ("kl", "KL to the starting policy"),
-              ("loss", "loss"), ("entropy", "entropy"), ("completion_length", "completion length (tokens)")]
+              ("loss", "loss (on-policy: ~0 by construction)"), ("entropy", "entropy"), ("completion_length", "completion length (tokens)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (column, label) in zip(axes, panels):
         ax.plot(log["step"], log[column], marker=".", lw=1)
         if column == "reward_mean" and "reward_std" in log:
             ax.fill_between(log["step"], log[column] - log["reward_std"], log[column] + log["reward_std"], alpha=0.2)
+            ax.plot(log["step"], log[column].rolling(5, min_periods=1).mean(), color="black", lw=1.5,
+                    label="5-step mean")
+            ax.legend(loc="lower right", fontsize=8)
         ax.set(title=label, xlabel="step")
     fig.suptitle(title)
     fig.tight_layout()

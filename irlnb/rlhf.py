@@ -72,15 +72,16 @@ class PolicyReward:
         return self.normalizer(raw).tolist()
 
 
-def rloo_config(output_dir: str | Path, *, steps: int, learning_rate: float, beta: float, batch_size: int,
-                num_generations: int, max_completion_length: int, top_k: int, temperature: float,
-                save_steps: int, seed: int, use_cpu: bool):
-    """The RLOOConfig with every setting that matters on CPU spelled out (TRL's defaults do not fit)."""
-    from trl import RLOOConfig
+def rl_config(output_dir: str | Path, *, trainer: str = "rloo", steps: int, learning_rate: float, beta: float,
+              batch_size: int, num_generations: int, max_completion_length: int, top_k: int, temperature: float,
+              save_steps: int, seed: int, use_cpu: bool):
+    """RLOOConfig (or GRPOConfig) with every setting that matters on CPU spelled out (TRL's defaults do not fit)."""
+    from trl import GRPOConfig, RLOOConfig
 
     if batch_size % num_generations:
         raise ValueError(f"batch_size ({batch_size}) must be a multiple of num_generations ({num_generations})")
-    return RLOOConfig(
+    config_class = {"rloo": RLOOConfig, "grpo": GRPOConfig}[trainer]
+    return config_class(
         output_dir=str(output_dir), max_steps=steps, learning_rate=learning_rate, beta=beta,
         per_device_train_batch_size=batch_size, num_generations=num_generations,
         max_completion_length=max_completion_length, top_k=top_k, temperature=temperature,
@@ -98,20 +99,22 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
-def train_policy(policy_dir: str | Path, tokenizer, prompts: list[str], reward: PolicyReward, config):
-    """Train with RLOO, resuming from the last checkpoint in config.output_dir when there is one.
+def train_policy(policy_dir: str | Path, tokenizer, prompts: list[str], reward: PolicyReward, config,
+                 peft_config=None):
+    """Train with RLOO (or GRPO, by the config's type), resuming from the last checkpoint in config.output_dir.
 
     `policy_dir` must be a saved model folder: with beta > 0 TRL loads the frozen reference
     policy from the same path.
     """
     import datasets
-    from trl import RLOOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOTrainer
 
     if any(not p.strip() for p in prompts):
         raise ValueError("an empty prompt cannot be trained on")
-    trainer = RLOOTrainer(model=str(policy_dir), reward_funcs=reward, args=config,
-                          train_dataset=datasets.Dataset.from_dict({"prompt": list(prompts)}),
-                          processing_class=tokenizer)
+    trainer_class = GRPOTrainer if isinstance(config, GRPOConfig) else RLOOTrainer
+    trainer = trainer_class(model=str(policy_dir), reward_funcs=reward, args=config,
+                            train_dataset=datasets.Dataset.from_dict({"prompt": list(prompts)}),
+                            processing_class=tokenizer, peft_config=peft_config)
     resume_or_finish(trainer, Path(config.output_dir))
     return trainer
 
@@ -174,21 +177,12 @@ def fit_normalizer(scorer: TextScorer, curated, seed: int) -> Normalizer:
 
 
 def trainer_config(output_dir: Path, rlhf, seed: int, device: str):
-    """RLOO (default) or GRPO config from the rlhf settings; GRPO gets the same KL coefficient."""
-    if rlhf.trainer == "rloo":
-        return rloo_config(output_dir, steps=rlhf.steps, learning_rate=rlhf.learning_rate, beta=rlhf.beta,
-                           batch_size=rlhf.completions_per_step, num_generations=rlhf.generations_per_prompt,
-                           max_completion_length=rlhf.max_completion_tokens, top_k=rlhf.top_k,
-                           temperature=rlhf.temperature, save_steps=rlhf.checkpoint_steps, seed=seed,
-                           use_cpu=device == "cpu")
-    from trl import GRPOConfig
-
-    return GRPOConfig(output_dir=str(output_dir), max_steps=rlhf.steps, learning_rate=rlhf.learning_rate,
-                      beta=rlhf.beta, per_device_train_batch_size=rlhf.completions_per_step,
-                      num_generations=rlhf.generations_per_prompt, max_completion_length=rlhf.max_completion_tokens,
-                      top_k=rlhf.top_k, temperature=rlhf.temperature, logging_steps=1, save_strategy="steps",
-                      save_steps=rlhf.checkpoint_steps, save_total_limit=1, report_to="none", seed=seed, use_cpu=device == "cpu",
-                      bf16=False, activation_checkpointing=False, disable_dropout=True)
+    """The TRL config of the rlhf settings (GRPO gets the same KL coefficient as RLOO)."""
+    return rl_config(output_dir, trainer=rlhf.trainer, steps=rlhf.steps, learning_rate=rlhf.learning_rate,
+                     beta=rlhf.beta, batch_size=rlhf.completions_per_step, num_generations=rlhf.generations_per_prompt,
+                     max_completion_length=rlhf.max_completion_tokens, top_k=rlhf.top_k,
+                     temperature=rlhf.temperature, save_steps=rlhf.checkpoint_steps, seed=seed,
+                     use_cpu=device == "cpu")
 
 
 @dataclass
@@ -204,9 +198,7 @@ def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind:
     from irlnb.curate import load_curated
     from irlnb.generation import context_limit, fit_prompts
     from irlnb.reward_model import backbone_dir
-    from trl import GRPOTrainer, RLOOTrainer
-
-    import datasets
+    from irlnb.sources import load_policy
 
     curated = load_curated(run_dir)
     scorer = make_scorer(reward_kind, run_dir, settings.sources, settings.ground_truth, settings.rlhf, device)
@@ -220,16 +212,10 @@ def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind:
 
         peft_config = LoraConfig(r=settings.rlhf.lora_rank, lora_alpha=2 * settings.rlhf.lora_rank,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
-    from irlnb.sources import load_policy
-
     model, tokenizer = load_policy(settings.sources.policy, device=device)
     prompts, prompts_cut = fit_prompts(prompts, tokenizer, context_limit(model, settings.rlhf.max_completion_tokens))
     del model  # TRL loads its own copies from the folder
-    trainer_class = RLOOTrainer if settings.rlhf.trainer == "rloo" else GRPOTrainer
-    trainer = trainer_class(model=str(backbone_dir(settings.sources.policy)), reward_funcs=reward, args=config,
-                            train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
-                            processing_class=tokenizer, peft_config=peft_config)
-    resume_or_finish(trainer, output_dir)
+    trainer = train_policy(backbone_dir(settings.sources.policy), tokenizer, prompts, reward, config, peft_config)
     return TrainingResult(trainer, reward, len(prompts), prompts_cut)
 
 

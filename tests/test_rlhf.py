@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from irlnb.models import embedded_policy_dir
-from irlnb.rlhf import Normalizer, PolicyReward, RewardError, rloo_config, train_policy
+from irlnb.rlhf import Normalizer, PolicyReward, RewardError, rl_config, train_policy
 from irlnb.sources import load_policy
 
 PROMPTS = ["You are such a", "The council voted to", "I really think that", "Thanks for the"] * 4
@@ -50,7 +50,7 @@ def test_rloo_training_changes_the_policy_and_resumes_from_its_checkpoint(tmp_pa
     reward = PolicyReward(length_scorer, Normalizer(20.0, 5.0), name="length")
 
     def config(steps):
-        return rloo_config(tmp_path / "train", steps=steps, learning_rate=1e-3, beta=0.05, batch_size=8,
+        return rl_config(tmp_path / "train", steps=steps, learning_rate=1e-3, beta=0.05, batch_size=8,
                            num_generations=4, max_completion_length=8, top_k=30, temperature=1.0,
                            save_steps=2, seed=0, use_cpu=True)
 
@@ -74,3 +74,19 @@ def test_rloo_training_changes_the_policy_and_resumes_from_its_checkpoint(tmp_pa
     loaded = {k: v for k, v in finished.model.state_dict().items()}
     assert all(torch.equal(trained[k], loaded[k]) for k in trained if k in loaded)
     assert not (tmp_path / "train" / "checkpoint-5").exists()
+
+
+def test_grpo_option_trains_with_a_lora_adapter(tmp_path):
+    policy_dir = embedded_policy_dir("tiny-gpt-neox")
+    _, tokenizer = load_policy("embedded:tiny-gpt-neox")
+    from peft import LoraConfig
+
+    config = rl_config(tmp_path / "grpo", trainer="grpo", steps=2, learning_rate=1e-3, beta=0.05, batch_size=8,
+                       num_generations=4, max_completion_length=6, top_k=30, temperature=1.0, save_steps=2,
+                       seed=0, use_cpu=True)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = train_policy(policy_dir, tokenizer, PROMPTS, PolicyReward(length_scorer, Normalizer(20.0, 5.0), "length"),
+                           config, peft_config=lora)
+    assert type(trainer).__name__ == "GRPOTrainer" and trainer.state.global_step == 2
+    adapters = {k: v for k, v in trainer.model.state_dict().items() if "lora_B" in k}
+    assert adapters and any(v.abs().sum() > 0 for v in adapters.values())  # B starts at zero: training moved it
