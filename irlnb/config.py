@@ -96,7 +96,7 @@ class RlhfSettings:
 
     trainer: str = setting("rloo", doc="TRL trainer: RLOO (REINFORCE, leave-one-out baseline) or GRPO", choices=("rloo", "grpo"))
     steps: int = setting(40, doc="optimiser steps", ge=1)
-    learning_rate: float = setting(2e-5, doc="AdamW learning rate", gt=0.0)
+    learning_rate: float = setting(5e-5, doc="AdamW learning rate", gt=0.0)
     beta: float = setting(0.05, doc="KL coefficient against the starting policy (0: no KL term)", ge=0.0)
     completions_per_step: int = setting(16, doc="completions sampled per step (a multiple of generations_per_prompt)", ge=2)
     generations_per_prompt: int = setting(4, doc="completions per prompt (RLOO's leave-one-out group)", ge=2)

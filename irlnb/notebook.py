@@ -20,6 +20,12 @@ class StageContext:
     out: Path
     settings: Mapping[str, Any]
 
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """The stage's settings by section, plus what the stage fixes (for provenance files)."""
+        from dataclasses import asdict
+
+        return {**{name: asdict(section) for name, section in self.settings.items()}, "stage": dict(self.stage.fixed)}
+
     @property
     def digest(self) -> str:
         """The stage's settings digest (its own settings and its upstream stages'), as the runner computes it."""

@@ -18,7 +18,9 @@ def git_state(repo: Path) -> dict:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
-    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    # Which files differ from the commit, so a dirty run can be judged (a README edit is not a code change).
+    return {"commit": commit or None, "dirty": bool(changed) if commit else None, "changed_files": changed}
 
 
 def package_versions() -> dict[str, str | None]:
