@@ -115,7 +115,7 @@ def train_policy(policy_dir: str | Path, tokenizer, prompts: list[str], reward: 
     trainer = trainer_class(model=str(policy_dir), reward_funcs=reward, args=config,
                             train_dataset=datasets.Dataset.from_dict({"prompt": list(prompts)}),
                             processing_class=tokenizer, peft_config=peft_config)
-    resume_or_finish(trainer, Path(config.output_dir))
+    trainer.resumed_from_step = resume_or_finish(trainer, Path(config.output_dir))
     return trainer
 
 
@@ -219,21 +219,25 @@ def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind:
     return TrainingResult(trainer, reward, len(prompts), prompts_cut)
 
 
-def resume_or_finish(trainer, output_dir: Path) -> None:
+def resume_or_finish(trainer, output_dir: Path) -> int:
     """Train from the last checkpoint; if that checkpoint already reached max_steps, only load it.
 
-    (transformers' Trainer, resumed at its final step, would run one step more.)
+    Returns the step training resumed from (0 for a fresh start). (transformers' Trainer, resumed
+    at its final step, would run one step more.)
     """
     from transformers.trainer_callback import TrainerState
 
     checkpoint = last_checkpoint(output_dir)
-    if checkpoint is not None:
-        state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-        if state.global_step >= trainer.args.max_steps:
-            trainer._load_from_checkpoint(checkpoint)  # weights (or LoRA adapter) of the finished run
-            trainer.state = state
-            return
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint is None:
+        trainer.train()
+        return 0
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if state.global_step >= trainer.args.max_steps:
+        trainer._load_from_checkpoint(checkpoint)  # weights (or LoRA adapter) of the finished run
+        trainer.state = state
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    return state.global_step
 
 
 LOG_COLUMNS = {"loss": "loss", "reward": "reward_normalised_mean", "reward_std": "reward_normalised_std",

@@ -135,3 +135,30 @@ def test_rlhf_trains_unchanged_under_accelerate_with_two_cpu_processes(smoke_run
     assert not (checkpoints / "checkpoint-5").exists()
     log = (run_dir / "rlhf_ground_truth" / "train_log.csv").read_text().splitlines()
     assert len(log) == 1 + 4
+
+
+def test_a_training_killed_midway_resumes_from_its_last_checkpoint(smoke_run, tmp_path):
+    run_dir = _copy_run(smoke_run, tmp_path)
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    params = write_params(tmp_path, rlhf__steps=60, rlhf__checkpoint_steps=5)
+    checkpoints = run_dir / "checkpoints" / "03_rlhf_ground_truth"
+    process = subprocess.Popen([sys.executable, "-m", "irlnb", "run", str(params), "--force", "--only",
+                                "03_rlhf_ground_truth"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/trainer_state.json"))
+    assert saved and saved[-1] < 60, "the training was not killed midway"
+    assert not (run_dir / "stages" / "03_rlhf_ground_truth.json").exists()
+
+    done = irlnb_cli("run", str(params), "--only", "03_rlhf_ground_truth")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["rlhf.ground_truth.train_resumed_from_step"] >= saved[-1] > 0
+    log = (run_dir / "rlhf_ground_truth" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 1 + 60  # every step once in the log: history restored, nothing redone
