@@ -163,8 +163,9 @@ def run(config: Config, only: str | None = None, force: bool = False, runs_dir: 
     for number, stage in enumerate(todo, 1):
         log(f"[{number}/{len(todo)}] {stage.name} ...")
         seconds = execute_stage(stage, config, run_dir, digests[stage.name], log)
+        # Per stage, since stages of one run directory may come from different invocations and commits.
         manifest["stages"][stage.name] = {"seconds": round(seconds, 2), "digest": digests[stage.name],
-                                          "notebook": f"notebooks/{stage.name}.ipynb",
+                                          "git": manifest["git"], "notebook": f"notebooks/{stage.name}.ipynb",
                                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         runio.write_json_atomic(manifest_file, manifest)
         runio.record_metrics(run_dir, {f"timing.{stage.name}_s": seconds})
