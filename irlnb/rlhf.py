@@ -138,7 +138,7 @@ def checkpoint_dir(run_dir: Path, stage_name: str, digest: str) -> Path:
     folder = Path(run_dir) / "checkpoints" / stage_name
     stamp = folder / "settings_digest.txt"
     if folder.is_dir() and (not stamp.is_file() or stamp.read_text().strip() != digest):
-        shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # several accelerate ranks may do this at once
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest)
     return folder
