@@ -90,3 +90,14 @@ def test_grpo_option_trains_with_a_lora_adapter(tmp_path):
     assert type(trainer).__name__ == "GRPOTrainer" and trainer.state.global_step == 2
     adapters = {k: v for k, v in trainer.model.state_dict().items() if "lora_B" in k}
     assert adapters and any(v.abs().sum() > 0 for v in adapters.values())  # B starts at zero: training moved it
+
+
+def test_checkpoints_are_kept_for_the_same_settings_and_dropped_for_others(tmp_path):
+    from irlnb.rlhf import checkpoint_dir
+
+    folder = checkpoint_dir(tmp_path, "03_rlhf_ground_truth", "digest-a")
+    (folder / "checkpoint-5").mkdir()
+    assert (checkpoint_dir(tmp_path, "03_rlhf_ground_truth", "digest-a") / "checkpoint-5").is_dir()
+    again = checkpoint_dir(tmp_path, "03_rlhf_ground_truth", "digest-b")  # settings changed: never resume those
+    assert not (again / "checkpoint-5").exists()
+    assert (again / "settings_digest.txt").read_text() == "digest-b"
