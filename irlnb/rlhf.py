@@ -92,11 +92,23 @@ def rl_config(output_dir: str | Path, *, trainer: str = "rloo", steps: int, lear
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest checkpoint-N folder of an interrupted training, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint-N folder of an interrupted training, if any.
 
-    output_dir = Path(output_dir)
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    transformers writes a checkpoint's trainer_state.json last (after weights, optimizer and RNG
+    state) and deletes older checkpoints only after it, so a folder without a readable one was cut
+    short by a kill: it is removed, and the previous complete checkpoint is used.
+    """
+    import json
+    import shutil
+
+    complete = []
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+            complete.append(folder)
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+    return str(max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]))) if complete else None
 
 
 def train_policy(policy_dir: str | Path, tokenizer, prompts: list[str], reward: PolicyReward, config,

@@ -101,3 +101,15 @@ def test_checkpoints_are_kept_for_the_same_settings_and_dropped_for_others(tmp_p
     again = checkpoint_dir(tmp_path, "03_rlhf_ground_truth", "digest-b")  # settings changed: never resume those
     assert not (again / "checkpoint-5").exists()
     assert (again / "settings_digest.txt").read_text() == "digest-b"
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_ignored(tmp_path):
+    from irlnb.rlhf import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step in (5, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
+    (tmp_path / "checkpoint-10" / "model.safetensors").write_bytes(b"half")  # killed before its state was written
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
+    assert not (tmp_path / "checkpoint-10").exists()
