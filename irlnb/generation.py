@@ -36,7 +36,7 @@ def generate_continuations(model, tokenizer, prompts: list[str], decoding: Decod
         raise ValueError("generation needs a left-padding tokenizer (see irlnb.models.prepare_tokenizer)")
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     # Keep each prompt's end (it is what gets continued) and leave room for the new tokens.
-    limit = context_limit(model, decoding.max_new_tokens)
+    limit = context_limit(model.config, decoding.max_new_tokens)
     if max_prompt_tokens is not None:
         limit = min(limit, max_prompt_tokens)
     encoded = [ids[-limit:] for ids in encoded]
@@ -59,9 +59,9 @@ def generate_continuations(model, tokenizer, prompts: list[str], decoding: Decod
     return out
 
 
-def context_limit(model, new_tokens: int) -> int:
+def context_limit(model_config, new_tokens: int) -> int:
     """The most prompt tokens that leave room for `new_tokens` in the model's context window."""
-    window = getattr(model.config, "max_position_embeddings", None) or 2048
+    window = getattr(model_config, "max_position_embeddings", None) or 2048
     if new_tokens >= window:
         raise ValueError(f"{new_tokens} new tokens do not fit the model's context of {window}")
     return window - new_tokens

@@ -207,10 +207,12 @@ class TrainingResult:
 
 def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind: str, settings, device: str) -> TrainingResult:
     """Train the base policy of `settings.sources` with the chosen reward, resuming if it was interrupted."""
+    from transformers import AutoConfig, AutoTokenizer
+
     from irlnb.curate import load_curated
     from irlnb.generation import context_limit, fit_prompts
+    from irlnb.models import prepare_tokenizer
     from irlnb.reward_model import backbone_dir
-    from irlnb.sources import load_policy
 
     curated = load_curated(run_dir)
     scorer = make_scorer(reward_kind, run_dir, settings.sources, settings.ground_truth, settings.rlhf, device)
@@ -224,10 +226,12 @@ def run_stage_training(run_dir: Path, stage_name: str, digest: str, reward_kind:
 
         peft_config = LoraConfig(r=settings.rlhf.lora_rank, lora_alpha=2 * settings.rlhf.lora_rank,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
-    model, tokenizer = load_policy(settings.sources.policy, device=device)
-    prompts, prompts_cut = fit_prompts(prompts, tokenizer, context_limit(model, settings.rlhf.max_completion_tokens))
-    del model  # TRL loads its own copies from the folder
-    trainer = train_policy(backbone_dir(settings.sources.policy), tokenizer, prompts, reward, config, peft_config)
+    policy_dir = backbone_dir(settings.sources.policy)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)  # TRL loads the model itself, from the folder
+    prepare_tokenizer(tokenizer)
+    limit = context_limit(AutoConfig.from_pretrained(policy_dir), settings.rlhf.max_completion_tokens)
+    prompts, prompts_cut = fit_prompts(prompts, tokenizer, limit)
+    trainer = train_policy(policy_dir, tokenizer, prompts, reward, config, peft_config)
     return TrainingResult(trainer, reward, len(prompts), prompts_cut)
 
 

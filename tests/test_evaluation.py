@@ -75,7 +75,7 @@ def test_prompts_longer_than_the_context_are_cut_from_the_front(tiny):
     from irlnb.generation import context_limit, fit_prompts
 
     model, tokenizer = tiny
-    assert context_limit(model, 12) == model.config.max_position_embeddings - 12
+    assert context_limit(model.config, 12) == model.config.max_position_embeddings - 12
     long_prompt = "word " * 2000
     fitted, cut = fit_prompts(["short one", long_prompt], tokenizer, max_tokens=50)
     assert cut == 1 and fitted[0] == "short one"
