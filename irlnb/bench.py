@@ -68,15 +68,15 @@ def bench_rlhf_step(params: str | Path = "params/default.yaml", steps: int = 3) 
     from irlnb.config import load_config
     from irlnb.curate import curate, read_insults
     from irlnb.reward_model import backbone_dir
-    from irlnb.rlhf import Normalizer, PolicyReward, ground_truth_scorer, rl_config, train_policy
+    from irlnb.rlhf import (PolicyReward, fit_normalizer, ground_truth_scorer, rl_config, train_policy,
+                            training_prompts)
     from irlnb.sources import load_policy
 
     config = load_config(REPO_ROOT / params)
     r = config.rlhf
     curated = curate(read_insults(), config.curate, config.compute.seed)
-    prompts = curated[(curated["split"] == "train") & (curated["label"] == 1)]["prompt"].tolist()
     scorer = ground_truth_scorer(ToxBlockClassifier.embedded(), config.ground_truth.reward_clip)
-    reward = PolicyReward(scorer, Normalizer.fit(scorer(curated["text"].head(256).tolist())), name="ground_truth")
+    reward = PolicyReward(scorer, fit_normalizer(scorer, curated, config.compute.seed), name="ground_truth")
     model, tokenizer = load_policy(config.sources.policy)
     n_params = model.num_parameters()
     del model
@@ -85,7 +85,7 @@ def bench_rlhf_step(params: str | Path = "params/default.yaml", steps: int = 3) 
                            batch_size=r.completions_per_step, num_generations=r.generations_per_prompt,
                            max_completion_length=r.max_completion_tokens, top_k=r.top_k, temperature=r.temperature,
                            save_steps=10 * steps, seed=0, use_cpu=True)
-        trainer = train_policy(backbone_dir(config.sources.policy), tokenizer, prompts, reward, args)
+        trainer = train_policy(backbone_dir(config.sources.policy), tokenizer, training_prompts(curated, r), reward, args)
     rows = [row for row in trainer.state.log_history if "step_time" in row]
     last, before = rows[-1], rows[-2]  # the last step, after warm-up
     tokens = last["num_tokens"] - before["num_tokens"]

@@ -45,13 +45,12 @@ def generate_continuations(model, tokenizer, prompts: list[str], decoding: Decod
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
     out: list[str] = [""] * len(encoded)
-    generator_seed = seed
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt").to(device)
-            torch.manual_seed(generator_seed + start)  # sampled decoding is reproducible per batch
+            torch.manual_seed(seed + start)  # sampled decoding is reproducible per batch
             tokens = model.generate(**batch, **decoding.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
             new = tokens[:, batch["input_ids"].shape[1]:]
             for i, text in zip(index, tokenizer.batch_decode(new, skip_special_tokens=True)):

@@ -17,6 +17,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from irlnb.config import ConfigError, load_config
+    from irlnb.reward_model import RewardLoadError
+    from irlnb.sources import SourceError
     from irlnb.notebook import set_seed_and_threads
     from irlnb.rlhf import run_stage_training
     from irlnb.runner import RunError, digest_from_markers
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if trainer.accelerator.is_main_process:
             print(f"irlnb.rlhf_launch: {stage.name} trained to step {trainer.state.global_step} "
                   f"on {trainer.accelerator.num_processes} process(es); checkpoints in {trainer.args.output_dir}")
-    except (ConfigError, RunError, ValueError) as err:
+    except (ConfigError, RunError, SourceError, RewardLoadError, ValueError) as err:
         print(f"irlnb.rlhf_launch: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -30,13 +30,17 @@ class RunError(RuntimeError):
     """A run that cannot go ahead; the message is one line."""
 
 
+def stage_digest(stage: Stage, settings: dict, upstream: dict[str, str]) -> str:
+    """What identifies a stage's result: its settings, what the stage fixes, and its upstream digests."""
+    return settings_digest({"settings": {**settings, **stage.fixed}, "upstream": upstream})
+
+
 def stage_digests(config: Config) -> dict[str, str]:
     """Each stage's settings digest, chained through the stages it needs."""
     digests: dict[str, str] = {}
     for stage in STAGES:
-        upstream = {name: digests[name] for name in stage.needs}
-        settings = {**config.flat(stage.sections), **stage.fixed}
-        digests[stage.name] = settings_digest({"settings": settings, "upstream": upstream})
+        digests[stage.name] = stage_digest(stage, config.flat(stage.sections),
+                                           {name: digests[name] for name in stage.needs})
     return digests
 
 
@@ -56,7 +60,7 @@ def digest_from_markers(run_dir: Path, stage: Stage, settings: dict) -> str:
         if not marker:
             raise RunError(f"{run_dir}: stage {stage.name} needs {name}, which is not complete")
         upstream[name] = marker["digest"]
-    return settings_digest({"settings": {**settings, **stage.fixed}, "upstream": upstream})
+    return stage_digest(stage, settings, upstream)
 
 
 def is_complete(run_dir: Path, stage: Stage, digest: str) -> bool:
