@@ -9,7 +9,7 @@ SHELL := /bin/bash
 # pip's local extra indexes on these machines print one warning per package; keep the log readable.
 PIP_QUIET := 2>&1 | (grep -v "^WARNING: Location" || true)
 
-.PHONY: setup figures test bench check clean-venv
+.PHONY: setup figures test bench check regress clean-venv
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ bench: setup
 
 check: setup
 	$(BIN)/irlnb check $(PARAMS)
+
+# Not part of `make test`: reruns the whole pipeline into runs/regress/ and compares its metrics
+# with regress/<run name>.metrics.json (tolerances in regress/tolerances.yaml).
+regress: setup
+	$(BIN)/irlnb regress $(PARAMS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""Command line: `irlnb check`, `irlnb run`, `irlnb fetch`, `irlnb bench`.
+"""Command line: `irlnb check`, `irlnb run`, `irlnb fetch`, `irlnb bench`, `irlnb regress`.
 
 Every expected failure (bad params, missing file, unreachable hub, corrupted artifact, refused
 overwrite) ends with one line on stderr and a non-zero exit, never a traceback.
@@ -64,6 +64,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_regress(args) -> int:
+    from pathlib import Path
+
+    from irlnb.config import load_config
+    from irlnb.regress import REFERENCE_DIR, REGRESS_RUNS_DIR, RegressError, record_reference, regress
+    from irlnb.stages import REPO_ROOT
+
+    config = load_config(args.params)
+    reference_dir = Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR
+    try:
+        if args.record:
+            run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / config.run.runs_dir / config.run.name
+            print(f"reference written to {record_reference(config, run_dir, reference_dir)}")
+            return 0
+        return regress(config, runs_dir=args.runs_dir or REGRESS_RUNS_DIR, reuse=args.reuse, reference_dir=reference_dir)
+    except RegressError as err:
+        print(f"irlnb: error: {err}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="irlnb", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = commands.add_parser("fetch", help="download, verify and cache the embedded assets")
     fetch.set_defaults(func=cmd_fetch)
+
+    regress = commands.add_parser("regress", help="rerun the pipeline into runs/regress/ and compare its metrics "
+                                  "with regress/<run name>.metrics.json")
+    regress.add_argument("params", help="params YAML file")
+    regress.add_argument("--record", action="store_true", help="write the reference from a finished run instead")
+    regress.add_argument("--run-dir", help="with --record: the run to record (default runs_dir/run.name)")
+    regress.add_argument("--runs-dir", help="where the regression run goes (default runs/regress)")
+    regress.add_argument("--reuse", action="store_true", help="keep finished stages of an earlier regression run")
+    regress.add_argument("--reference-dir", help="folder of references and tolerances.yaml (default regress/)")
+    regress.set_defaults(func=cmd_regress)
 
     bench = commands.add_parser("bench", help="measure speed ratios side by side; writes runs/bench.json")
     bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
