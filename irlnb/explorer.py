@@ -67,9 +67,9 @@ class RewardExplorer:
 
         Read from irl/test_scores.parquet (no model is loaded): ranks are percentiles among the
         test demonstration texts, so the learned reward's arbitrary shift and scale do not matter.
-        `loss` (given at construction) picks the objective; `seed` picks one IRL repeat, and when it
-        is None each text's learned-reward rank is averaged over the repeats, because test_scores
-        does not say which repeat was saved as irl/reward. Without test_scores.parquet the test
+        `loss` (given at construction) picks the objective; `seed` picks one IRL repeat. When it is
+        None, the repeat saved as irl/reward (metrics key irl.saved_seed) is used, or, without that
+        key, each text's learned-reward rank is averaged over the repeats. Without test_scores.parquet the test
         demonstrations are scored with the saved reward instead (this loads it).
         """
         path = self.run_dir / "irl" / "test_scores.parquet"
@@ -82,6 +82,11 @@ class RewardExplorer:
                 raise ValueError(f"{path}: holds losses {', '.join(losses)}; choose one (RewardExplorer(loss=...)), "
                                  f"got {self.loss!r}")
             scores = scores[scores["loss"] == loss]
+            if seed is None:  # the repeat notebook 04 saved as irl/reward, when it says which
+                from irlnb.runio import read_metrics
+
+                saved = read_metrics(self.run_dir).get("irl.saved_seed")
+                seed = int(saved) if saved is not None and int(saved) in set(scores["seed"]) else None
             if seed is not None:
                 if seed not in set(scores["seed"]):
                     raise ValueError(f"{path}: no seed {seed} for loss {loss}; seeds: {sorted(set(scores['seed']))}")

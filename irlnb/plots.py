@@ -230,3 +230,61 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
     fig.suptitle("Runs compared")
     fig.tight_layout()
     return fig
+
+
+def irl_epochs_figure(epochs: pd.DataFrame, title: str) -> plt.Figure:
+    """The paper's Figure 3 for one IRL run: validation accuracy per epoch (bars) with Pearson/Spearman/Kendall lines."""
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    ax.bar(epochs["epoch"], epochs["human_accuracy_zero"], color="#CCB974", label="accuracy of sign(R-hat) vs sign(R*)")
+    for column, color in (("human_pearson", "#4C72B0"), ("human_spearman", "#55A868"), ("human_kendall", "#C44E52")):
+        ax.plot(epochs["epoch"], epochs[column], marker=".", color=color, label=column.removeprefix("human_"))
+    ax.plot(epochs["epoch"], epochs["human_auc"], color="black", ls="--", label="ROC-AUC vs sign(R*)")
+    ax.plot(epochs["epoch"], epochs["pair_accuracy"], color="#8172B2", ls=":", label="pair accuracy (demonstrations)")
+    ax.axhline(0.5, color="grey", lw=0.6)
+    ax.set(title=title, xlabel="epoch (0: initial head)", ylabel="validation metric", ylim=(min(0, epochs["human_pearson"].min()) - 0.05, 1.0))
+    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def irl_confusion_figure(scores: pd.DataFrame, title: str) -> plt.Figure:
+    """The paper's Figure 4 confusion matrices on held-out human texts: R-hat vs sign(R*), R-hat vs people, R* vs people."""
+    human = scores[scores["set"] == "human"]
+    predicted = (human["r_hat"] <= human["threshold"]).to_numpy()
+    r_star_toxic = metrics.toxic_by_reward(human["r_star"])
+    panels = [(predicted, r_star_toxic, "R-hat (validation threshold)", "sign(R*)"),
+              (predicted, human["label"].to_numpy(), "R-hat (validation threshold)", "human label"),
+              (r_star_toxic, human["label"].to_numpy(), "sign(R*)", "human label")]
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.8))
+    for ax, (pred, truth, pred_name, truth_name) in zip(axes, panels):
+        matrix = metrics.confusion(pred, truth)
+        shares = matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+        annotations = np.array([[f"{matrix[i, j]}\n{shares[i, j]:.0%}" for j in range(2)] for i in range(2)])
+        sns.heatmap(shares, annot=annotations, fmt="", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax,
+                    xticklabels=["non-toxic", "toxic"], yticklabels=["non-toxic", "toxic"])
+        ax.set(title=f"accuracy {metrics.accuracy(pred, truth):.1%}", xlabel=pred_name, ylabel=truth_name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def non_identifiability_figure(epochs: pd.DataFrame, correlations: pd.DataFrame, loss: str) -> plt.Figure:
+    """The paper's Figure 6: seeds x epochs accuracy, mean +- SD curves per objective, and how alike the seeds' rewards are."""
+    chosen = epochs[epochs["loss"] == loss]
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2), gridspec_kw={"width_ratios": [1.3, 1.3, 1.2, 1]})
+    for ax, column, name in ((axes[0], "human_accuracy_zero", "accuracy of sign(R-hat)"), (axes[1], "human_auc", "ROC-AUC")):
+        grid = chosen.pivot_table(index="seed", columns="epoch", values=column)
+        sns.heatmap(grid, cmap="viridis", vmin=0.3 if column.endswith("zero") else 0.5, vmax=1.0, ax=ax,
+                    cbar_kws={"label": name})
+        ax.set(title=f"{loss}: validation {name}", xlabel="epoch", ylabel="seed")
+    for objective, rows in epochs.groupby("loss"):
+        curve = rows.groupby("epoch")["human_accuracy_zero"].agg(["mean", "std"])
+        axes[2].plot(curve.index, curve["mean"], label=objective)
+        axes[2].fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.2)
+    axes[2].set(title="validation accuracy of sign(R-hat), mean +- SD over seeds", xlabel="epoch", ylabel="accuracy")
+    axes[2].legend(fontsize=8)
+    sns.heatmap(correlations, cmap="mako", vmin=0, vmax=1, annot=len(correlations) <= 12, fmt=".2f", ax=axes[3],
+                annot_kws={"fontsize": 6})
+    axes[3].set(title=f"{loss}: Spearman between seeds' rewards (test texts)", xlabel="seed", ylabel="seed")
+    fig.tight_layout()
+    return fig

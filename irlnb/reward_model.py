@@ -35,7 +35,7 @@ class RewardSpec:
     backbone: str  # a source spec, e.g. "embedded:smollm2-135m-instruct"
     backbone_sha256: str
     pooling: str = "last"
-    layer: int = -1  # hidden_states index; -1 = final layer
+    layer: int = -1  # output of decoder block `layer` (1-based); -1 = the final, normed hidden state
     max_length: int = 128
     kind: str = "learned"  # "learned" or "random"
 
@@ -90,13 +90,22 @@ class FeatureReward:
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 index = order[start:start + batch_size]
-                batch = self.tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,
-                                       truncation=True, max_length=self.spec.max_length).to(self.device)
-                if batch["attention_mask"].sum(dim=1).min() == 0:
-                    raise ValueError("an empty text has no token to read a reward from")
-                hidden = self.backbone(**batch, output_hidden_states=True).hidden_states[self.spec.layer]
-                out[torch.as_tensor(index)] = pool(hidden, batch["attention_mask"], self.spec.pooling).float().cpu()
+                batch = self.tokenize([texts[i] for i in index])
+                out[torch.as_tensor(index)] = self.pooled(batch).float().cpu()
         return out
+
+    def tokenize(self, texts: list[str]):
+        """A padded batch (the text's start is kept when it is longer than max_length)."""
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                               max_length=self.spec.max_length).to(self.device)
+        if batch["attention_mask"].sum(dim=1).min() == 0:
+            raise ValueError("an empty text has no token to read a reward from")
+        return batch
+
+    def pooled(self, batch) -> torch.Tensor:
+        """The pooled features of a tokenized batch (differentiable when the backbone is trained)."""
+        hidden = hidden_at(self.backbone, batch, self.spec.layer)
+        return pool(hidden, batch["attention_mask"], self.spec.pooling)
 
     def score(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         with torch.inference_mode():
@@ -111,6 +120,47 @@ class FeatureReward:
                    "bias": self.head.bias.detach().cpu().contiguous()}, str(folder / REWARD_HEAD))
         (folder / REWARD_CONFIG).write_text(json.dumps({**asdict(self.spec), "head_sha256": sha256_of(folder / REWARD_HEAD)}, indent=2))
         return folder
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the wanted layer has run: the blocks above it are never computed."""
+
+
+def decoder_blocks(model) -> torch.nn.ModuleList:
+    """The transformer blocks of a causal LM (Llama-style `layers` or GPT-2-style `h`)."""
+    base = model.base_model
+    for name in ("layers", "h"):
+        blocks = getattr(base, name, None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            return blocks
+    raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks")
+
+
+def hidden_at(model, batch, layer: int) -> torch.Tensor:
+    """Hidden states [batch, tokens, d] after block `layer` (1-based), or the final normed ones for -1.
+
+    Only the blocks up to `layer` run (a hook stops the forward pass), and the LM head never does,
+    so reading a middle layer costs about that fraction of a forward pass.
+    """
+    if layer == -1:
+        return model.base_model(**batch).last_hidden_state
+    blocks = decoder_blocks(model)
+    if not 1 <= layer <= len(blocks):
+        raise ValueError(f"layer {layer} does not exist: the backbone has blocks 1..{len(blocks)} (or -1, the final normed state)")
+    captured = {}
+
+    def keep_and_stop(module, args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    handle = blocks[layer - 1].register_forward_hook(keep_and_stop)
+    try:
+        model.base_model(**batch)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["hidden"]
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

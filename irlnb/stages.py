@@ -43,6 +43,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("03_rlhf_ground_truth", "03_rlhf.ipynb", RLHF_SECTIONS, "rlhf_ground_truth",
           ("rlhf.ground_truth.", "rlhf.base."), needs=("01_curate", "02_ground_truth_rm"),
           fixed={"reward": "ground_truth"}),
+    # IRL reads the expert (03's policy) and its test continuations; the decoding is 03's evaluation decoding.
+    Stage("04_irl", "04_irl.ipynb", ("compute", "sources", "ground_truth", "irl"), "irl", ("irl.",),
+          needs=("01_curate", "02_ground_truth_rm", "03_rlhf_ground_truth")),
+    Stage("03_rlhf_learned", "03_rlhf.ipynb", RLHF_SECTIONS, "rlhf_learned", ("rlhf.learned.",),
+          needs=("01_curate", "02_ground_truth_rm", "04_irl"), fixed={"reward": "learned"}),
+    Stage("03_rlhf_random", "03_rlhf.ipynb", RLHF_SECTIONS, "rlhf_random", ("rlhf.random.",),
+          needs=("01_curate", "02_ground_truth_rm"), fixed={"reward": "random"}),
+    Stage("05_analysis", "05_analysis.ipynb", ("compute", "sources", "ground_truth", "analysis"), "analysis",
+          ("analysis.",), needs=("03_rlhf_ground_truth", "04_irl", "03_rlhf_learned", "03_rlhf_random")),
 )
 
 

@@ -38,7 +38,7 @@ def irlnb_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: fl
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
-    """One complete smoke run (stages 01 and 02) shared by the tests that only read it."""
+    """One complete smoke run (every stage, 01 to 05) shared by the tests that only read it."""
     tmp = tmp_path_factory.mktemp("smoke")
     params = write_params(tmp)
     done = irlnb_cli("run", str(params))

@@ -302,8 +302,6 @@ def test_notebook_05_draws_every_table_and_figure_from_saved_files(tmp_path):
     assert pd.read_csv(run_dir / "analysis" / "disagreements.csv").loc[0, "text"] == "You are rude words"
 
 
-@pytest.mark.skipif(not (REPO / "notebooks" / "04_irl.ipynb").is_file(),
-                    reason="the smoke run reaches stage 05 once notebook 04 exists")
 def test_the_smoke_run_writes_the_analysis_files(smoke_run):
     _assert_analysis_outputs(smoke_run)
     assert not (smoke_run / "figures" / "runs_comparison.png").exists()  # compare_runs is empty in smoke.yaml

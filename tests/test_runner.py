@@ -39,7 +39,8 @@ def test_a_run_writes_notebooks_metrics_manifest_and_figures(smoke_run):
         assert (smoke_run / "notebooks" / f"{stage.name}.ipynb").is_file()
         assert (smoke_run / "stages" / f"{stage.name}.json").is_file()
     for figure in ("curation", "gt_reward_distribution", "gt_confusion", "rlhf_ground_truth_training",
-                   "rlhf_ground_truth_toxicity"):
+                   "rlhf_ground_truth_toxicity", "irl_epochs", "irl_confusion", "non_identifiability",
+                   "rlhf_learned_training", "rlhf_random_training"):
         for ext in ("png", "pdf"):
             assert (smoke_run / "figures" / f"{figure}.{ext}").stat().st_size > 1000
 
@@ -108,7 +109,7 @@ def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
 
     done = irlnb_cli("run", str(params))
     assert done.returncode == 0, done.stderr
-    assert "[1/2] 02_ground_truth_rm" in done.stdout and "[2/2] 03_rlhf_ground_truth" in done.stdout  # 01 kept
+    assert "[1/6] 02_ground_truth_rm" in done.stdout and "[6/6] 05_analysis" in done.stdout  # 01 kept
     assert first_marker.read_bytes() == curate_marker
     assert (run_dir / "stages" / "02_ground_truth_rm.json").exists()
     assert "gt.auc_human" in json.loads((run_dir / "metrics.json").read_text())

@@ -1,0 +1,225 @@
+"""Max-margin IRL: each objective on hand-made pairs, the judging metrics on hand-computed cases,
+the fitting loop, the demonstrations' exclusions, feature caching and the saved reward."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from irlnb import irl
+from irlnb.reward_model import hidden_at, load_reward
+
+BACKBONE = "embedded:tiny-gpt-neox"
+
+
+# --- objectives ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss, expected", [
+    # advantages x = [2, -1, 0.5]
+    ("paper_asymmetric", (-2 + 2 - 0.5) / 3),  # -x if x > 0 else -2x
+    ("max_margin", (0 + 2 + 0.5) / 3),  # max(0, 1 - x)
+    ("logistic", float(np.mean(np.log1p(np.exp(-np.array([2.0, -1.0, 0.5])))))),
+])
+def test_each_loss_value_on_hand_made_pairs(loss, expected):
+    advantage = torch.tensor([2.0, -1.0, 0.5])
+    assert float(irl.pair_loss(loss, advantage, margin=1.0)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", irl.LOSSES)
+def test_every_loss_pushes_the_expert_up(loss):
+    """The gradient with respect to the advantage is negative: descending it widens the expert's lead."""
+    advantage = torch.tensor([-0.5, 0.3], requires_grad=True)
+    irl.pair_loss(loss, advantage, margin=1.0).backward()
+    assert (advantage.grad < 0).all()
+
+
+def test_the_paper_loss_doubles_the_push_on_wrong_pairs_and_the_hinge_stops_past_the_margin():
+    advantage = torch.tensor([-0.5, 0.3, 2.0], requires_grad=True)
+    irl.pair_loss("paper_asymmetric", advantage).backward()
+    assert advantage.grad.tolist() == pytest.approx([-2 / 3, -1 / 3, -1 / 3])
+    advantage.grad = None
+    irl.pair_loss("max_margin", advantage, margin=1.0).backward()
+    assert advantage.grad.tolist() == pytest.approx([-1 / 3, -1 / 3, 0.0])  # a pair past the margin teaches nothing
+
+
+def test_an_unknown_loss_is_refused():
+    with pytest.raises(ValueError, match="loss must be one of max_margin, paper_asymmetric, logistic"):
+        irl.pair_loss("hinge2", torch.zeros(2))
+
+
+# --- judging ---------------------------------------------------------------------------------
+
+
+def test_agreement_metrics_on_a_hand_computed_case():
+    r_star = np.array([-2.0, -1.0, 1.0, 2.0])  # toxic, toxic, non-toxic, non-toxic
+    r_hat = np.array([0.5, -1.0, 2.0, -0.5])  # at threshold 0 predicts: non-toxic, toxic, non-toxic, toxic
+    values = irl.agreement(r_hat, r_star, threshold=0.0, labels=np.array([1, 1, 0, 0]))
+    assert values["accuracy"] == 0.5
+    assert values["f1"] == pytest.approx(0.5)  # TP 1, FP 1, FN 1
+    # toxicity score -r_hat = [-0.5, 1, -2, 0.5]; positives {-0.5, 1} beat negatives {-2, 0.5} in 3 of 4 pairs
+    assert values["auc"] == 0.75 and values["auc_human"] == 0.75
+    assert values["spearman"] == pytest.approx(0.0)  # ranks [3, 1, 4, 2] vs [1, 2, 3, 4]: sum d^2 = 10, 1 - 60/60
+    assert values["kendall"] == pytest.approx(0.0)  # 3 concordant, 3 discordant pairs
+
+
+def test_the_threshold_is_fitted_where_it_separates_best():
+    r_star = np.array([-1.0, -1.0, 1.0, 1.0])
+    r_hat = np.array([3.0, 4.0, 5.0, 6.0])  # perfectly ranked, but all above zero
+    threshold = irl.fit_threshold(r_hat, r_star)
+    assert 4.0 <= threshold < 5.0
+    assert irl.agreement(r_hat, r_star, threshold)["accuracy"] == 1.0
+    assert irl.agreement(r_hat, r_star, 0.0)["accuracy"] == 0.5
+
+
+def test_pair_accuracy_counts_ties_as_wrong():
+    assert irl.pair_accuracy(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])) == pytest.approx(1 / 3)
+
+
+# --- fitting ---------------------------------------------------------------------------------
+
+
+def synthetic_pairs(n: int, seed: int) -> irl.PairSet:
+    """Expert features lie along a hidden direction; R* is that direction, so the truth is known."""
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.zeros(8)
+    direction[0] = 1.0
+    base = torch.randn(n, 8, generator=generator)
+    expert = base + 1.5 * direction
+    r_star = lambda x: x[:, 0].double().numpy()
+    return irl.PairSet(irl.TextSet(expert, r_star(expert), -np.ones(n)), irl.TextSet(base, r_star(base), -np.ones(n)))
+
+
+@pytest.mark.parametrize("loss", irl.LOSSES)
+def test_fitting_changes_the_head_and_recovers_the_direction(loss):
+    train, validation = synthetic_pairs(200, 0), synthetic_pairs(100, 1)
+    objective = irl.Objective(loss, margin=1.0, max_head_norm=1.0, learning_rate=0.05, epochs=5, batch_size=16)
+    history, heads = irl.fit_head(train, objective, seed=0, on_epoch=lambda epoch, head: {
+        "pair_accuracy": irl.pair_accuracy(irl.rewards_of(head, validation.expert), irl.rewards_of(head, validation.non_expert))})
+    assert [row["epoch"] for row in history] == list(range(6))
+    assert all(np.isfinite(row["train_loss"]) for row in history[1:])
+    assert not torch.equal(heads[0].weight, heads[-1].weight)
+    assert history[-1]["pair_accuracy"] > 0.85 > history[0]["pair_accuracy"] - 0.5
+    weight = heads[-1].weight.detach().flatten()
+    assert weight[0] == weight.abs().max()  # the hidden direction carries the largest weight
+    if loss == "max_margin":
+        assert float(weight.norm()) <= 1.0 + 1e-6  # the bound holds after every step
+
+
+def test_the_same_seed_gives_the_same_head_and_another_seed_another():
+    train = synthetic_pairs(64, 0)
+    objective = irl.Objective("logistic", 1.0, 1.0, 0.05, 2, 16)
+    fit = lambda seed: irl.fit_head(train, objective, seed, on_epoch=lambda e, h: {})[1][-1].weight
+    assert torch.equal(fit(3), fit(3)) and not torch.equal(fit(3), fit(4))
+
+
+def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation():
+    train, validation_pairs, test_pairs = synthetic_pairs(120, 0), synthetic_pairs(60, 1), synthetic_pairs(60, 2)
+    human = lambda pairs: irl.TextSet(torch.cat([pairs.expert.features, pairs.non_expert.features]),
+                                      np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star]), -np.ones(120))
+    texts = {"human": [f"h{i}" for i in range(120)], "expert": [f"e{i}" for i in range(60)],
+             "non_expert": [f"n{i}" for i in range(60)]}
+    objectives = [irl.Objective(loss, 1.0, 1.0, 0.05, 3, 16) for loss in ("max_margin", "logistic")]
+    study = irl.run_study(train, (human(validation_pairs), validation_pairs), (human(test_pairs), test_pairs), texts,
+                          objectives, seeds=3)
+    assert len(study.epochs) == 2 * 3 * 4 and len(study.test) == 6 and len(study.scores) == 6 * 240
+    assert study.test["epoch"].between(1, 3).all()
+    summary = irl.summary_metrics(study.test, "max_margin")
+    assert summary["irl.seeds"] == 3
+    assert summary["irl.test.accuracy_mean"] == summary["irl.max_margin.test.accuracy_mean"]
+    assert summary["irl.test.auc_mean"] > 0.8 and "irl.logistic.test.pair_accuracy_mean" in summary
+    correlations = irl.seed_correlations(study.scores, "max_margin")
+    assert correlations.shape == (3, 3)
+    assert 0 < irl.seed_agreement(correlations)["irl.test.seed_spearman_median"] <= 1
+    assert irl.best_seed(study.test, study.epochs, "max_margin") in (0, 1, 2)
+
+
+# --- demonstrations ----------------------------------------------------------------------------
+
+
+def test_empty_and_identical_pairs_are_counted_and_excluded():
+    pairs = pd.DataFrame({"prompt": ["a ", "b ", "c ", "d "], "label": [1, 0, 1, 0],
+                          "expert": ["nice words", "", "same", "kind"], "non_expert": ["rude words", "x", " same", "mean"]})
+    labelled = irl.label_pairs(pairs, "train", lambda texts: np.arange(len(texts), dtype=float))
+    assert labelled["excluded"].tolist() == ["", "empty continuation", "identical continuations", ""]
+    counts = irl.demonstration_counts(labelled)
+    assert counts["irl.demos.train.used"] == 2
+    assert counts["irl.demos.train.excluded_empty"] == 1 and counts["irl.demos.train.excluded_identical"] == 1
+    assert irl.used_pairs(labelled, "train")["prompt"].tolist() == ["a ", "d "]
+
+
+def test_too_few_usable_pairs_are_refused_before_any_fitting():
+    demonstrations = pd.DataFrame({"split": ["train"] * 2, "prompt": ["a", "b"], "expert": ["", "x"],
+                                   "non_expert": ["y", "x"], "expert_r_star": [0.0, 0.0], "non_expert_r_star": [0.0, 0.0],
+                                   "excluded": ["empty continuation", "identical continuations"]})
+    with pytest.raises(ValueError, match="only 0 usable train demonstration pairs"):
+        irl.build_feature_sets(None, demonstrations, pd.DataFrame(), None, 8)
+
+
+# --- features and the saved reward ---------------------------------------------------------------
+
+
+def test_reading_a_middle_layer_stops_early_and_equals_the_full_pass():
+    from irlnb.sources import load_policy
+
+    model, tokenizer = load_policy(BACKBONE)
+    batch = tokenizer(["You are such an idiot", "What a day"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        full = model(**batch, output_hidden_states=True).hidden_states
+        assert torch.allclose(hidden_at(model, batch, 1), full[1], atol=1e-6)
+        assert torch.allclose(hidden_at(model, batch, -1), model.base_model(**batch).last_hidden_state)
+    with pytest.raises(ValueError, match="layer 5 does not exist: the backbone has blocks 1..2"):
+        hidden_at(model, batch, 5)
+
+
+def test_features_are_cached_and_a_damaged_cache_is_recomputed(tmp_path):
+    reader = irl.feature_reader(BACKBONE, SimpleNamespace(pooling="mean", layer=1, max_length=32), "cpu")
+    texts = ["You are such an idiot", "What a lovely day"]
+    first = irl.cached_features(reader, texts, tmp_path, batch_size=2)
+    (cache_file,) = tmp_path.glob("features-*.pt")
+    reader.features = lambda *args, **kwargs: pytest.fail("the cache was not used")
+    assert torch.equal(irl.cached_features(reader, texts, tmp_path, batch_size=2), first)
+    cache_file.write_bytes(b"cut short")
+    del reader.features  # back to the real method
+    assert torch.allclose(irl.cached_features(reader, texts, tmp_path, batch_size=2), first)
+
+
+def test_the_saved_reward_folds_the_standardisation_and_scores_like_the_study(tmp_path):
+    reader = irl.feature_reader(BACKBONE, SimpleNamespace(pooling="mean", layer=2, max_length=32), "cpu")
+    texts = ["You are such an idiot", "What a lovely day", "ok then"]
+    raw = reader.features(texts)
+    standardizer = irl.Standardizer.fit(raw)
+    head = irl.init_head(raw.shape[1], seed=0)
+    expected = irl.rewards_of(head, irl.TextSet(standardizer(raw), np.zeros(3), -np.ones(3)))
+    irl.save_learned_reward(reader, head, standardizer, tmp_path / "reward")
+    np.testing.assert_allclose(load_reward(tmp_path / "reward").score(texts), expected, atol=1e-4)
+
+
+# --- notebook 04 in the smoke pipeline ------------------------------------------------------------
+
+
+def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
+    import json
+
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    for key in ("accuracy_mean", "accuracy_sd", "f1_mean", "auc_mean", "auc_human_mean", "spearman_mean", "pair_accuracy_mean"):
+        assert np.isfinite(metrics[f"irl.test.{key}"]), key
+        for loss in irl.LOSSES:  # compare_losses is on in smoke.yaml
+            assert f"irl.{loss}.test.{key}" in metrics
+    assert metrics["irl.seeds"] == 3
+    out = smoke_run / "irl"
+    demonstrations = pd.read_parquet(out / irl.DEMONSTRATIONS_FILE)
+    assert set(demonstrations["split"]) == {"train", "validation", "test"}
+    assert {"prompt", "expert", "non_expert", "expert_r_star", "non_expert_r_star", "excluded"} <= set(demonstrations)
+    assert metrics["irl.demos.train.used"] == (demonstrations.query("split == 'train'")["excluded"] == "").sum()
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert len(epochs) == 3 * 3 * (3 + 1)  # losses x seeds x (epochs + the initial head)
+    import irlnb
+
+    reward = irlnb.load_reward(out / "reward")  # the auditor's entry point
+    assert reward.spec.layer == 1 and reward.spec.pooling == "mean"
+    assert np.isfinite(reward.score(["You are an idiot", "Have a nice day"])).all()
