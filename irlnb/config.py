@@ -53,6 +53,8 @@ class ComputeSettings:
     seed: int = setting(0, doc="seed of every random choice (splits, initialisation, sampling)", ge=0)
     torch_threads: int = setting(2, doc="torch intra-op CPU threads (2 cores here; 1 is faster when the machine is busy)", ge=1, le=512)
     device: str = setting("cpu", doc="torch device for models", choices=("cpu", "cuda", "auto"))
+    inference_dtype: str = setting("float32", doc="dtype of models that only infer (evaluation, demonstrations, IRL features); training is float32",
+                                   choices=("float32", "bfloat16"))
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,6 @@ class IrlSettings:
     validation_pairs: int = setting(200, doc="demonstration pairs on validation-split prompts (epoch and threshold choice)", ge=2)
     pooling: str = setting("mean", doc="hidden states feeding the head: last real token (the paper) or token mean", choices=("last", "mean"))
     layer: int = setting(15, doc="hidden-state layer read by the head (-1: final, normed; the paper's)")
-    trainable_layers: int = setting(0, doc="top backbone layers trained with the head (0: frozen backbone, cached features)", ge=0)
     loss: str = setting("max_margin", doc="objective of the reward that is saved and studied over seeds",
                         choices=("max_margin", "paper_asymmetric", "logistic"))
     compare_losses: bool = setting(True, doc="also fit the other two objectives over the same seeds and report them")

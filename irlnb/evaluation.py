@@ -88,15 +88,3 @@ def evaluate_policy(model, tokenizer, prompts: list[str], human_texts: list[str]
                                     "p_toxic": p_toxic, "evaluator_p_toxic": evaluator_p}))
     values[f"rlhf.{tag}.perplexity"] = perplexity(model, tokenizer, human_texts, batch_size=rlhf.eval_batch_size)
     return values, pd.concat(frames, ignore_index=True)
-
-
-def policy_table(metrics_by_key: dict[str, float], tags: list[str]):
-    """One row per evaluated policy from rlhf.<tag>.* metrics (greedy decoding)."""
-    import pandas as pd
-
-    columns = ["toxicity_ratio", "toxicity_mean", "toxicity_mean_ci_low", "toxicity_mean_ci_high",
-               "evaluator_toxicity_ratio", "evaluator_toxicity_mean", "evaluator_toxicity_mean_ci_low",
-               "evaluator_toxicity_mean_ci_high", "perplexity", "distinct2"]
-    rows = [{"policy": tag, **{c: metrics_by_key.get(f"rlhf.{tag}.{c}", float("nan")) for c in columns}}
-            for tag in tags if f"rlhf.{tag}.toxicity_mean" in metrics_by_key]
-    return pd.DataFrame(rows)

@@ -404,7 +404,7 @@ def best_seed(test: pd.DataFrame, epochs: pd.DataFrame, loss: str) -> int:
 
 
 def build_demonstrations(run_dir: str | Path, curated: pd.DataFrame, irl, policy: str, r_star, seed: int,
-                         device: str) -> pd.DataFrame:
+                         device: str, dtype: str = "float32") -> pd.DataFrame:
     """Pairs on IRL-train prompts (train split), validation prompts and test prompts (notebook 03's).
 
     The test split's prompts were never trained on in RLHF; train and validation prompts are
@@ -413,8 +413,8 @@ def build_demonstrations(run_dir: str | Path, curated: pd.DataFrame, irl, policy
     from irlnb.sources import load_policy
 
     decoding, batch_size = expert_decoding(run_dir)
-    expert, tokenizer = load_policy(f"local:{expert_policy_dir(run_dir)}", device=device)
-    non_expert, _ = load_policy(policy, device=device)
+    expert, tokenizer = load_policy(f"local:{expert_policy_dir(run_dir)}", device=device, dtype=dtype)
+    non_expert, _ = load_policy(policy, device=device, dtype=dtype)
     frames = []
     for split, count in (("train", irl.train_pairs), ("validation", irl.validation_pairs)):
         rows = curated[curated["split"] == split]
@@ -430,13 +430,13 @@ def build_demonstrations(run_dir: str | Path, curated: pd.DataFrame, irl, policy
     return pd.concat(frames, ignore_index=True)
 
 
-def feature_reader(policy: str, irl, device: str):
+def feature_reader(policy: str, irl, device: str, dtype: str = "float32"):
     """The reward's form before fitting: the backbone and pooling of `irl`, with a zero head."""
     from irlnb.reward_model import FeatureReward, RewardSpec, backbone_dir, backbone_sha256
     from irlnb.sources import load_policy
 
-    model, tokenizer = load_policy(policy, device=device)
-    spec = RewardSpec(policy, backbone_sha256(backbone_dir(policy)), irl.pooling, irl.layer, irl.max_length)
+    model, tokenizer = load_policy(policy, device=device, dtype=dtype)
+    spec = RewardSpec(policy, backbone_sha256(backbone_dir(policy)), irl.pooling, irl.layer, irl.max_length, dtype=dtype)
     head = torch.nn.Linear(model.config.hidden_size, 1).to(device)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)

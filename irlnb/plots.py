@@ -76,18 +76,6 @@ def rlhf_training_figure(log: pd.DataFrame, title: str) -> plt.Figure:
     return fig
 
 
-def toxicity_comparison_figure(table: pd.DataFrame) -> plt.Figure:
-    """Toxicity mean with 95% intervals per policy, by the ground-truth classifier and the evaluator."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=False)
-    for ax, (prefix, label) in zip(axes, (("", "ground-truth classifier"), ("evaluator_", "independent evaluator"))):
-        mean = table[f"{prefix}toxicity_mean"]
-        errors = [mean - table[f"{prefix}toxicity_mean_ci_low"], table[f"{prefix}toxicity_mean_ci_high"] - mean]
-        ax.bar(table["policy"], mean, yerr=errors, capsize=4, color="#8172B2")
-        ax.set(title=f"mean p_toxic of greedy continuations\n({label}, 95% CI)", ylabel="mean p_toxic")
-    fig.tight_layout()
-    return fig
-
-
 # --------------------------------------------------------------------------------------------
 # Notebook 05: the paper's overview, RLHF dynamics, Table 1 and the comparison of runs
 

@@ -38,6 +38,7 @@ class RewardSpec:
     layer: int = -1  # output of decoder block `layer` (1-based); -1 = the final, normed hidden state
     max_length: int = 128
     kind: str = "learned"  # "learned" or "random"
+    dtype: str = "float32"  # the backbone's dtype when the features were read (the head is float32)
 
 
 def backbone_dir(spec: str) -> Path:
@@ -105,11 +106,13 @@ class FeatureReward:
     def pooled(self, batch) -> torch.Tensor:
         """The pooled features of a tokenized batch (differentiable when the backbone is trained)."""
         hidden = hidden_at(self.backbone, batch, self.spec.layer)
-        return pool(hidden, batch["attention_mask"], self.spec.pooling)
+        return pool(hidden.float(), batch["attention_mask"], self.spec.pooling)
 
     def score(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        features = self.features(texts, batch_size)  # float32, on the CPU
         with torch.inference_mode():
-            return self.head(self.features(texts, batch_size)).squeeze(-1).double().numpy()
+            weight, bias = self.head.weight.detach().float().cpu(), self.head.bias.detach().float().cpu()
+            return torch.nn.functional.linear(features, weight, bias).squeeze(-1).double().numpy()
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -173,10 +176,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def _load_backbone(spec: str, device: str):
+def _load_backbone(spec: str, device: str, dtype: str = "float32"):
     from irlnb.sources import load_policy
 
-    return load_policy(spec, device=device)
+    return load_policy(spec, device=device, dtype=dtype)
 
 
 def random_reward(backbone: str, seed: int, pooling: str = "last", layer: int = -1, device: str = "cpu") -> FeatureReward:
@@ -218,7 +221,7 @@ def load_reward(path: str | Path, device: str = "cpu") -> FeatureReward:
     with torch.no_grad():
         head.weight.copy_(weights["weight"])
         head.bias.copy_(weights["bias"])
-    model, tokenizer = _load_backbone(spec.backbone, device)
+    model, tokenizer = _load_backbone(spec.backbone, device, spec.dtype)
     if model.config.hidden_size != head.in_features:
         raise RewardLoadError(f"{folder}: head width {head.in_features} does not fit backbone width {model.config.hidden_size}")
     return FeatureReward(spec, model, tokenizer, head.to(device))

@@ -141,8 +141,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_policy(spec: str, device: str = "cpu"):
-    """A causal LM and its tokenizer (left padding, a pad token), in eval mode on `device`."""
+def load_policy(spec: str, device: str = "cpu", dtype: str = "float32"):
+    """A causal LM and its tokenizer (left padding, a pad token), in eval mode on `device`, weights in `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from irlnb import models
@@ -156,7 +156,7 @@ def load_policy(spec: str, device: str = "cpu"):
     else:
         path, local_only = source.name, check_hub_source(source)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, dtype=dtype)
     models.prepare_tokenizer(tokenizer)
     return model.to(resolve_device(device)).eval(), tokenizer
 

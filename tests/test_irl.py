@@ -223,3 +223,13 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
     reward = irlnb.load_reward(out / "reward")  # the auditor's entry point
     assert reward.spec.layer == 1 and reward.spec.pooling == "mean"
     assert np.isfinite(reward.score(["You are an idiot", "Have a nice day"])).all()
+
+
+def test_a_reward_read_in_bfloat16_is_loaded_in_bfloat16(tmp_path):
+    reader = irl.feature_reader(BACKBONE, SimpleNamespace(pooling="last", layer=-1, max_length=32), "cpu", "bfloat16")
+    texts = ["You are such an idiot", "What a lovely day"]
+    raw = reader.features(texts)
+    assert raw.dtype == torch.float32  # features leave the backbone as float32 whatever its dtype
+    irl.save_learned_reward(reader, irl.init_head(raw.shape[1], 0), irl.Standardizer.fit(raw), tmp_path / "reward")
+    loaded = load_reward(tmp_path / "reward")
+    assert loaded.spec.dtype == "bfloat16" and next(loaded.backbone.parameters()).dtype == torch.bfloat16

@@ -39,7 +39,7 @@ def test_a_run_writes_notebooks_metrics_manifest_and_figures(smoke_run):
         assert (smoke_run / "notebooks" / f"{stage.name}.ipynb").is_file()
         assert (smoke_run / "stages" / f"{stage.name}.json").is_file()
     for figure in ("curation", "gt_reward_distribution", "gt_confusion", "rlhf_ground_truth_training",
-                   "rlhf_ground_truth_toxicity", "irl_epochs", "irl_confusion", "non_identifiability",
+                   "toxicity_table", "irl_epochs", "irl_confusion", "non_identifiability",
                    "rlhf_learned_training", "rlhf_random_training"):
         for ext in ("png", "pdf"):
             assert (smoke_run / "figures" / f"{figure}.{ext}").stat().st_size > 1000
