@@ -113,7 +113,7 @@ def bench_demo_generation(params: str | Path = "params/default.yaml", n_prompts:
     from irlnb.sources import load_policy
 
     config = load_config(REPO_ROOT / params)
-    model, tokenizer = load_policy(config.sources.policy)
+    model, tokenizer = load_policy(config.sources.policy, dtype=config.compute.inference_dtype)
     prompts, _ = real_prompts_and_texts(n_prompts)
     decoding = Decoding(config.rlhf.eval_max_new_tokens)
     generate_continuations(model, tokenizer, prompts[:4], decoding, batch_size=4)  # warm-up
@@ -133,7 +133,7 @@ def irl_reader(params: str | Path = "params/default.yaml"):
     from irlnb.irl import feature_reader
 
     config = load_config(REPO_ROOT / params)
-    return feature_reader(config.sources.policy, config.irl, "cpu"), config.irl
+    return feature_reader(config.sources.policy, config.irl, "cpu", config.compute.inference_dtype), config.irl
 
 
 def bench_reward_scoring(reader, n_texts: int = 1000) -> dict[str, float]:
