@@ -18,7 +18,9 @@ def git_state(repo: Path) -> dict:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    # Tracked files that differ from HEAD (staged or not); `git status --porcelain` output, once
+    # stripped, lost the first character of the first name.
+    changed = git("diff", "--name-only", "HEAD").splitlines()
     # Which files differ from the commit, so a dirty run can be judged (a README edit is not a code change).
     return {"commit": commit or None, "dirty": bool(changed) if commit else None, "changed_files": changed}
 
