@@ -269,10 +269,10 @@ def non_identifiability_figure(epochs: pd.DataFrame, correlations: pd.DataFrame,
         curve = rows.groupby("epoch")["human_accuracy_zero"].agg(["mean", "std"])
         axes[2].plot(curve.index, curve["mean"], label=objective)
         axes[2].fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.2)
-    axes[2].set(title="validation accuracy of sign(R-hat), mean +- SD over seeds", xlabel="epoch", ylabel="accuracy")
+    axes[2].set(title="validation accuracy of sign(R-hat)\nmean +- SD over seeds, per objective", xlabel="epoch", ylabel="accuracy")
     axes[2].legend(fontsize=8)
     sns.heatmap(correlations, cmap="mako", vmin=0, vmax=1, annot=len(correlations) <= 12, fmt=".2f", ax=axes[3],
                 annot_kws={"fontsize": 6})
-    axes[3].set(title=f"{loss}: Spearman between seeds' rewards (test texts)", xlabel="seed", ylabel="seed")
+    axes[3].set(title=f"{loss}: Spearman between\nseeds' rewards (test texts)", xlabel="seed", ylabel="seed")
     fig.tight_layout()
     return fig
