@@ -532,17 +532,15 @@ def seed_agreement(correlations: pd.DataFrame) -> dict[str, float]:
 def check_saved_reward(folder: Path, scores: pd.DataFrame, device: str = "cpu", texts: int = 64) -> float:
     """Load the saved reward as an auditor would and check it scores like the study's head did.
 
-    Returns the largest difference. The allowed gap is 5% of the rewards' spread: in bfloat16 a
-    text's features shift slightly with the batch it is padded in; a wrong head, layer or pooling
-    gives differences of the order of the spread itself.
+    Returns the largest difference; the allowed one is `reward_model.score_tolerance` of the
+    rewards' spread (bfloat16 features shift slightly with the batch a text is padded in).
     """
-    from irlnb.reward_model import load_reward
+    from irlnb.reward_model import load_reward, score_tolerance
 
+    reward = load_reward(folder, device=device)
     sample = scores.head(texts)
-    reloaded = load_reward(folder, device=device).score(sample["text"].tolist())
-    expected = sample["r_hat"].to_numpy()
-    gap = float(np.abs(reloaded - expected).max())
-    allowed = 0.05 * float(np.std(scores["r_hat"])) + 1e-4
+    gap = float(np.abs(reward.score(sample["text"].tolist()) - sample["r_hat"].to_numpy()).max())
+    allowed = score_tolerance(reward.spec.dtype, float(np.std(scores["r_hat"])))
     if gap > allowed:
         raise ValueError(f"{folder}: the saved reward differs from the study's by up to {gap:.4g} (allowed {allowed:.4g})")
     return gap

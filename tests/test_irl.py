@@ -233,3 +233,15 @@ def test_a_reward_read_in_bfloat16_is_loaded_in_bfloat16(tmp_path):
     irl.save_learned_reward(reader, irl.init_head(raw.shape[1], 0), irl.Standardizer.fit(raw), tmp_path / "reward")
     loaded = load_reward(tmp_path / "reward")
     assert loaded.spec.dtype == "bfloat16" and next(loaded.backbone.parameters()).dtype == torch.bfloat16
+
+
+def test_a_saved_reward_that_does_not_score_like_the_study_is_caught(smoke_run):
+    import json
+
+    saved_seed = int(json.loads((smoke_run / "metrics.json").read_text())["irl.saved_seed"])
+    scores = pd.read_parquet(smoke_run / "irl" / "test_scores.parquet")
+    saved = scores.query("loss == 'max_margin' and seed == @saved_seed and set == 'human'").reset_index(drop=True)
+    assert irl.check_saved_reward(smoke_run / "irl" / "reward", saved) < 1e-3  # float32: the same scores
+    wrong = saved.assign(r_hat=saved["r_hat"].to_numpy()[::-1])  # the scores of other texts
+    with pytest.raises(ValueError, match="the saved reward differs from the study's"):
+        irl.check_saved_reward(smoke_run / "irl" / "reward", wrong)
