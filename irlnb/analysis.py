@@ -16,6 +16,7 @@ import pandas as pd
 
 from irlnb import metrics as metric_fns
 from irlnb import runio
+from irlnb.evaluation import greedy_continuations
 
 # Policies in the order the paper's Table 1 lists them; `base` is evaluated in the ground-truth run.
 POLICIES = ("base", "ground_truth", "learned", "random")
@@ -99,15 +100,7 @@ def greedy_scores(run_dir: str | Path) -> tuple[list[str], dict[str, pd.DataFram
     reference_file = continuations_file(run_dir, "ground_truth")
     files = {"base": reference_file, "ground_truth": reference_file,
              **{tag: continuations_file(run_dir, tag) for tag in RETRAINED}}
-    frames: dict[str, pd.DataFrame] = {}
-    for tag, path in files.items():
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run stage 03_rlhf_{'ground_truth' if tag == 'base' else tag} first")
-        saved = pd.read_parquet(path)
-        frame = saved[(saved["policy"] == tag) & (saved["decoding"] == "greedy")].reset_index(drop=True)
-        if frame.empty:
-            raise ValueError(f"{path}: no greedy continuations of policy {tag!r}")
-        frames[tag] = frame
+    frames = {tag: greedy_continuations(path, tag) for tag, path in files.items()}
     prompts = frames["ground_truth"]["prompt"].tolist()
     for tag, frame in frames.items():
         if frame["prompt"].tolist() != prompts:

@@ -8,6 +8,7 @@ the mean p_toxic. Fluency is the perplexity of held-out human text; diversity is
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,20 @@ def toxicity_summary(p_toxic, prefix: str, samples: int, seed: int) -> dict[str,
         values.update({f"{prefix}toxicity_{name}": statistic(p), f"{prefix}toxicity_{name}_ci_low": low,
                        f"{prefix}toxicity_{name}_ci_high": high})
     return values
+
+
+def greedy_continuations(path: str | Path, policy: str):
+    """One policy's greedy continuations from a notebook-03 `continuations.parquet`, in evaluation order."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no evaluation continuations; run the RLHF stage that writes it first")
+    saved = pd.read_parquet(path)
+    frame = saved[(saved["policy"] == policy) & (saved["decoding"] == "greedy")].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"{path}: no greedy continuations of policy {policy!r}")
+    return frame
 
 
 def distinct_n(texts: list[str], n: int = 2) -> float:

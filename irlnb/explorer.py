@@ -109,11 +109,11 @@ class RewardExplorer:
         path = self.run_dir / "irl" / "demonstrations.parquet"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (and no test_scores.parquet beside it); run stage 04_irl first")
-        demos = pd.read_parquet(path)
-        demos = demos[(demos["split"] == "test") & (demos["excluded"] == "")].reset_index(drop=True)
+        from irlnb.irl import pair_texts, used_pairs
+
+        demos = used_pairs(pd.read_parquet(path), "test")
         frames = []
-        for name in DEMONSTRATION_SETS:
-            texts = (demos["prompt"] + demos[name]).tolist()
+        for name, texts in zip(DEMONSTRATION_SETS, pair_texts(demos)):
             frames.append(pd.DataFrame({"set": name, "pair": np.arange(len(demos)), "text": texts,
                                         "r_star": demos[f"{name}_r_star"].to_numpy(float),
                                         "learned_reward": self._model("learned").score(texts) if texts else []}))

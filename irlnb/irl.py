@@ -55,13 +55,10 @@ def expert_decoding(run_dir: str | Path):
 
 def test_demonstrations(run_dir: str | Path) -> pd.DataFrame:
     """Expert and non-expert greedy continuations of the test prompts, as notebook 03 evaluated them."""
+    from irlnb.evaluation import greedy_continuations
+
     path = Path(run_dir) / EXPERT_STAGE_OUTPUT / "continuations.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no evaluation continuations; run stage 03_rlhf_ground_truth first")
-    saved = pd.read_parquet(path)
-    greedy = saved[saved["decoding"] == "greedy"]
-    expert = greedy[greedy["policy"] == "ground_truth"].reset_index(drop=True)
-    non_expert = greedy[greedy["policy"] == "base"].reset_index(drop=True)
+    expert, non_expert = greedy_continuations(path, "ground_truth"), greedy_continuations(path, "base")
     if len(expert) != len(non_expert) or not (expert["prompt"] == non_expert["prompt"]).all():
         raise ValueError(f"{path}: the expert's and the base policy's test prompts differ")
     return pd.DataFrame({"prompt": expert["prompt"], "expert": expert["continuation"],
@@ -334,6 +331,7 @@ def run_study(train: PairSet, validation: tuple[TextSet, PairSet], test: tuple[T
             head = heads[chosen]
             threshold = fit_threshold(rewards_of(head, validation_human), validation_human.r_star)
             test_rows.append({"loss": objective.loss, "seed": seed, "epoch": chosen, "threshold": threshold,
+                              f"validation_{SELECTION_METRIC}": history[chosen][SELECTION_METRIC],
                               **judge(head, test_human, test_pairs, threshold)})
             score_frames.append(test_score_frame(head, test_human, test_pairs, test_texts, objective.loss, seed, threshold))
             chosen_heads[(objective.loss, seed)] = head
@@ -390,13 +388,10 @@ def seed_correlations(scores: pd.DataFrame, loss: str) -> pd.DataFrame:
     return wide.corr(method="spearman")
 
 
-def best_seed(test: pd.DataFrame, epochs: pd.DataFrame, loss: str) -> int:
-    """The seed whose chosen epoch has the best validation pair accuracy (never a test number)."""
-    rows = test[test["loss"] == loss]
-    validation = {int(r.seed): float(epochs[(epochs["loss"] == loss) & (epochs["seed"] == r.seed) &
-                                             (epochs["epoch"] == r.epoch)][SELECTION_METRIC].iloc[0])
-                  for r in rows.itertuples()}
-    return max(sorted(validation), key=lambda s: validation[s])
+def best_seed(test: pd.DataFrame, loss: str) -> int:
+    """The seed whose chosen epoch has the best validation pair accuracy (never a test number); ties: lowest seed."""
+    rows = test[test["loss"] == loss].sort_values("seed")
+    return int(rows.loc[rows[f"validation_{SELECTION_METRIC}"].idxmax(), "seed"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_reduction_shares_refuse_no_reduction_and_unpaired_prompts(tmp_path):
     with pytest.raises(ValueError, match="test prompts of policy 'learned' differ from those of ground_truth"):
         analysis.reduction_shares(tmp_path / "unpaired", samples=100, seed=0)
     (tmp_path / "unpaired" / "rlhf_random" / "continuations.parquet").unlink()
-    with pytest.raises(FileNotFoundError, match="rlhf_random/continuations.parquet: missing; run stage 03_rlhf_random"):
+    with pytest.raises(FileNotFoundError, match="rlhf_random/continuations.parquet: no evaluation continuations"):
         analysis.reduction_shares(tmp_path / "unpaired", samples=100, seed=0)
 
 
