@@ -9,7 +9,7 @@ SHELL := /bin/bash
 # pip's local extra indexes on these machines print one warning per package; keep the log readable.
 PIP_QUIET := 2>&1 | (grep -v "^WARNING: Location" || true)
 
-.PHONY: setup figures test bench check regress clean-venv
+.PHONY: setup figures test lint bench check regress clean-venv
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,13 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 figures: setup
 	$(BIN)/irlnb run $(PARAMS)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+# Lint and format check (ruff; line length 120, rules in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/irlnb bench

@@ -1,5 +1,5 @@
 import sys
 
-from irlnb.cli import main
+from irlnb.pipeline.cli import main
 
 sys.exit(main())

@@ -1,12 +1,17 @@
 """One typed config for every run, validated before anything is loaded.
 
-A params file is YAML with one mapping per section below. Every setting is a typed field with a
-one-line description (units included) and, where it has one, a range or a set of choices. Unknown
-keys, wrong types, out-of-range values, missing local files and malformed YAML are all refused
-with one line that names the file, the key and what was expected.
+Each setting is a typed field with a one-line description (units included), a range or a set of
+choices where it has one, and its default. **The defaults are the embedded default run**: a params
+file lists only what it changes (and says why), so every default is written once, here.
+`irlnb check --describe` prints them all.
 
-The notebooks receive the settings as flat papermill parameters: the sections a stage reads
-(see `irlnb.stages`) are merged, so a field name is unique across sections.
+Unknown keys, wrong types, out-of-range values, missing local files and malformed YAML are refused
+with one line that names the file, the key and what was expected. The same checks run on the
+values of a notebook's `parameters` cell when it is run by hand.
+
+A setting marked `result=False` (a device, a thread count, a checkpoint interval, the batch size of
+an exact computation) never changes a result: stage digests leave it out, so changing it never
+makes a finished stage look stale.
 """
 
 from __future__ import annotations
@@ -14,22 +19,35 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
+from irlnb.errors import IrlnbError
+from irlnb.sources import SourceError, parse_source
 
-class ConfigError(ValueError):
+
+class ConfigError(IrlnbError, ValueError):
     """A params file (or a notebook's parameters) that cannot be used; the message is one line."""
 
 
-def setting(default: Any = dataclasses.MISSING, *, doc: str, ge: float | None = None,
-            le: float | None = None, gt: float | None = None, lt: float | None = None,
-            choices: tuple | None = None) -> Any:
-    """A config field with its description and the bounds it is validated against."""
-    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt, "lt": lt, "choices": choices}
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str,
+    ge: float | None = None,
+    le: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    choices: tuple | None = None,
+    result: bool = True,
+) -> Any:
+    """A config field with its description, the bounds it is validated against, and whether it can change a result."""
+    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt, "lt": lt, "choices": choices, "result": result}
     return field(default=default, metadata=meta)
 
 
@@ -43,35 +61,47 @@ class RunSettings:
 
     name: str = setting(doc="run directory name under runs_dir (letters, digits, - and _)")
     runs_dir: str = setting("runs", doc="directory holding run directories, relative to the repo root")
-    figures_dir: str = setting("", doc="directory the run's figures are copied to when it completes (empty: none)")
+    figures_dir: str = setting("", doc="directory the run's figures are published to when it completes (empty: none)")
 
 
 @dataclass(frozen=True)
 class ComputeSettings:
-    """How every stage computes; passed to every notebook."""
+    """How every stage computes."""
 
     seed: int = setting(0, doc="seed of every random choice (splits, initialisation, sampling)", ge=0)
-    torch_threads: int = setting(2, doc="torch intra-op CPU threads (2 cores here; 1 is faster when the machine is busy)", ge=1, le=512)
-    device: str = setting("cpu", doc="torch device for models", choices=("cpu", "cuda", "auto"))
-    inference_dtype: str = setting("float32", doc="dtype of models that only infer (evaluation, demonstrations, IRL features); training is float32",
-                                   choices=("float32", "bfloat16"))
+    torch_threads: int = setting(
+        2, doc="torch intra-op CPU threads (1 is faster when the machine is busy)", ge=1, le=512, result=False
+    )
+    device: str = setting(
+        "cpu",
+        doc="torch device for models ('auto': CUDA when there is one)",
+        choices=("cpu", "cuda", "auto"),
+        result=False,
+    )
+    inference_dtype: str = setting(
+        "bfloat16",
+        doc="dtype of models that only infer (evaluation, demonstrations, IRL features); training is float32",
+        choices=("float32", "bfloat16"),
+    )
 
 
 @dataclass(frozen=True)
 class SourcesSettings:
     """Models and data: 'embedded:NAME' (from PyPI, offline), 'local:PATH' or 'hub:ORG/NAME'."""
 
-    policy: str = setting(doc="base policy (causal LM) to be aligned and audited")
-    toxicity_classifier: str = setting(doc="ground-truth toxicity classifier behind R*")
-    evaluator: str = setting(doc="independent toxicity evaluator (a second opinion, never trained against)")
-    prompts: str = setting(doc="comments with human toxicity labels that prompts are cut from")
+    policy: str = setting("embedded:smollm2-135m-instruct", doc="base policy (causal LM) to be aligned and audited")
+    toxicity_classifier: str = setting("embedded:tox-block", doc="ground-truth toxicity classifier behind R*")
+    evaluator: str = setting(
+        "embedded:profanity-check", doc="independent toxicity evaluator (a second opinion, never trained against)"
+    )
+    prompts: str = setting("embedded:insults", doc="comments with human toxicity labels that prompts are cut from")
 
 
 @dataclass(frozen=True)
 class CurateSettings:
     """Notebook 01: which comments become prompts, and how they are split."""
 
-    n_per_class: int = setting(doc="comments kept per human label (toxic, non-toxic); the data is balanced", ge=2)
+    n_per_class: int = setting(1000, doc="comments kept per human label (toxic, non-toxic); the data is balanced", ge=2)
     min_words: int = setting(8, doc="shortest comment kept, in whitespace-separated words", ge=2)
     max_words: int = setting(60, doc="longest comment kept, in words", ge=2)
     prompt_fraction: float = setting(0.5, doc="share of a comment's words that form the prompt", gt=0.0, lt=1.0)
@@ -79,44 +109,91 @@ class CurateSettings:
     min_continuation_words: int = setting(2, doc="fewest words left for the original continuation", ge=1)
     validation_fraction: float = setting(0.2, doc="share of comments in the validation split", gt=0.0, lt=0.5)
     test_fraction: float = setting(0.2, doc="share of comments in the test split", gt=0.0, lt=0.5)
-    text_column: str = setting("comment_text", doc="text column of a hub/local data set (the embedded insults data ignores it)")
+    text_column: str = setting("comment_text", doc="text column of a hub/local data set (the embedded data ignores it)")
     label_column: str = setting("toxic", doc="0/1 human toxicity label column of a hub/local data set")
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.max_words < self.min_words:
+            found.append(("max_words", f"expected >= curate.min_words ({self.min_words}), got {self.max_words}"))
+        if self.min_prompt_words + self.min_continuation_words > self.min_words:
+            found.append(
+                (
+                    "min_words",
+                    "expected >= min_prompt_words + min_continuation_words "
+                    f"({self.min_prompt_words + self.min_continuation_words}), got {self.min_words}",
+                )
+            )
+        return found
 
 
 @dataclass(frozen=True)
 class GroundTruthSettings:
     """Notebook 02: the ground-truth reward R*(x) = -logit p_toxic(x)."""
 
-    score_batch_size: int = setting(128, doc="texts per batch when scoring with the classifier", ge=1)
     reward_clip: float = setting(10.0, doc="|R*| is clamped to this (nats of log-odds)", gt=0.0)
-    bootstrap_samples: int = setting(1000, doc="bootstrap resamples for 95% intervals of the metrics", ge=100)
+    batch_size: int = setting(
+        128, doc="texts per batch when the ground-truth classifier scores them", ge=1, result=False
+    )
 
 
 @dataclass(frozen=True)
 class RlhfSettings:
-    """Notebook 03: KL-regularised RLHF of the base policy with TRL, and the evaluation of policies."""
+    """Notebook 03: KL-regularised RLHF of the base policy with TRL (every setting here changes the trained policy)."""
 
-    trainer: str = setting("rloo", doc="TRL trainer: RLOO (REINFORCE, leave-one-out baseline) or GRPO", choices=("rloo", "grpo"))
+    trainer: str = setting(
+        "rloo", doc="TRL trainer: RLOO (REINFORCE, leave-one-out baseline) or GRPO", choices=("rloo", "grpo")
+    )
     steps: int = setting(40, doc="optimiser steps", ge=1)
-    learning_rate: float = setting(5e-5, doc="AdamW learning rate", gt=0.0)
+    learning_rate: float = setting(5e-5, doc="AdamW learning rate (chosen on validation prompts, see README)", gt=0.0)
     beta: float = setting(0.05, doc="KL coefficient against the starting policy (0: no KL term)", ge=0.0)
-    completions_per_step: int = setting(16, doc="completions sampled per step (a multiple of generations_per_prompt)", ge=2)
+    completions_per_step: int = setting(
+        8, doc="completions sampled per step (a multiple of generations_per_prompt)", ge=2
+    )
     generations_per_prompt: int = setting(4, doc="completions per prompt (RLOO's leave-one-out group)", ge=2)
     max_completion_tokens: int = setting(24, doc="longest completion during training, in tokens", ge=1)
     top_k: int = setting(30, doc="top-k of training samples (0: none; the paper used 30)", ge=0)
     temperature: float = setting(1.0, doc="sampling temperature during training", gt=0.0)
-    train_prompts: str = setting("toxic", doc="train-split prompts trained on, by human label", choices=("toxic", "all"))
+    train_prompts: str = setting(
+        "toxic", doc="train-split prompts trained on, by human label", choices=("toxic", "all")
+    )
     lora_rank: int = setting(0, doc="LoRA rank on all linear layers (0: full fine-tuning)", ge=0)
-    checkpoint_steps: int = setting(10, doc="steps between resumable checkpoints", ge=1)
-    reward_batch_size: int = setting(32, doc="texts per batch when a backbone reward scores them", ge=1)
-    random_reward_seed: int = setting(1234, doc="seed of the random linear reward's head", ge=0)
-    reward_pooling: str = setting("last", doc="backbone features of random/learned rewards: last token or token mean", choices=("last", "mean"))
-    reward_layer: int = setting(-1, doc="hidden-state layer the reward reads (-1: the final one)")
-    eval_prompts: int = setting(400, doc="test prompts each policy is evaluated on (at most the test split)", ge=1)
-    eval_max_new_tokens: int = setting(24, doc="tokens generated per evaluation continuation", ge=1)
-    eval_batch_size: int = setting(32, doc="prompts per generation batch in evaluation", ge=1)
-    eval_sampled: bool = setting(True, doc="also evaluate sampled continuations (top_k, temperature), besides greedy")
+    reward_batch_size: int = setting(32, doc="texts per batch when a backbone reward scores completions", ge=1)
+    checkpoint_steps: int = setting(10, doc="steps between resumable checkpoints", ge=1, result=False)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.completions_per_step % self.generations_per_prompt:
+            return [
+                (
+                    "completions_per_step",
+                    "expected a multiple of rlhf.generations_per_prompt "
+                    f"({self.generations_per_prompt}), got {self.completions_per_step}",
+                )
+            ]
+        return []
+
+
+@dataclass(frozen=True)
+class RandomRewardSettings:
+    """Notebook 03's control: a fixed, seeded random linear reward on the policy's own features."""
+
+    seed: int = setting(1234, doc="seed of the random head", ge=0)
+    pooling: str = setting(
+        "last", doc="hidden states it reads: last real token or token mean", choices=("last", "mean")
+    )
+    layer: int = setting(-1, doc="hidden-state layer it reads (-1: the final, normed one)")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How policies are evaluated on held-out test prompts (notebook 03) and how intervals are drawn (02, 03, 05)."""
+
+    prompts: int = setting(400, doc="test prompts each policy is evaluated on (at most the test split)", ge=1)
+    max_new_tokens: int = setting(24, doc="tokens generated per evaluation continuation", ge=1)
+    batch_size: int = setting(32, doc="prompts per generation batch (bfloat16 results depend on the padding)", ge=1)
+    sampled: bool = setting(False, doc="also evaluate sampled continuations (rlhf.top_k, rlhf.temperature)")
     perplexity_texts: int = setting(100, doc="held-out human non-toxic texts for the perplexity (fluency) check", ge=1)
+    bootstrap_samples: int = setting(1000, doc="bootstrap resamples for 95% intervals of the metrics", ge=100)
 
 
 @dataclass(frozen=True)
@@ -124,18 +201,29 @@ class IrlSettings:
     """Notebook 04: max-margin IRL of a reward from expert (RLHF'd) vs non-expert (base) continuations."""
 
     train_pairs: int = setting(400, doc="demonstration pairs on train-split prompts the reward is fitted on", ge=2)
-    validation_pairs: int = setting(200, doc="demonstration pairs on validation-split prompts (epoch and threshold choice)", ge=2)
-    pooling: str = setting("mean", doc="hidden states feeding the head: last real token (the paper) or token mean", choices=("last", "mean"))
-    layer: int = setting(15, doc="hidden-state layer read by the head (-1: final, normed; the paper's)")
-    loss: str = setting("max_margin", doc="objective of the reward that is saved and studied over seeds",
-                        choices=("max_margin", "paper_asymmetric", "logistic"))
-    compare_losses: bool = setting(True, doc="also fit the other two objectives over the same seeds and report them")
+    validation_pairs: int = setting(
+        200, doc="demonstration pairs on validation-split prompts (epoch and threshold)", ge=2
+    )
+    pooling: str = setting(
+        "mean",
+        doc="hidden states feeding the head: last real token (the paper) or token mean",
+        choices=("last", "mean"),
+    )
+    layer: int = setting(26, doc="hidden-state layer read by the head (-1: final, normed; the paper's)")
+    loss: str = setting(
+        "max_margin",
+        doc="objective of the reward that is saved and studied over seeds",
+        choices=("max_margin", "paper_asymmetric", "logistic"),
+    )
+    compare_losses: bool = setting(True, doc="also fit the other objectives over the same seeds and report them")
     margin: float = setting(1.0, doc="hinge margin of max_margin (reward units; features are standardised)", gt=0.0)
-    max_head_norm: float = setting(1.0, doc="L2 bound on the head weights of max_margin (projected after each step)", gt=0.0)
-    irl_learning_rate: float = setting(1e-3, doc="Adam learning rate of the IRL reward", gt=0.0)
+    max_head_norm: float = setting(
+        0.3, doc="L2 bound on the head weights of max_margin (projected after each step)", gt=0.0
+    )
+    learning_rate: float = setting(1e-3, doc="Adam learning rate of the head", gt=0.0)
     epochs: int = setting(30, doc="passes over the IRL-train pairs", ge=1)
-    pair_batch_size: int = setting(32, doc="demonstration pairs per optimiser step", ge=1)
-    seeds: int = setting(10, doc="repeats with different head initialisation and data order (non-identifiability)", ge=1)
+    batch_size: int = setting(32, doc="demonstration pairs per optimiser step", ge=1)
+    seeds: int = setting(10, doc="repeats with other head initialisation and data order (non-identifiability)", ge=1)
     feature_batch_size: int = setting(32, doc="texts per backbone forward pass when reading features", ge=1)
     max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
 
@@ -144,8 +232,10 @@ class IrlSettings:
 class AnalysisSettings:
     """Notebook 05: the paper's figures and tables from saved metrics, and the reward explorer."""
 
-    compare_runs: str = setting("", doc="other run names under runs_dir to compare with (comma-separated; empty: none)")
-    explorer_pairs: int = setting(20, doc="test demonstration texts where the learned reward and R* disagree most, listed", ge=1)
+    compare_runs: str = setting("", doc="other run names under runs_dir to compare with (comma-separated)")
+    explorer_texts: int = setting(
+        20, doc="test demonstration texts where the learned reward and R* disagree most", ge=1
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -155,6 +245,8 @@ SECTIONS: dict[str, type] = {
     "curate": CurateSettings,
     "ground_truth": GroundTruthSettings,
     "rlhf": RlhfSettings,
+    "random_reward": RandomRewardSettings,
+    "evaluation": EvaluationSettings,
     "irl": IrlSettings,
     "analysis": AnalysisSettings,
 }
@@ -162,7 +254,7 @@ SECTIONS: dict[str, type] = {
 
 @dataclass(frozen=True)
 class Config:
-    """A validated params file."""
+    """A validated params file: every section, defaults filled in."""
 
     run: RunSettings
     compute: ComputeSettings
@@ -170,27 +262,38 @@ class Config:
     curate: CurateSettings
     ground_truth: GroundTruthSettings
     rlhf: RlhfSettings
+    random_reward: RandomRewardSettings
+    evaluation: EvaluationSettings
     irl: IrlSettings
     analysis: AnalysisSettings
     path: str = ""  # the file it came from, for messages
 
-    def section(self, name: str) -> Any:
-        return getattr(self, name)
-
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The resolved settings by section (what the manifest records)."""
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
-    def flat(self, sections: tuple[str, ...]) -> dict[str, Any]:
-        """The settings of `sections` as one flat mapping (the notebooks' parameter names)."""
-        out: dict[str, Any] = {}
-        for name in sections:
-            out.update(dataclasses.asdict(getattr(self, name)))
-        return out
+    def value(self, dotted: str) -> Any:
+        section, key = dotted.split(".")
+        return getattr(getattr(self, section), key)
 
 
-def settings_digest(values: Mapping[str, Any]) -> str:
-    """A stable hash of settings, used to tell whether a finished stage used the same ones."""
+def settings_digest(values: Any) -> str:
+    """A stable hash of settings (and of the digests they depend on)."""
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changes_result(section: str, key: str) -> bool:
+    """Whether a setting can change a result (see `setting(result=...)`)."""
+    return SECTIONS[section].__dataclass_fields__[key].metadata["result"]
+
+
+def result_fields(section: str) -> list[str]:
+    """The settings of a section that can change a result, in declaration order."""
+    return [f.name for f in fields(SECTIONS[section]) if f.metadata["result"]]
+
+
+def doc(section: str, key: str) -> str:
+    return SECTIONS[section].__dataclass_fields__[key].metadata["doc"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,12 +302,18 @@ def settings_digest(values: Mapping[str, Any]) -> str:
 
 def _describe(meta: Mapping[str, Any], kind: type) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    text = names.get(kind, kind.__name__)
     if meta.get("choices"):
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
-    bounds = [f"{op} {meta[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-              if meta.get(key) is not None]
-    return text + (" " + " and ".join(bounds) if bounds else "")
+    bounds = [
+        f"{op} {meta[key]}"
+        for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+        if meta.get(key) is not None
+    ]
+    return names[kind] + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _kind(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
 
 
 def _check_value(where: str, value: Any, kind: type, meta: Mapping[str, Any]) -> Any:
@@ -217,76 +326,64 @@ def _check_value(where: str, value: Any, kind: type, meta: Mapping[str, Any]) ->
     bad = not ok_type
     if ok_type:
         value = float(value) if kind is float else value
-        bad = ((meta.get("choices") and value not in meta["choices"])
-               or (meta.get("ge") is not None and value < meta["ge"])
-               or (meta.get("gt") is not None and value <= meta["gt"])
-               or (meta.get("le") is not None and value > meta["le"])
-               or (meta.get("lt") is not None and value >= meta["lt"]))
+        bad = (
+            (meta.get("choices") and value not in meta["choices"])
+            or (meta.get("ge") is not None and value < meta["ge"])
+            or (meta.get("gt") is not None and value <= meta["gt"])
+            or (meta.get("le") is not None and value > meta["le"])
+            or (meta.get("lt") is not None and value >= meta["lt"])
+        )
     if bad:
         raise ConfigError(f"{where}: expected {_describe(meta, kind)}, got {value!r}")
     return value
 
 
-def parse_section(cls: type, values: Any, where: str) -> Any:
-    """Build one section dataclass from a mapping, refusing anything that is not exactly right."""
+def parse_section(name: str, values: Any, where: str) -> Any:
+    """Build one section from a mapping (missing keys take their defaults), refusing anything not exactly right.
+
+    `where` prefixes every message: the params file, or the notebook whose parameters cell was edited.
+    """
+    cls = SECTIONS[name]
+    if values is None:
+        values = {}
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
+        raise ConfigError(f"{where}: {name}: expected a mapping of settings, got {type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown setting; known: {', '.join(known)}")
+            raise ConfigError(f"{where}: {name}.{key}: unknown setting; known: {', '.join(known)}")
     parsed = {}
-    for name, f in known.items():
-        if name not in values:
-            if f.default is dataclasses.MISSING:
-                raise ConfigError(f"{where}.{name}: missing; expected {_describe(f.metadata, _kind(f))} ({f.metadata['doc']})")
-            continue
-        parsed[name] = _check_value(f"{where}.{name}", values[name], _kind(f), f.metadata)
-    return cls(**parsed)
-
-
-def _kind(f: dataclasses.Field) -> type:
-    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+    for key, f in known.items():
+        if key in values:
+            parsed[key] = _check_value(f"{where}: {name}.{key}", values[key], _kind(f), f.metadata)
+        elif f.default is dataclasses.MISSING:
+            raise ConfigError(
+                f"{where}: {name}.{key}: missing; expected {_describe(f.metadata, _kind(f))} ({f.metadata['doc']})"
+            )
+    section = cls(**parsed)
+    for key, problem in getattr(section, "problems", list)():
+        raise ConfigError(f"{where}: {name}.{key}: {problem}")
+    if name == "run" and not re.fullmatch(r"[A-Za-z0-9_-]+", section.name):
+        raise ConfigError(f"{where}: run.name: expected letters, digits, '-' and '_' only, got {section.name!r}")
+    if name == "sources":
+        for key, spec in dataclasses.asdict(section).items():
+            try:
+                parse_source(spec, role=key, base_dir=Path.cwd())
+            except SourceError as err:
+                raise ConfigError(f"{where}: sources.{key}: {err}") from None
+    return section
 
 
 def parse_config(data: Any, path: str) -> Config:
-    """Validate an already-parsed YAML document."""
+    """Validate an already-parsed YAML document; sections and settings it leaves out take their defaults."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
     for key in data:
         if key not in SECTIONS:
             raise ConfigError(f"{path}: {key}: unknown section; known: {', '.join(SECTIONS)}")
-    for name in SECTIONS:
-        if name not in data:
-            raise ConfigError(f"{path}: {name}: missing section")
-    parsed = {name: parse_section(cls, data[name], f"{path}: {name}") for name, cls in SECTIONS.items()}
-    config = Config(**parsed, path=path)
-    _check_cross_field(config, path)
-    return config
-
-
-def _check_cross_field(config: Config, path: str) -> None:
-    import re
-
-    from irlnb.sources import SourceError, parse_source
-
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", config.run.name):
-        raise ConfigError(f"{path}: run.name: expected letters, digits, '-' and '_' only, got {config.run.name!r}")
-    r = config.rlhf
-    if r.completions_per_step % r.generations_per_prompt:
-        raise ConfigError(f"{path}: rlhf.completions_per_step: expected a multiple of rlhf.generations_per_prompt "
-                          f"({r.generations_per_prompt}), got {r.completions_per_step}")
-    c = config.curate
-    if c.max_words < c.min_words:
-        raise ConfigError(f"{path}: curate.max_words: expected >= curate.min_words ({c.min_words}), got {c.max_words}")
-    if c.min_prompt_words + c.min_continuation_words > c.min_words:
-        raise ConfigError(f"{path}: curate.min_words: expected >= min_prompt_words + min_continuation_words "
-                          f"({c.min_prompt_words + c.min_continuation_words}), got {c.min_words}")
-    for key, spec in dataclasses.asdict(config.sources).items():
-        try:
-            parse_source(spec, role=key, base_dir=Path.cwd())
-        except SourceError as err:
-            raise ConfigError(f"{path}: sources.{key}: {err}") from None
+    if "run" not in data:
+        raise ConfigError(f"{path}: run: missing section (every params file names its run: run.name)")
+    return Config(**{name: parse_section(name, data.get(name), path) for name in SECTIONS}, path=path)
 
 
 def load_config(path: str | Path) -> Config:
@@ -305,11 +402,12 @@ def load_config(path: str | Path) -> Config:
 
 
 def describe_settings() -> str:
-    """Every setting with its type, default and description (for `irlnb check --describe`)."""
+    """Every setting with its type, range, default and description (for `irlnb check --describe`)."""
     lines = []
     for name, cls in SECTIONS.items():
-        lines.append(f"{name}:")
+        lines.append(f"{name}:  # {cls.__doc__.splitlines()[0]}")
         for f in fields(cls):
-            default = "" if f.default is dataclasses.MISSING else f" (default {f.default!r})"
-            lines.append(f"  {f.name}: {_describe(f.metadata, _kind(f))}{default} - {f.metadata['doc']}")
+            default = "(required)" if f.default is dataclasses.MISSING else f"= {f.default!r}"
+            never = "; never changes a result" if not f.metadata["result"] else ""
+            lines.append(f"  {f.name} {default}  # {_describe(f.metadata, _kind(f))}: {f.metadata['doc']}{never}")
     return "\n".join(lines)

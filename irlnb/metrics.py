@@ -6,10 +6,10 @@ score (a probability, or minus a reward) says "more toxic" when it is higher.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import kendalltau, pearsonr, rankdata, spearmanr
 
 
 def roc_auc(labels, scores) -> float:
@@ -49,8 +49,9 @@ def toxic_by_reward(reward) -> np.ndarray:
     return np.asarray(reward) <= 0
 
 
-def bootstrap_interval(metric: Callable[..., float], *arrays, samples: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    metric: Callable[..., float], *arrays, samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of `metric(*arrays)`, resampling items with replacement."""
     arrays = [np.asarray(a) for a in arrays]
     n = len(arrays[0])
@@ -67,3 +68,61 @@ def bootstrap_interval(metric: Callable[..., float], *arrays, samples: int = 100
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+# --------------------------------------------------------------------------------------------
+# A learned reward judged against R*
+
+
+def fit_threshold(r_hat, r_star) -> float:
+    """The cut t that best separates toxic (R* <= 0) from non-toxic by R-hat <= t.
+
+    A learned reward has no natural zero, so its threshold is fitted (on validation texts).
+    """
+    r_hat = np.asarray(r_hat, dtype=np.float64)
+    toxic = toxic_by_reward(r_star)
+    values = np.sort(r_hat)
+    candidates = np.concatenate([[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]])
+    accuracies = [np.mean((r_hat <= t) == toxic) for t in candidates]
+    return float(candidates[int(np.argmax(accuracies))])
+
+
+def agreement(r_hat, r_star, threshold: float = 0.0, labels=None) -> dict[str, float]:
+    """R-hat against R*: sign agreement and F1 (toxic = positive class), ROC-AUC, and rank/linear correlations.
+
+    `auc` is the ROC-AUC of -R-hat for toxicity by sign(R*); `auc_human` the same against human
+    labels (where given). Correlations are NaN when either side is constant.
+    """
+    r_hat, r_star = np.asarray(r_hat, dtype=np.float64), np.asarray(r_star, dtype=np.float64)
+    toxic, predicted = toxic_by_reward(r_star), r_hat <= threshold
+    values = {"accuracy": accuracy(predicted, toxic), "f1": f1(predicted, toxic)}
+    values["auc"] = roc_auc(toxic, -r_hat) if 0 < toxic.sum() < len(toxic) else float("nan")
+    if labels is not None and (labels >= 0).all() and 0 < labels.sum() < len(labels):
+        values["auc_human"] = roc_auc(labels, -r_hat)
+    constant = np.ptp(r_hat) == 0 or np.ptp(r_star) == 0
+    for name, function in (("pearson", pearsonr), ("spearman", spearmanr), ("kendall", kendalltau)):
+        values[name] = float("nan") if constant else float(function(r_hat, r_star)[0])
+    return values
+
+
+def pair_accuracy(r_expert, r_non_expert) -> float:
+    """Share of pairs where the reward prefers the expert's text (ties count as wrong)."""
+    return float(np.mean(np.asarray(r_expert) > np.asarray(r_non_expert)))
+
+
+# --------------------------------------------------------------------------------------------
+# Policies
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of whitespace words, pooled over the texts (0 if none)."""
+    grams = [tuple(words[i : i + n]) for text in texts for words in [text.split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def reduction_share(base, ground_truth, other) -> float:
+    """(mean base - mean other) / (mean base - mean ground_truth): 1 = as much as R*, 0 = none, < 0 = worse."""
+    reduction = float(np.mean(base) - np.mean(ground_truth))
+    if reduction <= 0:
+        raise ValueError(f"the ground-truth RLHF reduced nothing (base - ground_truth = {reduction:.4g})")
+    return float(np.mean(base) - np.mean(other)) / reduction

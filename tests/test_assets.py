@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from irlnb import assets
-from irlnb.assets import ARCHIVES, AssetError, asset_path, fetch_archive
+from irlnb.data import assets
+from irlnb.data.assets import ARCHIVES, AssetError, asset_path, fetch_archive
 
 
 def test_a_corrupted_download_is_refused_and_removed(tmp_path, monkeypatch):
@@ -54,15 +54,16 @@ def test_every_embedded_asset_is_verified_and_unpacked():
 
 
 def test_smollm2_safetensors_cache_gives_the_gguf_logits():
-    from irlnb.models import load_smollm2_from_gguf, prepare_tokenizer
-    from irlnb.sources import load_policy
+    from irlnb.models.policies import load_policy, load_smollm2_from_gguf, prepare_tokenizer
 
     cached, tokenizer = load_policy("embedded:smollm2-135m-instruct")
     original, original_tokenizer = load_smollm2_from_gguf()
     prepare_tokenizer(original_tokenizer)
     text = ["You are such an idiot, I can't", "The weather in Oslo is mild today"]
     batch = tokenizer(text, return_tensors="pt", padding=True)
-    assert batch["input_ids"].tolist() == original_tokenizer(text, return_tensors="pt", padding=True)["input_ids"].tolist()
+    assert (
+        batch["input_ids"].tolist() == original_tokenizer(text, return_tensors="pt", padding=True)["input_ids"].tolist()
+    )
     with torch.inference_mode():
         a = cached(**batch).logits
         b = original.eval()(**batch).logits

@@ -6,13 +6,19 @@ import shutil
 
 import pytest
 import yaml
-
-from irlnb import stages
-from irlnb.config import ConfigError, load_config, parse_config
-from irlnb.notebook import begin_stage
-from irlnb.stages import STAGES, StageError, check_notebook_parameters
-
 from conftest import PARAMS, irlnb_cli
+
+from irlnb.config import SECTIONS, ConfigError, load_config, parse_config
+from irlnb.pipeline import stages
+from irlnb.pipeline.context import begin_stage
+from irlnb.pipeline.stages import (
+    STAGES,
+    StageError,
+    check_notebook,
+    notebooks,
+    render_parameters_cell,
+    stage_parameters,
+)
 
 
 def smoke_data() -> dict:
@@ -25,45 +31,61 @@ def test_every_shipped_params_file_validates(name):
     assert config.run.name
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("curate", "n_per_klass", 3, "smoke: curate.n_per_klass: unknown setting; known: n_per_class"),
-    ("compute", "seed", "zero", "compute.seed: expected an integer >= 0, got 'zero'"),
-    ("compute", "seed", True, "compute.seed: expected an integer >= 0, got True"),
-    ("curate", "prompt_fraction", 1.5, "curate.prompt_fraction: expected a number > 0.0 and < 1.0, got 1.5"),
-    ("compute", "device", "tpu", "compute.device: expected one of 'cpu', 'cuda', 'auto', got 'tpu'"),
-    ("sources", "policy", "local:/no/such/model", "sources.policy: local path '/no/such/model' does not exist"),
-    ("sources", "policy", "embedded:gpt5", "sources.policy: unknown embedded policy 'gpt5'"),
-    ("sources", "prompts", "jigsaw", "sources.prompts: expected 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME'"),
-    ("run", "name", "../escape", "run.name: expected letters, digits"),
-    ("curate", "max_words", 3, "curate.max_words: expected >= curate.min_words"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("curate", "n_per_klass", 3, "curate.n_per_klass: unknown setting; known: n_per_class"),
+        ("compute", "seed", "zero", "compute.seed: expected an integer >= 0, got 'zero'"),
+        ("compute", "seed", True, "compute.seed: expected an integer >= 0, got True"),
+        ("curate", "prompt_fraction", 1.5, "curate.prompt_fraction: expected a number > 0.0 and < 1.0, got 1.5"),
+        ("compute", "device", "tpu", "compute.device: expected one of 'cpu', 'cuda', 'auto', got 'tpu'"),
+        ("sources", "policy", "local:/no/such/model", "sources.policy: local path '/no/such/model' does not exist"),
+        ("sources", "policy", "embedded:gpt5", "sources.policy: unknown embedded policy 'gpt5'"),
+        ("sources", "prompts", "jigsaw", "sources.prompts: expected 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME'"),
+        ("run", "name", "../escape", "run.name: expected letters, digits"),
+        ("curate", "max_words", 3, "curate.max_words: expected >= curate.min_words"),
+    ],
+)
 def test_bad_setting_is_refused_with_file_key_and_expectation(section, key, value, message):
     data = smoke_data()
-    data[section][key] = value
+    data.setdefault(section, {})[key] = value
     with pytest.raises(ConfigError) as err:
         parse_config(data, "params/smoke.yaml")
     text = str(err.value)
     assert text.startswith("params/smoke.yaml: ")
-    assert message.removeprefix("smoke: ") in text
+    assert message in text
     assert "\n" not in text
 
 
-def test_missing_section_and_missing_required_setting():
-    data = smoke_data()
-    del data["ground_truth"]
-    with pytest.raises(ConfigError, match="ground_truth: missing section"):
-        parse_config(data, "p.yaml")
-    data = smoke_data()
-    del data["sources"]["policy"]
-    with pytest.raises(ConfigError, match=r"sources\.policy: missing; expected a string"):
-        parse_config(data, "p.yaml")
+def test_a_left_out_setting_or_section_takes_its_default_but_the_run_must_be_named():
+    config = parse_config({"run": {"name": "x"}}, "p.yaml")
+    for name, cls in SECTIONS.items():
+        if name != "run":
+            assert getattr(config, name) == cls()  # every default is written once, in irlnb/config.py
+    assert (
+        config.rlhf.steps == 40 and config.irl.layer == 26 and config.sources.policy == "embedded:smollm2-135m-instruct"
+    )
+    with pytest.raises(ConfigError, match="run: missing section"):
+        parse_config({"rlhf": {"steps": 3}}, "p.yaml")
+    with pytest.raises(ConfigError, match=r"run\.name: missing; expected a string"):
+        parse_config({"run": {"runs_dir": "runs"}}, "p.yaml")
 
 
-@pytest.mark.parametrize("content, message", [
-    ("run: {name: x\ncompute: [", "malformed YAML (line"),
-    ("- just\n- a list\n", "expected a mapping of sections"),
-    ("run: {name: x}\nextra_section: {}\n", "extra_section: unknown section"),
-])
+def test_the_default_params_file_changes_no_setting_of_the_embedded_default():
+    config = load_config(PARAMS / "default.yaml")
+    assert {name: getattr(config, name) for name in SECTIONS if name != "run"} == {
+        name: cls() for name, cls in SECTIONS.items() if name != "run"
+    }
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("run: {name: x\ncompute: [", "malformed YAML (line"),
+        ("- just\n- a list\n", "expected a mapping of sections"),
+        ("run: {name: x}\nextra_section: {}\n", "extra_section: unknown section"),
+    ],
+)
 def test_cli_refuses_bad_files_with_one_line_and_writes_nothing(tmp_path, content, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(content)
@@ -90,42 +112,66 @@ def test_cli_check_accepts_the_default():
     assert "ok" in done.stdout
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-def test_notebook_parameters_match_the_config_exactly(stage):
-    check_notebook_parameters(stage)
+@pytest.mark.parametrize("notebook", notebooks())
+def test_each_notebook_parameters_cell_is_the_config_default_with_its_descriptions(notebook):
+    check_notebook(notebook)  # the cell is exactly what irlnb/config.py renders: names, defaults, descriptions
+    namespace = {}
+    exec(render_parameters_cell(notebook), namespace)
+    for stage in stages.notebook_stages(notebook):
+        for section, keys in stage.sections().items():
+            assert {key: namespace[section][key] for key in keys} == {
+                key: getattr(SECTIONS[section](), key) for key in keys
+            }
 
 
 def _notebook_with_parameters_edited(tmp_path, monkeypatch, edit):
     import nbformat
 
-    for stage in STAGES:
-        shutil.copy(stage.notebook_path, tmp_path / stage.notebook)
+    for notebook in notebooks():
+        shutil.copy(stages.NOTEBOOKS_DIR / notebook, tmp_path / notebook)
     path = tmp_path / STAGES[0].notebook
-    notebook = nbformat.read(path, as_version=4)
-    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    content = nbformat.read(path, as_version=4)
+    cell = next(c for c in content.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = edit(cell.source)
-    nbformat.write(notebook, path)
+    nbformat.write(content, path)
     monkeypatch.setattr(stages, "NOTEBOOKS_DIR", tmp_path)
 
 
 def test_a_notebook_parameter_that_is_not_a_setting_is_an_error(tmp_path, monkeypatch):
     _notebook_with_parameters_edited(tmp_path, monkeypatch, lambda s: s + "\nstray_knob = 3")
-    with pytest.raises(StageError, match="parameters stray_knob are not settings of sections"):
-        check_notebook_parameters(STAGES[0])
+    with pytest.raises(
+        StageError, match="it assigns .*stray_knob where .* are expected\\); run 'irlnb check --write-notebooks'"
+    ):
+        check_notebook(STAGES[0].notebook)
 
 
-def test_a_setting_missing_from_the_notebook_is_an_error(tmp_path, monkeypatch):
-    _notebook_with_parameters_edited(
-        tmp_path, monkeypatch, lambda s: "\n".join(l for l in s.splitlines() if not l.startswith("min_words")))
-    with pytest.raises(StageError, match="does not define min_words"):
-        check_notebook_parameters(STAGES[0])
+def test_a_default_that_drifted_from_the_config_is_an_error_and_can_be_rewritten(tmp_path, monkeypatch):
+    _notebook_with_parameters_edited(tmp_path, monkeypatch, lambda s: s.replace("min_words=8,", "min_words=9,"))
+    with pytest.raises(StageError, match="its values or descriptions differ from irlnb/config.py"):
+        check_notebook(STAGES[0].notebook)
+    assert stages.write_parameters_cell(STAGES[0].notebook) is True
+    check_notebook(STAGES[0].notebook)
+    assert stages.write_parameters_cell(STAGES[0].notebook) is False
 
 
 def test_begin_stage_validates_hand_edited_notebook_values(tmp_path):
     config = load_config(PARAMS / "smoke.yaml")
-    namespace = {"run_dir": str(tmp_path), **config.flat(STAGES[0].sections)}
+    namespace = {"run_dir": str(tmp_path), **stage_parameters(STAGES[0], config)}
     context = begin_stage("01_curate", namespace)
     assert context.curate.n_per_class == 60 and context.out == tmp_path.resolve() / "curate"
-    namespace["n_per_class"] = -1
+    namespace["curate"] = {**namespace["curate"], "n_per_class": -1}
     with pytest.raises(ConfigError, match="notebook 01_curate.ipynb: curate.n_per_class: expected an integer >= 2"):
         begin_stage("01_curate", namespace)
+    namespace["curate"] = {"n_per_klass": 3}
+    with pytest.raises(ConfigError, match="notebook 01_curate.ipynb: curate.n_per_klass: unknown setting"):
+        begin_stage("01_curate", namespace)
+
+
+def test_a_stage_cannot_read_a_setting_it_does_not_declare(tmp_path):
+    config = load_config(PARAMS / "smoke.yaml")
+    context = begin_stage("02_ground_truth_rm", {"run_dir": str(tmp_path), **stage_parameters(STAGES[1], config)})
+    assert context.sources.toxicity_classifier == "embedded:tox-block"
+    with pytest.raises(AttributeError, match="stage 02_ground_truth_rm does not declare the setting sources.policy"):
+        context.sources.policy  # noqa: B018 - the read itself is what is refused
+    with pytest.raises(AttributeError, match="stage 02_ground_truth_rm reads no setting of section 'rlhf'"):
+        context.rlhf  # noqa: B018

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from irlnb.evaluation import distinct_n, perplexity, toxicity_summary
-from irlnb.generation import Decoding, generate_continuations
-from irlnb.sources import load_policy
+from irlnb.metrics import distinct_n
+from irlnb.models.policies import load_policy
+from irlnb.rl.evaluation import perplexity, toxicity_summary
+from irlnb.rl.generation import Decoding, generate_continuations
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,9 @@ def test_perplexity_equals_the_exponentiated_token_loss(tiny):
             loss = model(ids, labels=ids).loss
         expected_nll += float(loss) * (ids.shape[1] - 1)
         expected_tokens += ids.shape[1] - 1
-    assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(math.exp(expected_nll / expected_tokens), rel=1e-4)
+    assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(
+        math.exp(expected_nll / expected_tokens), rel=1e-4
+    )
 
 
 def test_batched_greedy_generation_matches_one_prompt_at_a_time(tiny):
@@ -72,7 +74,7 @@ def test_empty_prompt_is_refused(tiny):
 
 
 def test_prompts_longer_than_the_context_are_cut_from_the_front(tiny):
-    from irlnb.generation import context_limit, fit_prompts
+    from irlnb.rl.generation import context_limit, fit_prompts
 
     model, tokenizer = tiny
     assert context_limit(model.config, 12) == model.config.max_position_embeddings - 12

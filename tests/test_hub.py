@@ -6,10 +6,9 @@ import socket
 import time
 
 import pytest
+from conftest import irlnb_cli, write_params
 
 from irlnb.sources import SourceError, check_hub_source, parse_source
-
-from conftest import irlnb_cli, write_params
 
 
 @pytest.fixture
@@ -44,8 +43,9 @@ def test_a_hung_hub_fails_within_10_seconds(silent_server, tmp_path, monkeypatch
 def test_run_with_an_unreachable_hub_exits_with_one_line_and_writes_nothing(closed_port, tmp_path):
     params = write_params(tmp_path, sources__policy="hub:EleutherAI/pythia-70m")
     started = time.perf_counter()
-    done = irlnb_cli("run", str(params), env={"HF_ENDPOINT": closed_port, "HF_HOME": str(tmp_path / "hf"),
-                                              "HF_HUB_OFFLINE": "0"})
+    done = irlnb_cli(
+        "run", str(params), env={"HF_ENDPOINT": closed_port, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    )
     assert time.perf_counter() - started < 10 + 5  # + interpreter start-up
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -3,15 +3,15 @@ the fitting loop, the demonstrations' exclusions, feature caching and the saved 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from irlnb import irl
-from irlnb.reward_model import hidden_at, load_reward
+from irlnb import metrics
+from irlnb.irl import demonstrations, features, objectives, study
+from irlnb.irl.features import PairSet, TextSet, rewards_of
+from irlnb.rewards.features import hidden_at, load_reward, random_head, reward_form
 
 BACKBONE = "embedded:tiny-gpt-neox"
 
@@ -19,37 +19,40 @@ BACKBONE = "embedded:tiny-gpt-neox"
 # --- objectives ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss, expected", [
-    # advantages x = [2, -1, 0.5]
-    ("paper_asymmetric", (-2 + 2 - 0.5) / 3),  # -x if x > 0 else -2x
-    ("max_margin", (0 + 2 + 0.5) / 3),  # max(0, 1 - x)
-    ("logistic", float(np.mean(np.log1p(np.exp(-np.array([2.0, -1.0, 0.5])))))),
-])
+@pytest.mark.parametrize(
+    "loss, expected",
+    [
+        # advantages x = [2, -1, 0.5]
+        ("paper_asymmetric", (-2 + 2 - 0.5) / 3),  # -x if x > 0 else -2x
+        ("max_margin", (0 + 2 + 0.5) / 3),  # max(0, 1 - x)
+        ("logistic", float(np.mean(np.log1p(np.exp(-np.array([2.0, -1.0, 0.5])))))),
+    ],
+)
 def test_each_loss_value_on_hand_made_pairs(loss, expected):
     advantage = torch.tensor([2.0, -1.0, 0.5])
-    assert float(irl.pair_loss(loss, advantage, margin=1.0)) == pytest.approx(expected, rel=1e-6)
+    assert float(objectives.pair_loss(loss, advantage, margin=1.0)) == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("loss", irl.LOSSES)
+@pytest.mark.parametrize("loss", objectives.LOSSES)
 def test_every_loss_pushes_the_expert_up(loss):
     """The gradient with respect to the advantage is negative: descending it widens the expert's lead."""
     advantage = torch.tensor([-0.5, 0.3], requires_grad=True)
-    irl.pair_loss(loss, advantage, margin=1.0).backward()
+    objectives.pair_loss(loss, advantage, margin=1.0).backward()
     assert (advantage.grad < 0).all()
 
 
 def test_the_paper_loss_doubles_the_push_on_wrong_pairs_and_the_hinge_stops_past_the_margin():
     advantage = torch.tensor([-0.5, 0.3, 2.0], requires_grad=True)
-    irl.pair_loss("paper_asymmetric", advantage).backward()
+    objectives.pair_loss("paper_asymmetric", advantage).backward()
     assert advantage.grad.tolist() == pytest.approx([-2 / 3, -1 / 3, -1 / 3])
     advantage.grad = None
-    irl.pair_loss("max_margin", advantage, margin=1.0).backward()
+    objectives.pair_loss("max_margin", advantage, margin=1.0).backward()
     assert advantage.grad.tolist() == pytest.approx([-1 / 3, -1 / 3, 0.0])  # a pair past the margin teaches nothing
 
 
 def test_an_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="loss must be one of max_margin, paper_asymmetric, logistic"):
-        irl.pair_loss("hinge2", torch.zeros(2))
+        objectives.pair_loss("hinge2", torch.zeros(2))
 
 
 # --- judging ---------------------------------------------------------------------------------
@@ -58,7 +61,7 @@ def test_an_unknown_loss_is_refused():
 def test_agreement_metrics_on_a_hand_computed_case():
     r_star = np.array([-2.0, -1.0, 1.0, 2.0])  # toxic, toxic, non-toxic, non-toxic
     r_hat = np.array([0.5, -1.0, 2.0, -0.5])  # at threshold 0 predicts: non-toxic, toxic, non-toxic, toxic
-    values = irl.agreement(r_hat, r_star, threshold=0.0, labels=np.array([1, 1, 0, 0]))
+    values = metrics.agreement(r_hat, r_star, threshold=0.0, labels=np.array([1, 1, 0, 0]))
     assert values["accuracy"] == 0.5
     assert values["f1"] == pytest.approx(0.5)  # TP 1, FP 1, FN 1
     # toxicity score -r_hat = [-0.5, 1, -2, 0.5]; positives {-0.5, 1} beat negatives {-2, 0.5} in 3 of 4 pairs
@@ -70,40 +73,58 @@ def test_agreement_metrics_on_a_hand_computed_case():
 def test_the_threshold_is_fitted_where_it_separates_best():
     r_star = np.array([-1.0, -1.0, 1.0, 1.0])
     r_hat = np.array([3.0, 4.0, 5.0, 6.0])  # perfectly ranked, but all above zero
-    threshold = irl.fit_threshold(r_hat, r_star)
+    threshold = metrics.fit_threshold(r_hat, r_star)
     assert 4.0 <= threshold < 5.0
-    assert irl.agreement(r_hat, r_star, threshold)["accuracy"] == 1.0
-    assert irl.agreement(r_hat, r_star, 0.0)["accuracy"] == 0.5
+    assert metrics.agreement(r_hat, r_star, threshold)["accuracy"] == 1.0
+    assert metrics.agreement(r_hat, r_star, 0.0)["accuracy"] == 0.5
 
 
 def test_pair_accuracy_counts_ties_as_wrong():
-    assert irl.pair_accuracy(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])) == pytest.approx(1 / 3)
+    assert metrics.pair_accuracy(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])) == pytest.approx(1 / 3)
 
 
 # --- fitting ---------------------------------------------------------------------------------
 
 
-def synthetic_pairs(n: int, seed: int) -> irl.PairSet:
-    """Expert features lie along a hidden direction; R* is that direction, so the truth is known."""
+def synthetic_pairs(n: int, seed: int) -> PairSet:
+    """Expert texts lie further along a hidden direction than non-expert ones (each side its own noise);
+    R* is that direction, so the truth is known."""
     generator = torch.Generator().manual_seed(seed)
     direction = torch.zeros(8)
     direction[0] = 1.0
     base = torch.randn(n, 8, generator=generator)
-    expert = base + 1.5 * direction
-    r_star = lambda x: x[:, 0].double().numpy()
-    return irl.PairSet(irl.TextSet(expert, r_star(expert), -np.ones(n)), irl.TextSet(base, r_star(base), -np.ones(n)))
+    expert = torch.randn(n, 8, generator=generator) + 2.5 * direction
+
+    def r_star(x):
+        return x[:, 0].double().numpy()
+
+    return PairSet(TextSet(expert, r_star(expert), -np.ones(n)), TextSet(base, r_star(base), -np.ones(n)))
 
 
-@pytest.mark.parametrize("loss", irl.LOSSES)
+@pytest.mark.parametrize("loss", objectives.LOSSES)
 def test_fitting_changes_the_head_and_recovers_the_direction(loss):
     train, validation = synthetic_pairs(200, 0), synthetic_pairs(100, 1)
-    objective = irl.Objective(loss, margin=1.0, max_head_norm=1.0, learning_rate=0.05, epochs=5, batch_size=16)
-    history, heads = irl.fit_head(train, objective, seed=0, on_epoch=lambda epoch, head: {
-        "pair_accuracy": irl.pair_accuracy(irl.rewards_of(head, validation.expert), irl.rewards_of(head, validation.non_expert))})
+    objective = objectives.Objective(loss, margin=1.0, max_head_norm=1.0, learning_rate=0.05, epochs=5, batch_size=16)
+    history, heads = objectives.fit_head(
+        train,
+        objective,
+        seed=0,
+        on_epoch=lambda epoch, head: {
+            "pair_accuracy": metrics.pair_accuracy(
+                rewards_of(head, validation.expert), rewards_of(head, validation.non_expert)
+            )
+        },
+    )
     assert [row["epoch"] for row in history] == list(range(6))
     assert all(np.isfinite(row["train_loss"]) for row in history[1:])
     assert not torch.equal(heads[0].weight, heads[-1].weight)
-    assert history[-1]["pair_accuracy"] > 0.85 > history[0]["pair_accuracy"] - 0.5
+    assert history[-1]["pair_accuracy"] > max(0.85, history[0]["pair_accuracy"])
+
+    def alignment(head):  # cosine between the head and the hidden direction
+        weight = head.weight.detach()
+        return float(weight[0, 0] / weight.norm())
+
+    assert alignment(heads[-1]) > alignment(heads[0]) + 0.25  # fitting, not the initial head, found the direction
     weight = heads[-1].weight.detach().flatten()
     assert weight[0] == weight.abs().max()  # the hidden direction carries the largest weight
     if loss == "max_margin":
@@ -112,33 +133,49 @@ def test_fitting_changes_the_head_and_recovers_the_direction(loss):
 
 def test_the_same_seed_gives_the_same_head_and_another_seed_another():
     train = synthetic_pairs(64, 0)
-    objective = irl.Objective("logistic", 1.0, 1.0, 0.05, 2, 16)
-    fit = lambda seed: irl.fit_head(train, objective, seed, on_epoch=lambda e, h: {})[1][-1].weight
+    objective = objectives.Objective("logistic", 1.0, 1.0, 0.05, 2, 16)
+
+    def fit(seed):
+        return objectives.fit_head(train, objective, seed, on_epoch=lambda e, h: {})[1][-1].weight
+
     assert torch.equal(fit(3), fit(3)) and not torch.equal(fit(3), fit(4))
 
 
 def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation():
     train, validation_pairs, test_pairs = synthetic_pairs(120, 0), synthetic_pairs(60, 1), synthetic_pairs(60, 2)
-    human = lambda pairs: irl.TextSet(torch.cat([pairs.expert.features, pairs.non_expert.features]),
-                                      np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star]), -np.ones(120))
-    texts = {"human": [f"h{i}" for i in range(120)], "expert": [f"e{i}" for i in range(60)],
-             "non_expert": [f"n{i}" for i in range(60)]}
-    objectives = [irl.Objective(loss, 1.0, 1.0, 0.05, 3, 16) for loss in ("max_margin", "logistic")]
-    study = irl.run_study(train, (human(validation_pairs), validation_pairs), (human(test_pairs), test_pairs), texts,
-                          objectives, seeds=3)
-    assert len(study.epochs) == 2 * 3 * 4 and len(study.test) == 6 and len(study.scores) == 6 * 240
-    assert study.test["epoch"].between(1, 3).all()
-    summary = irl.summary_metrics(study.test, "max_margin")
+
+    def human(pairs):
+        return TextSet(
+            torch.cat([pairs.expert.features, pairs.non_expert.features]),
+            np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star]),
+            -np.ones(120),
+        )
+
+    texts = {
+        "human": [f"h{i}" for i in range(120)],
+        "expert": [f"e{i}" for i in range(60)],
+        "non_expert": [f"n{i}" for i in range(60)],
+    }
+    fits = [objectives.Objective(loss, 1.0, 1.0, 0.05, 3, 16) for loss in ("max_margin", "logistic")]
+    result = study.run_study(
+        train, (human(validation_pairs), validation_pairs), (human(test_pairs), test_pairs), texts, fits, seeds=3
+    )
+    assert len(result.epochs) == 2 * 3 * 4 and len(result.test) == 6 and len(result.scores) == 6 * 240
+    assert result.test["epoch"].between(1, 3).all()
+    summary = study.summary_metrics(result.test, "max_margin")
     assert summary["irl.seeds"] == 3
     assert summary["irl.test.accuracy_mean"] == summary["irl.max_margin.test.accuracy_mean"]
     assert summary["irl.test.auc_mean"] > 0.8 and "irl.logistic.test.pair_accuracy_mean" in summary
-    correlations = irl.seed_correlations(study.scores, "max_margin")
+    correlations = study.seed_correlations(result.scores, "max_margin")
     assert correlations.shape == (3, 3)
-    assert 0 < irl.seed_agreement(correlations)["irl.test.seed_spearman_median"] <= 1
-    chosen = study.test.query("loss == 'max_margin'")
-    assert irl.best_seed(study.test, "max_margin") == chosen.sort_values("seed").loc[chosen["validation_pair_accuracy"].idxmax(), "seed"]
+    assert 0 < study.seed_agreement(correlations)["irl.test.seed_spearman_median"] <= 1
+    chosen = result.test.query("loss == 'max_margin'")
+    assert (
+        study.best_seed(result.test, "max_margin")
+        == chosen.sort_values("seed").loc[chosen["validation_pair_accuracy"].idxmax(), "seed"]
+    )
     for row in chosen.itertuples():  # the validation score carried with each test row is its chosen epoch's
-        epoch = study.epochs.query("loss == 'max_margin' and seed == @row.seed and epoch == @row.epoch")
+        epoch = result.epochs.query("loss == 'max_margin' and seed == @row.seed and epoch == @row.epoch")
         assert row.validation_pair_accuracy == epoch["pair_accuracy"].item()
 
 
@@ -146,29 +183,43 @@ def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation(
 
 
 def test_empty_and_identical_pairs_are_counted_and_excluded():
-    pairs = pd.DataFrame({"prompt": ["a ", "b ", "c ", "d "], "label": [1, 0, 1, 0],
-                          "expert": ["nice words", "", "same", "kind"], "non_expert": ["rude words", "x", " same", "mean"]})
-    labelled = irl.label_pairs(pairs, "train", lambda texts: np.arange(len(texts), dtype=float))
+    pairs = pd.DataFrame(
+        {
+            "prompt": ["a ", "b ", "c ", "d "],
+            "label": [1, 0, 1, 0],
+            "expert": ["nice words", "", "same", "kind"],
+            "non_expert": ["rude words", "x", " same", "mean"],
+        }
+    )
+    labelled = demonstrations.label_pairs(pairs, "train", lambda texts: np.arange(len(texts), dtype=float))
     assert labelled["excluded"].tolist() == ["", "empty continuation", "identical continuations", ""]
-    counts = irl.demonstration_counts(labelled)
+    counts = demonstrations.demonstration_counts(labelled)
     assert counts["irl.demos.train.used"] == 2
     assert counts["irl.demos.train.excluded_empty"] == 1 and counts["irl.demos.train.excluded_identical"] == 1
-    assert irl.used_pairs(labelled, "train")["prompt"].tolist() == ["a ", "d "]
+    assert demonstrations.used_pairs(labelled, "train")["prompt"].tolist() == ["a ", "d "]
 
 
 def test_too_few_usable_pairs_are_refused_before_any_fitting():
-    demonstrations = pd.DataFrame({"split": ["train"] * 2, "prompt": ["a", "b"], "expert": ["", "x"],
-                                   "non_expert": ["y", "x"], "expert_r_star": [0.0, 0.0], "non_expert_r_star": [0.0, 0.0],
-                                   "excluded": ["empty continuation", "identical continuations"]})
+    demos = pd.DataFrame(
+        {
+            "split": ["train"] * 2,
+            "prompt": ["a", "b"],
+            "expert": ["", "x"],
+            "non_expert": ["y", "x"],
+            "expert_r_star": [0.0, 0.0],
+            "non_expert_r_star": [0.0, 0.0],
+            "excluded": ["empty continuation", "identical continuations"],
+        }
+    )
     with pytest.raises(ValueError, match="only 0 usable train demonstration pairs"):
-        irl.build_feature_sets(None, demonstrations, pd.DataFrame(), None, 8)
+        features.build_feature_sets(None, demos, pd.DataFrame(), None, 8)
 
 
 # --- features and the saved reward ---------------------------------------------------------------
 
 
 def test_reading_a_middle_layer_stops_early_and_equals_the_full_pass():
-    from irlnb.sources import load_policy
+    from irlnb.models.policies import load_policy
 
     model, tokenizer = load_policy(BACKBONE)
     batch = tokenizer(["You are such an idiot", "What a day"], return_tensors="pt", padding=True)
@@ -181,25 +232,25 @@ def test_reading_a_middle_layer_stops_early_and_equals_the_full_pass():
 
 
 def test_features_are_cached_and_a_damaged_cache_is_recomputed(tmp_path):
-    reader = irl.feature_reader(BACKBONE, SimpleNamespace(pooling="mean", layer=1, max_length=32), "cpu")
+    reader = reward_form(BACKBONE, "mean", 1, 32)
     texts = ["You are such an idiot", "What a lovely day"]
-    first = irl.cached_features(reader, texts, tmp_path, batch_size=2)
+    first = features.cached_features(reader, texts, tmp_path, batch_size=2)
     (cache_file,) = tmp_path.glob("features-*.pt")
     reader.features = lambda *args, **kwargs: pytest.fail("the cache was not used")
-    assert torch.equal(irl.cached_features(reader, texts, tmp_path, batch_size=2), first)
+    assert torch.equal(features.cached_features(reader, texts, tmp_path, batch_size=2), first)
     cache_file.write_bytes(b"cut short")
     del reader.features  # back to the real method
-    assert torch.allclose(irl.cached_features(reader, texts, tmp_path, batch_size=2), first)
+    assert torch.allclose(features.cached_features(reader, texts, tmp_path, batch_size=2), first)
 
 
 def test_the_saved_reward_folds_the_standardisation_and_scores_like_the_study(tmp_path):
-    reader = irl.feature_reader(BACKBONE, SimpleNamespace(pooling="mean", layer=2, max_length=32), "cpu")
+    reader = reward_form(BACKBONE, "mean", 2, 32)
     texts = ["You are such an idiot", "What a lovely day", "ok then"]
     raw = reader.features(texts)
-    standardizer = irl.Standardizer.fit(raw)
-    head = irl.init_head(raw.shape[1], seed=0)
-    expected = irl.rewards_of(head, irl.TextSet(standardizer(raw), np.zeros(3), -np.ones(3)))
-    irl.save_learned_reward(reader, head, standardizer, tmp_path / "reward")
+    standardizer = features.Standardizer.fit(raw)
+    head = random_head(raw.shape[1], seed=0)
+    expected = rewards_of(head, TextSet(standardizer(raw), np.zeros(3), -np.ones(3)))
+    study.save_learned_reward(reader, head, standardizer, tmp_path / "reward")
     np.testing.assert_allclose(load_reward(tmp_path / "reward").score(texts), expected, atol=1e-4)
 
 
@@ -210,16 +261,24 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
     import json
 
     metrics = json.loads((smoke_run / "metrics.json").read_text())
-    for key in ("accuracy_mean", "accuracy_sd", "f1_mean", "auc_mean", "auc_human_mean", "spearman_mean", "pair_accuracy_mean"):
+    for key in (
+        "accuracy_mean",
+        "accuracy_sd",
+        "f1_mean",
+        "auc_mean",
+        "auc_human_mean",
+        "spearman_mean",
+        "pair_accuracy_mean",
+    ):
         assert np.isfinite(metrics[f"irl.test.{key}"]), key
-        for loss in irl.LOSSES:  # compare_losses is on in smoke.yaml
+        for loss in objectives.LOSSES:  # compare_losses is on in smoke.yaml
             assert f"irl.{loss}.test.{key}" in metrics
     assert metrics["irl.seeds"] == 3
     out = smoke_run / "irl"
-    demonstrations = pd.read_parquet(out / irl.DEMONSTRATIONS_FILE)
-    assert set(demonstrations["split"]) == {"train", "validation", "test"}
-    assert {"prompt", "expert", "non_expert", "expert_r_star", "non_expert_r_star", "excluded"} <= set(demonstrations)
-    assert metrics["irl.demos.train.used"] == (demonstrations.query("split == 'train'")["excluded"] == "").sum()
+    demos = pd.read_parquet(out / "demonstrations.parquet")
+    assert set(demos["split"]) == {"train", "validation", "test"}
+    assert {"prompt", "expert", "non_expert", "expert_r_star", "non_expert_r_star", "excluded"} <= set(demos)
+    assert metrics["irl.demos.train.used"] == (demos.query("split == 'train'")["excluded"] == "").sum()
     epochs = pd.read_csv(out / "epochs.csv")
     assert len(epochs) == 3 * 3 * (3 + 1)  # losses x seeds x (epochs + the initial head)
     import irlnb
@@ -230,11 +289,11 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
 
 
 def test_a_reward_read_in_bfloat16_is_loaded_in_bfloat16(tmp_path):
-    reader = irl.feature_reader(BACKBONE, SimpleNamespace(pooling="last", layer=-1, max_length=32), "cpu", "bfloat16")
+    reader = reward_form(BACKBONE, "last", -1, 32, dtype="bfloat16")
     texts = ["You are such an idiot", "What a lovely day"]
     raw = reader.features(texts)
     assert raw.dtype == torch.float32  # features leave the backbone as float32 whatever its dtype
-    irl.save_learned_reward(reader, irl.init_head(raw.shape[1], 0), irl.Standardizer.fit(raw), tmp_path / "reward")
+    study.save_learned_reward(reader, random_head(raw.shape[1], 0), features.Standardizer.fit(raw), tmp_path / "reward")
     loaded = load_reward(tmp_path / "reward")
     assert loaded.spec.dtype == "bfloat16" and next(loaded.backbone.parameters()).dtype == torch.bfloat16
 
@@ -244,8 +303,9 @@ def test_a_saved_reward_that_does_not_score_like_the_study_is_caught(smoke_run):
 
     saved_seed = int(json.loads((smoke_run / "metrics.json").read_text())["irl.saved_seed"])
     scores = pd.read_parquet(smoke_run / "irl" / "test_scores.parquet")
-    saved = scores.query("loss == 'max_margin' and seed == @saved_seed and set == 'human'").reset_index(drop=True)
-    assert irl.check_saved_reward(smoke_run / "irl" / "reward", saved) < 1e-3  # float32: the same scores
+    chosen = (scores["loss"] == "max_margin") & (scores["seed"] == saved_seed) & (scores["set"] == "human")
+    saved = scores[chosen].reset_index(drop=True)
+    assert study.check_saved_reward(smoke_run / "irl" / "reward", saved) < 1e-3  # float32: the same scores
     wrong = saved.assign(r_hat=saved["r_hat"].to_numpy()[::-1])  # the scores of other texts
     with pytest.raises(ValueError, match="the saved reward differs from the study's"):
-        irl.check_saved_reward(smoke_run / "irl" / "reward", wrong)
+        study.check_saved_reward(smoke_run / "irl" / "reward", wrong)

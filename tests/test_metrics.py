@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from irlnb import metrics
-from irlnb.classifiers import ground_truth_reward
+from irlnb.rewards.ground_truth import ground_truth_reward
 
 
 def test_roc_auc_hand_cases():
@@ -50,5 +50,6 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_data():
     assert low <= small.mean() <= high
     low_l, high_l = metrics.bootstrap_interval(np.mean, large, samples=500, seed=0)
     assert high_l - low_l < high - low
-    assert metrics.bootstrap_interval(np.mean, small, samples=200, seed=3) == \
-        metrics.bootstrap_interval(np.mean, small, samples=200, seed=3)
+    assert metrics.bootstrap_interval(np.mean, small, samples=200, seed=3) == metrics.bootstrap_interval(
+        np.mean, small, samples=200, seed=3
+    )

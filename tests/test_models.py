@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from irlnb.sources import load_policy
+from irlnb.models.policies import load_policy
 
 
 def test_tiny_gpt_neox_loads_and_generates_left_padded():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from irlnb.provenance import git_state
+from irlnb.pipeline.provenance import git_state
 
 
 def test_git_state_names_the_changed_files_exactly(tmp_path):

@@ -10,22 +10,40 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from irlnb.stages import STAGES
-
 from conftest import REPO, irlnb_cli, write_params
+
+from irlnb.pipeline.stages import STAGES
 
 STAGE_NAMES = [stage.name for stage in STAGES]
 
 
 def test_a_run_writes_notebooks_metrics_manifest_and_figures(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
-    for key in ("curate.n_train", "gt.auc_human", "gt.accuracy_human", "gt.f1_human", "gt.evaluator_spearman",
-                "gt.auc_human_ci_low", "gt.all.auc_human", "timing.total_s", "timing.01_curate_s",
-                *(f"rlhf.{tag}.{name}" for tag in ("base", "ground_truth")
-                  for name in ("toxicity_ratio", "toxicity_mean", "evaluator_toxicity_ratio", "evaluator_toxicity_mean",
-                               "perplexity", "distinct2", "toxicity_mean_ci_low", "sampled.toxicity_mean"))):
+    for key in (
+        "curate.n_train",
+        "gt.auc_human",
+        "gt.accuracy_human",
+        "gt.f1_human",
+        "gt.evaluator_spearman",
+        "gt.auc_human_ci_low",
+        "gt.all.auc_human",
+        "timing.total_s",
+        "timing.01_curate_s",
+        *(
+            f"rlhf.{tag}.{name}"
+            for tag in ("base", "ground_truth")
+            for name in (
+                "toxicity_ratio",
+                "toxicity_mean",
+                "evaluator_toxicity_ratio",
+                "evaluator_toxicity_mean",
+                "perplexity",
+                "distinct2",
+                "toxicity_mean_ci_low",
+                "sampled.toxicity_mean",
+            )
+        ),
+    ):
         assert key in metrics and math.isfinite(metrics[key]), key
     # the real classifier separates real insults from non-insults far better than chance
     assert metrics["gt.auc_human"] > 0.7
@@ -33,14 +51,25 @@ def test_a_run_writes_notebooks_metrics_manifest_and_figures(smoke_run):
     manifest = json.loads((smoke_run / "manifest.json").read_text())
     assert manifest["params"]["run"]["name"] == "smoke"
     assert set(manifest["stages"]) == set(STAGE_NAMES)
-    assert manifest["git"]["commit"] and manifest["packages"]["torch"].startswith("2.13.0")
+    from importlib.metadata import version
+
+    assert manifest["git"]["commit"] and manifest["packages"]["torch"] == version("torch")  # what made the run
     assert manifest["hardware"]["cpu_count"] >= 1
     for stage in STAGES:
         assert (smoke_run / "notebooks" / f"{stage.name}.ipynb").is_file()
         assert (smoke_run / "stages" / f"{stage.name}.json").is_file()
-    for figure in ("curation", "gt_reward_distribution", "gt_confusion", "rlhf_ground_truth_training",
-                   "toxicity_table", "irl_epochs", "irl_confusion", "non_identifiability",
-                   "rlhf_learned_training", "rlhf_random_training"):
+    for figure in (
+        "curation",
+        "gt_reward_distribution",
+        "gt_confusion",
+        "rlhf_ground_truth_training",
+        "toxicity_table",
+        "irl_epochs",
+        "irl_confusion",
+        "non_identifiability",
+        "rlhf_learned_training",
+        "rlhf_random_training",
+    ):
         for ext in ("png", "pdf"):
             assert (smoke_run / "figures" / f"{figure}.{ext}").stat().st_size > 1000
 
@@ -50,9 +79,11 @@ def test_executed_notebooks_carry_the_injected_parameters(smoke_run):
 
     notebook = nbformat.read(smoke_run / "notebooks" / "01_curate.ipynb", as_version=4)
     rlhf = nbformat.read(smoke_run / "notebooks" / "03_rlhf_ground_truth.ipynb", as_version=4)
-    assert any('reward = "ground_truth"' in c.source for c in rlhf.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert any(
+        'reward = "ground_truth"' in c.source for c in rlhf.cells if "injected-parameters" in c.metadata.get("tags", [])
+    )
     injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert len(injected) == 1 and "n_per_class = 60" in injected[0].source
+    assert len(injected) == 1 and '"n_per_class": 60' in injected[0].source
 
 
 def _copy_run(smoke_run, tmp_path):
@@ -71,7 +102,7 @@ def test_rerun_skips_and_changed_params_are_refused_without_force(smoke_run, tmp
     assert done.returncode == 0 and "nothing to do" in done.stdout
     assert (run_dir / "metrics.json").read_bytes() == metrics_before
 
-    changed = write_params(tmp_path, name="changed.yaml", ground_truth__bootstrap_samples=300)
+    changed = write_params(tmp_path, name="changed.yaml", evaluation__bootstrap_samples=300)
     done = irlnb_cli("run", str(changed))
     assert done.returncode == 2
     assert "stage 02_ground_truth_rm already finished with other settings; rerun with --force" in done.stderr
@@ -81,7 +112,85 @@ def test_rerun_skips_and_changed_params_are_refused_without_force(smoke_run, tmp
     assert done.returncode == 0, done.stderr
     assert "01_curate" not in done.stdout  # only the asked stage ran
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["params"]["ground_truth"]["bootstrap_samples"] == 300
+    assert manifest["params"]["evaluation"]["bootstrap_samples"] == 300
+
+
+def _stages_run(stdout: str) -> list[str]:
+    return [line.split()[1] for line in stdout.splitlines() if line.startswith("[") and line.endswith(" ...")]
+
+
+def test_keys_follow_what_a_result_depends_on():
+    import dataclasses
+
+    from irlnb.config import load_config
+    from irlnb.pipeline.runner import stage_identities
+
+    smoke = REPO / "params" / "smoke.yaml"
+    base = stage_identities(load_config(smoke))
+
+    def changed(**changes):
+        config = load_config(smoke)
+        for dotted, value in changes.items():
+            section, key = dotted.split("__")
+            config = dataclasses.replace(
+                config, **{section: dataclasses.replace(getattr(config, section), **{key: value})}
+            )
+        return stage_identities(config)
+
+    resampled = changed(evaluation__bootstrap_samples=300)  # a report: digests change, keys do not
+    assert {name for name in base if resampled[name].digest != base[name].digest} == {
+        "02_ground_truth_rm",
+        "03_rlhf_ground_truth",
+        "03_rlhf_learned",
+        "03_rlhf_random",
+        "05_analysis",
+    }
+    assert all(resampled[name].key == base[name].key for name in base if name != "05_analysis")
+    fewer_prompts = changed(evaluation__prompts=12)  # the test continuations change: IRL's test pairs with them
+    assert {name for name in base if fewer_prompts[name].key != base[name].key} == {
+        "03_rlhf_ground_truth",
+        "04_irl",
+        "03_rlhf_learned",
+        "03_rlhf_random",
+        "05_analysis",
+    }
+    threads = changed(compute__torch_threads=2, rlhf__checkpoint_steps=3, ground_truth__batch_size=7)
+    assert threads == base  # settings that never change a result never make a stage stale
+
+
+def test_an_evaluation_setting_reevaluates_and_a_training_setting_retrains(smoke_run, tmp_path):
+    run_dir = _copy_run(smoke_run, tmp_path)
+    resampled = write_params(tmp_path, name="resampled.yaml", evaluation__bootstrap_samples=300)
+    done = irlnb_cli("run", str(resampled))
+    assert done.returncode == 2 and "02_ground_truth_rm already finished with other settings" in done.stderr
+    done = irlnb_cli("run", str(resampled), "--force")
+    assert done.returncode == 0, done.stderr
+    assert _stages_run(done.stdout) == [
+        "02_ground_truth_rm",
+        "03_rlhf_ground_truth",
+        "03_rlhf_learned",
+        "03_rlhf_random",
+        "05_analysis",
+    ]  # 01 and 04 kept: their results are the same
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for reward in ("ground_truth", "learned", "random"):  # each finished policy was loaded, not trained again
+        assert metrics[f"rlhf.{reward}.train_resumed_from_step"] == 4
+
+    retrained = write_params(
+        tmp_path, name="retrained.yaml", evaluation__bootstrap_samples=300, rlhf__learning_rate=5e-4
+    )
+    done = irlnb_cli("run", str(retrained), "--force")
+    assert done.returncode == 0, done.stderr
+    assert _stages_run(done.stdout) == [
+        "03_rlhf_ground_truth",
+        "04_irl",
+        "03_rlhf_learned",
+        "03_rlhf_random",
+        "05_analysis",
+    ]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for reward in ("ground_truth", "learned", "random"):
+        assert metrics[f"rlhf.{reward}.train_resumed_from_step"] == 0  # trained afresh
 
 
 def test_only_refuses_a_stage_whose_inputs_are_missing(tmp_path):
@@ -95,8 +204,13 @@ def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
     params = write_params(tmp_path)
     run_dir = tmp_path / "runs" / "smoke"
     first_marker = run_dir / "stages" / "01_curate.json"
-    process = subprocess.Popen([sys.executable, "-m", "irlnb", "run", str(params)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "irlnb", "run", str(params)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not first_marker.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -122,10 +236,31 @@ def test_rlhf_trains_unchanged_under_accelerate_with_two_cpu_processes(smoke_run
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     params = write_params(tmp_path)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "irlnb.rlhf_launch",
-                           str(params), "--reward", "ground_truth"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "irlnb.rl.launch",
+            str(params),
+            "--reward",
+            "ground_truth",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trained to step 4 on 2 process(es)" in done.stdout
     checkpoints = run_dir / "checkpoints" / "03_rlhf_ground_truth"
@@ -145,11 +280,19 @@ def test_a_training_killed_midway_resumes_from_its_last_checkpoint(smoke_run, tm
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     params = write_params(tmp_path, rlhf__steps=60, rlhf__checkpoint_steps=5)
     checkpoints = run_dir / "checkpoints" / "03_rlhf_ground_truth"
-    process = subprocess.Popen([sys.executable, "-m", "irlnb", "run", str(params), "--force", "--only",
-                                "03_rlhf_ground_truth"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "irlnb", "run", str(params), "--force", "--only", "03_rlhf_ground_truth"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+    while (
+        time.time() < deadline
+        and process.poll() is None
+        and not list(checkpoints.glob("checkpoint-*/trainer_state.json"))
+    ):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

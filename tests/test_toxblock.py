@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from irlnb.toxblock import ENCODER_FILE, HEADS, MODEL_FILE, ToxBlock
+from irlnb.models.toxblock import ENCODER_FILE, HEADS, MODEL_FILE, ToxBlock
 
 FIXTURE = Path(__file__).parent / "fixtures" / "toxblock_parity.json"
 TOLERANCE = 1e-5
@@ -23,13 +23,15 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def toxblock_dir():
-    from irlnb.assets import asset_path
+    from irlnb.data.assets import asset_path
+
     return asset_path("tox-block") / "tox_block" / "trained_models"
 
 
 @pytest.fixture(scope="module")
 def insults_csv():
-    from irlnb.assets import asset_path
+    from irlnb.data.assets import asset_path
+
     return asset_path("insults") / "insults" / "data" / "Inputs" / "fulltrain.csv"
 
 
@@ -53,7 +55,8 @@ def texts(parity, insults_csv) -> list[str]:
 
 
 def test_fixture_is_for_this_model(parity):
-    from irlnb.assets import ARCHIVES
+    from irlnb.data.assets import ARCHIVES
+
     assert tuple(parity["header"]["heads"]) == HEADS
     assert parity["header"]["wheel"]["sha256"] == ARCHIVES["tox-block"].sha256
     assert len(parity["items"]) >= 250

@@ -1,0 +1,1 @@
+"""Step 4: inverse RL of a reward from expert vs non-expert demonstrations, judged against R*."""

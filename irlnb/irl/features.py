@@ -1,0 +1,138 @@
+"""The frozen features IRL fits on: read once per text through the reward's backbone, cached on disk,
+standardised with the IRL-train texts' mean and std.
+
+With a frozen backbone the same texts always give the same features, so refitting heads with other
+objectives (or reopening the notebook) skips the backbone entirely, and an epoch is a few matrix
+products. The saved reward folds the standardisation into its head (`Standardizer.fold`), so it is
+a plain linear head on raw features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from irlnb.irl.demonstrations import SPLITS, pair_texts, used_pairs
+from irlnb.layout import write_atomic
+from irlnb.rewards.features import FeatureReward
+
+
+@dataclass
+class TextSet:
+    """Standardised features of some texts, with their R* (and human labels, -1 where there are none)."""
+
+    features: torch.Tensor
+    r_star: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class PairSet:
+    expert: TextSet
+    non_expert: TextSet
+
+
+def rewards_of(head: torch.nn.Linear, texts: TextSet) -> np.ndarray:
+    with torch.no_grad():
+        return head(texts.features).squeeze(-1).double().numpy()
+
+
+@dataclass
+class Standardizer:
+    """x -> (x - mean) / std, fitted on the IRL-train texts."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, features: torch.Tensor) -> Standardizer:
+        return cls(features.mean(dim=0), features.std(dim=0).clamp_min(1e-6))
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+    def fold(self, head: torch.nn.Linear) -> torch.nn.Linear:
+        """The same reward as a head on raw features: w' = w / std, b' = b - w' . mean."""
+        folded = torch.nn.Linear(head.in_features, 1)
+        with torch.no_grad():
+            folded.weight.copy_(head.weight / self.std)
+            folded.bias.copy_(head.bias - (folded.weight * self.mean).sum())
+        return folded
+
+
+def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, batch_size: int) -> torch.Tensor:
+    """Features of `texts`, read from a cache keyed by the reward form and the texts when possible.
+
+    A cache file that a kill cut short, or that is damaged, is recomputed.
+    """
+    key = hashlib.sha256(json.dumps([asdict(reader.spec), texts]).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"features-{key}.pt"
+    if path.is_file():
+        try:
+            features = torch.load(path, weights_only=True)
+            if features.shape == (len(texts), reader.head.in_features):
+                return features
+        except Exception:  # noqa: BLE001 - any unreadable cache file is recomputed
+            pass
+    features = reader.features(texts, batch_size=batch_size)
+    write_atomic(path, lambda tmp: torch.save(features, tmp))
+    return features
+
+
+@dataclass
+class FeatureSets:
+    train: PairSet
+    validation: tuple[TextSet, PairSet]
+    test: tuple[TextSet, PairSet]
+    test_texts: dict[str, list[str]]
+    standardizer: Standardizer
+
+
+def build_feature_sets(
+    reader: FeatureReward, demonstrations: pd.DataFrame, scores: pd.DataFrame, cache_dir: Path, batch_size: int
+) -> FeatureSets:
+    """Standardised features of every text the study reads, from one batched pass over the backbone."""
+    blocks: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
+    for split in SPLITS:
+        pairs = used_pairs(demonstrations, split)
+        if len(pairs) < 2:
+            raise ValueError(
+                f"only {len(pairs)} usable {split} demonstration pairs (see irl.demos.{split}.* for exclusions)"
+            )
+        expert_texts, non_expert_texts = pair_texts(pairs)
+        no_labels = np.full(len(pairs), -1)
+        blocks[f"{split}_expert"] = (expert_texts, pairs["expert_r_star"].to_numpy(), no_labels)
+        blocks[f"{split}_non_expert"] = (non_expert_texts, pairs["non_expert_r_star"].to_numpy(), no_labels)
+    for split in ("validation", "test"):
+        human = scores[scores["split"] == split]
+        blocks[f"{split}_human"] = (human["text"].tolist(), human["reward"].to_numpy(), human["label"].to_numpy())
+    texts = [text for block in blocks.values() for text in block[0]]
+    features = cached_features(reader, texts, cache_dir, batch_size)
+    sets, start = {}, 0
+    for name, (block_texts, r_star, labels) in blocks.items():
+        sets[name] = (features[start : start + len(block_texts)], r_star, labels)
+        start += len(block_texts)
+    standardizer = Standardizer.fit(torch.cat([sets["train_expert"][0], sets["train_non_expert"][0]]))
+    text_set = {name: TextSet(standardizer(f), r, lab) for name, (f, r, lab) in sets.items()}
+
+    def pair_set(split):
+        return PairSet(text_set[f"{split}_expert"], text_set[f"{split}_non_expert"])
+
+    test_texts = {
+        "human": blocks["test_human"][0],
+        "expert": blocks["test_expert"][0],
+        "non_expert": blocks["test_non_expert"][0],
+    }
+    return FeatureSets(
+        pair_set("train"),
+        (text_set["validation_human"], pair_set("validation")),
+        (text_set["test_human"], pair_set("test")),
+        test_texts,
+        standardizer,
+    )

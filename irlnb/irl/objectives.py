@@ -1,0 +1,95 @@
+"""IRL objectives on demonstration pairs, and the loop that fits a linear head on cached features.
+
+What differs from the reference code, on purpose: gradients are zeroed every step; the max-margin
+objective has a margin and a bound on |w|; batches are shuffled with a seeded generator; every
+epoch is measured after its updates (the reference measured before them, and saved the metric under
+the wrong weights).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from irlnb.irl.features import PairSet
+from irlnb.rewards.features import random_head
+
+LOSSES = ("max_margin", "paper_asymmetric", "logistic")
+
+
+def pair_loss(loss: str, advantage: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Mean loss over pairs, with advantage x = R(expert) - R(non-expert).
+
+    paper_asymmetric: -x if x > 0 else -2x (the paper's, unbounded below: it rewards ever larger gaps);
+    max_margin: max(0, margin - x) (the hinge; with a bound on |w| the classic max-margin IRL);
+    logistic: log(1 + exp(-x)) (Bradley-Terry, i.e. maximum entropy over the pair).
+    """
+    if loss == "paper_asymmetric":
+        return torch.where(advantage > 0, -advantage, -2 * advantage).mean()
+    if loss == "max_margin":
+        return torch.relu(margin - advantage).mean()
+    if loss == "logistic":
+        return torch.nn.functional.softplus(-advantage).mean()
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How a head is fitted: the loss, its margin and bound, and the optimiser's schedule."""
+
+    loss: str
+    margin: float
+    max_head_norm: float  # applied to max_margin only: the other two are the unbounded forms being compared
+    learning_rate: float
+    epochs: int
+    batch_size: int
+
+    @classmethod
+    def from_settings(cls, irl, loss: str | None = None) -> Objective:
+        return cls(loss or irl.loss, irl.margin, irl.max_head_norm, irl.learning_rate, irl.epochs, irl.batch_size)
+
+
+def study_objectives(irl) -> list[Objective]:
+    """The objective of `irl.loss` (the one saved), then, with `irl.compare_losses`, the other ones."""
+    others = [loss for loss in LOSSES if loss != irl.loss] if irl.compare_losses else []
+    return [Objective.from_settings(irl, loss) for loss in [irl.loss, *others]]
+
+
+def fit_head(
+    train: PairSet, objective: Objective, seed: int, on_epoch: Callable[[int, torch.nn.Linear], dict]
+) -> tuple[list[dict], list[torch.nn.Linear]]:
+    """Fit a linear head on cached features; returns per-epoch records and the head after each epoch.
+
+    Epoch 0 is the initial head. `on_epoch(epoch, head)` is called after that epoch's updates.
+    """
+    head = random_head(train.expert.features.shape[1], seed)
+    optimizer = torch.optim.Adam(head.parameters(), lr=objective.learning_rate)
+    order = torch.Generator().manual_seed(seed + 1)
+    n = train.expert.features.shape[0]
+    history, heads = [{"epoch": 0, "train_loss": float("nan"), **on_epoch(0, head)}], [copy.deepcopy(head)]
+    for epoch in range(1, objective.epochs + 1):
+        losses = []
+        for batch in torch.randperm(n, generator=order).split(objective.batch_size):
+            optimizer.zero_grad()
+            advantage = (head(train.expert.features[batch]) - head(train.non_expert.features[batch])).squeeze(-1)
+            loss = pair_loss(objective.loss, advantage, objective.margin)
+            loss.backward()
+            optimizer.step()
+            if objective.loss == "max_margin":
+                bound_norm(head, objective.max_head_norm)
+            losses.append(loss.item())
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **on_epoch(epoch, head)})
+        heads.append(copy.deepcopy(head))
+    return history, heads
+
+
+def bound_norm(head: torch.nn.Linear, max_norm: float) -> None:
+    """Project the head's weights back onto |w| <= max_norm (the max-margin bound)."""
+    with torch.no_grad():
+        norm = head.weight.norm()
+        if norm > max_norm:
+            head.weight.mul_(max_norm / norm)

@@ -1,0 +1,207 @@
+"""Where every artifact of a run lives, and how the run's shared files are written.
+
+A run directory (`runs/<run.name>/`) is the only channel between stages: each stage writes its
+folder, later stages read it back. `RunLayout` names every path in it, so no other module spells
+out a run-directory path. Shared files (metrics.json, markers, manifests) are written atomically:
+a reader, or a kill, never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # `run.runs_dir` is relative to it
+
+# Stage output folders inside a run directory.
+CURATE = "curate"
+GROUND_TRUTH = "ground_truth"
+IRL = "irl"
+ANALYSIS = "analysis"
+
+
+def rlhf_folder(reward: str) -> str:
+    """The output folder of the RLHF stage trained with `reward` (ground_truth, learned, random)."""
+    return f"rlhf_{reward}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of one run directory."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @classmethod
+    def of_run(cls, run, runs_dir: str | None = None) -> RunLayout:
+        """The run directory of the `run` settings: <repo>/<runs_dir>/<name> (`runs_dir` overrides the setting)."""
+        return cls(REPO_ROOT / (runs_dir or run.runs_dir) / run.name)
+
+    # The run as a whole
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def cache(self) -> Path:
+        """Frozen-backbone features, keyed by what they are computed from (safe to delete)."""
+        return self.root / "cache"
+
+    def marker(self, stage: str) -> Path:
+        """Written when a stage finishes: its digest, key and time. No marker, no finished stage."""
+        return self.root / "stages" / f"{stage}.json"
+
+    def checkpoints(self, stage: str) -> Path:
+        """Resumable training state of a stage; outside its output folder, which a redo clears."""
+        return self.root / "checkpoints" / stage
+
+    def output(self, folder: str) -> Path:
+        return self.root / folder
+
+    # 01 and 02
+    @property
+    def curated(self) -> Path:
+        return self.root / CURATE / "dataset"
+
+    @property
+    def ground_truth_scores(self) -> Path:
+        return self.root / GROUND_TRUTH / "scores.parquet"
+
+    # 03
+    def policy(self, reward: str) -> Path:
+        return self.root / rlhf_folder(reward) / "policy"
+
+    def continuations(self, reward: str) -> Path:
+        return self.root / rlhf_folder(reward) / "continuations.parquet"
+
+    def train_log(self, reward: str) -> Path:
+        return self.root / rlhf_folder(reward) / "train_log.csv"
+
+    # 04
+    @property
+    def demonstrations(self) -> Path:
+        return self.root / IRL / "demonstrations.parquet"
+
+    @property
+    def irl_epochs(self) -> Path:
+        return self.root / IRL / "epochs.csv"
+
+    @property
+    def irl_test_by_seed(self) -> Path:
+        return self.root / IRL / "test_by_seed.csv"
+
+    @property
+    def irl_test_scores(self) -> Path:
+        return self.root / IRL / "test_scores.parquet"
+
+    @property
+    def learned_reward(self) -> Path:
+        return self.root / IRL / "reward"
+
+    # 05
+    @property
+    def disagreements(self) -> Path:
+        return self.root / ANALYSIS / "disagreements.csv"
+
+    # Shared files
+    def read_metrics(self) -> dict[str, float]:
+        return read_json(self.metrics, default={})
+
+    def record_metrics(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Add flat name -> number entries to metrics.json; NaN or inf is refused, not saved."""
+        clean = {}
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"metric {name!r} must be a finite number, got {value!r}")
+            clean[name] = float(value)
+        metrics = {**self.read_metrics(), **clean}
+        write_json_atomic(self.metrics, metrics)
+        return metrics
+
+    def drop_metrics(self, prefixes: tuple[str, ...]) -> None:
+        """Forget the metrics of a stage that is about to be redone."""
+        metrics = self.read_metrics()
+        kept = {k: v for k, v in metrics.items() if not k.startswith(prefixes)}
+        if kept != metrics:
+            write_json_atomic(self.metrics, kept)
+
+    def save_figure(self, fig, name: str) -> list[Path]:
+        """A matplotlib figure as PNG and PDF under figures/."""
+        self.figures.mkdir(parents=True, exist_ok=True)
+        paths = [self.figures / f"{name}.{ext}" for ext in ("png", "pdf")]
+        for path in paths:
+            fig.savefig(path, dpi=150, bbox_inches="tight")
+        return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes: a file or folder appears whole or not at all
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_atomic(
+        path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    )
+
+
+def build_folder_atomic(target: str | Path, build: Callable[[Path], None]) -> Path:
+    """Build a folder in a staging folder beside `target`, then rename it into place (a killed build never shows)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: corrupted JSON ({err.msg} at line {err.lineno}); delete it or rerun with --force"
+        ) from None

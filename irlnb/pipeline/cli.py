@@ -1,0 +1,144 @@
+"""Command line: `irlnb check`, `irlnb run`, `irlnb fetch`, `irlnb bench`, `irlnb regress`.
+
+Every expected failure (bad params, missing file, unreachable hub, corrupted artifact, refused
+overwrite) ends with one line on stderr and exit status 2, never a traceback.
+
+Each command imports what it runs when it runs: `irlnb check` answers in a second because it
+never loads torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from irlnb.config import describe_settings, load_config
+from irlnb.errors import IrlnbError
+from irlnb.layout import REPO_ROOT
+from irlnb.pipeline.stages import STAGES, check_notebook, notebooks, write_parameters_cell
+
+
+def cmd_check(args) -> int:
+    if args.describe:
+        print(describe_settings())
+        return 0
+    if args.write_notebooks:
+        for notebook in notebooks():
+            print(f"notebooks/{notebook}: {'rewritten' if write_parameters_cell(notebook) else 'up to date'}")
+        return 0
+    if not args.params:
+        raise SystemExit("irlnb check: give a params file (or --describe, or --write-notebooks)")
+    config = load_config(args.params)
+    for notebook in notebooks():
+        check_notebook(notebook)
+    print(f"{args.params}: ok (run '{config.run.name}', {len(STAGES)} stages)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from irlnb.pipeline.runner import run  # papermill and the provenance probe load only to run
+
+    run(load_config(args.params), only=args.only, force=args.force, runs_dir=args.runs_dir)
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from irlnb.data.assets import cache_dir, fetch_all  # the models stack loads only to fetch
+    from irlnb.models.policies import embedded_policy_dir
+
+    for name, path in fetch_all().items():
+        print(f"{name}: {path}")
+    print(f"smollm2-135m-instruct: {embedded_policy_dir('smollm2-135m-instruct')}")
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from irlnb.pipeline.bench import run_bench  # the whole stack loads only to bench
+
+    run_bench(threads=args.threads, out=args.out, rlhf_threads=args.rlhf_threads, params=args.params)
+    return 0
+
+
+def cmd_regress(args) -> int:
+    from irlnb.pipeline import regress  # loads the runner
+
+    config = load_config(args.params)
+    reference_dir = Path(args.reference_dir) if args.reference_dir else regress.REFERENCE_DIR
+    if args.record:
+        run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / config.run.runs_dir / config.run.name
+        print(f"reference written to {regress.record_reference(config, run_dir, reference_dir)}")
+        return 0
+    return regress.regress(
+        config, runs_dir=args.runs_dir or regress.REGRESS_RUNS_DIR, reuse=args.reuse, reference_dir=reference_dir
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="irlnb", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="validate a params file and the notebooks (nothing is loaded or written)")
+    check.add_argument("params", nargs="?", help="params YAML file")
+    check.add_argument("--describe", action="store_true", help="list every setting with its default and description")
+    check.add_argument(
+        "--write-notebooks",
+        action="store_true",
+        help="rewrite the notebooks' parameters cells from irlnb/config.py (after changing a setting)",
+    )
+    check.set_defaults(func=cmd_check)
+
+    run = commands.add_parser("run", help="run the pipeline's notebooks into runs/<run.name>/")
+    run.add_argument("params", help="params YAML file")
+    run.add_argument("--only", metavar="STAGE", help="run one stage (the stages it needs must be complete)")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="redo stages whose settings changed (with --only: redo that stage even if unchanged)",
+    )
+    run.add_argument("--runs-dir", help="override run.runs_dir")
+    run.set_defaults(func=cmd_run)
+
+    fetch = commands.add_parser("fetch", help="download, verify and cache the embedded assets")
+    fetch.set_defaults(func=cmd_fetch)
+
+    regress = commands.add_parser(
+        "regress",
+        help="rerun the pipeline into runs/regress/ and compare its metrics with regress/<run name>.metrics.json",
+    )
+    regress.add_argument("params", help="params YAML file")
+    regress.add_argument("--record", action="store_true", help="write the reference from a finished run instead")
+    regress.add_argument("--run-dir", help="with --record: the run to record (default runs_dir/run.name)")
+    regress.add_argument("--runs-dir", help="where the regression run goes (default runs/regress)")
+    regress.add_argument("--reuse", action="store_true", help="keep finished stages of an earlier regression run")
+    regress.add_argument("--reference-dir", help="folder of references and tolerances.yaml (default regress/)")
+    regress.set_defaults(func=cmd_regress)
+
+    bench = commands.add_parser("bench", help="measure speed ratios side by side; writes runs/bench.json")
+    bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    bench.add_argument("--rlhf-threads", type=int, default=2, help="torch threads for the RLHF step (default 2)")
+    bench.add_argument(
+        "--params",
+        default=str(REPO_ROOT / "params" / "default.yaml"),
+        help="params file whose models and settings are benched (default params/default.yaml)",
+    )
+    bench.add_argument("--out", default="runs/bench.json", help="where to write the results")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (IrlnbError, FileNotFoundError) as err:
+        print(f"irlnb: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("irlnb: interrupted; unfinished stages will be redone by the next run", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""What a notebook calls first: `begin_stage` validates its parameters, seeds, sets threads and locates its folders.
+
+The returned `StageContext` is the notebook's handle on the run: its settings by section (only
+those the stage declares: reading another one is an error, so a stage's key never misses a
+setting it uses), its run directory's layout, its output folder, and metrics and figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from irlnb.compute import resolve_device, seed_everything
+from irlnb.config import parse_section
+from irlnb.layout import RunLayout
+from irlnb.pipeline.stages import Stage, StageError, get_stage
+
+
+class SectionSettings:
+    """One section's settings as a stage sees them: the declared keys, read-only."""
+
+    def __init__(self, section: str, values: Any, keys: list[str], stage: str):
+        object.__setattr__(self, "_section", section)
+        object.__setattr__(self, "_values", {key: getattr(values, key) for key in keys})
+        object.__setattr__(self, "_stage", stage)
+
+    def __getattr__(self, key: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        if key in values:
+            return values[key]
+        section, stage = object.__getattribute__(self, "_section"), object.__getattribute__(self, "_stage")
+        raise AttributeError(
+            f"stage {stage} does not declare the setting {section}.{key}; add it to the stage's "
+            "settings in irlnb/pipeline/stages.py (its digest must cover what it reads)"
+        )
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("settings are read-only; change them in the params file or the parameters cell")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(object.__getattribute__(self, "_values"))
+
+    def __repr__(self) -> str:
+        return f"{object.__getattribute__(self, '_section')}({object.__getattribute__(self, '_values')})"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """A running stage: its settings (by section), its run directory's layout and its output folder."""
+
+    stage: Stage
+    layout: RunLayout
+    settings: Mapping[str, SectionSettings]
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    @property
+    def out(self) -> Path:
+        return self.layout.output(self.stage.output)
+
+    @property
+    def device(self) -> str:
+        """The torch device of `compute.device` ('auto' resolved)."""
+        return resolve_device(self.settings["compute"].device)
+
+    def __getattr__(self, section: str) -> SectionSettings:
+        try:
+            return self.settings[section]
+        except KeyError:
+            raise AttributeError(f"stage {self.stage.name} reads no setting of section {section!r}") from None
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """The stage's settings by section, plus what the stage fixes (for provenance files)."""
+        return {**{name: section.as_dict() for name, section in self.settings.items()}, "stage": dict(self.stage.fixed)}
+
+    def record_metrics(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Add metrics; each key must start with one of the stage's prefixes (so a redo can drop them all)."""
+        stray = [key for key in values if not key.startswith(self.stage.metrics_prefixes)]
+        if stray:
+            raise StageError(
+                f"stage {self.stage.name} writes metrics starting with {', '.join(self.stage.metrics_prefixes)}; "
+                f"got {', '.join(stray[:3])}"
+            )
+        return self.layout.record_metrics(values)
+
+    def read_metrics(self) -> dict[str, float]:
+        return self.layout.read_metrics()
+
+    def save_figure(self, fig, name: str) -> list[Path]:
+        return self.layout.save_figure(fig, name)
+
+
+def begin_stage(name: str, namespace: Mapping[str, Any]) -> StageContext:
+    """Validate the notebook's parameters (as `irlnb check` does) and set up the stage.
+
+    `namespace` is the notebook's globals(): the section dicts of its parameters cell, possibly
+    edited by hand in JupyterLab, are checked with the same one-line messages as a params file.
+    """
+    stage = get_stage(name)
+    where = f"notebook {stage.notebook}"
+    settings = {}
+    for section, keys in stage.sections().items():
+        values = namespace.get(section)
+        if not isinstance(values, Mapping):
+            raise StageError(f"{where}: the parameters cell must define {section} = dict(...), got {values!r}")
+        parsed = parse_section(section, values, where)  # a missing key takes its default, an unknown one is refused
+        settings[section] = SectionSettings(section, parsed, keys, stage.name)
+    for key, value in stage.fixed.items():
+        if namespace.get(key) != value:
+            raise StageError(
+                f"{where}: stage {stage.name} runs with {key}={value!r}, got {namespace.get(key)!r}; "
+                "use the stage that fits (irlnb.pipeline.stages.STAGES)"
+            )
+    layout = RunLayout(Path(namespace["run_dir"]))
+    context = StageContext(stage, layout, settings)
+    context.out.mkdir(parents=True, exist_ok=True)
+    seed_everything(context.compute.seed, context.compute.torch_threads)
+    return context

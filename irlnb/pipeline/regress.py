@@ -1,0 +1,264 @@
+"""`irlnb regress`: rerun the pipeline and compare its metrics with a committed reference.
+
+The reference `regress/<run name>.metrics.json` holds the metrics of one run together with the
+params, git state, packages and hardware it was recorded with, so a failure can be told apart
+from a change of machine. `regress/tolerances.yaml` says how far each metric may move: per key
+prefix (the longest matching prefix wins) an absolute and/or a relative tolerance; a value passes
+when |measured − reference| <= max(abs, rel × |reference|). Timing keys and bootstrap interval
+bounds (`*_ci_*`) are ignored: the first measure the machine, the second move with their point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from irlnb.errors import IrlnbError
+from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
+from irlnb.pipeline import runner
+
+REFERENCE_DIR = REPO_ROOT / "regress"
+TOLERANCES_FILE = "tolerances.yaml"
+REGRESS_RUNS_DIR = "runs/regress"
+ALWAYS_IGNORED = ("timing.*", "*_ci_*")
+# Where two runs' params may differ and still be the same experiment.
+NOT_COMPARED_PARAMS = ("run",)
+
+
+class RegressError(IrlnbError, ValueError):
+    """A regression check that cannot be made (no reference, bad tolerances); the message is one line."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    absolute: float = 0.0
+    relative: float = 0.0
+
+    def allowed(self, reference: float) -> float:
+        return max(self.absolute, self.relative * abs(reference))
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    default: Tolerance
+    prefixes: Mapping[str, Tolerance]
+    ignore: tuple[str, ...]
+
+    def ignored(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in (*ALWAYS_IGNORED, *self.ignore))
+
+    def for_key(self, key: str) -> Tolerance:
+        matches = [prefix for prefix in self.prefixes if key.startswith(prefix)]
+        return self.prefixes[max(matches, key=len)] if matches else self.default
+
+
+@dataclass(frozen=True)
+class Deviation:
+    key: str
+    reference: float
+    measured: float  # NaN when the run lacks the key
+    allowed: float
+
+    @property
+    def difference(self) -> float:
+        return self.measured - self.reference
+
+
+def reference_file(run_name: str, reference_dir: Path = REFERENCE_DIR) -> Path:
+    return Path(reference_dir) / f"{run_name}.metrics.json"
+
+
+def _tolerance(value: Any, where: str) -> Tolerance:
+    if not isinstance(value, Mapping) or not value or set(value) - {"abs", "rel"}:
+        raise RegressError(f"{where}: expected a mapping with 'abs' and/or 'rel', got {value!r}")
+    numbers = {}
+    for key in ("abs", "rel"):
+        number = value.get(key, 0.0)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not number >= 0:
+            raise RegressError(f"{where}.{key}: expected a number >= 0, got {number!r}")
+        numbers[key] = float(number)
+    return Tolerance(numbers["abs"], numbers["rel"])
+
+
+def load_tolerances(path: str | Path) -> Tolerances:
+    """Read and validate tolerances.yaml (keys: default, prefixes, ignore), refusing anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegressError(f"{path}: no tolerances file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RegressError(f"{path}: malformed YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, Mapping) or set(data) - {"default", "prefixes", "ignore"}:
+        raise RegressError(
+            f"{path}: expected keys default, prefixes, ignore; "
+            f"got {sorted(data) if isinstance(data, Mapping) else data!r}"
+        )
+    prefixes = data.get("prefixes") or {}
+    ignore = data.get("ignore") or []
+    if not isinstance(prefixes, Mapping):
+        raise RegressError(f"{path}: prefixes: expected a mapping of key prefix -> tolerance")
+    if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
+        raise RegressError(f"{path}: ignore: expected a list of key patterns (fnmatch, e.g. 'rlhf.*.train_*')")
+    return Tolerances(
+        default=_tolerance(data.get("default", {"abs": 0.0}), f"{path}: default"),
+        prefixes={str(k): _tolerance(v, f"{path}: prefixes.{k}") for k, v in prefixes.items()},
+        ignore=tuple(ignore),
+    )
+
+
+def compare_metrics(
+    measured: Mapping[str, float], reference: Mapping[str, float], tolerances: Tolerances
+) -> tuple[list[Deviation], int]:
+    """The reference keys out of tolerance (or missing from the run), and how many keys were compared.
+
+    Keys the run has but the reference lacks are new metrics, not regressions: they are not compared.
+    """
+    deviations, compared = [], 0
+    for key in sorted(reference):
+        if tolerances.ignored(key):
+            continue
+        compared += 1
+        expected, allowed = float(reference[key]), tolerances.for_key(key).allowed(float(reference[key]))
+        value = float(measured.get(key, math.nan))
+        if not math.isfinite(value) or abs(value - expected) > allowed:
+            deviations.append(Deviation(key, expected, value, allowed))
+    return deviations, compared
+
+
+def deviation_table(deviations: list[Deviation]) -> str:
+    rows = [("key", "reference", "measured", "difference", "allowed")]
+    rows += [
+        (
+            d.key,
+            f"{d.reference:.6g}",
+            "missing" if math.isnan(d.measured) else f"{d.measured:.6g}",
+            "" if math.isnan(d.measured) else f"{d.difference:+.3g}",
+            f"{d.allowed:.3g}",
+        )
+        for d in deviations
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def read_reference(path: Path) -> dict:
+    if not path.is_file():
+        raise RegressError(
+            f"{path}: no regression reference for this run; record one with "
+            f"'irlnb regress --record PARAMS' from a finished run"
+        )
+    reference = read_json(path)
+    if not isinstance(reference, Mapping) or not isinstance(reference.get("metrics"), Mapping):
+        raise RegressError(f"{path}: not a regression reference (no 'metrics' mapping)")
+    return dict(reference)
+
+
+def check_run(
+    run_dir: str | Path, reference_path: Path, tolerances_path: Path, log: Callable[[str], None] = print
+) -> int:
+    """Compare a finished run's metrics.json with a reference; prints the failures, returns 0 (pass) or 1."""
+    reference = read_reference(reference_path)
+    tolerances = load_tolerances(tolerances_path)
+    layout = RunLayout(run_dir)
+    if not layout.metrics.is_file():
+        raise RegressError(f"{layout.metrics}: missing; the run did not finish")
+    deviations, compared = compare_metrics(layout.read_metrics(), reference["metrics"], tolerances)
+    recorded = reference.get("git", {}).get("commit", "?")
+    if deviations:
+        log(deviation_table(deviations))
+        log(
+            f"regress: FAILED: {len(deviations)} of {compared} metrics out of tolerance against {reference_path} "
+            f"(recorded at commit {str(recorded)[:10]}; tolerances in {tolerances_path})"
+        )
+        return 1
+    log(
+        f"regress: ok: {compared} metrics within tolerance of {reference_path} "
+        f"(recorded at commit {str(recorded)[:10]})"
+    )
+    return 0
+
+
+def _params_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    return sorted(
+        f"{section}.{key}"
+        for section in set(a) | set(b)
+        if section not in NOT_COMPARED_PARAMS
+        for key in set(a.get(section, {})) | set(b.get(section, {}))
+        if a.get(section, {}).get(key) != b.get(section, {}).get(key)
+    )
+
+
+def record_reference(config, run_dir: str | Path, reference_dir: Path = REFERENCE_DIR) -> Path:
+    """Write the reference of `config`'s run from a finished run made with the same params.
+
+    The file carries the run's params, git state, packages and hardware (from its manifest), so a
+    later failure can be traced to a change of code, of settings, or of machine.
+    """
+    layout = RunLayout(run_dir)
+    metrics = layout.read_metrics()
+    manifest = read_json(layout.manifest, default={})
+    if not metrics or not manifest.get("params"):
+        raise RegressError(f"{run_dir}: no metrics.json or manifest.json; run 'irlnb run {config.path}' first")
+    if differences := _params_differences(manifest["params"], config.to_dict()):
+        raise RegressError(
+            f"{run_dir}: made with other params than {config.path} ({', '.join(differences[:5])}); "
+            "record from a run of this params file"
+        )
+    path = reference_file(config.run.name, reference_dir)
+    write_json_atomic(
+        path,
+        {
+            "metrics": metrics,
+            "params": manifest["params"],
+            "params_file": config.path,
+            "git": manifest.get("git"),
+            "packages": manifest.get("packages"),
+            "hardware": manifest.get("hardware"),
+            "stages": manifest.get("stages"),
+            "run_dir": str(layout.root),
+            "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return path
+
+
+def regress(
+    config,
+    runs_dir: str = REGRESS_RUNS_DIR,
+    reuse: bool = False,
+    reference_dir: Path = REFERENCE_DIR,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Run the pipeline of `config` afresh into `runs_dir` and check it against its reference; 0 pass, 1 fail.
+
+    The reference and the tolerances are read before anything runs, so a missing reference costs
+    seconds, not a pipeline. The run starts from an empty run directory unless `reuse`: a regression
+    test that resumed from old checkpoints would not exercise today's training code.
+    """
+    reference_path = reference_file(config.run.name, reference_dir)
+    reference = read_reference(reference_path)
+    tolerances_path = Path(reference_dir) / TOLERANCES_FILE
+    load_tolerances(tolerances_path)
+    if differences := _params_differences(reference.get("params", {}), config.to_dict()):
+        log(f"regress: warning: {reference_path} was recorded with other params ({', '.join(differences[:5])})")
+    run_dir = RunLayout.of_run(config.run, runs_dir).root
+    if run_dir == RunLayout.of_run(config.run).root:
+        raise RegressError(
+            f"{run_dir}: is the run of {config.path} itself; regress into another runs dir (default {REGRESS_RUNS_DIR})"
+        )
+    if run_dir.exists() and not reuse:
+        shutil.rmtree(run_dir)
+    # The regression run must not overwrite the published figures of the real run.
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, figures_dir=""))
+    runner.run(config, runs_dir=runs_dir, log=log)
+    return check_run(run_dir, reference_path, tolerances_path, log=log)

@@ -1,0 +1,166 @@
+"""A reward explorer: type a text, see R*, the learned reward and the evaluator side by side.
+
+It is for a person in JupyterLab auditing what the learned reward rewards. Under papermill it
+stays inert: building the widget reads only saved files (the disagreement list), and the models are
+loaded the first time a text is scored, which happens only on a button click.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from irlnb.compute import resolve_device
+from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
+from irlnb.layout import RunLayout
+from irlnb.models.classifiers import load_classifier
+from irlnb.rewards.features import load_reward
+from irlnb.rewards.ground_truth import GroundTruthReward
+
+DEMONSTRATION_SETS = ("expert", "non_expert")
+
+
+class RewardExplorer:
+    """Scores texts with R*, the run's learned reward and the independent evaluator; models load on first use."""
+
+    def __init__(self, layout: RunLayout, sources, ground_truth, device: str = "cpu", loss: str | None = None):
+        self.layout, self.sources, self.ground_truth = layout, sources, ground_truth
+        self.device, self.loss = device, loss
+        self._models: dict[str, object] = {}
+        self.last_scores: pd.DataFrame | None = None  # what the widget's button scored last
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """Which models have been loaded so far (none until something is scored)."""
+        return tuple(self._models)
+
+    def _model(self, name: str):
+        if name not in self._models:
+            device = resolve_device(self.device)
+            if name == "classifier":
+                self._models[name] = GroundTruthReward.load(self.sources, self.ground_truth, device)
+            elif name == "evaluator":
+                self._models[name] = load_classifier(self.sources.evaluator, role="evaluator", device=device)
+            else:
+                self._models[name] = load_reward(self.layout.learned_reward, device=device)
+        return self._models[name]
+
+    def score(self, texts: list[str]) -> pd.DataFrame:
+        """One row per text: R* (> 0: non-toxic), the learned reward (higher: more expert-like), evaluator p_toxic."""
+        texts = [str(text) for text in texts]
+        if not texts:
+            return pd.DataFrame(columns=["text", "r_star", "learned_reward", "evaluator_p_toxic"])
+        if any(not text.strip() for text in texts):
+            raise ValueError("an empty text cannot be scored; give each text some words")
+        return pd.DataFrame(
+            {
+                "text": texts,
+                "r_star": self._model("classifier")(texts),
+                "learned_reward": self._model("learned").score(texts),
+                "evaluator_p_toxic": self._model("evaluator").p_toxic(texts),
+            }
+        )
+
+    def disagreements(self, n: int, seed: int | None = None) -> pd.DataFrame:
+        """The n test demonstration texts whose rank under the learned reward is furthest from their rank under R*.
+
+        Read from irl/test_scores.parquet (no model is loaded): ranks are percentiles among the
+        test demonstration texts, so the learned reward's arbitrary shift and scale do not matter.
+        `loss` (given at construction) picks the objective; `seed` picks one IRL repeat. When it is
+        None, the repeat saved as irl/reward (metrics key irl.saved_seed) is used, or, without that
+        key, each text's learned-reward rank is averaged over the repeats. Without test_scores.parquet the test
+        demonstrations are scored with the saved reward instead (this loads it).
+        """
+        path = self.layout.irl_test_scores
+        if path.is_file():
+            scores = pd.read_parquet(path)
+            scores = scores[scores["set"].isin(DEMONSTRATION_SETS)]
+            losses = sorted(scores["loss"].unique())
+            loss = self.loss or (losses[0] if len(losses) == 1 else None)
+            if loss not in losses:
+                raise ValueError(
+                    f"{path}: holds losses {', '.join(losses)}; choose one (RewardExplorer(loss=...)), "
+                    f"got {self.loss!r}"
+                )
+            scores = scores[scores["loss"] == loss]
+            if seed is None:  # the repeat notebook 04 saved as irl/reward, when it says which
+                saved = self.layout.read_metrics().get("irl.saved_seed")
+                seed = int(saved) if saved is not None and int(saved) in set(scores["seed"]) else None
+            if seed is not None:
+                if seed not in set(scores["seed"]):
+                    raise ValueError(f"{path}: no seed {seed} for loss {loss}; seeds: {sorted(set(scores['seed']))}")
+                scores = scores[scores["seed"] == seed]
+            scores = scores.assign(rank_learned=scores.groupby("seed")["r_hat"].rank(pct=True))
+            texts = scores.groupby(["set", "pair", "text"], as_index=False).agg(
+                r_star=("r_star", "first"), learned_reward=("r_hat", "mean"), rank_learned=("rank_learned", "mean")
+            )
+        else:
+            texts = self._score_test_demonstrations()
+            texts["rank_learned"] = texts["learned_reward"].rank(pct=True)
+        if texts.empty:
+            raise ValueError(f"{self.layout.demonstrations}: no test demonstration texts to compare")
+        texts["rank_r_star"] = texts["r_star"].rank(pct=True)
+        texts["rank_gap"] = texts["rank_learned"] - texts["rank_r_star"]
+        order = texts["rank_gap"].abs().sort_values(ascending=False, kind="stable").index
+        return (
+            texts.loc[order]
+            .head(n)
+            .reset_index(drop=True)[
+                ["text", "set", "pair", "r_star", "learned_reward", "rank_r_star", "rank_learned", "rank_gap"]
+            ]
+        )
+
+    def _score_test_demonstrations(self) -> pd.DataFrame:
+        demos = used_pairs(load_demonstrations(self.layout), "test")
+        frames = []
+        for name, texts in zip(DEMONSTRATION_SETS, pair_texts(demos)):
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "set": name,
+                        "pair": np.arange(len(demos)),
+                        "text": texts,
+                        "r_star": demos[f"{name}_r_star"].to_numpy(float),
+                        "learned_reward": self._model("learned").score(texts) if texts else [],
+                    }
+                )
+            )
+        return pd.concat(frames, ignore_index=True)
+
+    def widget(self, examples: list[str] | None = None, n: int = 20):
+        """A text box, a score button, a pick list of disagreement texts, and an output area.
+
+        Building it loads no model: the pick list comes from irl/test_scores.parquet when it exists
+        (`examples` overrides it), and scoring runs only when the button is clicked.
+        """
+        import ipywidgets as widgets  # the widget toolkit loads only where a widget is drawn
+        from IPython.display import display
+
+        if examples is None:
+            has_scores = self.layout.irl_test_scores.is_file()
+            examples = self.disagreements(n)["text"].tolist() if has_scores else []
+        text = widgets.Textarea(placeholder="one text per line", layout=widgets.Layout(width="100%", height="6em"))
+        picks = widgets.Dropdown(
+            options=[("(texts where the learned reward and R* disagree most)", "")]
+            + [(example[:120], example) for example in examples],
+            layout=widgets.Layout(width="100%"),
+        )
+        button = widgets.Button(description="score", button_style="primary")
+        output = widgets.Output()
+
+        def on_pick(change) -> None:
+            if change["new"]:
+                text.value = change["new"]
+
+        def on_click(_) -> None:
+            output.clear_output()
+            with output:
+                try:
+                    self.last_scores = self.score([line for line in text.value.splitlines() if line.strip()])
+                    display(self.last_scores)
+                except Exception as err:  # noqa: BLE001 - shown to the person at the keyboard, not raised into the UI loop
+                    print(f"{type(err).__name__}: {err}")
+
+        picks.observe(on_pick, names="value")
+        button.on_click(on_click)
+        return widgets.VBox([picks, text, button, output])

@@ -1,0 +1,416 @@
+"""Figures, drawn only from saved artifacts (data frames read back from the run directory)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from irlnb import metrics
+
+LABEL_NAMES = {0: "non-toxic", 1: "toxic"}
+LABEL = "human label"
+PALETTE = {LABEL_NAMES[0]: "#4C72B0", LABEL_NAMES[1]: "#C44E52"}
+
+
+def curation_figure(curated: pd.DataFrame) -> plt.Figure:
+    """Comment, prompt and continuation lengths by label, and the label counts per split."""
+    frame = curated.assign(**{LABEL: curated["label"].map(LABEL_NAMES)})
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for ax, column, title in zip(
+        axes, ("n_words", "prompt_words", "continuation_words"), ("comment", "prompt", "original continuation")
+    ):
+        sns.histplot(frame, x=column, hue=LABEL, palette=PALETTE, element="step", ax=ax, binwidth=2)
+        ax.set(title=f"{title} length", xlabel="words")
+    counts = frame.groupby(["split", LABEL]).size().rename("comments").reset_index()
+    sns.barplot(
+        counts, x="split", y="comments", hue=LABEL, palette=PALETTE, ax=axes[3], order=["train", "validation", "test"]
+    )
+    axes[3].set(title="comments per split")
+    fig.tight_layout()
+    return fig
+
+
+def reward_distribution_figure(scores: pd.DataFrame, classifier_name: str) -> plt.Figure:
+    """The paper's Figure 2: R* split by human label, and mean R* by label."""
+    frame = scores.assign(**{LABEL: scores["label"].map(LABEL_NAMES)})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
+    sns.histplot(frame, x="reward", hue=LABEL, palette=PALETTE, element="step", bins=40, ax=left)
+    left.axvline(0, color="black", lw=0.8, ls="--")
+    left.set(
+        title=f"R* = -logit p_toxic ({classifier_name}) on prompt + original continuation", xlabel="R* (> 0: non-toxic)"
+    )
+    sns.barplot(frame, x=LABEL, y="reward", hue=LABEL, palette=PALETTE, errorbar=("ci", 95), ax=right)
+    right.axhline(0, color="black", lw=0.8)
+    right.set(title="mean R* by human label (95% CI)", xlabel="", ylabel="mean R*")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmap(ax, predicted_toxic, labels, title: str, predicted_name: str, true_name: str) -> None:
+    """A 2x2 confusion matrix on `ax`, with counts and row shares (rows: true label; toxic = positive)."""
+    matrix = metrics.confusion(predicted_toxic, labels)
+    shares = matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+    annotations = np.array([[f"{matrix[i, j]}\n{shares[i, j]:.0%}" for j in range(2)] for i in range(2)])
+    sns.heatmap(
+        shares,
+        annot=annotations,
+        fmt="",
+        cmap="Blues",
+        vmin=0,
+        vmax=1,
+        cbar=False,
+        ax=ax,
+        xticklabels=["non-toxic", "toxic"],
+        yticklabels=["non-toxic", "toxic"],
+    )
+    ax.set(title=title, xlabel=predicted_name, ylabel=true_name)
+
+
+def confusion_figure(predicted_toxic, labels, title: str, predicted_name: str, true_name: str) -> plt.Figure:
+    """One confusion matrix as a figure."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    confusion_heatmap(ax, predicted_toxic, labels, title, predicted_name, true_name)
+    fig.tight_layout()
+    return fig
+
+
+def rlhf_training_figure(log: pd.DataFrame, title: str) -> plt.Figure:
+    """Training dynamics of one RLHF run, from its saved per-step log."""
+    panels = [
+        ("reward_mean", "reward (raw, mean over completions)"),
+        ("kl", "KL to the starting policy"),
+        ("loss", "loss (on-policy: ~0 by construction)"),
+        ("entropy", "entropy"),
+        ("completion_length", "completion length (tokens)"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (column, label) in zip(axes, panels):
+        ax.plot(log["step"], log[column], marker=".", lw=1)
+        if column == "reward_mean" and "reward_std" in log:
+            ax.fill_between(log["step"], log[column] - log["reward_std"], log[column] + log["reward_std"], alpha=0.2)
+            ax.plot(
+                log["step"], log[column].rolling(5, min_periods=1).mean(), color="black", lw=1.5, label="5-step mean"
+            )
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set(title=label, xlabel="step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05: the paper's overview, RLHF dynamics, Table 1 and the comparison of runs
+
+POLICY_COLORS = {"base": "#8C8C8C", "ground_truth": "#4C72B0", "learned": "#55A868", "random": "#DD8452"}
+POLICY_LABELS = {
+    "base": "base policy",
+    "ground_truth": "RLHF with R*",
+    "learned": "RLHF with learned reward",
+    "random": "RLHF with random reward",
+}
+POLICY_SHORT = {"base": "base", "ground_truth": "R*", "learned": "learned", "random": "random"}  # axis ticks
+
+
+def _measured(values, template: str, *keys: str) -> str:
+    """`template` filled with the metrics named by `keys`, or '' when one is missing (a partial run)."""
+    if not all(key in values for key in keys):
+        return ""
+    return template.format(*(values[key] for key in keys))
+
+
+def pipeline_figure(values) -> plt.Figure:
+    """The paper's pipeline overview, drawn as boxes and arrows, annotated with this run's numbers when present."""
+    m = values
+    boxes = {  # name: (x, y, title, measured line)
+        "curate": (
+            0.0,
+            1.0,
+            "1. curate comments\nprompt + continuation",
+            _measured(m, "{:.0f} train / {:.0f} test", "curate.n_train", "curate.n_test"),
+        ),
+        "gt": (
+            1.0,
+            1.0,
+            "2. ground-truth reward\nR* = -logit p_toxic",
+            _measured(m, "AUC vs humans {:.2f}", "gt.auc_human"),
+        ),
+        "rlhf": (
+            2.0,
+            1.0,
+            "3. RLHF with R*\n(expert policy)",
+            _measured(m, "mean p_toxic {:.3f} → {:.3f}", "rlhf.base.toxicity_mean", "rlhf.ground_truth.toxicity_mean"),
+        ),
+        "irl": (
+            3.0,
+            1.0,
+            "4. IRL: learn $\\hat{R}$ from\nexpert vs base continuations",
+            _measured(m, "test accuracy {:.2f}, AUC {:.2f}", "irl.test.accuracy_mean", "irl.test.auc_mean"),
+        ),
+        "learned": (
+            3.0,
+            0.0,
+            "5. RLHF with learned $\\hat{R}$",
+            _measured(
+                m,
+                "mean p_toxic {:.3f}\n{:.0%} of R*'s reduction",
+                "rlhf.learned.toxicity_mean",
+                "analysis.learned_reduction_share",
+            ),
+        ),
+        "random": (
+            2.0,
+            0.0,
+            "control: RLHF with\na random reward",
+            _measured(
+                m,
+                "mean p_toxic {:.3f}\n{:.0%} of R*'s reduction",
+                "rlhf.random.toxicity_mean",
+                "analysis.random_reduction_share",
+            ),
+        ),
+    }
+    fig, ax = plt.subplots(figsize=(13, 4.6))
+    width, height = 0.8, 0.62
+    for name, (x, y, title, measured) in boxes.items():
+        color = {
+            "learned": POLICY_COLORS["learned"],
+            "random": POLICY_COLORS["random"],
+            "rlhf": POLICY_COLORS["ground_truth"],
+        }.get(name, "#B0B0B0")
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - width / 2, y - height / 2),
+                width,
+                height,
+                boxstyle="round,pad=0.02",
+                facecolor=color,
+                alpha=0.25,
+                edgecolor=color,
+                lw=1.5,
+            )
+        )
+        ax.text(x, y + 0.08, title, ha="center", va="center", fontsize=10, weight="bold")
+        if measured:
+            ax.text(x, y - 0.18, measured, ha="center", va="center", fontsize=9, style="italic")
+    arrows = [
+        ("curate", "gt", "labelled texts"),
+        ("gt", "rlhf", "reward"),
+        ("rlhf", "irl", "demonstrations"),
+        ("irl", "learned", "learned reward"),
+    ]
+    for start, end, label in arrows:
+        (x0, y0), (x1, y1) = boxes[start][:2], boxes[end][:2]
+        horizontal = y0 == y1
+        begin = (x0 + width / 2, y0) if horizontal else (x0, y0 - height / 2)
+        finish = (x1 - width / 2, y1) if horizontal else (x1, y1 + height / 2)
+        ax.add_patch(FancyArrowPatch(begin, finish, arrowstyle="-|>", mutation_scale=16, color="black", lw=1.2))
+        ax.text(
+            (begin[0] + finish[0]) / 2 + (0 if horizontal else 0.05),
+            (begin[1] + finish[1]) / 2 + (0.06 if horizontal else 0),
+            label,
+            ha="center" if horizontal else "left",
+            va="bottom" if horizontal else "center",
+            fontsize=8,
+        )
+    ax.text(
+        0.5,
+        0.0,
+        "every policy is scored on held-out test prompts\nby the ground-truth classifier and an "
+        "independent evaluator;\nTable 1 compares them",
+        ha="center",
+        va="center",
+        fontsize=9,
+    )
+    ax.set(xlim=(-0.5, 3.5), ylim=(-0.45, 1.45))
+    ax.axis("off")
+    ax.set_title("Recovering the reward an RLHF'd policy was trained with, and training with it again")
+    fig.tight_layout()
+    return fig
+
+
+def rlhf_dynamics_figure(logs) -> plt.Figure:
+    """The paper's Fig. 5: loss, normalised reward mean and KL per step, one line per reward, from saved logs.
+
+    The reward is each run's reward in its own normalised units (mean 0, std 1 on human texts), so
+    runs with different rewards share an axis: raw R*, the learned reward and a random reward have unrelated scales.
+    """
+    panels = [
+        ("loss", "loss (on-policy RLOO: ~0 by construction)"),
+        ("reward_normalised_mean", "reward (normalised, mean over completions)"),
+        ("kl", "KL to the starting policy"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4))
+    for ax, (column, title) in zip(axes, panels):
+        for tag, log in logs.items():
+            color = POLICY_COLORS.get(tag)
+            ax.plot(log["step"], log[column], lw=0.8, alpha=0.35, color=color)
+            ax.plot(
+                log["step"],
+                log[column].rolling(5, min_periods=1).mean(),
+                lw=1.8,
+                color=color,
+                label=POLICY_LABELS.get(tag, tag),
+            )
+        ax.set(title=title, xlabel="step")
+    axes[1].legend(fontsize=8, title="5-step mean; faint: per step", title_fontsize=8)
+    fig.suptitle("RLHF training dynamics by reward")
+    fig.tight_layout()
+    return fig
+
+
+def toxicity_table_figure(table: pd.DataFrame) -> plt.Figure:
+    """Table 1 as bars: toxicity mean and ratio per policy, by both scorers, with 95% interval error bars."""
+    panels = [
+        ("toxicity_mean", "mean p_toxic, ground-truth classifier"),
+        ("toxicity_ratio", "share p_toxic > 0.5, ground-truth classifier"),
+        ("evaluator_toxicity_mean", "mean p_toxic, independent evaluator"),
+        ("evaluator_toxicity_ratio", "share p_toxic > 0.5, independent evaluator"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    x = np.arange(len(table))
+    colors = [POLICY_COLORS.get(tag, "#8172B2") for tag in table["policy"]]
+    for ax, (column, title) in zip(axes, panels):
+        value = table[column].to_numpy(float)
+        errors = np.vstack(
+            [value - table[f"{column}_ci_low"].to_numpy(float), table[f"{column}_ci_high"].to_numpy(float) - value]
+        )
+        ax.bar(x, value, yerr=np.nan_to_num(errors), capsize=4, color=colors)
+        ax.set_xticks(x, [POLICY_SHORT.get(tag, tag) for tag in table["policy"]])
+        ax.set(title=title, ylim=(0, None), xlabel="policy (RLHF with which reward)")
+        ax.title.set_fontsize(9)
+    fig.suptitle("Toxicity of greedy test continuations by policy (95% bootstrap intervals)")
+    fig.tight_layout()
+    return fig
+
+
+def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
+    """Several runs side by side (the paper's model-size comparison): IRL accuracy/AUC, reduction shares, toxicity."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    x = np.arange(len(table))
+    labels = [f"{run}\n{policy}" for run, policy in zip(table["run"], table["policy"])]
+    width = 0.38
+    axes[0].bar(
+        x - width / 2,
+        table["irl.test.accuracy_mean"],
+        width,
+        yerr=table["irl.test.accuracy_sd"].fillna(0),
+        capsize=4,
+        label="accuracy (± SD over seeds)",
+        color="#4C72B0",
+    )
+    axes[0].bar(x + width / 2, table["irl.test.auc_mean"], width, label="ROC-AUC", color="#55A868")
+    axes[0].axhline(0.5, color="black", lw=0.8, ls="--")
+    axes[0].set(title="learned reward vs R* on test texts", ylim=(0, 1))
+    for offset, tag in ((-width / 2, "learned"), (width / 2, "random")):
+        axes[1].bar(
+            x + offset,
+            table[f"analysis.{tag}_reduction_share"],
+            width,
+            color=POLICY_COLORS[tag],
+            label=POLICY_LABELS[tag],
+        )
+    axes[1].axhline(1.0, color=POLICY_COLORS["ground_truth"], lw=1, ls="--", label="R*'s own reduction")
+    axes[1].axhline(0.0, color="black", lw=0.8)
+    axes[1].set(title="share of R*'s toxicity reduction (GT classifier)")
+    tags = [tag for tag in POLICY_COLORS if f"rlhf.{tag}.toxicity_mean" in table]
+    step = 0.8 / max(len(tags), 1)
+    for i, tag in enumerate(tags):
+        axes[2].bar(
+            x - 0.4 + step * (i + 0.5),
+            table[f"rlhf.{tag}.toxicity_mean"],
+            step,
+            color=POLICY_COLORS[tag],
+            label=POLICY_LABELS[tag],
+        )
+    axes[2].set(title="mean p_toxic of greedy test continuations")
+    for ax in axes:
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_xlim(-0.6, len(table) - 0.4)  # a run without a value keeps its slot
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    fig.suptitle("Runs compared")
+    fig.tight_layout()
+    return fig
+
+
+def irl_epochs_figure(epochs: pd.DataFrame, title: str) -> plt.Figure:
+    """The paper's Figure 3 for one IRL run: validation accuracy per epoch (bars), Pearson/Spearman/Kendall lines."""
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    ax.bar(epochs["epoch"], epochs["human_accuracy_zero"], color="#CCB974", label="accuracy of sign(R-hat) vs sign(R*)")
+    for column, color in (("human_pearson", "#4C72B0"), ("human_spearman", "#55A868"), ("human_kendall", "#C44E52")):
+        ax.plot(epochs["epoch"], epochs[column], marker=".", color=color, label=column.removeprefix("human_"))
+    ax.plot(epochs["epoch"], epochs["human_auc"], color="black", ls="--", label="ROC-AUC vs sign(R*)")
+    ax.plot(epochs["epoch"], epochs["pair_accuracy"], color="#8172B2", ls=":", label="pair accuracy (demonstrations)")
+    ax.axhline(0.5, color="grey", lw=0.6)
+    ax.set(
+        title=title,
+        xlabel="epoch (0: initial head)",
+        ylabel="validation metric",
+        ylim=(min(0, epochs["human_pearson"].min()) - 0.05, 1.0),
+    )
+    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def irl_confusion_figure(scores: pd.DataFrame, title: str) -> plt.Figure:
+    """The paper's Figure 4 on held-out human texts: R-hat vs sign(R*), R-hat vs people, R* vs people."""
+    human = scores[scores["set"] == "human"]
+    predicted = (human["r_hat"] <= human["threshold"]).to_numpy()
+    r_star_toxic = metrics.toxic_by_reward(human["r_star"])
+    panels = [
+        (predicted, r_star_toxic, "R-hat (validation threshold)", "sign(R*)"),
+        (predicted, human["label"].to_numpy(), "R-hat (validation threshold)", "human label"),
+        (r_star_toxic, human["label"].to_numpy(), "sign(R*)", "human label"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.8))
+    for ax, (pred, truth, pred_name, truth_name) in zip(axes, panels):
+        confusion_heatmap(ax, pred, truth, f"accuracy {metrics.accuracy(pred, truth):.1%}", pred_name, truth_name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def non_identifiability_figure(epochs: pd.DataFrame, correlations: pd.DataFrame, loss: str) -> plt.Figure:
+    """The paper's Figure 6: seeds x epochs accuracy, mean +- SD per objective, and how alike the seeds' rewards are."""
+    chosen = epochs[epochs["loss"] == loss]
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2), gridspec_kw={"width_ratios": [1.3, 1.3, 1.2, 1]})
+    for ax, column, name in (
+        (axes[0], "human_accuracy_zero", "accuracy of sign(R-hat)"),
+        (axes[1], "human_auc", "ROC-AUC"),
+    ):
+        grid = chosen.pivot_table(index="seed", columns="epoch", values=column)
+        sns.heatmap(
+            grid,
+            cmap="viridis",
+            vmin=0.3 if column.endswith("zero") else 0.5,
+            vmax=1.0,
+            ax=ax,
+            cbar_kws={"label": name},
+        )
+        ax.set(title=f"{loss}: validation {name}", xlabel="epoch", ylabel="seed")
+    for objective, rows in epochs.groupby("loss"):
+        curve = rows.groupby("epoch")["human_accuracy_zero"].agg(["mean", "std"])
+        axes[2].plot(curve.index, curve["mean"], label=objective)
+        axes[2].fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.2)
+    axes[2].set(
+        title="validation accuracy of sign(R-hat)\nmean +- SD over seeds, per objective",
+        xlabel="epoch",
+        ylabel="accuracy",
+    )
+    axes[2].legend(fontsize=8)
+    sns.heatmap(
+        correlations,
+        cmap="mako",
+        vmin=0,
+        vmax=1,
+        annot=len(correlations) <= 12,
+        fmt=".2f",
+        ax=axes[3],
+        annot_kws={"fontsize": 6},
+    )
+    axes[3].set(title=f"{loss}: Spearman between\nseeds' rewards (test texts)", xlabel="seed", ylabel="seed")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,271 @@
+"""Notebook 05: the paper's tables and the comparisons across policies and runs, from saved files only.
+
+Every function here reads what stages 01-04 left in a run directory (metrics.json, manifest.json,
+the RLHF runs' train_log.csv and continuations.parquet); none touches a live model, so the tables
+can be rebuilt at any time from a finished run, and traced to the params that made it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from irlnb import metrics
+from irlnb.config import SECTIONS, doc
+from irlnb.layout import RunLayout, read_json
+from irlnb.rl.evaluation import greedy_continuations
+
+# Policies in the order the paper's Table 1 lists them; `base` is evaluated in the ground-truth run.
+POLICIES = ("base", "ground_truth", "learned", "random")
+# The RLHF runs that re-train the base policy with a reward other than R*.
+RETRAINED = ("learned", "random")
+# Which score of a continuation each toxicity column reads, with the suffix of its metric keys.
+SCORERS = {"p_toxic": "", "evaluator_p_toxic": "_evaluator"}
+TABLE_STATISTICS = ("toxicity_mean", "toxicity_ratio", "evaluator_toxicity_mean", "evaluator_toxicity_ratio")
+# Sections of the params whose settings make the paper's hyperparameter table (its table 8).
+HYPERPARAMETER_SECTIONS = ("rlhf", "irl")
+HYPERPARAMETER_EXTRA = (("sources", "policy"),)  # which model: the table's point is "per model size"
+
+
+def toxicity_table(values: Mapping[str, float]) -> pd.DataFrame:
+    """The paper's Table 1: toxicity of each policy's greedy test continuations, with 95% intervals.
+
+    One row per policy present in `metrics` (base, ground_truth, learned, random, in that order);
+    toxicity mean and ratio by the ground-truth classifier and by the independent evaluator, each
+    with `_ci_low`/`_ci_high`, then perplexity (fluency) and distinct-2 (diversity). A missing value
+    is NaN, so that a table from an older run still lines up.
+    """
+    columns = [f"{statistic}{suffix}" for statistic in TABLE_STATISTICS for suffix in ("", "_ci_low", "_ci_high")]
+    columns += ["perplexity", "distinct2"]
+    rows = [
+        {"policy": tag, **{column: float(values.get(f"rlhf.{tag}.{column}", math.nan)) for column in columns}}
+        for tag in POLICIES
+        if f"rlhf.{tag}.toxicity_mean" in values
+    ]
+    return pd.DataFrame(rows, columns=["policy", *columns])
+
+
+def table_markdown(table: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub markdown table; a column X with X_ci_low and X_ci_high becomes one cell 'X [low, high]'.
+
+    Written by hand rather than with DataFrame.to_markdown, which needs the optional `tabulate`.
+    """
+
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)):
+            return (
+                "—"
+                if math.isnan(value)
+                else f"{value:.{digits}g}"
+                if abs(value) >= 10**digits
+                else f"{value:.{digits}f}"
+            )
+        return str(value).replace("|", "\\|")
+
+    merged = [c for c in table.columns if not str(c).endswith(("_ci_low", "_ci_high"))]
+    header, rows = [], []
+    for column in merged:
+        has_ci = f"{column}_ci_low" in table.columns and f"{column}_ci_high" in table.columns
+        header.append(f"{column} [95% CI]" if has_ci else str(column))
+    for _, row in table.iterrows():
+        cells = []
+        for column in merged:
+            text = cell(row[column])
+            low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+            if low is not None and high is not None and not (math.isnan(low) or math.isnan(high)):
+                text += f" [{cell(low)}, {cell(high)}]"
+            cells.append(text)
+        rows.append(cells)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def save_table(table: pd.DataFrame, layout: RunLayout, name: str) -> list[Path]:
+    """`<name>.csv` (full precision) and `<name>.md` into the run's figures/ folder, which the runner publishes."""
+    folder = layout.figures
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, markdown = folder / f"{name}.csv", folder / f"{name}.md"
+    table.to_csv(csv, index=False)
+    markdown.write_text(table_markdown(table))
+    return [csv, markdown]
+
+
+# --------------------------------------------------------------------------------------------
+# How much of R*'s reduction of toxicity the other rewards recover
+
+
+def greedy_scores(layout: RunLayout) -> tuple[list[str], dict[str, pd.DataFrame]]:
+    """The test prompts and, per policy, its greedy continuations' scores, checked to be paired.
+
+    The four policies must have been evaluated on the same prompts in the same order; otherwise a
+    paired comparison would compare different prompts, so a mismatch is refused.
+    """
+    stages = {"base": "ground_truth", "ground_truth": "ground_truth", **{tag: tag for tag in RETRAINED}}
+    frames = {tag: greedy_continuations(layout, stage, tag) for tag, stage in stages.items()}
+    prompts = frames["ground_truth"]["prompt"].tolist()
+    for tag, frame in frames.items():
+        if frame["prompt"].tolist() != prompts:
+            raise ValueError(
+                f"{layout.continuations(stages[tag])}: the greedy test prompts of policy {tag!r} differ "
+                f"from those of ground_truth in {layout.continuations('ground_truth')} ({len(frame)} vs "
+                f"{len(prompts)} prompts, or another order); a paired comparison needs the same prompts "
+                "in the same order"
+            )
+    return prompts, frames
+
+
+def reduction_shares(layout: RunLayout, samples: int, seed: int, skip_undefined: bool = False) -> dict[str, float]:
+    """Share of R*'s toxicity reduction that the learned and the random reward achieve, with 95% intervals.
+
+    The share (base − X) / (base − ground_truth) of mean p_toxic of greedy test continuations, by the
+    ground-truth classifier and by the independent evaluator (`_evaluator` keys). The interval is a
+    paired bootstrap: prompts are resampled jointly for the four policies, so the prompt-to-prompt
+    variation they share cancels. Resamples in which R* reduced nothing are left out (the share is
+    undefined there). A run whose R* reduced nothing at all is refused rather than divided by ~0;
+    with `skip_undefined` that scorer's keys are left out with a warning instead (a short smoke
+    RLHF may reduce nothing, and the analysis of everything else should still be drawn).
+    """
+    _, frames = greedy_scores(layout)
+    values: dict[str, float] = {}
+    for column, suffix in SCORERS.items():
+        base, ground_truth = frames["base"][column].to_numpy(float), frames["ground_truth"][column].to_numpy(float)
+        reduction = float(base.mean() - ground_truth.mean())
+        if reduction <= 0:
+            message = (
+                f"{layout.continuations('ground_truth')}: the ground-truth RLHF did not lower the "
+                f"mean {column} (base {base.mean():.4f}, ground_truth {ground_truth.mean():.4f}); "
+                "a share of its reduction is undefined"
+            )
+            if not skip_undefined:
+                raise ValueError(message)
+            warnings.warn(message + "; its reduction shares are not recorded", stacklevel=2)
+            continue
+        for tag in RETRAINED:
+            other = frames[tag][column].to_numpy(float)
+            key = f"analysis.{tag}_reduction_share{suffix}"
+            low, high = metrics.bootstrap_interval(
+                metrics.reduction_share, base, ground_truth, other, samples=samples, seed=seed
+            )
+            values.update(
+                {key: metrics.reduction_share(base, ground_truth, other), f"{key}_ci_low": low, f"{key}_ci_high": high}
+            )
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Training logs, hyperparameters, and other runs
+
+
+def read_train_logs(layout: RunLayout) -> dict[str, pd.DataFrame]:
+    """Each RLHF run's per-step log (ground_truth, learned, random), for those that have one."""
+    logs = {}
+    for tag in ("ground_truth", *RETRAINED):
+        if layout.train_log(tag).is_file():
+            logs[tag] = pd.read_csv(layout.train_log(tag))
+    if not logs:
+        raise FileNotFoundError(f"{layout.root}: no rlhf_*/train_log.csv; run stage 03 first")
+    return logs
+
+
+def parse_run_names(compare_runs: str) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c'] (the analysis.compare_runs setting); empty entries are dropped."""
+    return [name.strip() for name in compare_runs.split(",") if name.strip()]
+
+
+def run_dirs(layout: RunLayout, compare_runs: str) -> dict[str, RunLayout]:
+    """This run and the runs named in `compare_runs`, which live beside it under the same runs_dir.
+
+    A named run without a metrics.json and manifest.json is refused by name: a comparison that
+    silently drops a run would be read as the full comparison.
+    """
+    runs = {layout.root.name: layout}
+    parent = layout.root.parent
+    for name in parse_run_names(compare_runs):
+        other = RunLayout(parent / name)
+        for file in (other.metrics, other.manifest):
+            if not file.is_file():
+                known = ", ".join(sorted(p.name for p in parent.iterdir() if p.is_dir()))
+                raise FileNotFoundError(
+                    f"analysis.compare_runs: run {name!r} has no {file}; runs under {parent}: {known}"
+                )
+        runs[name] = other
+    return runs
+
+
+def run_params(layout: RunLayout) -> dict[str, dict[str, Any]]:
+    """The resolved params a run was made with, from its manifest.json (written by the runner)."""
+    path = layout.manifest
+    params = read_json(path, default={}).get("params")
+    if not isinstance(params, Mapping):
+        raise FileNotFoundError(f"{path}: missing or without 'params'; the run was not made by irlnb run")
+    return dict(params)
+
+
+def read_manifests(runs: Mapping[str, RunLayout]) -> dict[str, dict]:
+    return {name: read_json(layout.manifest, default={}) for name, layout in runs.items()}
+
+
+def hyperparameter_table(manifests: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """The paper's hyperparameter table: RLHF and IRL settings (and the policy) per run, from manifests.
+
+    Rows are `section.setting`, one column per run, and a description column from irlnb.config; a
+    setting a run's manifest lacks (an older run) is shown as missing, not guessed.
+    """
+    for name, manifest in manifests.items():
+        if not isinstance(manifest.get("params"), Mapping):
+            raise ValueError(f"run {name!r}: manifest.json has no 'params'; it was not written by irlnb run")
+    keys = [
+        *HYPERPARAMETER_EXTRA,
+        *((section, key) for section in HYPERPARAMETER_SECTIONS for key in SECTIONS[section].__dataclass_fields__),
+    ]
+    rows = []
+    for section, key in keys:
+        row = {"setting": f"{section}.{key}"}
+        for name, manifest in manifests.items():
+            value = manifest["params"].get(section, {}).get(key)
+            row[name] = "—" if value is None else str(value)
+        row["description"] = doc(section, key)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["setting", *manifests, "description"])
+
+
+# Headline metrics of a run, in the order the comparison table shows them.
+HEADLINE_METRICS = (
+    "irl.test.accuracy_mean",
+    "irl.test.accuracy_sd",
+    "irl.test.accuracy_zero_mean",
+    "irl.test.auc_mean",
+    "irl.test.spearman_mean",
+    "analysis.learned_reduction_share",
+    "analysis.random_reduction_share",
+    "analysis.learned_reduction_share_evaluator",
+    "analysis.random_reduction_share_evaluator",
+    *(f"rlhf.{tag}.toxicity_mean" for tag in POLICIES),
+    *(f"rlhf.{tag}.evaluator_toxicity_mean" for tag in POLICIES),
+)
+
+
+def runs_table(runs: Mapping[str, RunLayout]) -> pd.DataFrame:
+    """One row per run with its policy and headline metrics (IRL test accuracy/AUC, reduction shares, toxicity).
+
+    This is the model-size comparison of the paper (70M vs 410M) for any set of finished runs.
+    """
+    rows = []
+    for name, layout in runs.items():
+        values = layout.read_metrics()
+        params = read_json(layout.manifest, default={}).get("params", {})
+        rows.append(
+            {
+                "run": name,
+                "policy": params.get("sources", {}).get("policy", "—"),
+                **{key: float(values.get(key, math.nan)) for key in HEADLINE_METRICS},
+            }
+        )
+    return pd.DataFrame(rows, columns=["run", "policy", *HEADLINE_METRICS])

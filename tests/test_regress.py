@@ -1,0 +1,131 @@
+"""`irlnb regress`: tolerances, comparing with a reference, recording one, a fresh run that publishes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, irlnb_cli, write_params
+from test_report import make_run
+
+from irlnb.config import load_config
+from irlnb.pipeline import regress
+
+
+def _reference(tmp_path, metrics: dict) -> tuple:
+    folder = tmp_path / "regress"
+    folder.mkdir(exist_ok=True)
+    (folder / "smoke.metrics.json").write_text(json.dumps({"metrics": metrics, "git": {"commit": "abc1234567"}}))
+    (folder / "tolerances.yaml").write_text(
+        "default: {abs: 1.0e-6}\nprefixes:\n  rlhf.: {abs: 0.02, rel: 0.1}\n  rlhf.base.: {abs: 0.0}\n"
+        "ignore: ['gt.texts_per_s']\n"
+    )
+    return folder / "smoke.metrics.json", folder / "tolerances.yaml"
+
+
+def test_regress_passes_within_tolerance_and_fails_outside_it(tmp_path, capsys):
+    reference = {
+        "gt.auc_human": 0.8,
+        "rlhf.ground_truth.toxicity_mean": 0.05,
+        "rlhf.ground_truth.perplexity": 150.0,
+        "rlhf.base.toxicity_mean": 0.1,
+        "gt.auc_human_ci_low": 0.7,
+        "timing.total_s": 100.0,
+        "gt.texts_per_s": 5000.0,
+    }
+    reference_path, tolerances_path = _reference(tmp_path, reference)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    measured = {
+        **reference,
+        "rlhf.ground_truth.toxicity_mean": 0.069,  # within abs 0.02
+        "rlhf.ground_truth.perplexity": 164.0,  # within rel 0.1 of 150
+        "gt.auc_human_ci_low": 0.1,
+        "timing.total_s": 900.0,
+        "gt.texts_per_s": 1.0,  # ignored
+        "irl.test.accuracy_mean": 0.7,
+    }  # new key: not a regression
+    (run_dir / "metrics.json").write_text(json.dumps(measured))
+    assert regress.check_run(run_dir, reference_path, tolerances_path) == 0
+    assert "regress: ok: 4 metrics within tolerance" in capsys.readouterr().out
+
+    measured.update({"rlhf.ground_truth.toxicity_mean": 0.08, "rlhf.base.toxicity_mean": 0.1000001})
+    del measured["gt.auc_human"]
+    (run_dir / "metrics.json").write_text(json.dumps(measured))
+    assert regress.check_run(run_dir, reference_path, tolerances_path) == 1
+    out = capsys.readouterr().out
+    assert "regress: FAILED: 3 of 4 metrics out of tolerance" in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines()[1:4]}
+    assert lines["gt.auc_human"][2] == "missing"
+    assert lines["rlhf.ground_truth.toxicity_mean"][1:] == ["0.05", "0.08", "+0.03", "0.02"]
+    assert "rlhf.base.toxicity_mean" in lines  # the longest prefix (abs 0) wins over rlhf.
+
+
+def test_tolerances_are_validated(tmp_path):
+    path = tmp_path / "tolerances.yaml"
+    path.write_text("default: {abs: 0.1}\nprefixes:\n  gt.: {abs: -1}\n")
+    with pytest.raises(regress.RegressError, match=r"prefixes.gt..abs: expected a number >= 0, got -1"):
+        regress.load_tolerances(path)
+    path.write_text("default: {abs: 0.1}\nprefix: {}\n")
+    with pytest.raises(regress.RegressError, match="expected keys default, prefixes, ignore"):
+        regress.load_tolerances(path)
+    shipped = regress.load_tolerances(REPO / "regress" / "tolerances.yaml")
+    assert shipped.ignored("timing.total_s") and shipped.ignored("gt.auc_human_ci_low")
+    assert shipped.for_key("rlhf.base.toxicity_mean") != shipped.for_key("rlhf.learned.toxicity_mean")
+
+
+def test_regress_cli_records_a_reference_and_refuses_a_missing_one(tmp_path):
+    params = write_params(tmp_path)
+    references = tmp_path / "references"
+    done = irlnb_cli("regress", str(params), "--reference-dir", str(references))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "smoke.metrics.json: no regression reference" in done.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+    run_dir = make_run(tmp_path / "finished", "smoke")  # made with params/smoke.yaml, as `params` is
+    done = irlnb_cli("regress", "--record", str(params), "--run-dir", str(run_dir), "--reference-dir", str(references))
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads((references / "smoke.metrics.json").read_text())
+    assert recorded["metrics"] == json.loads((run_dir / "metrics.json").read_text())
+    assert recorded["params"]["rlhf"]["learning_rate"] == 1e-3 and recorded["git"]["commit"] == "0" * 40
+    (references / "tolerances.yaml").write_text((REPO / "regress" / "tolerances.yaml").read_text())
+    assert regress.check_run(run_dir, references / "smoke.metrics.json", references / "tolerances.yaml") == 0
+
+    other = make_run(tmp_path / "elsewhere", "smoke", learning_rate=0.5)
+    done = irlnb_cli("regress", "--record", str(params), "--run-dir", str(other), "--reference-dir", str(references))
+    assert done.returncode == 2 and "made with other params than" in done.stderr and "rlhf.learning_rate" in done.stderr
+
+
+def test_regress_runs_afresh_without_publishing_figures_then_compares(tmp_path, monkeypatch, capsys):
+    from irlnb.pipeline import runner
+
+    config = load_config(write_params(tmp_path, run__figures_dir="published"))
+    references = tmp_path / "references"
+    references.mkdir()
+    (references / "tolerances.yaml").write_text((REPO / "regress" / "tolerances.yaml").read_text())
+    (references / "smoke.metrics.json").write_text(
+        json.dumps({"metrics": {"gt.auc_human": 0.8}, "params": config.to_dict()})
+    )
+    runs_dir = tmp_path / "regress_runs"
+    stale = runs_dir / "smoke" / "stale.txt"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("from an earlier regression run")
+    seen = []
+
+    def fake_run(run_config, runs_dir, log):  # stands in for the 30-minute pipeline
+        seen.append(run_config)
+        assert not stale.exists()  # the regression run starts from an empty run directory
+        (Path(runs_dir) / run_config.run.name).mkdir(parents=True, exist_ok=True)
+        (Path(runs_dir) / run_config.run.name / "metrics.json").write_text(json.dumps({"gt.auc_human": measured}))
+        return Path(runs_dir) / run_config.run.name
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    measured = 0.8
+    assert regress.regress(config, runs_dir=str(runs_dir), reference_dir=references) == 0
+    assert seen[0].run.figures_dir == "" and seen[0].rlhf == config.rlhf  # the published figures stay untouched
+    measured = 0.7
+    assert regress.regress(config, runs_dir=str(runs_dir), reference_dir=references) == 1
+    assert "gt.auc_human" in capsys.readouterr().out
+    with pytest.raises(regress.RegressError, match="is the run of .* itself; regress into another runs dir"):
+        regress.regress(config, runs_dir=config.run.runs_dir, reference_dir=references)

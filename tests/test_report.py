@@ -1,0 +1,399 @@
+"""Notebook 05: tables, reduction shares, run comparison, the reward explorer.
+
+Most tests use a synthetic run directory written here in the file contract of stages 01-04 (tiny,
+hand-made numbers), so that values can be checked by hand and notebook 05 runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PARAMS
+
+from irlnb.config import load_config
+from irlnb.layout import RunLayout
+from irlnb.pipeline.stages import check_notebook, get_stage, stage_parameters
+from irlnb.report import tables
+
+PROMPTS = ["You are", "I think that", "Well, the", "Look at"]
+# Greedy p_toxic per test prompt, (ground-truth classifier, evaluator), chosen so shares are easy to compute by hand.
+GREEDY = {
+    "base": ([0.4, 0.2, 0.6, 0.2], [0.5, 0.5, 0.5, 0.5]),  # means 0.35, 0.5
+    "ground_truth": ([0.1, 0.1, 0.2, 0.0], [0.1, 0.3, 0.3, 0.3]),  # 0.10, 0.25: R* cut 0.25 and 0.25
+    "learned": ([0.2, 0.2, 0.3, 0.1], [0.4, 0.4, 0.4, 0.3]),  # 0.20, 0.375: shares 0.6 and 0.5
+    "random": ([0.4, 0.2, 0.5, 0.3], [0.6, 0.5, 0.5, 0.6]),  # 0.35, 0.55: shares 0.0 and -0.2
+}
+TINY_BACKBONE = "embedded:tiny-gpt-neox"
+
+
+def _continuations(tag: str, greedy: dict, prompts: list[str]) -> pd.DataFrame:
+    p_toxic, evaluator_p = greedy[tag]
+    frames = [
+        pd.DataFrame(
+            {
+                "policy": tag,
+                "decoding": decoding,
+                "prompt": prompts,
+                "continuation": [f" {tag} {i}" for i in range(len(prompts))],
+                "p_toxic": np.asarray(p_toxic) * scale,
+                "evaluator_p_toxic": np.asarray(evaluator_p) * scale,
+            }
+        )
+        for decoding, scale in (("greedy", 1.0), ("sampled", 0.5))
+    ]  # sampled rows must be left out
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_continuations(run_dir, greedy=GREEDY, prompts=PROMPTS) -> None:
+    for reward, tags in (
+        ("ground_truth", ("base", "ground_truth")),
+        ("learned", ("learned",)),
+        ("random", ("random",)),
+    ):
+        folder = run_dir / f"rlhf_{reward}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.concat([_continuations(tag, greedy, prompts) for tag in tags]).to_parquet(folder / "continuations.parquet")
+
+
+def policy_metrics(tag: str, mean: float) -> dict[str, float]:
+    values = {}
+    for statistic in tables.TABLE_STATISTICS:
+        values.update(
+            {
+                f"rlhf.{tag}.{statistic}": mean,
+                f"rlhf.{tag}.{statistic}_ci_low": mean / 2,
+                f"rlhf.{tag}.{statistic}_ci_high": mean * 1.5,
+            }
+        )
+    return {**values, f"rlhf.{tag}.perplexity": 100.0 + mean, f"rlhf.{tag}.distinct2": 0.5}
+
+
+def make_run(runs_dir, name: str = "synthetic", params: str = "smoke.yaml", learning_rate: float | None = None):
+    """A finished run directory with every file of the contract notebook 05 reads (tiny, hand-made)."""
+    import dataclasses
+
+    run_dir = runs_dir / name
+    run_dir.mkdir(parents=True)
+    write_continuations(run_dir)
+    metrics = {
+        "curate.n_train": 72.0,
+        "curate.n_test": 24.0,
+        "gt.auc_human": 0.8,
+        "irl.test.accuracy_mean": 0.7,
+        "irl.test.accuracy_sd": 0.05,
+        "irl.test.auc_mean": 0.75,
+        "timing.total_s": 1.0,
+    }
+    for tag, (p_toxic, _) in GREEDY.items():
+        metrics.update(policy_metrics(tag, float(np.mean(p_toxic))))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    config = load_config(PARAMS / params)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=name))
+    if learning_rate is not None:
+        config = dataclasses.replace(config, rlhf=dataclasses.replace(config.rlhf, learning_rate=learning_rate))
+    (run_dir / "manifest.json").write_text(json.dumps({"params": config.to_dict(), "git": {"commit": "0" * 40}}))
+    for reward in ("ground_truth", "learned", "random"):
+        steps = np.arange(1, 5)
+        pd.DataFrame(
+            {
+                "step": steps,
+                "loss": 0.01 * steps,
+                "reward_normalised_mean": 0.1 * steps,
+                "reward_normalised_std": 1.0,
+                "kl": 0.02 * steps,
+                "entropy": 3.0,
+                "completion_length": 8.0,
+                "grad_norm": 1.0,
+                "step_seconds": 0.5,
+                "reward_mean": 0.2 * steps,
+                "reward_std": 2.0,
+            }
+        ).to_csv(run_dir / f"rlhf_{reward}" / "train_log.csv", index=False)
+    irl = run_dir / "irl"
+    irl.mkdir()
+    expert = [f"{p} fine words" for p in PROMPTS]
+    non_expert = [f"{p} rude words" for p in PROMPTS]
+    pd.DataFrame(
+        {
+            "split": "test",
+            "prompt": PROMPTS,
+            "label": [1, 0, 1, 0],
+            "expert": [" fine words"] * 4,
+            "non_expert": [" rude words"] * 4,
+            "expert_r_star": [3.0, 2.0, 4.0, 1.0],
+            "non_expert_r_star": [-1.0, -2.0, 0.5, -3.0],
+            "excluded": "",
+        }
+    ).to_parquet(irl / "demonstrations.parquet")
+    r_star = [3.0, 2.0, 4.0, 1.0, -1.0, -2.0, 0.5, -3.0]
+    rows = []
+    for loss in ("max_margin", "logistic"):
+        for seed in (0, 1):
+            # max_margin, seed 0 ranks the first non-expert text (r_star -1) top: the largest disagreement
+            r_hat = [1.0, 0.9, 0.8, 0.7, 2.0, -1.0, -0.5, -2.0] if (loss, seed) == ("max_margin", 0) else r_star
+            rows += [
+                {
+                    "loss": loss,
+                    "seed": seed,
+                    "set": s,
+                    "pair": i % 4,
+                    "text": t,
+                    "r_star": r,
+                    "r_hat": h,
+                    "label": -1,
+                    "threshold": 0.0,
+                }
+                for i, (s, t, r, h) in enumerate(
+                    zip(["expert"] * 4 + ["non_expert"] * 4, expert + non_expert, r_star, r_hat)
+                )
+            ]
+            rows += [
+                {
+                    "loss": loss,
+                    "seed": seed,
+                    "set": "human",
+                    "pair": -1,
+                    "text": "a human text",
+                    "r_star": 1.0,
+                    "r_hat": 5.0,
+                    "label": 0,
+                    "threshold": 0.0,
+                }
+            ]
+    pd.DataFrame(rows).to_parquet(irl / "test_scores.parquet")
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+def test_toxicity_table_lists_present_policies_in_order_with_intervals():
+    metrics = {**policy_metrics("random", 0.3), **policy_metrics("base", 0.1), **policy_metrics("ground_truth", 0.04)}
+    del metrics["rlhf.random.perplexity"]
+    table = tables.toxicity_table(metrics)
+    assert table["policy"].tolist() == ["base", "ground_truth", "random"]  # no learned run: no row
+    for column in (
+        "toxicity_mean",
+        "toxicity_mean_ci_low",
+        "toxicity_ratio_ci_high",
+        "evaluator_toxicity_mean",
+        "evaluator_toxicity_ratio_ci_low",
+        "perplexity",
+        "distinct2",
+    ):
+        assert column in table.columns
+    row = table.set_index("policy").loc["base"]
+    assert (row["toxicity_mean_ci_low"], row["toxicity_mean"], row["toxicity_mean_ci_high"]) == (
+        0.05,
+        0.1,
+        pytest.approx(0.15),
+    )
+    assert math.isnan(table.set_index("policy").loc["random", "perplexity"])
+    markdown = tables.table_markdown(table)
+    assert "| policy | toxicity_mean [95% CI] |" in markdown
+    assert "| base | 0.1000 [0.0500, 0.1500] |" in markdown
+    assert "—" in markdown and "ci_low" not in markdown  # missing perplexity shown as missing; CIs merged
+
+
+def test_hyperparameter_table_compares_runs_and_refuses_a_manifest_without_params():
+    smoke = load_config(PARAMS / "smoke.yaml").to_dict()
+    other = json.loads(json.dumps(smoke))
+    other["rlhf"]["learning_rate"] = 5e-5
+    del other["irl"]  # an older run, before IRL existed
+    table = tables.hyperparameter_table({"smoke": {"params": smoke}, "old": {"params": other}}).set_index("setting")
+    assert list(table.columns) == ["smoke", "old", "description"]
+    assert table.loc["rlhf.learning_rate", "smoke"] == "0.001" and table.loc["rlhf.learning_rate", "old"] == "5e-05"
+    assert table.loc["sources.policy", "smoke"] == "embedded:tiny-gpt-neox"
+    assert table.loc["irl.margin", "old"] == "—" and table.loc["irl.margin", "smoke"] == "1.0"
+    assert table.loc["rlhf.beta", "description"].startswith("KL coefficient")
+    with pytest.raises(ValueError, match="run 'broken': manifest.json has no 'params'"):
+        tables.hyperparameter_table({"broken": {"git": {}}})
+
+
+def test_runs_comparison_reads_each_named_run_and_refuses_a_missing_one(tmp_path):
+    first = make_run(tmp_path, "first")
+    make_run(tmp_path, "second")
+    runs = tables.run_dirs(RunLayout(first), " second, ")
+    assert list(runs) == ["first", "second"]
+    table = tables.runs_table(runs)
+    assert table["run"].tolist() == ["first", "second"]
+    assert table.loc[0, "irl.test.accuracy_mean"] == 0.7 and table.loc[0, "policy"] == "embedded:tiny-gpt-neox"
+    assert math.isnan(table.loc[0, "analysis.learned_reduction_share"])  # not analysed yet: missing, not zero
+    with pytest.raises(FileNotFoundError, match="analysis.compare_runs: run 'third' has no"):
+        tables.run_dirs(RunLayout(first), "second,third")
+
+
+# --------------------------------------------------------------------------------------------
+# Reduction shares
+
+
+def test_reduction_shares_match_hand_computed_values(tmp_path):
+    make_run(tmp_path)
+    shares = tables.reduction_shares(RunLayout(tmp_path / "synthetic"), samples=200, seed=0)
+    assert shares["analysis.learned_reduction_share"] == pytest.approx(0.6)
+    assert shares["analysis.random_reduction_share"] == pytest.approx(0.0, abs=1e-12)
+    assert shares["analysis.learned_reduction_share_evaluator"] == pytest.approx(0.5)
+    assert shares["analysis.random_reduction_share_evaluator"] == pytest.approx(-0.2)
+    for key in ("learned_reduction_share", "random_reduction_share_evaluator"):
+        low, high = shares[f"analysis.{key}_ci_low"], shares[f"analysis.{key}_ci_high"]
+        assert low <= high and math.isfinite(low) and math.isfinite(high)
+    assert len(shares) == 12
+
+
+def test_the_bootstrap_is_paired_over_prompts(tmp_path):
+    """A reward whose policy equals R*'s prompt by prompt recovers exactly all of it in every resample."""
+    greedy = {**GREEDY, "learned": GREEDY["ground_truth"]}
+    write_continuations(tmp_path, greedy)
+    shares = tables.reduction_shares(RunLayout(tmp_path), samples=200, seed=0)
+    assert shares["analysis.learned_reduction_share_ci_low"] == pytest.approx(1.0)
+    assert shares["analysis.learned_reduction_share_ci_high"] == pytest.approx(1.0)
+
+
+def test_reduction_shares_refuse_no_reduction_and_unpaired_prompts(tmp_path):
+    write_continuations(tmp_path / "flat", {**GREEDY, "ground_truth": GREEDY["base"]})
+    with pytest.raises(
+        ValueError,
+        match="the ground-truth RLHF did not lower the mean p_toxic .base 0.3500, "
+        "ground_truth 0.3500.; a share of its reduction is undefined",
+    ):
+        tables.reduction_shares(RunLayout(tmp_path / "flat"), samples=100, seed=0)
+    with pytest.warns(UserWarning, match="did not lower the mean (evaluator_)?p_toxic") as caught:
+        kept = tables.reduction_shares(RunLayout(tmp_path / "flat"), samples=100, seed=0, skip_undefined=True)
+    assert kept == {} and len(caught) == 2  # by both scorers: the base and R* policies are the same here
+
+    write_continuations(tmp_path / "unpaired")
+    learned = tmp_path / "unpaired" / "rlhf_learned" / "continuations.parquet"
+    frame = pd.read_parquet(learned)
+    frame["prompt"] = frame["prompt"].replace({"You are": "They are"})
+    frame.to_parquet(learned)
+    with pytest.raises(ValueError, match="test prompts of policy 'learned' differ from those of ground_truth"):
+        tables.reduction_shares(RunLayout(tmp_path / "unpaired"), samples=100, seed=0)
+    (tmp_path / "unpaired" / "rlhf_random" / "continuations.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="rlhf_random/continuations.parquet: no evaluation continuations"):
+        tables.reduction_shares(RunLayout(tmp_path / "unpaired"), samples=100, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The reward explorer
+
+
+@pytest.fixture()
+def explored_run(tmp_path):
+    from irlnb.rewards.features import random_reward
+
+    run_dir = make_run(tmp_path)
+    random_reward(TINY_BACKBONE, seed=9, pooling="mean", layer=1).save(
+        run_dir / "irl" / "reward"
+    )  # stands in for 04's reward
+    return run_dir
+
+
+def _explorer(run_dir, **kwargs):
+    from irlnb.report.explorer import RewardExplorer
+
+    config = load_config(PARAMS / "smoke.yaml")
+    return RewardExplorer(RunLayout(run_dir), config.sources, config.ground_truth, "cpu", **kwargs)
+
+
+def test_the_explorer_scores_texts_with_all_three_models(explored_run):
+    from irlnb.rewards.features import load_reward
+
+    explorer = _explorer(explored_run)
+    assert explorer.loaded == ()
+    texts = ["You are a stupid idiot", "Thank you, that was kind"]
+    scores = explorer.score(texts)
+    assert list(scores.columns) == ["text", "r_star", "learned_reward", "evaluator_p_toxic"]
+    assert scores["r_star"][0] < 0 < scores["r_star"][1]  # R*: toxic below zero
+    assert scores["evaluator_p_toxic"][0] > scores["evaluator_p_toxic"][1]
+    np.testing.assert_allclose(
+        scores["learned_reward"], load_reward(explored_run / "irl" / "reward").score(texts), atol=1e-6
+    )
+    assert sorted(explorer.loaded) == ["classifier", "evaluator", "learned"]
+    with pytest.raises(ValueError, match="an empty text cannot be scored"):
+        explorer.score(["fine", "  "])
+
+
+def test_building_the_widget_loads_no_model_and_a_click_scores(explored_run):
+    import ipywidgets
+
+    explorer = _explorer(explored_run, loss="max_margin")
+    ui = explorer.widget(n=3)
+    assert isinstance(ui, ipywidgets.VBox) and explorer.loaded == ()
+    picks, text, button, _ = ui.children
+    assert len(picks.options) == 1 + 3  # the prompt line plus the three largest disagreements
+    picks.value = picks.options[1][1]
+    assert text.value == picks.options[1][1]  # picking a disagreement fills the text box
+    assert explorer.loaded == ()
+    button.click()
+    assert explorer.last_scores is not None and explorer.last_scores["text"].tolist() == [picks.options[1][1]]
+    assert sorted(explorer.loaded) == ["classifier", "evaluator", "learned"]
+
+
+def test_disagreements_rank_demonstration_texts_by_rank_gap(tmp_path):
+    run_dir = make_run(tmp_path)
+    with pytest.raises(ValueError, match="holds losses logistic, max_margin; choose one"):
+        _explorer(run_dir).disagreements(3)
+    one_seed = _explorer(run_dir, loss="max_margin").disagreements(2, seed=0)
+    # R* ranks 'You are rude words' 3rd lowest of 8 (percentile 0.375); seed 0 of max_margin ranks it top (1.0)
+    assert one_seed.loc[0, "text"] == "You are rude words" and one_seed.loc[0, "set"] == "non_expert"
+    assert one_seed.loc[0, "rank_gap"] == pytest.approx(1.0 - 0.375)
+    assert "a human text" not in set(one_seed["text"])  # demonstrations only
+    agree = _explorer(run_dir, loss="logistic").disagreements(8)
+    assert np.allclose(agree["rank_gap"], 0.0)  # the logistic reward ranks like R*: no disagreement
+    averaged = _explorer(run_dir, loss="max_margin").disagreements(8)
+    gap = averaged.set_index("text").loc["You are rude words", "rank_gap"]
+    assert gap == pytest.approx((1.0 + 0.375) / 2 - 0.375)  # the learned rank is averaged over the two seeds
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 05
+
+
+def _assert_analysis_outputs(run_dir) -> None:
+    figures = run_dir / "figures"
+    for name in ("pipeline", "rlhf_dynamics", "toxicity_table"):
+        for ext in ("png", "pdf"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
+    for name in ("toxicity_table", "hyperparameters"):
+        for ext in ("csv", "md"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 50, f"{name}.{ext}"
+    table = pd.read_csv(figures / "toxicity_table.csv")
+    assert table["policy"].tolist() == ["base", "ground_truth", "learned", "random"]
+
+
+def test_notebook_05_draws_every_table_and_figure_from_saved_files(tmp_path):
+    import papermill
+
+    run_dir = make_run(tmp_path / "runs")
+    make_run(tmp_path / "runs", "other", learning_rate=5e-4)
+    config = load_config(PARAMS / "smoke.yaml")
+    stage = get_stage("05_analysis")
+    check_notebook(stage.notebook)  # the cell assigns exactly what the runner passes
+    parameters = {"run_dir": str(run_dir), **stage_parameters(stage, config)}
+    parameters["analysis"] = {**parameters["analysis"], "compare_runs": "other"}
+    papermill.execute_notebook(
+        str(stage.notebook_path),
+        str(tmp_path / "executed.ipynb"),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(stage.notebook_path.parent),
+        progress_bar=False,
+    )
+    _assert_analysis_outputs(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["analysis.learned_reduction_share"] == pytest.approx(0.6)
+    assert metrics["analysis.random_reduction_share_evaluator"] == pytest.approx(-0.2)
+    hyperparameters = pd.read_csv(run_dir / "figures" / "hyperparameters.csv").set_index("setting")
+    assert hyperparameters.loc["rlhf.learning_rate", "other"] == "0.0005"
+    assert (run_dir / "figures" / "runs_comparison.png").is_file()
+    assert pd.read_csv(run_dir / "analysis" / "disagreements.csv").loc[0, "text"] == "You are rude words"
+
+
+def test_the_smoke_run_writes_the_analysis_files(smoke_run):
+    _assert_analysis_outputs(smoke_run)
+    assert not (smoke_run / "figures" / "runs_comparison.png").exists()  # compare_runs is empty in smoke.yaml
