@@ -59,12 +59,15 @@ def test_batched_greedy_generation_matches_one_prompt_at_a_time(tiny):
     assert all(isinstance(t, str) for t in batched)
 
 
-def test_sampled_generation_is_reproducible_with_a_seed(tiny):
+def test_sampled_generation_is_reproducible_with_a_seed_and_really_samples(tiny):
     model, tokenizer = tiny
+    prompts = ["You are", "I think", "The council", "What a"]
     decoding = Decoding(max_new_tokens=6, do_sample=True, top_k=30)
-    first = generate_continuations(model, tokenizer, ["You are", "I think"], decoding, seed=3)
-    again = generate_continuations(model, tokenizer, ["You are", "I think"], decoding, seed=3)
-    assert first == again
+    first = generate_continuations(model, tokenizer, prompts, decoding, seed=3)
+    assert first == generate_continuations(model, tokenizer, prompts, decoding, seed=3)
+    # a silently greedy decoder would give the same texts for every seed, and the greedy ones
+    assert first != generate_continuations(model, tokenizer, prompts, decoding, seed=4)
+    assert first != generate_continuations(model, tokenizer, prompts, Decoding(max_new_tokens=6), seed=3)
 
 
 def test_empty_prompt_is_refused(tiny):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -53,3 +54,33 @@ def test_run_with_an_unreachable_hub_exits_with_one_line_and_writes_nothing(clos
     assert "hub:EleutherAI/pythia-70m: the Hugging Face hub is unreachable" in lines[0]
     assert "embedded:smollm2-135m-instruct" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_hub_data_set_in_the_local_cache_is_read_without_the_network(closed_port, tmp_path):
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "datasets--someone--comments"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "train.csv").write_text("comment_text,toxic\nYou are an idiot,1\nWhat a lovely day,0\n")
+    # A fresh process (the hub client reads HF_HOME when imported); the hub answers nothing, so any lookup
+    # beyond the one short probe would fail.
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": closed_port,
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+    }
+    code = (
+        "from irlnb.data.curation import load_comments; "
+        "c = load_comments('hub:someone/comments', 'comment_text', 'toxic'); "
+        "print(c['text'].tolist(), c['label'].tolist())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['You are an idiot', 'What a lovely day'] [1, 0]"

