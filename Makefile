@@ -9,7 +9,7 @@ SHELL := /bin/bash
 # pip's local extra indexes on these machines print one warning per package; keep the log readable.
 PIP_QUIET := 2>&1 | (grep -v "^WARNING: Location" || true)
 
-.PHONY: setup figures test lint bench check regress clean-venv
+.PHONY: setup figures test lint lab bench check regress clean-venv
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# JupyterLab on the repository (open notebooks/ first); committed notebooks are saved back without outputs.
+lab: setup
+	$(BIN)/python -m irlnb.pipeline.lab
 
 bench: setup
 	$(BIN)/irlnb bench

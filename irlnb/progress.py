@@ -11,12 +11,30 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
 TERMINAL = "IRLNB_PROGRESS_TO_TERMINAL"  # set to the stage's name by the runner
 T = TypeVar("T")
+_quiet = False
+
+
+@contextmanager
+def quiet():
+    """No bars and no terminal lines inside (the explorer scores a few texts: a bar would only linger)."""
+    global _quiet
+    before, _quiet = _quiet, True
+    previous = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' own loading bars
+    try:
+        yield
+    finally:
+        _quiet = before
+        if previous:
+            hf_logging.enable_progress_bar()
 
 
 def _terminal_line(text: str) -> None:
@@ -40,7 +58,9 @@ class Progress:
     def __init__(self, total: int, what: str, unit: str = "it", every: float = 15.0):
         self.total, self.what, self.unit, self.every = total, what, unit, every
         self.done, self.started, self.last_line = 0, time.perf_counter(), -1.0
-        self.bar = tqdm(total=total, desc=what, unit=unit, mininterval=every, file=sys.stderr, leave=True)
+        self.bar = tqdm(
+            total=total, desc=what, unit=unit, mininterval=every, file=sys.stderr, leave=True, disable=_quiet
+        )
 
     def update(self, count: int = 1, **values: float) -> None:
         self.done += count
@@ -48,8 +68,10 @@ class Progress:
         if values:
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
         now = time.perf_counter()
-        if TERMINAL in os.environ and (
-            self.done >= self.total or now - self.last_line >= self.every or self.last_line < 0
+        if (
+            not _quiet
+            and TERMINAL in os.environ
+            and (self.done >= self.total or now - self.last_line >= self.every or self.last_line < 0)
         ):
             self.last_line = now
             elapsed = now - self.started

@@ -156,9 +156,10 @@ def test_a_default_that_drifted_from_the_config_is_an_error_and_can_be_rewritten
 
 def test_begin_stage_validates_hand_edited_notebook_values(tmp_path):
     config = load_config(PARAMS / "smoke.yaml")
-    namespace = {"run_dir": str(tmp_path), **stage_parameters(STAGES[0], config)}
+    namespace = {"run_dir": str(tmp_path / "smoke"), **stage_parameters(STAGES[0], config)}
     context = begin_stage("01_curate", namespace)
-    assert context.curate.n_per_class == 60 and context.out == tmp_path.resolve() / "curate"
+    assert context.curate.n_per_class == 60
+    assert context.out == tmp_path.resolve() / "smoke.scratch" / "curate"  # by hand: the scratch run, never the run
     namespace["curate"] = {**namespace["curate"], "n_per_class": -1}
     with pytest.raises(ConfigError, match="notebook 01_curate.ipynb: curate.n_per_class: expected an integer >= 2"):
         begin_stage("01_curate", namespace)
@@ -169,9 +170,48 @@ def test_begin_stage_validates_hand_edited_notebook_values(tmp_path):
 
 def test_a_stage_cannot_read_a_setting_it_does_not_declare(tmp_path):
     config = load_config(PARAMS / "smoke.yaml")
-    context = begin_stage("02_ground_truth_rm", {"run_dir": str(tmp_path), **stage_parameters(STAGES[1], config)})
+    context = begin_stage(
+        "02_ground_truth_rm", {"run_dir": str(tmp_path / "run"), **stage_parameters(STAGES[1], config)}
+    )
     assert context.sources.toxicity_classifier == "embedded:tox-block"
     with pytest.raises(AttributeError, match="stage 02_ground_truth_rm does not declare the setting sources.policy"):
         context.sources.policy  # noqa: B018 - the read itself is what is refused
     with pytest.raises(AttributeError, match="stage 02_ground_truth_rm reads no setting of section 'rlhf'"):
         context.rlhf  # noqa: B018
+
+
+@pytest.mark.parametrize("notebook", notebooks())
+def test_each_committed_notebook_is_clean_with_the_venv_kernelspec(notebook):
+    import copy
+    import json
+
+    from irlnb.pipeline.lab import KERNELSPEC, clean_notebook
+
+    content = json.loads((stages.NOTEBOOKS_DIR / notebook).read_text())
+    assert content["metadata"]["kernelspec"] == KERNELSPEC  # the venv's: JupyterLab does not rewrite it on open
+    assert clean_notebook(copy.deepcopy(content)) == content  # no outputs, counts or session metadata
+
+
+def test_jupyter_saves_a_committed_notebook_back_clean_and_other_files_as_they_are():
+    from irlnb.pipeline.lab import before_save
+
+    cell = {
+        "cell_type": "code",
+        "source": "1 + 1",
+        "execution_count": 3,
+        "metadata": {"tags": ["x"], "scrolled": True},
+        "outputs": [{"output_type": "execute_result", "data": {"text/plain": "2"}}],
+    }
+    session = {"kernelspec": {"name": "python3"}, "language_info": {"name": "python", "version": "3.11.9"}}
+
+    def model():
+        return {"type": "notebook", "content": {"cells": [dict(cell)], "metadata": dict(session)}}
+
+    committed = model()
+    before_save(committed, "notebooks/05_analysis.ipynb")
+    saved = committed["content"]
+    assert saved["cells"][0]["outputs"] == [] and saved["cells"][0]["execution_count"] is None
+    assert saved["cells"][0]["metadata"] == {"tags": ["x"]} and saved["metadata"]["language_info"] == {"name": "python"}
+    elsewhere = model()
+    before_save(elsewhere, "runs/default.scratch/mine.ipynb")
+    assert elsewhere == model()

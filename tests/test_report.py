@@ -367,23 +367,16 @@ def _assert_analysis_outputs(run_dir) -> None:
 
 
 def test_notebook_05_draws_every_table_and_figure_from_saved_files(tmp_path):
-    import papermill
+    from irlnb.pipeline.runner import execute_notebook
 
     run_dir = make_run(tmp_path / "runs")
     make_run(tmp_path / "runs", "other", learning_rate=5e-4)
     config = load_config(PARAMS / "smoke.yaml")
     stage = get_stage("05_analysis")
     check_notebook(stage.notebook)  # the cell assigns exactly what the runner passes
-    parameters = {"run_dir": str(run_dir), **stage_parameters(stage, config)}
+    parameters = stage_parameters(stage, config)
     parameters["analysis"] = {**parameters["analysis"], "compare_runs": "other"}
-    papermill.execute_notebook(
-        str(stage.notebook_path),
-        str(tmp_path / "executed.ipynb"),
-        parameters=parameters,
-        kernel_name="python3",
-        cwd=str(stage.notebook_path.parent),
-        progress_bar=False,
-    )
+    execute_notebook(stage, RunLayout(run_dir), parameters, tmp_path / "executed.ipynb")  # as the runner does
     _assert_analysis_outputs(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["analysis.learned_reduction_share"] == pytest.approx(0.6)
@@ -397,3 +390,22 @@ def test_notebook_05_draws_every_table_and_figure_from_saved_files(tmp_path):
 def test_the_smoke_run_writes_the_analysis_files(smoke_run):
     _assert_analysis_outputs(smoke_run)
     assert not (smoke_run / "figures" / "runs_comparison.png").exists()  # compare_runs is empty in smoke.yaml
+
+
+def test_the_widget_scores_a_picked_text_whole_and_says_when_there_is_nothing_to_score(explored_run):
+    from irlnb.report.explorer import texts_to_score
+
+    picked = "You are the worst\nof all"  # a demonstration may hold a line break
+    assert texts_to_score(picked, picked) == [picked]
+    assert texts_to_score("first\n\nsecond ", picked) == ["first", "second "]
+    assert texts_to_score("  \n", "") == []
+    explorer = _explorer(explored_run, loss="max_margin")
+    ui = explorer.widget(examples=[picked])
+    picks, text, button, output = ui.children
+    button.click()  # nothing typed, nothing picked
+    assert explorer.loaded == () and "Nothing to score" in output.outputs[0]["text"]
+    picks.value = picked
+    button.click()
+    assert explorer.last_scores["text"].tolist() == [picked]
+    assert len(output.outputs) == 1 and "Loading" not in str(output.outputs)  # the loading line is gone
+    assert "the worst" in output.outputs[0]["data"]["text/plain"]  # the table of scores is what stays

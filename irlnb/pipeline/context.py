@@ -3,10 +3,20 @@
 The returned `StageContext` is the notebook's handle on the run: its settings by section (only
 those the stage declares: reading another one is an error, so a stage's key never misses a
 setting it uses), its run directory's layout, its output folder, and metrics and figures.
+
+**A notebook run by hand never writes into a run.** Under `irlnb run` a notebook writes the run
+directory it is given. Run any other way (JupyterLab, nbclient, a script) it works in the scratch
+run beside it, `runs/<name>.scratch/`: the outputs of the stages it reads are linked there from the
+run (unless an earlier notebook run by hand made its own), its own output and metrics go there,
+and one line in the notebook says so. So exploring (another layer, another seed, the explorer)
+can never change a finished run or leave its completion markers stale; `irlnb run` is the record.
+A notebook is refused while `irlnb run` is writing the run it reads.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +24,12 @@ from typing import Any
 
 from irlnb.compute import resolve_device, seed_everything
 from irlnb.config import parse_section
-from irlnb.layout import RunLayout
-from irlnb.pipeline.stages import Stage, StageError, get_stage
+from irlnb.layout import RunLayout, read_json, write_json_atomic
+from irlnb.pipeline.lock import RunLock, check_free
+from irlnb.pipeline.stages import RUNNER_STAGE, Stage, StageError, get_stage, upstream
+
+SCRATCH_SUFFIX = ".scratch"
+HAND_STAGES = "hand_stages.json"  # the stages a notebook run by hand has written into a scratch run
 
 
 class SectionSettings:
@@ -115,8 +129,53 @@ def begin_stage(name: str, namespace: Mapping[str, Any]) -> StageContext:
                 f"{where}: stage {stage.name} runs with {key}={value!r}, got {namespace.get(key)!r}; "
                 "use the stage that fits (irlnb.pipeline.stages.STAGES)"
             )
-    layout = RunLayout(Path(namespace["run_dir"]))
+    requested = RunLayout(Path(namespace["run_dir"]))
+    if os.environ.get(RUNNER_STAGE) == f"{requested.root}::{stage.name}":
+        layout = requested
+    else:
+        layout = open_scratch(requested, stage)
+        print(
+            f"Run by hand: {stage.name} reads {requested.root} and writes {layout.root} (a run changes only "
+            "through irlnb run)."
+        )
     context = StageContext(stage, layout, settings)
     context.out.mkdir(parents=True, exist_ok=True)
     seed_everything(context.compute.seed, context.compute.torch_threads)
     return context
+
+
+def scratch_of(run: RunLayout) -> RunLayout:
+    """The scratch run beside a run: where its notebooks write when they are run by hand."""
+    return RunLayout(run.root.with_name(run.root.name + SCRATCH_SUFFIX))
+
+
+def open_scratch(run: RunLayout, stage: Stage) -> RunLayout:
+    """Prepare the scratch run for `stage` run by hand: upstream outputs linked, its own cleared, metrics merged."""
+    check_free(run.root, f"notebook {stage.notebook} run by hand")
+    scratch = scratch_of(run)
+    with RunLock(scratch.root, f"notebook {stage.notebook} run by hand"):
+        hand = [name for name in read_json(scratch.root / HAND_STAGES, default=[]) if name != stage.name]
+        for name in upstream(stage.name):
+            if name in hand:
+                continue  # a notebook run by hand made this output here: later hand runs read it
+            folder, source = scratch.output(get_stage(name).output), run.output(get_stage(name).output)
+            _remove(folder)
+            if source.exists():
+                folder.symlink_to(source, target_is_directory=True)
+        _remove(scratch.output(stage.output))
+        own = tuple(prefix for name in hand for prefix in get_stage(name).metrics_prefixes)
+        redone = own + stage.metrics_prefixes
+        metrics = {k: v for k, v in run.read_metrics().items() if not k.startswith(redone)}
+        metrics.update({k: v for k, v in scratch.read_metrics().items() if own and k.startswith(own)})
+        write_json_atomic(scratch.metrics, metrics)
+        if run.manifest.is_file():
+            shutil.copyfile(run.manifest, scratch.manifest)
+        write_json_atomic(scratch.root / HAND_STAGES, [*hand, stage.name])
+    return scratch
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)

@@ -8,7 +8,11 @@ What the runner guarantees:
   (a training inside it resumes from its last checkpoint);
 - a complete stage whose digest is unchanged is skipped; one whose digest changed is refused
   unless --force, so a finished run is never overwritten silently. A stage's digest covers only
-  the settings that change its result (see `irlnb.pipeline.stages`).
+  the settings that change its result (see `irlnb.pipeline.stages`);
+- one writer per run directory: a second `irlnb run` on a run in use is refused in one line that
+  names the holder; the lock of a killed run is taken over;
+- the notebooks it executes know they run under the runner (`RUNNER_STAGE`); the same notebook run
+  by hand works in a scratch run instead (see `irlnb.pipeline.context`).
 """
 
 from __future__ import annotations
@@ -16,24 +20,35 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import papermill
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
 from irlnb.config import Config, settings_digest
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
+from irlnb.pipeline.lock import RunLock
 from irlnb.pipeline.provenance import provenance
-from irlnb.pipeline.stages import STAGES, Stage, check_notebook, get_stage, stage_parameters
+from irlnb.pipeline.stages import RUNNER_STAGE, STAGES, Stage, check_notebook, get_stage, stage_parameters
+from irlnb.progress import TERMINAL
 from irlnb.sources import check_hub_source, parse_source
 
 
 class RunError(IrlnbError, RuntimeError):
     """A run that cannot go ahead; the message is one line."""
+
+
+class IpcKernelManager(AsyncKernelManager):
+    """A kernel reached through IPC sockets beside its connection file, not TCP ports."""
+
+    @default("transport")
+    def _default_transport(self) -> str:
+        return "ipc"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +123,31 @@ def plan(config: Config, layout: RunLayout, only: str | None, force: bool) -> li
     return todo
 
 
+def execute_notebook(stage: Stage, layout: RunLayout, parameters: dict, executed: Path) -> None:
+    """Execute a stage's notebook as the runner does: its kernel knows it runs under the runner."""
+    os.environ[RUNNER_STAGE] = f"{layout.root}::{stage.name}"
+    os.environ[TERMINAL] = stage.name
+    try:
+        papermill.execute_notebook(
+            str(stage.notebook_path),
+            str(executed),
+            parameters={"run_dir": str(layout.root), **parameters},
+            kernel_name="python3",
+            cwd=str(stage.notebook_path.parent),
+            progress_bar=False,
+            log_output=False,
+            kernel_manager_class=IpcKernelManager,  # IPC sockets, not TCP ports: nothing listens on the network
+        )
+    except papermill.PapermillExecutionError as err:
+        raise RunError(
+            f"stage {stage.name} failed: {err.ename}: {err.evalue.splitlines()[0] if err.evalue else ''} "
+            f"(see {executed})"
+        ) from None
+    finally:
+        os.environ.pop(RUNNER_STAGE, None)
+        os.environ.pop(TERMINAL, None)
+
+
 def execute_stage(stage: Stage, config: Config, layout: RunLayout, identity: StageIdentity) -> float:
     marker = layout.marker(stage.name)
     marker.unlink(missing_ok=True)  # from here on the stage is incomplete until it finishes again
@@ -115,23 +155,8 @@ def execute_stage(stage: Stage, config: Config, layout: RunLayout, identity: Sta
     layout.drop_metrics(stage.metrics_prefixes)
     executed = layout.notebooks / f"{stage.name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
-    parameters = {"run_dir": str(layout.root), **stage_parameters(stage, config)}
     started = time.perf_counter()
-    try:
-        papermill.execute_notebook(
-            str(stage.notebook_path),
-            str(executed),
-            parameters=parameters,
-            kernel_name="python3",
-            cwd=str(stage.notebook_path.parent),
-            progress_bar=sys.stderr.isatty(),
-            log_output=False,
-        )
-    except papermill.PapermillExecutionError as err:
-        raise RunError(
-            f"stage {stage.name} failed: {err.ename}: {err.evalue.splitlines()[0] if err.evalue else ''} "
-            f"(see {executed})"
-        ) from None
+    execute_notebook(stage, layout, stage_parameters(stage, config), executed)
     seconds = time.perf_counter() - started
     write_json_atomic(
         marker,
@@ -146,12 +171,19 @@ def execute_stage(stage: Stage, config: Config, layout: RunLayout, identity: Sta
 
 
 def publish_figures(layout: RunLayout, target: Path, manifest: dict) -> int:
-    """Copy the run's figures to the configured figures directory, with a provenance note."""
+    """Copy the run's figures to the configured figures directory, with a provenance note.
+
+    Files an earlier publication put there (named in its provenance.json) that this run did not
+    make are removed, so the folder shows one run's figures; files it never published stay.
+    """
     source = layout.figures
     if not source.is_dir():
         return 0
     target.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in source.iterdir() if p.is_file())
+    earlier = read_json(target / "provenance.json", default={}).get("files", [])
+    for name in set(earlier) - {p.name for p in files}:
+        (target / name).unlink(missing_ok=True)
     for path in files:
         shutil.copy2(path, target / path.name)
     write_json_atomic(
@@ -183,7 +215,14 @@ def run(
         log(f"{layout.root}: every stage is complete with these settings; nothing to do (--force to redo)")
         return layout.root
     prepare_environment(config)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    with RunLock(layout.root, "irlnb run") as lock:
+        if lock.took_over:
+            log(f"{layout.root}: took over the lock of a run that was killed (pid {lock.took_over.get('pid')})")
+        _run_stages(config, layout, todo, log)
+    return layout.root
+
+
+def _run_stages(config: Config, layout: RunLayout, todo: list[Stage], log: Callable[[str], None]) -> None:
     manifest = read_json(layout.manifest, default={})
     manifest.update({"params_file": config.path, "params": config.to_dict(), **provenance(REPO_ROOT)})
     manifest.setdefault("stages", {})
@@ -209,4 +248,3 @@ def run(
         count = publish_figures(layout, REPO_ROOT / config.run.figures_dir, manifest)
         log(f"{count} figure files copied to {config.run.figures_dir}/")
     log(f"{layout.root}: metrics in {layout.metrics.name}, provenance in {layout.manifest.name}")
-    return layout.root

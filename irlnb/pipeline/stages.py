@@ -30,6 +30,7 @@ from irlnb.layout import ANALYSIS, CURATE, GROUND_TRUTH, IRL, REPO_ROOT, rlhf_fo
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 EVERY_STAGE = ("compute.torch_threads", "compute.device")  # how a stage computes, never what it computes
+RUNNER_STAGE = "IRLNB_RUNNER_STAGE"  # "<run directory>::<stage>" in the environment of a kernel the runner starts
 
 
 class StageError(IrlnbError, ValueError):
@@ -181,13 +182,13 @@ def get_stage(name: str) -> Stage:
     raise StageError(f"unknown stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
 
 
-def downstream(name: str) -> list[str]:
-    """The stages that read, directly or not, what stage `name` wrote (in pipeline order)."""
-    out: list[str] = []
-    for stage in STAGES:
-        if any(need == name or need in out for need in stage.needs):
-            out.append(stage.name)
-    return out
+def upstream(name: str) -> list[str]:
+    """The stages whose outputs stage `name` reads, directly or not (in pipeline order)."""
+    wanted = set(get_stage(name).needs)
+    for stage in reversed(STAGES):
+        if stage.name in wanted:
+            wanted |= set(stage.needs)
+    return [stage.name for stage in STAGES if stage.name in wanted]
 
 
 # --------------------------------------------------------------------------------------------

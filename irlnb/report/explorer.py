@@ -14,6 +14,7 @@ from irlnb.compute import resolve_device
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
 from irlnb.layout import RunLayout
 from irlnb.models.classifiers import load_classifier
+from irlnb.progress import quiet
 from irlnb.rewards.features import load_reward
 from irlnb.rewards.ground_truth import GroundTruthReward
 
@@ -135,12 +136,14 @@ class RewardExplorer:
         """
         # The widget toolkit loads only where a widget is drawn (never under papermill or in the tests' imports).
         import ipywidgets as widgets
-        from IPython.display import display
 
         if examples is None:
             has_scores = self.layout.irl_test_scores.is_file()
             examples = self.disagreements(n)["text"].tolist() if has_scores else []
-        text = widgets.Textarea(placeholder="one text per line", layout=widgets.Layout(width="100%", height="6em"))
+        text = widgets.Textarea(
+            placeholder="one text per line (a text picked from the list is scored whole)",
+            layout=widgets.Layout(width="100%", height="6em"),
+        )
         picks = widgets.Dropdown(
             options=[("(texts where the learned reward and R* disagree most)", "")]
             + [(example[:120], example) for example in examples],
@@ -154,14 +157,32 @@ class RewardExplorer:
                 text.value = change["new"]
 
         def on_click(_) -> None:
-            output.clear_output()
-            with output:
-                try:
-                    self.last_scores = self.score([line for line in text.value.splitlines() if line.strip()])
-                    display(self.last_scores)
-                except Exception as err:  # noqa: BLE001 - shown to the person at the keyboard, not raised into the UI loop
-                    print(f"{type(err).__name__}: {err}")
+            # Written to the output widget's list directly (not `with output:`), so the area always shows the
+            # last answer only, in JupyterLab or not.
+            output.outputs = ()
+            texts = texts_to_score(text.value, picks.value)
+            if not texts:
+                output.append_stdout("Nothing to score: type a text (one per line) or pick one from the list.\n")
+                return
+            if len(self.loaded) < 3:
+                output.append_stdout("Loading R*, the learned reward and the evaluator (the first time only) ...\n")
+            try:
+                with quiet():
+                    self.last_scores = self.score(texts)
+            except Exception as err:  # noqa: BLE001 - shown to the person at the keyboard, not raised into the UI loop
+                output.outputs = ()
+                output.append_stdout(f"{type(err).__name__}: {err}\n")
+                return
+            output.outputs = ()  # the loading line goes; the scores stay
+            output.append_display_data(self.last_scores)
 
         picks.observe(on_pick, names="value")
         button.on_click(on_click)
         return widgets.VBox([picks, text, button, output])
+
+
+def texts_to_score(typed: str, picked: str) -> list[str]:
+    """The texts the widget scores: the picked text as one text (it may hold line breaks), else one per typed line."""
+    if picked and typed == picked:
+        return [picked]
+    return [line for line in typed.splitlines() if line.strip()]

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from irlnb.data.assets import sha256_of
 from irlnb.errors import IrlnbError
 from irlnb.models.policies import load_policy, policy_dir, weights_sha256
+from irlnb.progress import tracked
 
 REWARD_CONFIG = "reward.json"
 REWARD_HEAD = "head.safetensors"
@@ -73,8 +74,9 @@ class FeatureReward:
             return torch.zeros(0, self.head.in_features)
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = torch.zeros(len(texts), self.head.in_features)
+        starts = range(0, len(texts), batch_size)
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
+            for start in tracked(starts, len(starts), f"reading features of {len(texts)} texts"):
                 index = order[start : start + batch_size]
                 batch = self.tokenize([texts[i] for i in index])
                 out[torch.as_tensor(index)] = self.pooled(batch).float().cpu()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from irlnb.progress import tracked
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -54,7 +56,8 @@ def generate_continuations(
     out: list[str] = [""] * len(encoded)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        for start in tracked(starts, len(starts), f"generating {len(order)} continuations"):
             index = order[start : start + batch_size]
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt").to(device)
             torch.manual_seed(seed + start)  # sampled decoding is reproducible per batch

@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 import pandas as pd
 from transformers import AutoConfig
-from transformers.trainer_callback import TrainerState
+from transformers.trainer_callback import TrainerCallback, TrainerState
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from irlnb.config import result_fields, settings_digest
@@ -28,6 +28,7 @@ from irlnb.data.curation import load_curated
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout, write_json_atomic
 from irlnb.models.policies import load_tokenizer, policy_dir, weights_sha256
+from irlnb.progress import Progress
 from irlnb.rewards.features import REWARD_CONFIG, load_reward, random_reward
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.generation import context_limit, fit_prompts
@@ -162,9 +163,30 @@ def train_policy(policy_dir: str | Path, tokenizer, prompts: list[str], reward: 
         train_dataset=datasets.Dataset.from_dict({"prompt": list(prompts)}),
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[StepProgress(reward)],
     )
     trainer.resumed_from_step = resume_or_finish(trainer, Path(config.output_dir))
     return trainer
+
+
+class StepProgress(TrainerCallback):
+    """Step i/N, the raw reward mean, seconds per step and time left, in the notebook and on the runner's terminal."""
+
+    def __init__(self, reward: PolicyReward):
+        self.reward, self.progress = reward, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress = Progress(args.max_steps, f"RLHF ({self.reward.__name__} reward)", unit="step")
+        self.progress.update(state.global_step)  # a resumed training starts where it stopped
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs and "reward" in logs:
+            raw = logs["reward"] * self.reward.normalizer.std + self.reward.normalizer.mean
+            self.progress.update(state.global_step - self.progress.done, reward_mean=raw)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.close()
 
 
 def resume_or_finish(trainer, output_dir: Path) -> int:
