@@ -9,7 +9,7 @@ SHELL := /bin/bash
 # pip's local extra indexes on these machines print one warning per package; keep the log readable.
 PIP_QUIET := 2>&1 | (grep -v "^WARNING: Location" || true)
 
-.PHONY: setup figures test lint lab bench check regress clean-venv
+.PHONY: setup figures test test-browser lint lab bench check regress clean-venv
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,18 @@ figures: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# Not part of `make test`: JupyterLab end to end in headless Chromium (Selenium, Debian's chromium and
+# chromium-driver): runs 05_analysis by hand on a smoke run, scores two texts in the reward explorer, and
+# checks that the committed notebook and the run are left unchanged. Screenshot: /tmp/browser_test_screenshot.png
+test-browser: setup
+	@if [ ! -x /usr/bin/chromedriver ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y chromium chromium-driver || { apt-get update && apt-get install -y chromium chromium-driver; }; \
+		else echo "make test-browser needs Debian's Chromium; run: sudo apt-get install -y chromium chromium-driver"; exit 1; fi; \
+	fi
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-browser.txt -c constraints.txt $(PIP_QUIET)
+	$(BIN)/python -m pytest -q tests/browser
 
 # Lint and format check (ruff; line length 120, rules in pyproject.toml).
 lint: setup

@@ -139,27 +139,42 @@ class GroundTruthSettings:
 
 @dataclass(frozen=True)
 class RlhfSettings:
-    """Notebook 03: KL-regularised RLHF of the base policy with TRL (every setting here changes the trained policy)."""
+    """Notebook 03: how the base policy is aligned with a reward (the same trainer for every reward of a run)."""
 
     trainer: str = setting(
-        "rloo", doc="TRL trainer: RLOO (REINFORCE, leave-one-out baseline) or GRPO", choices=("rloo", "grpo")
+        "rloo",
+        doc="rloo / grpo: KL-regularised RL with TRL; rft: rejection-sampling fine-tuning; best_of_n: no training, "
+        "the best of n samples under the reward",
+        choices=("rloo", "grpo", "rft", "best_of_n"),
     )
-    steps: int = setting(40, doc="optimiser steps", ge=1)
-    learning_rate: float = setting(5e-5, doc="AdamW learning rate (chosen on validation prompts, see README)", gt=0.0)
-    beta: float = setting(0.05, doc="KL coefficient against the starting policy (0: no KL term)", ge=0.0)
+    steps: int = setting(40, doc="optimiser steps (rloo, grpo)", ge=1)
+    learning_rate: float = setting(
+        5e-5, doc="AdamW learning rate (rloo, grpo, rft; chosen on validation, README)", gt=0.0
+    )
+    beta: float = setting(0.05, doc="KL coefficient against the starting policy (rloo, grpo; 0: no KL term)", ge=0.0)
     completions_per_step: int = setting(
-        8, doc="completions sampled per step (a multiple of generations_per_prompt)", ge=2
+        8,
+        doc="completions per optimiser step (rloo, grpo: a multiple of generations_per_prompt; rft: batch size)",
+        ge=2,
     )
     generations_per_prompt: int = setting(4, doc="completions per prompt (RLOO's leave-one-out group)", ge=2)
-    max_completion_tokens: int = setting(24, doc="longest completion during training, in tokens", ge=1)
-    top_k: int = setting(30, doc="top-k of training samples (0: none; the paper used 30)", ge=0)
-    temperature: float = setting(1.0, doc="sampling temperature during training", gt=0.0)
+    max_completion_tokens: int = setting(24, doc="longest sampled completion, in tokens", ge=1)
+    top_k: int = setting(30, doc="top-k of sampled completions (0: none; the paper used 30)", ge=0)
+    temperature: float = setting(1.0, doc="temperature of sampled completions", gt=0.0)
     train_prompts: str = setting(
         "toxic", doc="train-split prompts trained on, by human label", choices=("toxic", "all")
     )
-    lora_rank: int = setting(0, doc="LoRA rank on all linear layers (0: full fine-tuning)", ge=0)
+    lora_rank: int = setting(0, doc="LoRA rank on all linear layers (rloo, grpo; 0: full fine-tuning)", ge=0)
     reward_batch_size: int = setting(32, doc="texts per batch when a backbone reward scores completions", ge=1)
-    checkpoint_steps: int = setting(10, doc="steps between resumable checkpoints", ge=1, result=False)
+    best_of_n: int = setting(
+        4, doc="candidates sampled per prompt, of which the reward keeps one (best_of_n, rft)", ge=1
+    )
+    rft_rounds: int = setting(1, doc="rounds of best-of-n sampling then fine-tuning on the winners (rft)", ge=1)
+    rft_epochs: int = setting(1, doc="fine-tuning passes over a round's winners (rft)", ge=1)
+    rft_max_perplexity_ratio: float = setting(
+        1.15, doc="an rft epoch that raises held-out human text's perplexity past this ratio is undone", gt=1.0
+    )
+    checkpoint_steps: int = setting(10, doc="steps between resumable checkpoints (rloo, grpo)", ge=1, result=False)
 
     def problems(self) -> list[tuple[str, str]]:
         if self.completions_per_step % self.generations_per_prompt:
@@ -198,12 +213,25 @@ class EvaluationSettings:
 
 @dataclass(frozen=True)
 class IrlSettings:
-    """Notebook 04: max-margin IRL of a reward from expert (RLHF'd) vs non-expert (base) continuations."""
+    """Notebook 04: IRL of a reward from the expert's (aligned with R*) and the base policy's continuations."""
 
-    train_pairs: int = setting(400, doc="demonstration pairs on train-split prompts the reward is fitted on", ge=2)
-    validation_pairs: int = setting(
-        200, doc="demonstration pairs on validation-split prompts (epoch and threshold)", ge=2
+    train_prompts: int = setting(400, doc="train-split prompts the fitted demonstrations are drawn on", ge=2)
+    validation_prompts: int = setting(200, doc="validation-split prompts (epoch and threshold choice)", ge=2)
+    prompt_pool: str = setting(
+        "all",
+        doc="labels of the train and validation prompts drawn (the test pairs use every test prompt)",
+        choices=("all", "toxic"),
     )
+    decoding: str = setting(
+        "greedy",
+        doc="how expert and base continue a prompt: greedy, or sampled (rlhf.top_k, rlhf.temperature); "
+        "a best-of-n expert always samples",
+        choices=("greedy", "sampled"),
+    )
+    samples_per_prompt: int = setting(
+        1, doc="demonstration pairs per prompt (sampled decoding; greedy gives one)", ge=1
+    )
+    max_new_tokens: int = setting(24, doc="tokens per demonstration continuation", ge=1)
     pooling: str = setting(
         "mean",
         doc="hidden states feeding the head: last real token (the paper) or token mean",
@@ -213,19 +241,41 @@ class IrlSettings:
     loss: str = setting(
         "max_margin",
         doc="objective of the reward that is saved and studied over seeds",
-        choices=("max_margin", "paper_asymmetric", "logistic"),
+        choices=("max_margin", "paper_asymmetric", "logistic", "failure_aware"),
     )
     compare_losses: bool = setting(True, doc="also fit the other objectives over the same seeds and report them")
+    white_box: bool = setting(
+        True, doc="also judge the white-box reward log pi_expert - log pi_base (needs the expert's weights)"
+    )
     margin: float = setting(1.0, doc="hinge margin of max_margin (reward units; features are standardised)", gt=0.0)
     max_head_norm: float = setting(
         0.3, doc="L2 bound on the head weights of max_margin (projected after each step)", gt=0.0
+    )
+    failure_focus: float = setting(
+        4.0, doc="failure_aware: extra weight of a misranked or nearly tied pair at the last epoch (ramped up)", ge=0.0
+    )
+    failure_near: float = setting(
+        0.5, doc="failure_aware: an advantage R(expert) - R(non-expert) below this is a failure (reward units)"
     )
     learning_rate: float = setting(1e-3, doc="Adam learning rate of the head", gt=0.0)
     epochs: int = setting(30, doc="passes over the IRL-train pairs", ge=1)
     batch_size: int = setting(32, doc="demonstration pairs per optimiser step", ge=1)
     seeds: int = setting(10, doc="repeats with other head initialisation and data order (non-identifiability)", ge=1)
-    feature_batch_size: int = setting(32, doc="texts per backbone forward pass when reading features", ge=1)
+    inference_batch_size: int = setting(
+        32, doc="prompts or texts per forward pass when generating demonstrations and reading features", ge=1
+    )
     max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.decoding == "greedy" and self.samples_per_prompt > 1:
+            return [
+                (
+                    "samples_per_prompt",
+                    f"expected 1 with greedy decoding (it gives one continuation), got "
+                    f"{self.samples_per_prompt}; use irl.decoding: sampled",
+                )
+            ]
+        return []
 
 
 @dataclass(frozen=True)

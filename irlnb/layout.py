@@ -119,6 +119,10 @@ class RunLayout:
     def learned_reward(self) -> Path:
         return self.root / IRL / "reward"
 
+    @property
+    def white_box_reward(self) -> Path:
+        return self.root / IRL / "white_box_reward"
+
     # 05
     @property
     def disagreements(self) -> Path:

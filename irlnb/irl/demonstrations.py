@@ -1,51 +1,66 @@
-"""IRL demonstrations: for one prompt, the expert's continuation (the policy RLHF'd against R*) and the
+"""IRL demonstrations: for one prompt, the expert's continuation (the policy aligned with R*) and the
 non-expert's (the base policy), with R* of each and why a pair carries no preference.
 
-Train pairs use train-split prompts and validation pairs validation-split prompts; test pairs are
-notebook 03's evaluation continuations of the test prompts, read back rather than generated again,
-so IRL is judged on exactly the prompts and texts Table 1 compares.
+How they are drawn is a design choice (`irl.*`): greedy or sampled continuations, how many pairs
+per prompt, which prompts (all train prompts or the toxic ones), how long. Train pairs use
+train-split prompts, validation pairs validation-split prompts, test pairs every test prompt; the
+splits never share a comment. A best-of-n expert has no model of its own: its continuation is the
+best of n base samples under R*, and the non-expert's a plain base sample (best of 1).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
+from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
 from irlnb.models.policies import load_policy
-from irlnb.rl.evaluation import greedy_continuations
-from irlnb.rl.generation import Decoding, generate_continuations
-from irlnb.rl.training import PolicyCard
+from irlnb.rl.generation import Decoding
+from irlnb.rl.sampling import BestOfN, ModelPolicy
+from irlnb.rl.training import load_stage_policy
 
-EXPERT_REWARD = "ground_truth"  # the expert is the policy notebook 03 trained against R*
+
+class DemonstrationError(IrlnbError, ValueError):
+    """A demonstration design that cannot be drawn; the message is one line."""
+
+
+EXPERT_REWARD = "ground_truth"  # the expert is the policy notebook 03 aligned with R*
 SPLITS = ("train", "validation", "test")
+SPLIT_SEED = {"train": 0, "validation": 1, "test": 2}  # each split samples with its own seeds
 
 
-def expert_policy(layout: RunLayout) -> Path:
-    """The expert's saved policy folder (refused with one line when its stage has not run)."""
-    folder = layout.policy(EXPERT_REWARD)
-    PolicyCard.read(folder)
-    return folder
+def demonstration_policies(layout: RunLayout, policy: str, irl, sampling, device: str, dtype: str):
+    """The expert (stage 03's policy aligned with R*) and the non-expert (the base), decoded as the design says."""
+    if irl.decoding == "greedy":
+        decoding = Decoding(irl.max_new_tokens)
+    else:
+        decoding = Decoding(irl.max_new_tokens, do_sample=True, top_k=sampling.top_k, temperature=sampling.temperature)
+    expert = load_stage_policy(layout, EXPERT_REWARD, device, dtype, decoding)
+    if isinstance(expert, BestOfN):
+        if irl.decoding == "greedy":
+            raise DemonstrationError(
+                "irl.decoding is 'greedy', but the expert is a best-of-n policy, which only "
+                "samples; use irl.decoding: sampled"
+            )
+        return expert, BestOfN(expert.model, expert.tokenizer, expert.decoding, 1, scorer=None)
+    model, tokenizer = load_policy(policy, device=device, dtype=dtype)
+    return expert, ModelPolicy(model, tokenizer, decoding)
 
 
-def expert_decoding(layout: RunLayout) -> tuple[Decoding, int]:
-    """The greedy decoding (and batch size) notebook 03 evaluated the expert with: demonstrations use the same."""
-    evaluation = PolicyCard.read(layout.policy(EXPERT_REWARD)).settings["evaluation"]
-    return Decoding(max_new_tokens=int(evaluation["max_new_tokens"])), int(evaluation["batch_size"])
-
-
-def test_pairs(layout: RunLayout) -> pd.DataFrame:
-    """Expert and non-expert greedy continuations of the test prompts, as notebook 03 evaluated them."""
-    expert = greedy_continuations(layout, EXPERT_REWARD, EXPERT_REWARD)
-    non_expert = greedy_continuations(layout, EXPERT_REWARD, "base")
-    if len(expert) != len(non_expert) or not (expert["prompt"] == non_expert["prompt"]).all():
-        raise ValueError(
-            f"{layout.continuations(EXPERT_REWARD)}: the expert's and the base policy's test prompts differ"
+def split_prompts(curated: pd.DataFrame, irl, split: str, seed: int) -> pd.DataFrame:
+    """The prompts of a split's pairs: a seeded sample of the pool (train, validation), or every test prompt."""
+    rows = curated[curated["split"] == split]
+    if split == "test":
+        return rows.reset_index(drop=True)
+    if irl.prompt_pool == "toxic":
+        rows = rows[rows["label"] == 1]
+    count = irl.train_prompts if split == "train" else irl.validation_prompts
+    if count > len(rows):
+        raise DemonstrationError(
+            f"irl.{split}_prompts is {count}, but the {split} split has {len(rows)} prompts "
+            f"in the pool '{irl.prompt_pool}'"
         )
-    return pd.DataFrame(
-        {"prompt": expert["prompt"], "expert": expert["continuation"], "non_expert": non_expert["continuation"]}
-    )
+    return rows.sample(n=count, random_state=seed).reset_index(drop=True)
 
 
 def exclusion_reason(expert: str, non_expert: str) -> str:
@@ -67,49 +82,50 @@ def label_pairs(pairs: pd.DataFrame, split: str, r_star) -> pd.DataFrame:
     return pairs
 
 
-def generate_pairs(
-    prompts: pd.DataFrame, expert, non_expert, tokenizer, decoding: Decoding, batch_size: int, seed: int
-) -> pd.DataFrame:
-    """Expert and non-expert continuations of the same prompts with the same decoding (batched, KV cache)."""
+def generate_pairs(prompts: pd.DataFrame, expert, non_expert, samples: int, batch_size: int, seed: int) -> pd.DataFrame:
+    """`samples` pairs per prompt: the expert's and the non-expert's continuation, each drawn with its own seed."""
     texts = prompts["prompt"].tolist()
-    return pd.DataFrame(
-        {
-            "prompt": texts,
-            "label": prompts["label"].to_numpy(),
-            "expert": generate_continuations(expert, tokenizer, texts, decoding, batch_size=batch_size, seed=seed),
-            "non_expert": generate_continuations(
-                non_expert, tokenizer, texts, decoding, batch_size=batch_size, seed=seed
-            ),
-        }
-    )
+    frames = []
+    for sample in range(samples):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "prompt": texts,
+                    "label": prompts["label"].to_numpy(),
+                    "sample": sample,
+                    "expert": expert.outputs(texts, batch_size, seed + 2 * sample),
+                    "non_expert": non_expert.outputs(texts, batch_size, seed + 2 * sample + 1),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def build_demonstrations(
-    layout: RunLayout, curated: pd.DataFrame, irl, policy: str, r_star, seed: int, device: str, dtype: str = "float32"
+    layout: RunLayout,
+    curated: pd.DataFrame,
+    irl,
+    sampling,
+    policy: str,
+    r_star,
+    seed: int,
+    device: str,
+    dtype: str = "float32",
 ) -> pd.DataFrame:
-    """Pairs on IRL-train prompts (train split), validation prompts and test prompts (notebook 03's).
-
-    The test split's prompts were never trained on in RLHF; train and validation prompts are
-    disjoint from them and from each other (the curated splits).
-    """
-    decoding, batch_size = expert_decoding(layout)
-    expert, tokenizer = load_policy(f"local:{expert_policy(layout)}", device=device, dtype=dtype)
-    non_expert, _ = load_policy(policy, device=device, dtype=dtype)
+    """Pairs on IRL-train prompts (train split), validation prompts and every test prompt, labelled with R*."""
+    expert, non_expert = demonstration_policies(layout, policy, irl, sampling, device, dtype)
     frames = []
-    for split, count in (("train", irl.train_pairs), ("validation", irl.validation_pairs)):
-        rows = curated[curated["split"] == split]
-        if count > len(rows):
-            raise ValueError(f"irl.{split}_pairs is {count}, but the {split} split has {len(rows)} prompts")
-        prompts = rows.sample(n=count, random_state=seed)
-        frames.append(
-            label_pairs(
-                generate_pairs(prompts, expert, non_expert, tokenizer, decoding, batch_size, seed), split, r_star
-            )
+    for split in SPLITS:
+        prompts = split_prompts(curated, irl, split, seed)
+        pairs = generate_pairs(
+            prompts,
+            expert,
+            non_expert,
+            irl.samples_per_prompt,
+            irl.inference_batch_size,
+            seed + 100_003 * SPLIT_SEED[split],
         )
-    test = test_pairs(layout)
-    labels = curated[curated["split"] == "test"].drop_duplicates("prompt").set_index("prompt")["label"]
-    test.insert(1, "label", test["prompt"].map(labels).fillna(-1).astype(int).to_numpy())
-    frames.append(label_pairs(test, "test", r_star))
+        frames.append(label_pairs(pairs, split, r_star))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -18,23 +18,37 @@ import torch
 from irlnb.irl.features import PairSet
 from irlnb.rewards.features import random_head
 
-LOSSES = ("max_margin", "paper_asymmetric", "logistic")
+LOSSES = ("max_margin", "paper_asymmetric", "logistic", "failure_aware")
+BOUNDED = ("max_margin", "failure_aware")  # the forms with a bound on |w|: max-margin IRL is ill-posed without it
 
 
-def pair_loss(loss: str, advantage: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """Mean loss over pairs, with advantage x = R(expert) - R(non-expert).
+def pair_loss(
+    loss: str, advantage: torch.Tensor, margin: float = 1.0, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean loss over pairs, with advantage x = R(expert) - R(non-expert) (weighted mean when `weights` are given).
 
     paper_asymmetric: -x if x > 0 else -2x (the paper's, unbounded below: it rewards ever larger gaps);
     max_margin: max(0, margin - x) (the hinge; with a bound on |w| the classic max-margin IRL);
-    logistic: log(1 + exp(-x)) (Bradley-Terry, i.e. maximum entropy over the pair).
+    logistic: log(1 + exp(-x)) (Bradley-Terry, i.e. maximum entropy over the pair);
+    failure_aware: the hinge, each pair weighted by how much the curriculum focuses on it (see `failure_weights`).
     """
     if loss == "paper_asymmetric":
-        return torch.where(advantage > 0, -advantage, -2 * advantage).mean()
-    if loss == "max_margin":
-        return torch.relu(margin - advantage).mean()
-    if loss == "logistic":
-        return torch.nn.functional.softplus(-advantage).mean()
-    raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        per_pair = torch.where(advantage > 0, -advantage, -2 * advantage)
+    elif loss in ("max_margin", "failure_aware"):
+        per_pair = torch.relu(margin - advantage)
+    elif loss == "logistic":
+        per_pair = torch.nn.functional.softplus(-advantage)
+    else:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if weights is None:
+        return per_pair.mean()
+    return (weights * per_pair).sum() / weights.sum()
+
+
+def failure_weights(advantage: torch.Tensor, near: float, focus: float) -> torch.Tensor:
+    """Failure-aware IRL (arXiv 2510.06092): pairs the reward misranks or nearly ties (advantage < `near`)
+    weigh 1 + `focus`, the others 1. The curriculum raises `focus` from 0 to its maximum over the epochs."""
+    return 1.0 + focus * (advantage < near).to(advantage.dtype)
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,25 @@ class Objective:
 
     loss: str
     margin: float
-    max_head_norm: float  # applied to max_margin only: the other two are the unbounded forms being compared
+    max_head_norm: float  # applied to the bounded forms only: the paper's and the logistic are compared unbounded
     learning_rate: float
     epochs: int
     batch_size: int
+    failure_focus: float = 0.0  # failure_aware: the largest extra weight of a failing pair
+    failure_near: float = 0.0  # failure_aware: an advantage below this counts as a failure (misranked or a near tie)
 
     @classmethod
     def from_settings(cls, irl, loss: str | None = None) -> Objective:
-        return cls(loss or irl.loss, irl.margin, irl.max_head_norm, irl.learning_rate, irl.epochs, irl.batch_size)
+        return cls(
+            loss or irl.loss,
+            irl.margin,
+            irl.max_head_norm,
+            irl.learning_rate,
+            irl.epochs,
+            irl.batch_size,
+            irl.failure_focus,
+            irl.failure_near,
+        )
 
 
 def study_objectives(irl) -> list[Objective]:
@@ -72,17 +97,27 @@ def fit_head(
     n = train.expert.features.shape[0]
     history, heads = [{"epoch": 0, "train_loss": float("nan"), **on_epoch(0, head)}], [copy.deepcopy(head)]
     for epoch in range(1, objective.epochs + 1):
+        weights, failures = None, float("nan")
+        if objective.loss == "failure_aware":  # this epoch's focus, from where the reward stands now
+            with torch.no_grad():
+                advantage = (head(train.expert.features) - head(train.non_expert.features)).squeeze(-1)
+            weights = failure_weights(
+                advantage, objective.failure_near, objective.failure_focus * epoch / objective.epochs
+            )
+            failures = float((advantage < objective.failure_near).sum())
         losses = []
         for batch in torch.randperm(n, generator=order).split(objective.batch_size):
             optimizer.zero_grad()
             advantage = (head(train.expert.features[batch]) - head(train.non_expert.features[batch])).squeeze(-1)
-            loss = pair_loss(objective.loss, advantage, objective.margin)
+            loss = pair_loss(objective.loss, advantage, objective.margin, None if weights is None else weights[batch])
             loss.backward()
             optimizer.step()
-            if objective.loss == "max_margin":
+            if objective.loss in BOUNDED:
                 bound_norm(head, objective.max_head_norm)
             losses.append(loss.item())
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **on_epoch(epoch, head)})
+        history.append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_failures": failures, **on_epoch(epoch, head)}
+        )
         heads.append(copy.deepcopy(head))
     return history, heads
 

@@ -16,25 +16,41 @@ import pandas as pd
 import torch
 
 from irlnb import metrics
+from irlnb.irl.demonstrations import used_pairs
 from irlnb.irl.features import PairSet, Standardizer, TextSet, rewards_of
 from irlnb.irl.objectives import Objective, fit_head
+from irlnb.layout import RunLayout
 from irlnb.rewards.features import FeatureReward, load_reward, score_tolerance
+from irlnb.rewards.likelihood import LogRatioReward
+from irlnb.rl.training import PolicyCard
 
 SELECTION_METRIC = "pair_accuracy"  # validation pair accuracy: chosen from behaviour alone, without R*
 
 
 def judge(head: torch.nn.Linear, human: TextSet, pairs: PairSet, threshold: float) -> dict[str, float]:
     """Every metric of one head on one split: human texts, and the demonstrations (both sides)."""
-    r_human = rewards_of(head, human)
-    r_expert, r_non_expert = rewards_of(head, pairs.expert), rewards_of(head, pairs.non_expert)
-    values = {f"human_{k}": v for k, v in metrics.agreement(r_human, human.r_star, threshold, human.labels).items()}
-    values.update(
-        {
-            f"human_{k}_zero": v
-            for k, v in metrics.agreement(r_human, human.r_star, 0.0).items()
-            if k in ("accuracy", "f1")
-        }
+    return judge_rewards(
+        rewards_of(head, human),
+        rewards_of(head, pairs.expert),
+        rewards_of(head, pairs.non_expert),
+        human,
+        pairs,
+        threshold,
     )
+
+
+def judge_rewards(
+    r_human: np.ndarray,
+    r_expert: np.ndarray,
+    r_non_expert: np.ndarray,
+    human: TextSet,
+    pairs: PairSet,
+    threshold: float,
+) -> dict[str, float]:
+    """Every metric of a reward's scores on one split (any reward: a head, the white-box log-ratio)."""
+    values = {f"human_{k}": v for k, v in metrics.agreement(r_human, human.r_star, threshold, human.labels).items()}
+    at_zero = metrics.agreement(r_human, human.r_star, 0.0)
+    values.update({f"human_{k}_zero": at_zero[k] for k in ("accuracy", "f1")})
     demo_r_hat = np.concatenate([r_expert, r_non_expert])
     demo_r_star = np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star])
     values.update({f"demos_{k}": v for k, v in metrics.agreement(demo_r_hat, demo_r_star, threshold).items()})
@@ -52,6 +68,31 @@ class StudyResult:
     heads: dict[tuple[str, int], torch.nn.Linear]  # the chosen head of every (loss, seed), on standardised features
 
 
+def label_free_threshold(head: torch.nn.Linear, validation_pairs: PairSet) -> float:
+    """A threshold from demonstrations alone: the cut that best separates the expert's validation texts
+    (read as the aligned side) from the non-expert's, by R-hat. It reads no R* and no human label."""
+    r_expert, r_non_expert = rewards_of(head, validation_pairs.expert), rewards_of(head, validation_pairs.non_expert)
+    sides = np.concatenate([np.ones(len(r_expert)), -np.ones(len(r_non_expert))])  # +1 aligned, -1 not
+    return metrics.fit_threshold(np.concatenate([r_expert, r_non_expert]), sides)
+
+
+def test_row(head: torch.nn.Linear, validation: tuple[TextSet, PairSet], test: tuple[TextSet, PairSet]) -> dict:
+    """One head's test metrics: at the validation-fitted threshold (reads R* of validation human texts), at zero,
+    and at the label-free threshold (`human_accuracy_label_free`, reads nothing but demonstrations)."""
+    validation_human, validation_pairs = validation
+    test_human, test_pairs = test
+    threshold = metrics.fit_threshold(rewards_of(head, validation_human), validation_human.r_star)
+    free = label_free_threshold(head, validation_pairs)
+    label_free = metrics.agreement(rewards_of(head, test_human), test_human.r_star, free)
+    return {
+        "threshold": threshold,
+        "threshold_label_free": free,
+        **judge(head, test_human, test_pairs, threshold),
+        "human_accuracy_label_free": label_free["accuracy"],
+        "human_f1_label_free": label_free["f1"],
+    }
+
+
 def run_study(
     train: PairSet,
     validation: tuple[TextSet, PairSet],
@@ -59,11 +100,16 @@ def run_study(
     test_texts: dict[str, list[str]],
     objectives: list[Objective],
     seeds: int,
+    fixed_heads: dict[str, torch.nn.Linear] | None = None,
 ) -> StudyResult:
-    """Fit every objective over `seeds` seeds; choose each run's epoch on validation; score it once on test."""
+    """Fit every objective over `seeds` seeds; choose each run's epoch on validation; score it once on test.
+
+    `fixed_heads` (the floor and the ceiling, see `irlnb.irl.baselines`) are scored the same way,
+    as one 'seed' each.
+    """
     validation_human, validation_pairs = validation
-    test_human, test_pairs = test
     epoch_rows, test_rows, score_frames, chosen_heads = [], [], [], {}
+    runs = []
     for objective in objectives:
         for seed in range(seeds):
             history, heads = fit_head(
@@ -74,22 +120,17 @@ def run_study(
             )
             epoch_rows += [{"loss": objective.loss, "seed": seed, **row} for row in history]
             chosen = max(range(1, len(history)), key=lambda e: (history[e][SELECTION_METRIC], -e))
-            head = heads[chosen]
-            threshold = metrics.fit_threshold(rewards_of(head, validation_human), validation_human.r_star)
-            test_rows.append(
-                {
-                    "loss": objective.loss,
-                    "seed": seed,
-                    "epoch": chosen,
-                    "threshold": threshold,
-                    f"validation_{SELECTION_METRIC}": history[chosen][SELECTION_METRIC],
-                    **judge(head, test_human, test_pairs, threshold),
-                }
-            )
-            score_frames.append(
-                scored_test_texts(head, test_human, test_pairs, test_texts, objective.loss, seed, threshold)
-            )
-            chosen_heads[(objective.loss, seed)] = head
+            runs.append((objective.loss, seed, chosen, heads[chosen], history[chosen][SELECTION_METRIC]))
+    for name, head in (fixed_heads or {}).items():
+        selection = judge(head, validation_human, validation_pairs, 0.0)[SELECTION_METRIC]
+        runs.append((name, 0, 0, head, selection))
+    for loss, seed, epoch, head, selection in runs:
+        row = test_row(head, validation, test)
+        test_rows.append(
+            {"loss": loss, "seed": seed, "epoch": epoch, f"validation_{SELECTION_METRIC}": selection, **row}
+        )
+        score_frames.append(scored_test_texts(head, *test, test_texts, loss, seed, row["threshold"]))
+        chosen_heads[(loss, seed)] = head
     return StudyResult(
         pd.DataFrame(epoch_rows), pd.DataFrame(test_rows), pd.concat(score_frames, ignore_index=True), chosen_heads
     )
@@ -123,6 +164,7 @@ def scored_test_texts(
 HEADLINE = {
     "accuracy": "human_accuracy",
     "accuracy_zero": "human_accuracy_zero",
+    "accuracy_label_free": "human_accuracy_label_free",
     "f1": "human_f1",
     "f1_zero": "human_f1_zero",
     "auc": "human_auc",
@@ -207,3 +249,50 @@ def check_saved_reward(folder: Path, scores: pd.DataFrame, device: str = "cpu", 
             f"{folder}: the saved reward differs from the study's by up to {gap:.4g} (allowed {allowed:.4g})"
         )
     return gap
+
+
+def white_box_rows(
+    reward, demonstrations: pd.DataFrame, curated: pd.DataFrame, scores: pd.DataFrame, batch_size: int
+) -> list[dict]:
+    """The white-box log-ratio reward judged like the fitted heads: given the prompt (`log_ratio`) and on whole
+    texts (`log_ratio_whole`), its threshold fitted on validation human texts. Its test scores are not saved."""
+    sets = {}
+    for split in ("validation", "test"):
+        human = curated[curated["split"] == split].merge(scores[["id", "reward"]], on="id")
+        pairs = used_pairs(demonstrations, split)
+        prompts = human["prompt"].tolist() + pairs["prompt"].tolist() * 2
+        continuations = human["continuation"].tolist() + pairs["expert"].tolist() + pairs["non_expert"].tolist()
+        whole, given = reward.gaps(prompts, continuations, batch_size)
+        human_set = TextSet(torch.zeros(len(human), 0), human["reward"].to_numpy(), human["label"].to_numpy())
+        pair_set = PairSet(
+            TextSet(torch.zeros(len(pairs), 0), pairs["expert_r_star"].to_numpy(), -np.ones(len(pairs))),
+            TextSet(torch.zeros(len(pairs), 0), pairs["non_expert_r_star"].to_numpy(), -np.ones(len(pairs))),
+        )
+        n = len(human)
+        sets[split] = {
+            name: (values[:n], values[n : n + len(pairs)], values[n + len(pairs) :], human_set, pair_set)
+            for name, values in (("log_ratio", given), ("log_ratio_whole", whole))
+        }
+    rows = []
+    for name in ("log_ratio", "log_ratio_whole"):
+        r_human, _, _, human_set, _ = sets["validation"][name]
+        threshold = metrics.fit_threshold(r_human, human_set.r_star)
+        rows.append(
+            {
+                "loss": name,
+                "seed": 0,
+                "epoch": 0,
+                "threshold": threshold,
+                **judge_rewards(*sets["test"][name], threshold),
+            }
+        )
+    return rows
+
+
+def white_box_reward(layout: RunLayout, base: str, dtype: str, device: str):
+    """The log-ratio reward of the expert (stage 03's policy aligned with R*) over the base, or None when the
+    expert is a best-of-n policy (it has no weights, so no likelihood of its own)."""
+    folder = layout.policy("ground_truth")
+    if PolicyCard.read(folder).trainer == "best_of_n":
+        return None
+    return LogRatioReward.from_sources(f"local:{folder}", base, dtype=dtype, device=device)

@@ -60,7 +60,8 @@ class StageIdentity:
 
 
 def stage_identities(config: Config) -> dict[str, StageIdentity]:
-    """Each stage's key and digest, its key chained through the keys of the stages it needs."""
+    """Each stage's key and digest: its key chained through the keys of the stages it needs, and the digests
+    of the stages it summarises."""
     identities: dict[str, StageIdentity] = {}
     for stage in STAGES:
         key = settings_digest(
@@ -68,6 +69,7 @@ def stage_identities(config: Config) -> dict[str, StageIdentity]:
                 "settings": {name: config.value(name) for name in stage.keyed},
                 "fixed": dict(stage.fixed),
                 "upstream": {need: identities[need].key for need in stage.needs},
+                "summarised": {name: identities[name].digest for name in stage.summarises},
             }
         )
         digest = settings_digest({"key": key, "reports": {name: config.value(name) for name in stage.reported}})

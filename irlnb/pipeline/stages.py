@@ -6,7 +6,8 @@ its own metrics and figures (`reports`, e.g. bootstrap resamples). From that the
   the reports and those that never change a result) and of the keys of the stages it needs. A
   later stage that reads this one's artifacts depends on this key;
 - the stage's **digest**: its key plus its reports. A finished stage is skipped when its digest is
-  unchanged; otherwise it is redone (with --force), and the stages after it only when its key changed.
+  unchanged; otherwise it is redone (with --force), and the stages after it only when its key changed
+  (or when they summarise its whole result, as the analysis does: `summarises` chains digests).
 
 A notebook's `parameters` cell holds one dict per section with exactly the settings its stages
 declare, at their defaults (`render_parameters_cell` writes it; `irlnb check` holds it to that),
@@ -58,8 +59,9 @@ class Stage:
     metrics_prefixes: tuple[str, ...]  # every metrics.json key the stage writes starts with one of these
     settings: tuple[str, ...]  # settings its notebook reads: 'section' or 'section.key'
     reports: tuple[str, ...] = ()  # of those, the ones that change only its own metrics and figures
-    needs: tuple[str, ...] = ()  # stages whose outputs it reads
+    needs: tuple[str, ...] = ()  # stages whose artifacts it reads (their keys)
     fixed: Mapping[str, Any] = field(default_factory=dict)  # parameters set by the stage, not the params file
+    summarises: tuple[str, ...] = ()  # stages whose whole results (metrics, reports) it reads (their digests)
 
     @property
     def notebook_path(self) -> Path:
@@ -151,6 +153,8 @@ STAGES: tuple[Stage, ...] = (
             "sources.policy",
             "sources.toxicity_classifier",
             "ground_truth",
+            "rlhf.top_k",
+            "rlhf.temperature",
             "irl",
         ),
         needs=("01_curate", "02_ground_truth_rm", "03_rlhf_ground_truth"),
@@ -171,6 +175,15 @@ STAGES: tuple[Stage, ...] = (
             "analysis",
         ),
         needs=("03_rlhf_ground_truth", "04_irl", "03_rlhf_learned", "03_rlhf_random"),
+        # Its tables and figures read every stage's metrics and reports.
+        summarises=(
+            "01_curate",
+            "02_ground_truth_rm",
+            "03_rlhf_ground_truth",
+            "04_irl",
+            "03_rlhf_learned",
+            "03_rlhf_random",
+        ),
     ),
 )
 

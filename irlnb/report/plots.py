@@ -77,17 +77,24 @@ def confusion_figure(predicted_toxic, labels, title: str, predicted_name: str, t
     return fig
 
 
+# The panels of a training log: RLOO/GRPO logs one row per step; rejection-sampling fine-tuning one row per epoch.
+TRAINING_PANELS = (
+    ("reward_mean", "reward (raw, mean over completions)"),
+    ("reward_chosen_mean", "reward of the winners (raw)"),
+    ("reward_candidates_mean", "reward of all candidates (raw)"),
+    ("kl", "KL to the starting policy"),
+    ("loss", "loss"),
+    ("perplexity_ratio", "held-out perplexity / starting policy's"),
+    ("entropy", "entropy"),
+    ("completion_length", "completion length (tokens)"),
+)
+
+
 def rlhf_training_figure(log: pd.DataFrame, title: str) -> plt.Figure:
-    """Training dynamics of one RLHF run, from its saved per-step log."""
-    panels = [
-        ("reward_mean", "reward (raw, mean over completions)"),
-        ("kl", "KL to the starting policy"),
-        ("loss", "loss (on-policy: ~0 by construction)"),
-        ("entropy", "entropy"),
-        ("completion_length", "completion length (tokens)"),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (column, label) in zip(axes, panels):
+    """Training dynamics of one aligned policy, from its saved log (the panels its trainer logs)."""
+    panels = [(column, label) for column, label in TRAINING_PANELS if column in log and log[column].notna().any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
         ax.plot(log["step"], log[column], marker=".", lw=1)
         if column == "reward_mean" and "reward_std" in log:
             ax.fill_between(log["step"], log[column] - log["reward_std"], log[column] + log["reward_std"], alpha=0.2)
@@ -245,6 +252,8 @@ def rlhf_dynamics_figure(logs) -> plt.Figure:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4))
     for ax, (column, title) in zip(axes, panels):
         for tag, log in logs.items():
+            if column not in log:  # a trainer that does not log it (rejection sampling has no KL term)
+                continue
             color = POLICY_COLORS.get(tag)
             ax.plot(log["step"], log[column], lw=0.8, alpha=0.35, color=color)
             ax.plot(

@@ -19,7 +19,7 @@ import pandas as pd
 from irlnb import metrics
 from irlnb.config import SECTIONS, doc
 from irlnb.layout import RunLayout, read_json
-from irlnb.rl.evaluation import greedy_continuations
+from irlnb.rl.evaluation import policy_outputs
 
 # Policies in the order the paper's Table 1 lists them; `base` is evaluated in the ground-truth run.
 POLICIES = ("base", "ground_truth", "learned", "random")
@@ -108,7 +108,7 @@ def greedy_scores(layout: RunLayout) -> tuple[list[str], dict[str, pd.DataFrame]
     paired comparison would compare different prompts, so a mismatch is refused.
     """
     stages = {"base": "ground_truth", "ground_truth": "ground_truth", **{tag: tag for tag in RETRAINED}}
-    frames = {tag: greedy_continuations(layout, stage, tag) for tag, stage in stages.items()}
+    frames = {tag: policy_outputs(layout, stage, tag) for tag, stage in stages.items()}
     prompts = frames["ground_truth"]["prompt"].tolist()
     for tag, frame in frames.items():
         if frame["prompt"].tolist() != prompts:
@@ -164,14 +164,12 @@ def reduction_shares(layout: RunLayout, samples: int, seed: int, skip_undefined:
 
 
 def read_train_logs(layout: RunLayout) -> dict[str, pd.DataFrame]:
-    """Each RLHF run's per-step log (ground_truth, learned, random), for those that have one."""
-    logs = {}
-    for tag in ("ground_truth", *RETRAINED):
-        if layout.train_log(tag).is_file():
-            logs[tag] = pd.read_csv(layout.train_log(tag))
-    if not logs:
+    """Each RLHF run's training log (ground_truth, learned, random), for those that trained (best-of-n does not)."""
+    paths = {tag: layout.train_log(tag) for tag in ("ground_truth", *RETRAINED) if layout.train_log(tag).is_file()}
+    if not paths:
         raise FileNotFoundError(f"{layout.root}: no rlhf_*/train_log.csv; run stage 03 first")
-    return logs
+    logs = {tag: pd.read_csv(path) for tag, path in paths.items()}
+    return {tag: log for tag, log in logs.items() if len(log)}
 
 
 def parse_run_names(compare_runs: str) -> list[str]:

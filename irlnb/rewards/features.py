@@ -21,6 +21,7 @@ from irlnb.data.assets import sha256_of
 from irlnb.errors import IrlnbError
 from irlnb.models.policies import load_policy, policy_dir, weights_sha256
 from irlnb.progress import tracked
+from irlnb.rewards.likelihood import LOG_RATIO_CONFIG, load_log_ratio
 
 REWARD_CONFIG = "reward.json"
 REWARD_HEAD = "head.safetensors"
@@ -212,9 +213,12 @@ def random_reward(
     return reward
 
 
-def load_reward(path: str | Path, device: str = "cpu") -> FeatureReward:
-    """A reward saved by `FeatureReward.save`, refused if corrupted or made on another backbone."""
+def load_reward(path: str | Path, device: str = "cpu"):
+    """A saved reward (`.score(texts)`): a feature reward (refused if corrupted or made on another backbone),
+    or a white-box log-ratio reward (`irlnb.rewards.likelihood`)."""
     folder = Path(path)
+    if (folder / LOG_RATIO_CONFIG).is_file():
+        return load_log_ratio(folder, device)
     config_file, head_file = folder / REWARD_CONFIG, folder / REWARD_HEAD
     for file in (config_file, head_file):
         if not file.is_file():

@@ -17,7 +17,8 @@ import torch
 
 from irlnb import metrics
 from irlnb.layout import RunLayout
-from irlnb.rl.generation import Decoding, generate_continuations
+from irlnb.rl.generation import Decoding
+from irlnb.rl.sampling import BestOfN, ModelPolicy
 
 TOXIC_THRESHOLD = 0.5
 
@@ -58,15 +59,15 @@ def toxicity_summary(p_toxic, prefix: str, samples: int, seed: int) -> dict[str,
     return values
 
 
-def greedy_continuations(layout: RunLayout, reward: str, policy: str) -> pd.DataFrame:
-    """One policy's greedy continuations, in evaluation order, from the RLHF stage of `reward`."""
+def policy_outputs(layout: RunLayout, reward: str, policy: str) -> pd.DataFrame:
+    """One policy's own test continuations (greedy, or best of n), in evaluation order, from stage 03 of `reward`."""
     path = layout.continuations(reward)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no evaluation continuations; run the RLHF stage that writes it first")
     saved = pd.read_parquet(path)
-    frame = saved[(saved["policy"] == policy) & (saved["decoding"] == "greedy")].reset_index(drop=True)
+    frame = saved[(saved["policy"] == policy) & saved["primary"]].reset_index(drop=True)
     if frame.empty:
-        raise ValueError(f"{path}: no greedy continuations of policy {policy!r}")
+        raise ValueError(f"{path}: no continuations of policy {policy!r}")
     return frame
 
 
@@ -95,35 +96,27 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 16) -> floa
 
 
 def evaluate_policy(
-    model,
-    tokenizer,
-    prompts: list[str],
-    human_texts: list[str],
-    r_star,
-    evaluator,
-    evaluation,
-    sampling,
-    tag: str,
-    seed: int,
+    policy, prompts: list[str], human_texts: list[str], r_star, evaluator, evaluation, sampling, tag: str, seed: int
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """rlhf.<tag>.* metrics of one policy on held-out prompts, and its continuations as a frame.
 
-    Greedy decoding (the paper's) gives the unprefixed keys; with `evaluation.sampled`, sampled
-    decoding with the training's `sampling.top_k` and `sampling.temperature` gives `rlhf.<tag>.sampled.*`.
-    `r_star` is the ground-truth reward (its `p_toxic` is read), `evaluator` the independent classifier.
+    `policy` is what continues the prompts (`irlnb.rl.sampling`): a trained model, greedily (the
+    paper's evaluation), or a best-of-n policy; its outputs give the unprefixed keys and are the
+    `primary` rows later stages read. With `evaluation.sampled` a model is also evaluated on sampled
+    continuations (`sampling.top_k`, `sampling.temperature`): `rlhf.<tag>.sampled.*`. `r_star` is the
+    ground-truth reward (its `p_toxic` is read), `evaluator` the independent classifier.
     """
-    decodings = {"greedy": Decoding(evaluation.max_new_tokens)}
-    if evaluation.sampled:
-        decodings["sampled"] = Decoding(
+    outputs = {output_name(policy): policy}
+    if evaluation.sampled and isinstance(policy, ModelPolicy):
+        decoding = Decoding(
             evaluation.max_new_tokens, do_sample=True, top_k=sampling.top_k, temperature=sampling.temperature
         )
+        outputs["sampled"] = ModelPolicy(policy.model, policy.tokenizer, decoding)
     samples = evaluation.bootstrap_samples
     values, frames = {}, []
-    for name, decoding in decodings.items():
-        prefix = f"rlhf.{tag}." if name == "greedy" else f"rlhf.{tag}.{name}."
-        continuations = generate_continuations(
-            model, tokenizer, prompts, decoding, batch_size=evaluation.batch_size, seed=seed
-        )
+    for number, (name, source) in enumerate(outputs.items()):
+        prefix = f"rlhf.{tag}." if number == 0 else f"rlhf.{tag}.{name}."
+        continuations = source.outputs(prompts, batch_size=evaluation.batch_size, seed=seed)
         p_toxic, evaluator_p = r_star.p_toxic(continuations), evaluator.p_toxic(continuations)
         values.update(toxicity_summary(p_toxic, prefix, samples, seed))
         values.update(toxicity_summary(evaluator_p, prefix + "evaluator_", samples, seed))
@@ -134,6 +127,7 @@ def evaluate_policy(
                 {
                     "policy": tag,
                     "decoding": name,
+                    "primary": number == 0,
                     "prompt": prompts,
                     "continuation": continuations,
                     "p_toxic": p_toxic,
@@ -141,5 +135,15 @@ def evaluate_policy(
                 }
             )
         )
-    values[f"rlhf.{tag}.perplexity"] = perplexity(model, tokenizer, human_texts, batch_size=evaluation.batch_size)
+    # A best-of-n policy's model is the base model: its perplexity is the base's, as it should be.
+    values[f"rlhf.{tag}.perplexity"] = perplexity(
+        policy.model, policy.tokenizer, human_texts, batch_size=evaluation.batch_size
+    )
     return values, pd.concat(frames, ignore_index=True)
+
+
+def output_name(policy) -> str:
+    """How a policy's own outputs are drawn: 'greedy', 'sampled', or 'best_of_<n>'."""
+    if isinstance(policy, BestOfN):
+        return f"best_of_{policy.n}"
+    return "sampled" if policy.decoding.do_sample else "greedy"

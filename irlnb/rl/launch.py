@@ -15,10 +15,10 @@ import argparse
 import sys
 
 from irlnb.compute import resolve_device, seed_everything
-from irlnb.config import load_config
+from irlnb.config import ConfigError, load_config
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
-from irlnb.rl.training import REWARD_KINDS, run_stage_training
+from irlnb.rl.training import REWARD_KINDS, prepare_training, train_rloo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.params)
+        if config.rlhf.trainer not in ("rloo", "grpo"):
+            raise ConfigError(
+                f"{args.params}: rlhf.trainer is {config.rlhf.trainer!r}; irlnb.rl.launch trains rloo "
+                "or grpo (rft and best_of_n run in notebook 03: irlnb run)"
+            )
         layout = RunLayout.of_run(config.run, args.runs_dir)
         seed_everything(config.compute.seed, config.compute.torch_threads)
-        trainer = run_stage_training(
-            layout, f"03_rlhf_{args.reward}", args.reward, config, resolve_device(config.compute.device)
-        ).trainer
+        device = resolve_device(config.compute.device)
+        start = prepare_training(layout, args.reward, config, device)
+        trainer = train_rloo(layout, f"03_rlhf_{args.reward}", start, config, device)
         if trainer.accelerator.is_main_process:
             print(
                 f"irlnb.rl.launch: 03_rlhf_{args.reward} trained to step {trainer.state.global_step} "

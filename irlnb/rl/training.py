@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import datasets
@@ -23,15 +24,17 @@ from transformers import AutoConfig
 from transformers.trainer_callback import TrainerCallback, TrainerState
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from irlnb.config import result_fields, settings_digest
+from irlnb.config import settings_digest
 from irlnb.data.curation import load_curated
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout, write_json_atomic
-from irlnb.models.policies import load_tokenizer, policy_dir, weights_sha256
+from irlnb.models.policies import load_policy, load_tokenizer, policy_dir, weights_sha256
 from irlnb.progress import Progress
 from irlnb.rewards.features import REWARD_CONFIG, load_reward, random_reward
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.generation import context_limit, fit_prompts
+from irlnb.rl.rejection import rejection_sampling_finetune
+from irlnb.rl.sampling import BestOfN, ModelPolicy, sampling_decoding
 
 TextScorer = Callable[[list[str]], np.ndarray]
 REWARD_KINDS = ("ground_truth", "learned", "random")
@@ -301,14 +304,50 @@ def lora_config(rlhf):
     )
 
 
+# The rlhf settings each trainer reads: a training key covers those, and no other.
+TRAINER_SETTINGS = {
+    "rloo": (
+        "steps",
+        "learning_rate",
+        "beta",
+        "completions_per_step",
+        "generations_per_prompt",
+        "max_completion_tokens",
+        "top_k",
+        "temperature",
+        "train_prompts",
+        "lora_rank",
+        "reward_batch_size",
+    ),
+    "rft": (
+        "learning_rate",
+        "completions_per_step",
+        "max_completion_tokens",
+        "top_k",
+        "temperature",
+        "train_prompts",
+        "reward_batch_size",
+        "best_of_n",
+        "rft_rounds",
+        "rft_epochs",
+        "rft_max_perplexity_ratio",
+    ),
+    "best_of_n": ("max_completion_tokens", "top_k", "temperature", "best_of_n", "reward_batch_size"),
+}
+TRAINER_SETTINGS["grpo"] = TRAINER_SETTINGS["rloo"]
+GUARD_TEXTS = 100  # validation human non-toxic texts whose perplexity guards rejection-sampling fine-tuning
+
+
 def training_key(settings, reward_identity: dict[str, Any], prompts: list[str], scale_texts: list[str]) -> str:
     """What a trained policy depends on, and nothing else: its checkpoints are kept under this key.
 
-    The base policy's weights, every rlhf setting that changes training, the seed, the reward's
-    identity and the exact prompts and scale texts. An evaluation setting is not part of it, so
-    changing one re-evaluates a finished policy instead of training it again.
+    The base policy's weights, the rlhf settings its trainer reads, the seed, the reward's identity
+    and the exact prompts and scale texts. An evaluation setting is not part of it, so changing one
+    re-evaluates a finished policy instead of training it again.
     """
-    rlhf = {key: getattr(settings.rlhf, key) for key in result_fields("rlhf")}
+    rlhf = {key: getattr(settings.rlhf, key) for key in ("trainer", *TRAINER_SETTINGS[settings.rlhf.trainer])}
+    if settings.rlhf.trainer == "rft":  # its rounds sample in the inference dtype
+        rlhf["inference_dtype"] = settings.compute.inference_dtype
     return settings_digest(
         {
             "policy": weights_sha256(policy_dir(settings.sources.policy)),
@@ -337,38 +376,94 @@ def checkpoint_dir(layout: RunLayout, stage_name: str, key: str) -> Path:
 
 
 @dataclass
-class TrainingResult:
-    trainer: object
+class StageTraining:
+    """Everything a training stage starts from: the reward (scaled), the prompts, the base policy and the key."""
+
     reward: PolicyReward
-    key: str  # the training key (see `training_key`)
-    prompts: int  # train prompts used
-    prompts_cut: int  # of which were longer than the context allows and were cut from the front
+    prompts: list[str]
+    prompts_cut: int  # prompts longer than the context allows, cut from the front
+    policy_dir: Path
+    tokenizer: object
+    key: str
+    guard_texts: list[str]
 
 
-def run_stage_training(layout: RunLayout, stage_name: str, reward_kind: str, settings, device: str) -> TrainingResult:
-    """Train the base policy of `settings.sources` with the chosen reward, resuming if it was interrupted.
-
-    A training that finished earlier under the same training key is only loaded.
-    """
+def prepare_training(layout: RunLayout, reward_kind: str, settings, device: str) -> StageTraining:
+    """The reward of `reward_kind`, its scale fixed on human train texts; the train prompts; the training key."""
     curated = load_curated(layout)
     scorer, identity = make_scorer(reward_kind, layout, settings, device)
     scale_texts = normalizer_texts(curated, settings.compute.seed)
     reward = PolicyReward(scorer, Normalizer.fit(scorer(scale_texts)), name=reward_kind)
     folder = policy_dir(settings.sources.policy)
-    tokenizer = load_tokenizer(settings.sources.policy)  # TRL loads the model itself, from the folder
+    tokenizer = load_tokenizer(settings.sources.policy)
     limit = context_limit(AutoConfig.from_pretrained(folder), settings.rlhf.max_completion_tokens)
     prompts, prompts_cut = fit_prompts(training_prompts(curated, settings.rlhf), tokenizer, limit)
-    key = training_key(settings, identity, prompts, scale_texts)
-    config = trainer_config(checkpoint_dir(layout, stage_name, key), settings.rlhf, settings.compute.seed, device)
-    trainer = train_policy(folder, tokenizer, prompts, reward, config, lora_config(settings.rlhf))
-    return TrainingResult(trainer, reward, key, len(prompts), prompts_cut)
+    validation = curated[(curated["split"] == "validation") & (curated["label"] == 0)]
+    guard = validation["text"].head(GUARD_TEXTS).tolist()
+    return StageTraining(
+        reward, prompts, prompts_cut, folder, tokenizer, training_key(settings, identity, prompts, scale_texts), guard
+    )
+
+
+def train_rloo(layout: RunLayout, stage_name: str, start: StageTraining, settings, device: str):
+    """The TRL trainer (RLOO or GRPO) of a stage, trained or, when finished under the same key, loaded."""
+    config = trainer_config(checkpoint_dir(layout, stage_name, start.key), settings.rlhf, settings.compute.seed, device)
+    return train_policy(
+        start.policy_dir, start.tokenizer, start.prompts, start.reward, config, lora_config(settings.rlhf)
+    )
+
+
+@dataclass
+class TrainingResult:
+    model: object | None  # the trained policy; None for best-of-n, which has no model of its own
+    log: pd.DataFrame  # one row per optimiser step (RLOO, GRPO) or per round and epoch (RFT)
+    steps: int  # optimiser steps (RLOO, GRPO), fine-tuning epochs kept (RFT), 0 (best-of-n)
+    resumed_from: int  # the step (or round) a killed training resumed from; 0 for a fresh start
+    start: StageTraining
+
+
+def run_stage_training(layout: RunLayout, stage_name: str, reward_kind: str, settings, device: str) -> TrainingResult:
+    """Align the base policy of `settings.sources` with the chosen reward by `rlhf.trainer`, resuming if interrupted.
+
+    RLOO and GRPO train with TRL; `rft` runs rejection-sampling fine-tuning; `best_of_n` trains
+    nothing (its policy is the base model plus the reward, see `irlnb.rl.sampling.BestOfN`). A
+    training that finished earlier under the same training key is only loaded.
+    """
+    start = prepare_training(layout, reward_kind, settings, device)
+    trainer_kind = settings.rlhf.trainer
+    if trainer_kind in ("rloo", "grpo"):
+        trainer = train_rloo(layout, stage_name, start, settings, device)
+        model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+        return TrainingResult(
+            model, training_log(trainer, start.reward), trainer.state.global_step, trainer.resumed_from_step, start
+        )
+    if trainer_kind == "rft":
+        result = rejection_sampling_finetune(
+            start.policy_dir,
+            start.tokenizer,
+            start.prompts,
+            start.reward.scorer,
+            settings.rlhf,
+            start.guard_texts,
+            checkpoint_dir(layout, stage_name, start.key),
+            settings.compute.seed,
+            settings.compute.inference_dtype,
+            device,
+        )
+        kept = int((~result.log["undone"]).sum()) if len(result.log) else 0
+        return TrainingResult(result.model, result.log, kept, result.resumed_from_round, start)
+    return TrainingResult(None, pd.DataFrame(columns=["step"]), 0, 0, start)
 
 
 @dataclass(frozen=True)
 class PolicyCard:
-    """What made a saved policy (`policy/irlnb_policy.json`): its reward, training key, steps and settings."""
+    """What made a saved policy (`policy/irlnb_policy.json`): trainer, reward, training key, steps and settings.
+
+    A best-of-n policy's folder holds only its card: its model is the base policy named in the settings.
+    """
 
     reward: str
+    trainer: str
     training_key: str
     steps: int
     settings: dict[str, dict[str, Any]]
@@ -381,13 +476,38 @@ class PolicyCard:
         return cls(**json.loads(path.read_text()))
 
 
-def save_policy(trainer, folder: Path, card: PolicyCard) -> Path:
-    """The trained policy as a plain `save_pretrained` folder (LoRA merged), with its card."""
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+def save_policy(result: TrainingResult, folder: Path, card: PolicyCard) -> Path:
+    """The trained policy as a plain `save_pretrained` folder, with its card (a best-of-n policy: the card alone)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    trainer.processing_class.save_pretrained(folder)
+    if result.model is not None:
+        result.model.save_pretrained(folder, safe_serialization=True)
+        result.start.tokenizer.save_pretrained(folder)
     write_json_atomic(folder / POLICY_CARD, asdict(card))
     return folder
+
+
+def load_stage_policy(layout: RunLayout, reward_kind: str, device: str, dtype: str, decoding, n: int | None = None):
+    """The policy an RLHF stage made, as something that continues prompts (`.outputs(prompts, batch_size, seed)`).
+
+    A trained policy continues with `decoding` (greedy for the paper's evaluation); a best-of-n
+    policy samples `rlhf.best_of_n` candidates (or `n`) from the base model and keeps the one its
+    reward scores highest.
+    """
+    folder = layout.policy(reward_kind)
+    card = PolicyCard.read(folder)
+    if card.trainer != "best_of_n":
+        model, tokenizer = load_policy(f"local:{folder}", device=device, dtype=dtype)
+        return ModelPolicy(model, tokenizer, decoding)
+    settings = SimpleNamespace(**{name: SimpleNamespace(**values) for name, values in card.settings.items()})
+    scorer, _ = make_scorer(reward_kind, layout, settings, device)
+    model, tokenizer = load_policy(settings.sources.policy, device=device, dtype=dtype)
+    return BestOfN(model, tokenizer, sampling_decoding(settings.rlhf), n or settings.rlhf.best_of_n, scorer)
+
+
+def base_policy(spec: str, rlhf, decoding, device: str, dtype: str):
+    """The base policy as the aligned policies of a run are decoded: with `decoding`, or, when they are
+    best-of-n policies, as best of 1 (a plain sample), so that the comparison changes only the selection."""
+    model, tokenizer = load_policy(spec, device=device, dtype=dtype)
+    if rlhf.trainer == "best_of_n":
+        return BestOfN(model, tokenizer, sampling_decoding(rlhf), 1, scorer=None)
+    return ModelPolicy(model, tokenizer, decoding)

@@ -1,0 +1,82 @@
+"""The floor and the ceiling beside every IRL number, on the same features and the same test texts.
+
+- **floor, mean shift**: the head w = mean(expert features) - mean(non-expert features) over the
+  train pairs, unfitted. It is what "the expert moved somewhere" alone gives; IRL that does not beat
+  it has learned nothing beyond the average direction of change.
+- **ceiling, supervised**: the same reward class (a linear head on the same standardised features)
+  fitted by logistic regression on sign(R*) of the same train demonstration texts, its L2 strength
+  chosen on the validation demonstration texts. It reads R*, which IRL never does: what the
+  demonstrations could teach at best.
+
+And what the demonstrations carry about R* at all: per split, how many pairs differ in sign(R*),
+how often the expert's text has the higher R*, and the mean R* gap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from irlnb import metrics
+from irlnb.irl.features import PairSet
+
+SUPERVISED_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strengths tried on validation
+
+
+def head_of(weight: np.ndarray, bias: float = 0.0) -> torch.nn.Linear:
+    head = torch.nn.Linear(len(weight), 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(np.asarray(weight, dtype=np.float32)).view(1, -1))
+        head.bias.fill_(float(bias))
+    return head
+
+
+def mean_shift_head(train: PairSet) -> torch.nn.Linear:
+    """The unfitted floor: the mean feature difference expert - non-expert, scaled to unit norm."""
+    shift = (train.expert.features.mean(dim=0) - train.non_expert.features.mean(dim=0)).double().numpy()
+    return head_of(shift / max(np.linalg.norm(shift), 1e-12))
+
+
+def _texts(pairs: PairSet) -> tuple[np.ndarray, np.ndarray]:
+    features = torch.cat([pairs.expert.features, pairs.non_expert.features]).double().numpy()
+    return features, np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star])
+
+
+def supervised_head(train: PairSet, validation: PairSet) -> tuple[torch.nn.Linear, float]:
+    """The ceiling: logistic regression of 'non-toxic' (R* > 0) on the demonstration texts; C chosen on validation.
+
+    Returns the head (higher = non-toxic, like a reward) and the chosen C. A split whose texts are all
+    of one sign cannot be fitted or scored; that is refused in one line.
+    """
+    x_train, r_train = _texts(train)
+    x_val, r_val = _texts(validation)
+    y_train, y_val = r_train > 0, r_val > 0
+    for name, y in (("train", y_train), ("validation", y_val)):
+        if y.all() or not y.any():
+            raise ValueError(
+                f"the {name} demonstration texts are all {'non-toxic' if y.all() else 'toxic'} by R*: "
+                "the supervised ceiling cannot be fitted; use more or other demonstration prompts"
+            )
+    best = None
+    for c in SUPERVISED_C:
+        model = LogisticRegression(C=c, max_iter=5000).fit(x_train, y_train)
+        auc = metrics.roc_auc(y_val, model.decision_function(x_val))
+        if best is None or auc > best[0]:
+            best = (auc, c, model)
+    _, c, model = best
+    return head_of(model.coef_[0], model.intercept_[0]), c
+
+
+def demonstration_evidence(demonstrations: pd.DataFrame) -> dict[str, float]:
+    """What the usable pairs of each split say about R*: sign differences, expert-better share, mean gap."""
+    values = {}
+    used = demonstrations[demonstrations["excluded"] == ""]
+    for split, pairs in used.groupby("split"):
+        expert, non_expert = pairs["expert_r_star"].to_numpy(), pairs["non_expert_r_star"].to_numpy()
+        values[f"irl.demos.{split}.sign_differs"] = int(np.sum((expert > 0) != (non_expert > 0)))
+        values[f"irl.demos.{split}.expert_better_share"] = float(np.mean(expert > non_expert))
+        values[f"irl.demos.{split}.r_star_gap_mean"] = float(np.mean(expert - non_expert))
+        values[f"irl.demos.{split}.both_non_toxic_share"] = float(np.mean((expert > 0) & (non_expert > 0)))
+    return values

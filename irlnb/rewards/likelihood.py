@@ -1,0 +1,141 @@
+"""The white-box reward: how much more likely the aligned policy finds a text than its base did.
+
+For KL-regularised RLHF the optimal policy is pi_ref * exp(R / beta) / Z(x), so at the optimum
+log pi(y | x) - log pi_ref(y | x) = R(x, y) / beta - log Z(x): the reward, up to a per-prompt shift
+and a scale. `LogRatioReward` reads it off two models that share a tokenizer:
+- `score_pairs(prompts, continuations)`: the log-ratio of the continuation given the prompt;
+- `score(texts)`: the log-ratio of a whole text (every token after the first).
+It needs the expert's weights (a best-of-n policy has none). Saved with `save`, loaded by
+`irlnb.rewards.features.load_reward` like any reward.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from irlnb.errors import IrlnbError
+from irlnb.models.policies import load_policy, policy_dir, weights_sha256
+from irlnb.progress import tracked
+
+LOG_RATIO_CONFIG = "log_ratio.json"
+
+
+class LogRatioError(IrlnbError, ValueError):
+    """A log-ratio reward that cannot be made or used; the message is one line."""
+
+
+class TokenizerMismatch(LogRatioError):
+    """Two models whose tokens do not mean the same thing."""
+
+
+@dataclass(frozen=True)
+class LogRatioSpec:
+    expert: str  # policy sources (local:PATH, embedded:NAME, hub:ID)
+    base: str
+    expert_sha256: str
+    base_sha256: str
+    dtype: str = "float32"
+    max_length: int = 128
+    kind: str = "log_ratio"
+
+
+def check_same_tokenizer(expert_tokenizer, base_tokenizer, expert_model, base_model, names: tuple[str, str]) -> None:
+    """Refuse two models whose vocabularies differ: a log-ratio of different token sequences means nothing."""
+    if expert_tokenizer.get_vocab() != base_tokenizer.get_vocab():
+        raise TokenizerMismatch(
+            f"{names[0]} and {names[1]} have different tokenizers "
+            f"({len(expert_tokenizer)} vs {len(base_tokenizer)} tokens); a log-likelihood ratio "
+            "needs both models to read the same tokens"
+        )
+    if expert_model.config.vocab_size != base_model.config.vocab_size:
+        raise TokenizerMismatch(
+            f"{names[0]} and {names[1]} have output vocabularies of "
+            f"{expert_model.config.vocab_size} and {base_model.config.vocab_size} tokens"
+        )
+
+
+def token_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log p(token t | tokens < t) for t >= 1, [batch, length - 1], zero where t is padding."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return picked * attention_mask[:, 1:]
+
+
+class LogRatioReward:
+    """R(x, y) = log pi_expert(y | x) - log pi_base(y | x), summed over tokens."""
+
+    def __init__(self, spec: LogRatioSpec, expert, base, tokenizer):
+        self.spec, self.expert, self.base, self.tokenizer = spec, expert.eval(), base.eval(), tokenizer
+
+    @classmethod
+    def from_sources(
+        cls, expert: str, base: str, dtype: str = "float32", device: str = "cpu", max_length: int = 128
+    ) -> LogRatioReward:
+        expert_model, expert_tokenizer = load_policy(expert, device=device, dtype=dtype)
+        base_model, base_tokenizer = load_policy(base, device=device, dtype=dtype)
+        check_same_tokenizer(expert_tokenizer, base_tokenizer, expert_model, base_model, (expert, base))
+        spec = LogRatioSpec(
+            expert, base, weights_sha256(policy_dir(expert)), weights_sha256(policy_dir(base)), dtype, max_length
+        )
+        return cls(spec, expert_model, base_model, base_tokenizer)
+
+    def _batches(self, prompts: list[str], continuations: list[str], batch_size: int):
+        """Right-padded prompt + continuation ids, with the mask of the tokens scored (the continuation's)."""
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        continuation_ids = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+        rows = []
+        for p, c in zip(prompt_ids, continuation_ids):
+            ids = (p + c)[: self.spec.max_length]
+            scored = ([0] * len(p) + [1] * len(c))[: self.spec.max_length]
+            rows.append((ids, scored))
+        order = np.argsort([len(ids) for ids, _ in rows], kind="stable")
+        starts = range(0, len(rows), batch_size)
+        for start in tracked(starts, len(starts), f"log-ratio of {len(rows)} texts"):
+            index = order[start : start + batch_size]
+            width = max(len(rows[i][0]) for i in index)
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in index])
+            mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in index])
+            scored = torch.tensor([rows[i][1] + [0] * (width - len(rows[i][1])) for i in index])
+            yield index, ids, mask, scored
+
+    def gaps(self, prompts: list[str], continuations: list[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """From one pass of both models: the log-ratio of each whole text (every token after the first) and of
+        its continuation given its prompt."""
+        whole, given = np.zeros(len(prompts)), np.zeros(len(prompts))
+        device = next(self.expert.parameters()).device
+        with torch.inference_mode():
+            for index, ids, mask, scored in self._batches(prompts, continuations, batch_size):
+                ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
+                gap = token_log_probs(self.expert, ids, mask) - token_log_probs(self.base, ids, mask)
+                whole[index] = gap.sum(dim=1).double().cpu().numpy()
+                given[index] = (gap * scored[:, 1:]).sum(dim=1).double().cpu().numpy()
+        return whole, given
+
+    def score_pairs(self, prompts: list[str], continuations: list[str], batch_size: int = 16) -> np.ndarray:
+        """The log-ratio of each continuation given its prompt (prompt tokens are conditioned on, not scored)."""
+        return self.gaps(prompts, continuations, batch_size)[1]
+
+    def score(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
+        """The log-ratio of whole texts (every token after the first is scored)."""
+        return self.gaps([""] * len(texts), list(texts), batch_size)[0]
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / LOG_RATIO_CONFIG).write_text(json.dumps(asdict(self.spec), indent=2))
+        return folder
+
+
+def load_log_ratio(folder: Path, device: str = "cpu") -> LogRatioReward:
+    """A saved log-ratio reward, refused if either model's weights changed since."""
+    spec = LogRatioSpec(**json.loads((Path(folder) / LOG_RATIO_CONFIG).read_text()))
+    for role, source, sha in (("expert", spec.expert, spec.expert_sha256), ("base", spec.base, spec.base_sha256)):
+        if weights_sha256(policy_dir(source)) != sha:
+            raise LogRatioError(f"{folder}: the {role} {source} is not the model the reward was made with")
+    return LogRatioReward.from_sources(spec.expert, spec.base, spec.dtype, device, spec.max_length)

@@ -1,0 +1,77 @@
+"""What a policy outputs for a prompt: a model's own continuation, or the best of n under a reward.
+
+A trained policy (RLOO, GRPO, rejection-sampling fine-tuning) continues a prompt with its model:
+greedily (the paper's evaluation) or by sampling. A best-of-n policy has no model of its own: it
+samples n continuations from the base model and keeps the one the reward scores highest, the
+classic cheap approximation of the KL-regularised optimum pi_ref * exp(R / beta) / Z. With n = 1
+it is the base model's plain sample, the reference a best-of-n policy is compared with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from irlnb.rl.generation import Decoding, generate_continuations
+
+TextScorer = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class ModelPolicy:
+    """A causal LM continuing prompts with `decoding` (greedy or sampled)."""
+
+    model: object
+    tokenizer: object
+    decoding: Decoding
+
+    def outputs(self, prompts: list[str], batch_size: int, seed: int) -> list[str]:
+        return generate_continuations(
+            self.model, self.tokenizer, prompts, self.decoding, batch_size=batch_size, seed=seed
+        )
+
+
+@dataclass
+class BestOfN:
+    """The best of `n` sampled continuations of the base model under `scorer` (which reads prompt + continuation)."""
+
+    model: object
+    tokenizer: object
+    decoding: Decoding  # must sample
+    n: int
+    scorer: TextScorer
+
+    def __post_init__(self) -> None:
+        if not self.decoding.do_sample:
+            raise ValueError("a best-of-n policy samples its candidates; give it a sampling decoding")
+        if self.n < 1:
+            raise ValueError(f"best-of-n needs n >= 1, got {self.n}")
+
+    def candidates(self, prompts: list[str], batch_size: int, seed: int) -> list[list[str]]:
+        """n sampled continuations per prompt (candidate j of every prompt comes from seed + j)."""
+        drawn = [
+            generate_continuations(
+                self.model, self.tokenizer, prompts, self.decoding, batch_size=batch_size, seed=seed + 7919 * j
+            )
+            for j in range(self.n)
+        ]
+        return [list(column) for column in zip(*drawn)]
+
+    def outputs(self, prompts: list[str], batch_size: int, seed: int) -> list[str]:
+        return [best for best, _ in self.choose(prompts, self.candidates(prompts, batch_size, seed))]
+
+    def choose(self, prompts: list[str], candidates: list[list[str]]) -> list[tuple[str, float]]:
+        """The highest-scoring candidate of each prompt and its score (ties: the first drawn)."""
+        if self.n == 1:  # nothing to choose: the reward is not even queried
+            return [(options[0], float("nan")) for options in candidates]
+        texts = [prompt + option for prompt, options in zip(prompts, candidates) for option in options]
+        scores = np.asarray(self.scorer(texts), dtype=np.float64).reshape(len(prompts), self.n)
+        best = scores.argmax(axis=1)
+        return [(options[j], float(scores[i, j])) for i, (options, j) in enumerate(zip(candidates, best))]
+
+
+def sampling_decoding(rlhf) -> Decoding:
+    """How a policy samples in training, and a best-of-n policy its candidates (`rlhf`: length, top-k, temperature)."""
+    return Decoding(rlhf.max_completion_tokens, do_sample=True, top_k=rlhf.top_k, temperature=rlhf.temperature)
