@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from irlnb.layout import REPO_ROOT
 
@@ -46,7 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     config.FileContentsManager.pre_save_hook = before_save
     config.ServerApp.root_dir = str(REPO_ROOT)
     config.LabApp.default_url = "/lab/tree/" + NOTEBOOKS
-    LabApp.launch_instance(argv=list(sys.argv[1:] if argv is None else argv), config=config)
+    # Not LabApp.launch_instance(config=...): an extension app's launch_instance drops its keyword arguments,
+    # so the hook never reached the server. The server is given the config itself (command line arguments
+    # and config files still override it), and applies it twice, which warns that the hook replaces itself.
+    warnings.filterwarnings("ignore", message="Overriding existing pre_save_hook")
+    server = LabApp.initialize_server(argv=list(sys.argv[1:] if argv is None else argv), config=config)
+    server.start()
 
 
 if __name__ == "__main__":
