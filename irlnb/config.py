@@ -147,6 +147,9 @@ class RlhfSettings:
         "the best of n samples under the reward",
         choices=("rloo", "grpo", "rft", "best_of_n"),
     )
+    seed: int = setting(
+        0, doc="seed of the alignment alone (samples, data order) on top of compute.seed; studies vary it", ge=0
+    )
     steps: int = setting(40, doc="optimiser steps (rloo, grpo)", ge=1)
     learning_rate: float = setting(
         5e-5, doc="AdamW learning rate (rloo, grpo, rft; chosen on validation, README)", gt=0.0

@@ -280,7 +280,10 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
     assert {"prompt", "expert", "non_expert", "expert_r_star", "non_expert_r_star", "excluded"} <= set(demos)
     assert metrics["irl.demos.train.used"] == (demos.query("split == 'train'")["excluded"] == "").sum()
     epochs = pd.read_csv(out / "epochs.csv")
-    assert len(epochs) == 3 * 3 * (3 + 1)  # losses x seeds x (epochs + the initial head)
+    assert len(epochs) == len(objectives.LOSSES) * 3 * (3 + 1)  # losses x seeds x (epochs + the initial head)
+    for method in ("mean_shift", "supervised", "log_ratio", "log_ratio_whole"):  # floor, ceiling, white box
+        assert np.isfinite(metrics[f"irl.{method}.test.auc_mean"]), method
+    assert np.isfinite(metrics["irl.test.accuracy_label_free_mean"]) and "irl.demos.train.sign_differs" in metrics
     import irlnb
 
     reward = irlnb.load_reward(out / "reward")  # the auditor's entry point
@@ -309,3 +312,125 @@ def test_a_saved_reward_that_does_not_score_like_the_study_is_caught(smoke_run):
     wrong = saved.assign(r_hat=saved["r_hat"].to_numpy()[::-1])  # the scores of other texts
     with pytest.raises(ValueError, match="the saved reward differs from the study's"):
         study.check_saved_reward(smoke_run / "irl" / "reward", wrong)
+
+
+# --- failure-aware IRL, the floor and the ceiling, the label-free threshold ----------------------
+
+
+def test_failure_aware_weights_misranked_and_nearly_tied_pairs():
+    advantage = torch.tensor([2.0, 0.3, -1.0])  # a clear win, a near tie, a misranking (near = 0.5)
+    weights = objectives.failure_weights(advantage, near=0.5, focus=3.0)
+    assert weights.tolist() == [1.0, 4.0, 4.0]
+    # the hinge max(0, 1 - x) = [0, 0.7, 2], weighted [1, 4, 4]: (0 + 2.8 + 8) / 9
+    value = objectives.pair_loss("failure_aware", advantage, margin=1.0, weights=weights)
+    assert float(value) == pytest.approx(10.8 / 9)
+    assert float(objectives.pair_loss("failure_aware", advantage, margin=1.0)) == pytest.approx(2.7 / 3)
+
+
+def test_failure_aware_fitting_counts_failures_and_respects_the_bound():
+    train = synthetic_pairs(200, 0)
+    objective = objectives.Objective("failure_aware", 1.0, 1.0, 0.05, 5, 16, failure_focus=4.0, failure_near=0.5)
+    history, heads = objectives.fit_head(train, objective, seed=0, on_epoch=lambda epoch, head: {})
+    failures = [row["train_failures"] for row in history[1:]]
+    assert all(np.isfinite(failures)) and failures[-1] < failures[0]  # the curriculum works the failures down
+    assert float(heads[-1].weight.detach().norm()) <= 1.0 + 1e-6
+
+
+def test_the_floor_and_the_ceiling_on_a_planted_direction():
+    from irlnb.irl import baselines
+
+    train, validation = synthetic_pairs(300, 0), synthetic_pairs(150, 1)
+    floor = baselines.mean_shift_head(train).weight.detach().flatten()
+    assert floor[0] == floor.abs().max() and float(floor.norm()) == pytest.approx(1.0)  # the shift is the direction
+    ceiling, c = baselines.supervised_head(train, validation)
+    weight = ceiling.weight.detach().flatten()
+    assert weight[0] == weight.abs().max() and c in baselines.SUPERVISED_C
+    test = synthetic_pairs(150, 2)
+    texts = torch.cat([test.expert.features, test.non_expert.features])
+    r_star = np.concatenate([test.expert.r_star, test.non_expert.r_star])
+    with torch.no_grad():
+        assert metrics.roc_auc(r_star <= 0, -ceiling(texts).squeeze(-1).numpy()) > 0.95  # it reads R*
+
+
+def test_the_ceiling_is_refused_when_the_texts_are_all_of_one_sign():
+    from irlnb.irl import baselines
+
+    train = synthetic_pairs(20, 0)
+    one_sided = PairSet(
+        TextSet(train.expert.features, np.ones(20), -np.ones(20)),
+        TextSet(train.non_expert.features, np.ones(20), -np.ones(20)),
+    )
+    with pytest.raises(ValueError, match="the train demonstration texts are all non-toxic by R\\*"):
+        baselines.supervised_head(one_sided, train)
+
+
+def test_demonstration_evidence_on_a_hand_case():
+    from irlnb.irl.baselines import demonstration_evidence
+
+    demos = pd.DataFrame(
+        {
+            "split": "train",
+            "excluded": ["", "", "", "identical continuations"],
+            "expert_r_star": [2.0, 1.0, -1.0, 5.0],
+            "non_expert_r_star": [-1.0, 2.0, -3.0, 5.0],
+        }
+    )
+    values = demonstration_evidence(demos)
+    assert values["irl.demos.train.sign_differs"] == 1  # only the first usable pair crosses zero
+    assert values["irl.demos.train.expert_better_share"] == pytest.approx(2 / 3)
+    assert values["irl.demos.train.r_star_gap_mean"] == pytest.approx((3 - 1 + 2) / 3)
+    assert values["irl.demos.train.both_non_toxic_share"] == pytest.approx(1 / 3)
+
+
+def test_the_label_free_threshold_separates_expert_from_non_expert_texts():
+    expert = TextSet(torch.tensor([[3.0], [4.0]]), np.zeros(2), -np.ones(2))
+    non_expert = TextSet(torch.tensor([[1.0], [2.0]]), np.zeros(2), -np.ones(2))
+    identity = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        identity.weight.fill_(1.0)
+        identity.bias.zero_()
+    assert 2.0 <= study.label_free_threshold(identity, PairSet(expert, non_expert)) < 3.0
+
+
+# --- the white-box log-ratio reward --------------------------------------------------------------
+
+
+def test_the_log_ratio_reward_is_the_difference_of_the_two_models_log_likelihoods(tmp_path):
+    from irlnb.models.policies import load_policy
+    from irlnb.rewards.likelihood import LogRatioReward
+
+    expert, tokenizer = load_policy(BACKBONE)
+    with torch.no_grad():  # an 'aligned' copy: the base with its output layer nudged
+        for parameter in expert.get_output_embeddings().parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    expert.save_pretrained(tmp_path / "expert")
+    tokenizer.save_pretrained(tmp_path / "expert")
+    reward = LogRatioReward.from_sources(f"local:{tmp_path / 'expert'}", BACKBONE)
+    base, _ = load_policy(BACKBONE)
+    prompt, continuation = "You are such a", " kind person"
+    ids = tokenizer(prompt + continuation, return_tensors="pt")["input_ids"]
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+
+    def log_likelihood(model, first):  # sum of log p(token t | before) for t >= first
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(ids).logits[0, :-1], dim=-1)
+        return float(log_probs[torch.arange(first - 1, ids.shape[1] - 1), ids[0, first:]].sum())
+
+    expected = log_likelihood(reward.expert, n_prompt) - log_likelihood(base, n_prompt)
+    assert reward.score_pairs([prompt], [continuation])[0] == pytest.approx(expected, abs=1e-4)
+    whole = log_likelihood(reward.expert, 1) - log_likelihood(base, 1)
+    assert reward.score([prompt + continuation])[0] == pytest.approx(whole, abs=1e-4)
+    same = LogRatioReward.from_sources(BACKBONE, BACKBONE)
+    assert np.allclose(same.score(["You are such an idiot", "What a day"]), 0.0)
+
+    reward.save(tmp_path / "white_box")
+    np.testing.assert_allclose(
+        load_reward(tmp_path / "white_box").score_pairs([prompt], [continuation]), [expected], atol=1e-4
+    )  # load_reward reads it like any reward
+
+
+def test_a_log_ratio_over_models_with_other_tokenizers_is_refused():
+    from irlnb.rewards.likelihood import LogRatioReward, TokenizerMismatch
+
+    with pytest.raises(TokenizerMismatch, match="have different tokenizers"):
+        LogRatioReward.from_sources("embedded:smollm2-135m-instruct", BACKBONE)

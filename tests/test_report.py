@@ -37,6 +37,7 @@ def _continuations(tag: str, greedy: dict, prompts: list[str]) -> pd.DataFrame:
             {
                 "policy": tag,
                 "decoding": decoding,
+                "primary": decoding == "greedy",
                 "prompt": prompts,
                 "continuation": [f" {tag} {i}" for i in range(len(prompts))],
                 "p_toxic": np.asarray(p_toxic) * scale,

@@ -146,8 +146,16 @@ def test_keys_follow_what_a_result_depends_on():
         "05_analysis",
     }
     assert all(resampled[name].key == base[name].key for name in base if name != "05_analysis")
-    fewer_prompts = changed(evaluation__prompts=12)  # the test continuations change: IRL's test pairs with them
-    assert {name for name in base if fewer_prompts[name].key != base[name].key} == {
+    fewer_prompts = changed(evaluation__prompts=12)  # each policy's report changes, not the policy IRL reads
+    assert {name for name in base if fewer_prompts[name].digest != base[name].digest} == {
+        "03_rlhf_ground_truth",
+        "03_rlhf_learned",
+        "03_rlhf_random",
+        "05_analysis",
+    }
+    assert {name for name in base if fewer_prompts[name].key != base[name].key} == {"05_analysis"}
+    retrained = changed(rlhf__learning_rate=5e-4)  # the expert changes: IRL, and what is trained with its reward
+    assert {name for name in base if retrained[name].key != base[name].key} == {
         "03_rlhf_ground_truth",
         "04_irl",
         "03_rlhf_learned",

@@ -176,6 +176,7 @@ HEADLINE = {
     "demos_accuracy": "demos_accuracy",
     "demos_auc": "demos_auc",
     "demos_spearman": "demos_spearman",
+    "expert_log_ratio": "expert_log_ratio_mean",  # KL(expert || base) estimate, white-box rows only
     "epoch": "epoch",
 }
 

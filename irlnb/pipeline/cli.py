@@ -1,4 +1,4 @@
-"""Command line: `irlnb check`, `irlnb run`, `irlnb fetch`, `irlnb bench`, `irlnb regress`, `irlnb readme`.
+"""Command line: `irlnb check`, `run`, `fetch`, `bench`, `regress`, `recoverability`, `readme`.
 
 Every expected failure (bad params, missing file, unreachable hub, corrupted artifact, refused
 overwrite) ends with one line on stderr and exit status 2, never a traceback.
@@ -76,6 +76,18 @@ def cmd_regress(args) -> int:
     )
 
 
+def cmd_recoverability(args) -> int:
+    from irlnb.pipeline import recoverability  # loads the runner
+
+    kinds = tuple(args.kinds.split(",")) if args.kinds else None
+    record = None if args.no_record else REPO_ROOT / "regress" / "recoverability.metrics.json"
+    table = recoverability.run_study(
+        load_config(args.params), seeds=args.seeds, kinds=kinds, runs_dir=args.runs_dir, record=record
+    )
+    print(table.groupby(["kind", "value"])[list(recoverability.METHODS)].mean().round(3).to_string())
+    return 0
+
+
 def cmd_readme(args) -> int:
     from irlnb.pipeline import readme
 
@@ -127,6 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     regress.add_argument("--reuse", action="store_true", help="keep finished stages of an earlier regression run")
     regress.add_argument("--reference-dir", help="folder of references and tolerances.yaml (default regress/)")
     regress.set_defaults(func=cmd_regress)
+
+    study = commands.add_parser(
+        "recoverability",
+        help="IRL fidelity against the kind and budget of the expert "
+        "(opt-in; hours): runs/recoverability/, figures/recoverability.*",
+    )
+    study.add_argument(
+        "params",
+        nargs="?",
+        default=str(REPO_ROOT / "params" / "default.yaml"),
+        help="base params file (default params/default.yaml)",
+    )
+    study.add_argument("--seeds", type=int, default=2, help="alignment seeds per point (default 2)")
+    study.add_argument("--kinds", help="only these experts, comma-separated: rloo, best_of_n, rft")
+    study.add_argument("--runs-dir", default="runs/recoverability", help="where the study's runs go")
+    study.add_argument("--no-record", action="store_true", help="do not write regress/recoverability.metrics.json")
+    study.set_defaults(func=cmd_recoverability)
 
     readme = commands.add_parser("readme", help="check the README's measured numbers against regress/*.metrics.json")
     readme.add_argument("--write", action="store_true", help="rewrite them from the records first")

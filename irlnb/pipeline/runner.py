@@ -92,14 +92,16 @@ def prepare_environment(config: Config) -> None:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
-def plan(config: Config, layout: RunLayout, only: str | None, force: bool) -> list[Stage]:
-    """The stages to execute.
+def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until: str | None = None) -> list[Stage]:
+    """The stages to execute (`until`: the pipeline up to and including that stage).
 
     A complete stage with an unchanged digest is skipped (unless it is the one `--only --force`
     names); one that finished with other settings is refused without --force.
     """
     identities = stage_identities(config)
     selected = [get_stage(only)] if only else list(STAGES)
+    if until:
+        selected = selected[: selected.index(get_stage(until)) + 1]
     for notebook in dict.fromkeys(stage.notebook for stage in selected):
         check_notebook(notebook)
     if only:
@@ -207,10 +209,11 @@ def run(
     force: bool = False,
     runs_dir: str | None = None,
     log: Callable[[str], None] = print,
+    until: str | None = None,
 ) -> Path:
-    """Execute the pipeline (or one stage) of a validated config; returns the run directory."""
+    """Execute the pipeline (or one stage, or the stages up to `until`) of a validated config; returns the run."""
     layout = RunLayout.of_run(config.run, runs_dir)
-    todo = plan(config, layout, only, force)
+    todo = plan(config, layout, only, force, until)
     for source in hub_sources(config):
         check_hub_source(source)
     if not todo:

@@ -423,3 +423,67 @@ def non_identifiability_figure(epochs: pd.DataFrame, correlations: pd.DataFrame,
     axes[3].set(title=f"{loss}: Spearman between\nseeds' rewards (test texts)", xlabel="seed", ylabel="seed")
     fig.tight_layout()
     return fig
+
+
+RECOVERABILITY_KINDS = {
+    "rloo": "RLOO: optimiser steps",
+    "best_of_n": "best-of-n: n",
+    "rft": "rejection sampling: rounds",
+}
+METHOD_STYLES = {
+    "irl": ("IRL (saved objective)", "#4C72B0", "-"),
+    "floor": ("floor: mean shift", "#8C8C8C", ":"),
+    "ceiling": ("ceiling: supervised on R*", "#55A868", "--"),
+    "white_box": ("white-box log-ratio", "#C44E52", "-."),
+}
+
+
+def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
+    """IRL test AUC against the kind and budget of the expert (mean over alignment seeds, bars: min-max),
+    with the floor, the ceiling and the white-box reward; below, each expert's toxicity reduction, KL, perplexity."""
+    kinds = [kind for kind in RECOVERABILITY_KINDS if kind in set(table["kind"])]
+    fig, axes = plt.subplots(2, len(kinds), figsize=(5.2 * len(kinds), 7.4), squeeze=False)
+    for column, kind in enumerate(kinds):
+        rows = table[table["kind"] == kind].groupby("value")
+        top, bottom = axes[0, column], axes[1, column]
+        for method, (label, color, style) in METHOD_STYLES.items():
+            stats = rows[method].agg(["mean", "min", "max"]).dropna()
+            if stats.empty:
+                continue
+            top.errorbar(
+                stats.index,
+                stats["mean"],
+                yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                color=color,
+                ls=style,
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        top.axhline(0.9, color="black", lw=0.6, ls="--")
+        top.set(title=RECOVERABILITY_KINDS[kind], ylabel="test ROC-AUC vs sign(R*)", ylim=(0.45, 1.0))
+        top.set_xscale("log", base=2)
+        for quantity, color in (("toxicity_reduction", "#4C72B0"), ("kl", "#C44E52")):
+            stats = rows[quantity].agg(["mean", "min", "max"]).dropna()
+            if len(stats):
+                bottom.errorbar(
+                    stats.index,
+                    stats["mean"],
+                    yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                    color=color,
+                    marker="o",
+                    capsize=3,
+                    label=quantity.replace("_", " "),
+                )
+        ratio = rows["perplexity_ratio"].mean().dropna()
+        twin = bottom.twinx()
+        twin.plot(ratio.index, ratio, color="#8172B2", marker="s", ls=":", label="perplexity ratio")
+        twin.set_ylabel("perplexity / base")
+        bottom.set(xlabel=RECOVERABILITY_KINDS[kind].split(": ")[1], ylabel="reduction of GT toxicity; KL (nats)")
+        bottom.set_xscale("log", base=2)
+        bottom.legend(fontsize=7, loc="upper left")
+        twin.legend(fontsize=7, loc="upper right")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("When can the reward be recovered? IRL fidelity against how the expert was aligned")
+    fig.tight_layout()
+    return fig

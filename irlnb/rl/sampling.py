@@ -41,7 +41,8 @@ class BestOfN:
     tokenizer: object
     decoding: Decoding  # must sample
     n: int
-    scorer: TextScorer
+    scorer: TextScorer | None  # None only for n = 1, which chooses nothing
+    seed_offset: int = 0  # moves every seed: another draw of the same policy (rlhf.seed)
 
     def __post_init__(self) -> None:
         if not self.decoding.do_sample:
@@ -53,7 +54,12 @@ class BestOfN:
         """n sampled continuations per prompt (candidate j of every prompt comes from seed + j)."""
         drawn = [
             generate_continuations(
-                self.model, self.tokenizer, prompts, self.decoding, batch_size=batch_size, seed=seed + 7919 * j
+                self.model,
+                self.tokenizer,
+                prompts,
+                self.decoding,
+                batch_size=batch_size,
+                seed=self.seed_offset + seed + 7919 * j,
             )
             for j in range(self.n)
         ]

@@ -307,6 +307,7 @@ def lora_config(rlhf):
 # The rlhf settings each trainer reads: a training key covers those, and no other.
 TRAINER_SETTINGS = {
     "rloo": (
+        "seed",
         "steps",
         "learning_rate",
         "beta",
@@ -320,6 +321,7 @@ TRAINER_SETTINGS = {
         "reward_batch_size",
     ),
     "rft": (
+        "seed",
         "learning_rate",
         "completions_per_step",
         "max_completion_tokens",
@@ -332,10 +334,15 @@ TRAINER_SETTINGS = {
         "rft_epochs",
         "rft_max_perplexity_ratio",
     ),
-    "best_of_n": ("max_completion_tokens", "top_k", "temperature", "best_of_n", "reward_batch_size"),
+    "best_of_n": ("seed", "max_completion_tokens", "top_k", "temperature", "best_of_n", "reward_batch_size"),
 }
 TRAINER_SETTINGS["grpo"] = TRAINER_SETTINGS["rloo"]
 GUARD_TEXTS = 100  # validation human non-toxic texts whose perplexity guards rejection-sampling fine-tuning
+
+
+def alignment_seed(settings) -> int:
+    """The seed of an alignment: compute.seed, moved by rlhf.seed (the recoverability study varies only this)."""
+    return settings.compute.seed + 1000 * settings.rlhf.seed
 
 
 def training_key(settings, reward_identity: dict[str, Any], prompts: list[str], scale_texts: list[str]) -> str:
@@ -407,7 +414,9 @@ def prepare_training(layout: RunLayout, reward_kind: str, settings, device: str)
 
 def train_rloo(layout: RunLayout, stage_name: str, start: StageTraining, settings, device: str):
     """The TRL trainer (RLOO or GRPO) of a stage, trained or, when finished under the same key, loaded."""
-    config = trainer_config(checkpoint_dir(layout, stage_name, start.key), settings.rlhf, settings.compute.seed, device)
+    config = trainer_config(
+        checkpoint_dir(layout, stage_name, start.key), settings.rlhf, alignment_seed(settings), device
+    )
     return train_policy(
         start.policy_dir, start.tokenizer, start.prompts, start.reward, config, lora_config(settings.rlhf)
     )
@@ -446,7 +455,7 @@ def run_stage_training(layout: RunLayout, stage_name: str, reward_kind: str, set
             settings.rlhf,
             start.guard_texts,
             checkpoint_dir(layout, stage_name, start.key),
-            settings.compute.seed,
+            alignment_seed(settings),
             settings.compute.inference_dtype,
             device,
         )
@@ -501,7 +510,14 @@ def load_stage_policy(layout: RunLayout, reward_kind: str, device: str, dtype: s
     settings = SimpleNamespace(**{name: SimpleNamespace(**values) for name, values in card.settings.items()})
     scorer, _ = make_scorer(reward_kind, layout, settings, device)
     model, tokenizer = load_policy(settings.sources.policy, device=device, dtype=dtype)
-    return BestOfN(model, tokenizer, sampling_decoding(settings.rlhf), n or settings.rlhf.best_of_n, scorer)
+    return BestOfN(
+        model,
+        tokenizer,
+        sampling_decoding(settings.rlhf),
+        n or settings.rlhf.best_of_n,
+        scorer,
+        seed_offset=1000 * settings.rlhf.seed,
+    )
 
 
 def base_policy(spec: str, rlhf, decoding, device: str, dtype: str):
