@@ -16,7 +16,17 @@ from irlnb.layout import REPO_ROOT
 
 NOTEBOOKS = "notebooks/"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
-LANGUAGE_INFO = {"name": "python"}
+# What the venv's kernel reports: JupyterLab writes it into a notebook when the kernel connects, so a notebook
+# committed with it opens unmodified (on another Python micro version it opens modified, and saves back as this).
+LANGUAGE_INFO = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+    "version": "3.11.7",
+}
 KEPT_CELL_METADATA = ("tags",)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -44,11 +45,16 @@ class RunError(IrlnbError, RuntimeError):
 
 
 class IpcKernelManager(AsyncKernelManager):
-    """A kernel reached through IPC sockets beside its connection file, not TCP ports."""
+    """A kernel reached through IPC sockets in a private temporary folder, not TCP ports."""
 
     @default("transport")
     def _default_transport(self) -> str:
         return "ipc"
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        # jupyter_client would put the sockets in the working directory (notebooks/), where a killed run leaves them.
+        return str(Path(tempfile.mkdtemp(prefix="irlnb-kernel-")) / "kernel")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -143,6 +143,7 @@ class RewardExplorer:
         text = widgets.Textarea(
             placeholder="one text per line (a text picked from the list is scored whole)",
             layout=widgets.Layout(width="100%", height="6em"),
+            continuous_update=False,  # the text is sent when the box loses focus: before the button's click
         )
         picks = widgets.Dropdown(
             options=[("(texts where the learned reward and R* disagree most)", "")]
