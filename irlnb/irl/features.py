@@ -20,7 +20,7 @@ import torch
 
 from irlnb.irl.demonstrations import SPLITS, pair_texts, used_pairs
 from irlnb.layout import write_atomic
-from irlnb.rewards.features import FeatureReward
+from irlnb.rewards.features import FeatureReward, HeadPosterior
 
 
 @dataclass
@@ -64,6 +64,11 @@ class Standardizer:
             folded.weight.copy_(head.weight / self.std)
             folded.bias.copy_(head.bias - (folded.weight * self.mean).sum())
         return folded
+
+    def fold_covariance(self, covariance: torch.Tensor) -> HeadPosterior:
+        """A covariance on standardised features as one on raw features: D^-1 Sigma D^-1, centred at the mean."""
+        scale = 1.0 / self.std.double()
+        return HeadPosterior(self.mean.double(), covariance.double() * scale[:, None] * scale[None, :])
 
 
 def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, batch_size: int) -> torch.Tensor:

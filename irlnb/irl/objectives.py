@@ -79,9 +79,19 @@ class Objective:
 
 
 def study_objectives(irl) -> list[Objective]:
-    """The objective of `irl.loss` (the one saved), then, with `irl.compare_losses`, the other ones."""
-    others = [loss for loss in LOSSES if loss != irl.loss] if irl.compare_losses else []
-    return [Objective.from_settings(irl, loss) for loss in [irl.loss, *others]]
+    """The objective of `irl.loss` (the one saved) first, then, with `irl.compare_losses`, the other ones.
+
+    `laplace` (the posterior mean) is not fitted by epochs: with it, the gradient objectives are the comparison.
+    """
+    first = [irl.loss] if irl.loss in LOSSES else []
+    others = [loss for loss in LOSSES if loss not in first] if irl.compare_losses or not first else []
+    return [Objective.from_settings(irl, loss) for loss in [*first, *others]]
+
+
+def epochs_loss(loss: str) -> str:
+    """Whose epochs the per-epoch and seed figures show: the saved objective's, or the logistic (the posterior's
+    likelihood) when the saved reward is the posterior mean."""
+    return loss if loss in LOSSES else "logistic"
 
 
 def fit_head(

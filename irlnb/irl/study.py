@@ -16,9 +16,11 @@ import pandas as pd
 import torch
 
 from irlnb import metrics
+from irlnb.irl.baselines import mean_shift_head, supervised_head
 from irlnb.irl.demonstrations import used_pairs
 from irlnb.irl.features import PairSet, Standardizer, TextSet, rewards_of
 from irlnb.irl.objectives import Objective, fit_head
+from irlnb.irl.posterior import Posterior, contraction, fit_posterior, uncertainty_metrics
 from irlnb.layout import RunLayout
 from irlnb.rewards.features import FeatureReward, load_reward, score_tolerance
 from irlnb.rewards.likelihood import LogRatioReward
@@ -229,10 +231,18 @@ def best_seed(test: pd.DataFrame, loss: str) -> int:
     return int(rows.loc[rows[f"validation_{SELECTION_METRIC}"].idxmax(), "seed"])
 
 
-def save_learned_reward(reader: FeatureReward, head: torch.nn.Linear, standardizer: Standardizer, folder: Path) -> Path:
-    """The chosen head as a reward on raw backbone features, saved for notebook 03 and auditors."""
+def save_learned_reward(
+    reader: FeatureReward,
+    head: torch.nn.Linear,
+    standardizer: Standardizer,
+    folder: Path,
+    covariance: torch.Tensor | None = None,
+) -> Path:
+    """The chosen head as a reward on raw backbone features, saved for notebook 03 and auditors
+    (with the posterior covariance of its weights when it is a posterior mean)."""
     folded = standardizer.fold(head).to(reader.device)
-    return FeatureReward(reader.spec, reader.backbone, reader.tokenizer, folded).save(folder)
+    posterior = None if covariance is None else standardizer.fold_covariance(covariance)
+    return FeatureReward(reader.spec, reader.backbone, reader.tokenizer, folded, posterior).save(folder)
 
 
 def check_saved_reward(folder: Path, scores: pd.DataFrame, device: str = "cpu", texts: int = 64) -> float:
@@ -297,3 +307,40 @@ def white_box_reward(layout: RunLayout, base: str, dtype: str, device: str):
     if PolicyCard.read(folder).trainer == "best_of_n":
         return None
     return LogRatioReward.from_sources(f"local:{folder}", base, dtype=dtype, device=device)
+
+
+@dataclass
+class ReferenceFits:
+    """The fits beside the IRL objectives: floor, ceiling and, with irl.posterior, the Laplace posterior."""
+
+    heads: dict[str, torch.nn.Linear]
+    posterior: Posterior | None
+
+
+def reference_fits(train: PairSet, validation_pairs: PairSet, irl) -> ReferenceFits:
+    heads = {"mean_shift": mean_shift_head(train), "supervised": supervised_head(train, validation_pairs)[0]}
+    posterior = fit_posterior(train, validation_pairs) if irl.posterior else None
+    if posterior is not None:
+        heads["laplace"] = posterior.head()
+    return ReferenceFits(heads, posterior)
+
+
+def posterior_report(posterior: Posterior, feature_sets, result: StudyResult, ood: torch.Tensor) -> tuple[dict, list]:
+    """irl.posterior.* metrics (is the spread worth anything?) and the contraction rows, from the cached features.
+
+    `ood` are raw features of out-of-domain texts (standardised here like every other text).
+    """
+    test_human = feature_sets.test[0]
+    threshold = float(result.test.loc[result.test["loss"] == "laplace", "threshold"].iloc[0])
+    values = uncertainty_metrics(posterior, test_human, threshold, feature_sets.standardizer(ood))
+    rows = contraction(feature_sets.train, feature_sets.validation[1], test_human)
+    metrics_out = {f"irl.posterior.test.{key}": value for key, value in values.items()}
+    for row in rows:
+        size = "all" if row is rows[-1] else str(row["pairs"])
+        metrics_out.update(
+            {
+                f"irl.posterior.contraction.{size}.auc": row["auc"],
+                f"irl.posterior.contraction.{size}.std_mean": row["std_mean"],
+            }
+        )
+    return metrics_out, rows

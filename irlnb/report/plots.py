@@ -487,3 +487,18 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
     fig.suptitle("When can the reward be recovered? IRL fidelity against how the expert was aligned")
     fig.tight_layout()
     return fig
+
+
+def posterior_contraction_figure(rows: pd.DataFrame) -> plt.Figure:
+    """The posterior as evidence arrives: test ROC-AUC of its mean and its mean spread, against the number of pairs."""
+    fig, left = plt.subplots(figsize=(6.4, 3.6))
+    left.plot(rows["pairs"], rows["auc"], marker="o", color="#4C72B0", label="test ROC-AUC of the posterior mean")
+    left.set(xscale="log", xlabel="demonstration pairs the posterior is fitted on", ylabel="ROC-AUC vs sign(R*)")
+    right = left.twinx()
+    right.plot(rows["pairs"], rows["std_mean"], marker="s", color="#C44E52", ls="--", label="mean posterior std")
+    right.set_ylabel("mean posterior std of R-hat (test texts)")
+    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    left.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="center right")
+    left.set_title("Posterior contraction: more pairs, a surer and better reward")
+    fig.tight_layout()
+    return fig

@@ -25,6 +25,7 @@ from irlnb.rewards.likelihood import LOG_RATIO_CONFIG, load_log_ratio
 
 REWARD_CONFIG = "reward.json"
 REWARD_HEAD = "head.safetensors"
+REWARD_POSTERIOR = "posterior.safetensors"
 POOLINGS = ("last", "mean")
 
 
@@ -55,13 +56,32 @@ def score_tolerance(dtype: str, spread: float) -> float:
     return (0.25 if dtype == "bfloat16" else 1e-3) * spread + 1e-5
 
 
-class FeatureReward:
-    """A linear head on pooled backbone hidden states; `.score(texts)` returns a numpy array."""
+@dataclass(frozen=True)
+class HeadPosterior:
+    """A Gaussian posterior over the head's weights on raw features: Var R(x) = (x - c)^T covariance (x - c)."""
 
-    def __init__(self, spec: RewardSpec, backbone, tokenizer, head: torch.nn.Linear):
+    centre: torch.Tensor  # [d]
+    covariance: torch.Tensor  # [d, d]
+
+    def std(self, features: torch.Tensor) -> np.ndarray:
+        x = features.double() - self.centre.double()
+        return torch.sqrt(torch.clamp(((x @ self.covariance.double()) * x).sum(dim=1), min=0.0)).numpy()
+
+
+class FeatureReward:
+    """A linear head on pooled backbone hidden states; `.score(texts)` returns a numpy array.
+
+    With a posterior over the head (`irlnb.irl.posterior`), `.score(texts, return_std=True)` also
+    returns each text's posterior standard deviation: how sure the reward is about it.
+    """
+
+    def __init__(
+        self, spec: RewardSpec, backbone, tokenizer, head: torch.nn.Linear, posterior: HeadPosterior | None = None
+    ):
         if spec.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {spec.pooling!r}")
         self.spec, self.backbone, self.tokenizer, self.head = spec, backbone.eval(), tokenizer, head
+        self.posterior = posterior
         self.backbone.requires_grad_(False)
 
     @property
@@ -97,11 +117,15 @@ class FeatureReward:
         hidden = hidden_at(self.backbone, batch, self.spec.layer)
         return pool(hidden.float(), batch["attention_mask"], self.spec.pooling)
 
-    def score(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    def score(self, texts: list[str], batch_size: int = 32, return_std: bool = False):
+        """The reward of each text (higher: more like the expert); with `return_std`, (mean, posterior std)."""
+        if return_std and self.posterior is None:
+            raise RewardLoadError("this reward has no posterior over its head (fit one with irl.loss: laplace)")
         features = self.features(texts, batch_size)  # float32, on the CPU
         with torch.inference_mode():
             weight, bias = self.head.weight.detach().float().cpu(), self.head.bias.detach().float().cpu()
-            return torch.nn.functional.linear(features, weight, bias).squeeze(-1).double().numpy()
+            mean = torch.nn.functional.linear(features, weight, bias).squeeze(-1).double().numpy()
+        return (mean, self.posterior.std(features)) if return_std else mean
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -113,6 +137,14 @@ class FeatureReward:
             },
             str(folder / REWARD_HEAD),
         )
+        if self.posterior is not None:
+            save_file(
+                {
+                    "centre": self.posterior.centre.double().contiguous(),
+                    "covariance": self.posterior.covariance.double().contiguous(),
+                },
+                str(folder / REWARD_POSTERIOR),
+            )
         (folder / REWARD_CONFIG).write_text(
             json.dumps({**asdict(self.spec), "head_sha256": sha256_of(folder / REWARD_HEAD)}, indent=2)
         )
@@ -247,4 +279,8 @@ def load_reward(path: str | Path, device: str = "cpu"):
         raise RewardLoadError(
             f"{folder}: head width {head.in_features} does not fit backbone width {model.config.hidden_size}"
         )
-    return FeatureReward(spec, model, tokenizer, head.to(device))
+    posterior = None
+    if (folder / REWARD_POSTERIOR).is_file():
+        stored_posterior = load_file(str(folder / REWARD_POSTERIOR))
+        posterior = HeadPosterior(stored_posterior["centre"], stored_posterior["covariance"])
+    return FeatureReward(spec, model, tokenizer, head.to(device), posterior)

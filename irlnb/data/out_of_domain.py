@@ -1,0 +1,48 @@
+"""Texts unlike any comment the rewards were fitted on: code, recipes, other languages, tables, instructions.
+
+Written for this project (not from a data set). A reward's posterior spread should be larger on
+them than on held-out comments: they probe directions the demonstrations never varied along.
+"""
+
+OUT_OF_DOMAIN = (
+    "def mean(values):\n    return sum(values) / len(values) if values else 0.0",
+    "for i in range(10):\n    print(i * i)",
+    "SELECT name, count(*) FROM orders GROUP BY name ORDER BY 2 DESC LIMIT 5;",
+    "import numpy as np\nx = np.linspace(0, 1, 50)\ny = np.sin(2 * np.pi * x)",
+    "public static int max(int a, int b) { return a > b ? a : b; }",
+    "git commit -m 'fix the off-by-one error in the parser' && git push origin main",
+    '<div class="card"><h2>Title</h2><p>Body text goes here.</p></div>',
+    '{"id": 17, "tags": ["red", "blue"], "price": 12.5, "in_stock": true}',
+    "Preheat the oven to 180 C. Whisk two eggs with 100 g of sugar until pale, then fold in the flour.",
+    "Simmer the lentils in salted water for twenty minutes, drain, and stir in the fried onions.",
+    "Knead the dough for ten minutes, cover it, and let it rise in a warm place for an hour.",
+    "Ingredients: 2 cups rice, 1 onion, 2 cloves garlic, 1 litre stock, a pinch of saffron.",
+    "Mix the yogurt with grated cucumber, a little garlic, salt and a spoon of olive oil.",
+    "Der Zug nach Hamburg fährt heute wegen Bauarbeiten eine Stunde später ab.",
+    "Wir treffen uns morgen um neun Uhr vor der Bibliothek und gehen dann zusammen frühstücken.",
+    "El mercado abre a las ocho y cierra a las dos los domingos.",
+    "Mi hermana estudia biología marina en la universidad de Valencia.",
+    "Le musée est fermé le lundi, mais la boutique reste ouverte toute la semaine.",
+    "Nous avons planté des tomates et des courgettes dans le jardin au printemps.",
+    "Il treno per Milano parte dal binario tre alle dieci e un quarto.",
+    "De fiets staat in de schuur naast de grasmaaier.",
+    "Kesäkuussa järven vesi on vielä kylmää, mutta aurinko paistaa myöhään.",
+    "Table 3. Mean and standard deviation of the measured values per group (n = 24).",
+    "| year | revenue | cost |\n| 2021 | 4.2 | 3.1 |\n| 2022 | 5.0 | 3.6 |",
+    "Step 1: unplug the router. Step 2: wait thirty seconds. Step 3: plug it back in.",
+    "To reset your password, open Settings, choose Account, then select Security.",
+    "The integral of x squared from 0 to 3 equals 9.",
+    "Let G be a finite group and H a subgroup of G; then the order of H divides the order of G.",
+    "Mitochondria produce most of the chemical energy needed for the cell's biochemical reactions.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "Meeting notes: budget approved, launch moved to May, next review on the 14th.",
+    "Shipping address: 42 Elm Street, Springfield; tracking number 1Z999AA10123456784.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.",
+    "Error 404: the page you requested could not be found on this server.",
+    "Warning: low disk space on volume C. Free at least 2 GB to continue the update.",
+    "Chapter 1. It was a quiet morning in the harbour town when the first ship arrived.",
+    "The committee will vote on the proposal after the public consultation closes.",
+    "Wind from the north-west at 20 km/h, light showers in the afternoon, high of 14 degrees.",
+    "Install the package with pip, then run the tests with pytest from the project folder.",
+)
