@@ -95,6 +95,11 @@ class SourcesSettings:
         "embedded:profanity-check", doc="independent toxicity evaluator (a second opinion, never trained against)"
     )
     prompts: str = setting("embedded:insults", doc="comments with human toxicity labels that prompts are cut from")
+    expert: str = setting(
+        "",
+        doc="an aligned model to audit, with sources.policy as its base (local:PATH or hub:ORG/NAME): stage 03 "
+        "takes it instead of aligning the policy with R* itself (empty: align here)",
+    )
 
 
 @dataclass(frozen=True)
@@ -427,6 +432,8 @@ def parse_section(name: str, values: Any, where: str) -> Any:
         raise ConfigError(f"{where}: run.name: expected letters, digits, '-' and '_' only, got {section.name!r}")
     if name == "sources":
         for key, spec in dataclasses.asdict(section).items():
+            if key == "expert" and not spec:
+                continue  # no model brought: stage 03 aligns the policy itself
             try:
                 parse_source(spec, role=key, base_dir=Path.cwd())
             except SourceError as err:

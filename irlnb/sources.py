@@ -42,7 +42,10 @@ EMBEDDED: dict[str, dict[str, str]] = {
 }
 
 # What to suggest when a hub source cannot be reached.
+EMBEDDED["expert"] = EMBEDDED["policy"]  # an aligned model brought to be audited: any policy source
+
 EMBEDDED_ALTERNATIVE = {
+    "expert": "a local folder (local:PATH) holding the aligned model",
     "policy": "embedded:smollm2-135m-instruct",
     "toxicity_classifier": "embedded:tox-block",
     "evaluator": "embedded:profanity-check",
