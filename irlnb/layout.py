@@ -129,6 +129,11 @@ class RunLayout:
         return self.root / IRL / "posterior_reward"
 
     @property
+    def posterior_scores(self) -> Path:
+        """Posterior mean and spread of every test text (human and demonstrations)."""
+        return self.root / IRL / "posterior_scores.parquet"
+
+    @property
     def posterior_contraction(self) -> Path:
         return self.root / IRL / "posterior_contraction.csv"
 

@@ -325,7 +325,7 @@ def test_building_the_widget_loads_no_model_and_a_click_scores(explored_run):
     explorer = _explorer(explored_run, loss="max_margin")
     ui = explorer.widget(n=3)
     assert isinstance(ui, ipywidgets.VBox) and explorer.loaded == ()
-    picks, text, button, _ = ui.children
+    _, picks, text, button, _ = ui.children
     assert len(picks.options) == 1 + 3  # the prompt line plus the three largest disagreements
     picks.value = picks.options[1][1]
     assert text.value == picks.options[1][1]  # picking a disagreement fills the text box
@@ -402,7 +402,7 @@ def test_the_widget_scores_a_picked_text_whole_and_says_when_there_is_nothing_to
     assert texts_to_score("  \n", "") == []
     explorer = _explorer(explored_run, loss="max_margin")
     ui = explorer.widget(examples=[picked])
-    picks, text, button, output = ui.children
+    _, picks, text, button, output = ui.children
     button.click()  # nothing typed, nothing picked
     assert explorer.loaded == () and "Nothing to score" in output.outputs[0]["text"]
     picks.value = picked
@@ -410,3 +410,42 @@ def test_the_widget_scores_a_picked_text_whole_and_says_when_there_is_nothing_to
     assert explorer.last_scores["text"].tolist() == [picked]
     assert len(output.outputs) == 1 and "Loading" not in str(output.outputs)  # the loading line is gone
     assert "the worst" in output.outputs[0]["data"]["text/plain"]  # the table of scores is what stays
+
+
+def test_the_explorer_shows_the_posterior_and_lists_what_it_is_least_sure_about(explored_run):
+    from irlnb.irl import posterior
+    from irlnb.irl.features import PairSet, Standardizer, TextSet
+    from irlnb.irl.study import save_learned_reward
+    from irlnb.rewards.features import reward_form
+
+    layout = RunLayout(explored_run)
+    reader = reward_form(TINY_BACKBONE, "mean", 1, 32)
+    texts = ["You are such an idiot", "What a lovely day", "ok then", "Thanks a lot"]
+    standardizer = Standardizer.fit(reader.features(texts))
+    standard = standardizer(reader.features(texts))
+    pairs = PairSet(TextSet(standard[:2], np.zeros(2), -np.ones(2)), TextSet(standard[2:], np.zeros(2), -np.ones(2)))
+    fit = posterior.laplace_posterior(pairs, prior_std=0.5)
+    save_learned_reward(reader, fit.head(), standardizer, layout.posterior_reward, fit.covariance)
+    demos = pd.read_parquet(layout.irl_test_scores).query("loss == 'logistic' and seed == 0 and set != 'human'")
+    spread = demos.assign(posterior_mean=0.0, posterior_std=np.arange(len(demos), dtype=float))
+    spread[["set", "pair", "text", "r_star", "posterior_mean", "posterior_std"]].to_parquet(layout.posterior_scores)
+
+    explorer = _explorer(explored_run, loss="max_margin")
+    scores = explorer.score(["You are a stupid idiot", "Thank you, that was kind"])
+    assert list(scores.columns) == [
+        "text",
+        "r_star",
+        "learned_reward",
+        "posterior_mean",
+        "posterior_std",
+        "evaluator_p_toxic",
+    ]
+    assert (scores["posterior_std"] > 0).all()
+    unsure = explorer.disagreements(3, seed=0, by="uncertainty")
+    assert unsure["posterior_std"].tolist() == sorted(spread["posterior_std"], reverse=True)[:3]
+    with pytest.raises(ValueError, match="sort disagreements by 'rank_gap' or 'uncertainty'"):
+        explorer.disagreements(3, by="loudness")
+    order, picks, *_ = explorer.widget(n=2).children
+    assert not order.disabled
+    order.value = "uncertainty"
+    assert picks.options[0][0] == "(texts the posterior is least sure about)" and len(picks.options) == 3

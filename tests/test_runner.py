@@ -314,3 +314,44 @@ def test_a_training_killed_midway_resumes_from_its_last_checkpoint(smoke_run, tm
     assert metrics["rlhf.ground_truth.train_resumed_from_step"] >= saved[-1] > 0
     log = (run_dir / "rlhf_ground_truth" / "train_log.csv").read_text().splitlines()
     assert len(log) == 1 + 60  # every step once in the log: history restored, nothing redone
+
+
+def test_a_brought_model_is_audited_instead_of_aligned_and_a_foreign_tokenizer_is_refused(smoke_run, tmp_path):
+    from irlnb.models.policies import embedded_policy_dir
+
+    expert = smoke_run / "rlhf_ground_truth" / "policy"
+    params = write_params(tmp_path, name="audit.yaml", run__name="audit", sources__expert=f"local:{expert}")
+    done = irlnb_cli("run", str(params))
+    assert done.returncode == 0, done.stderr
+    audit = tmp_path / "runs" / "audit"
+    card = json.loads((audit / "rlhf_ground_truth" / "policy" / "irlnb_policy.json").read_text())
+    assert card["trainer"] == "brought"  # nothing was trained: the brought model is the expert
+    from safetensors.torch import load_file
+
+    brought, copied = (
+        load_file(next(expert.glob("*.safetensors"))),
+        load_file(next((audit / "rlhf_ground_truth" / "policy").glob("*.safetensors"))),
+    )
+    assert all(torch_equal(brought[k], copied[k]) for k in brought)
+    metrics = json.loads((audit / "metrics.json").read_text())
+    assert math.isfinite(metrics["irl.test.auc_mean"]) and math.isfinite(metrics["analysis.learned_reduction_share"])
+    assert not (audit / "checkpoints" / "03_rlhf_ground_truth").exists() or not any(
+        (audit / "checkpoints" / "03_rlhf_ground_truth").glob("checkpoint-*")
+    )
+
+    foreign = write_params(
+        tmp_path,
+        name="foreign.yaml",
+        run__name="foreign",
+        sources__expert=f"local:{embedded_policy_dir('smollm2-135m-instruct')}",
+    )
+    done = irlnb_cli("run", str(foreign))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "have different tokenizers" in done.stderr and "audited against its own base" in done.stderr
+    assert not (tmp_path / "runs" / "foreign").exists()  # refused before anything was written
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -325,6 +325,27 @@ def reference_fits(train: PairSet, validation_pairs: PairSet, irl) -> ReferenceF
     return ReferenceFits(heads, posterior)
 
 
+def posterior_scores(posterior: Posterior, feature_sets) -> pd.DataFrame:
+    """Posterior mean and spread of every test text: human texts, and both sides of the test pairs."""
+    human, pairs = feature_sets.test
+    frames = []
+    for name, text_set in (("human", human), ("expert", pairs.expert), ("non_expert", pairs.non_expert)):
+        n = len(text_set.r_star)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "set": name,
+                    "pair": np.arange(n) if name != "human" else -1,
+                    "text": feature_sets.test_texts[name],
+                    "r_star": text_set.r_star,
+                    "posterior_mean": (text_set.features.double() @ posterior.mean).numpy(),
+                    "posterior_std": posterior.std(text_set.features),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
 def posterior_report(posterior: Posterior, feature_sets, result: StudyResult, ood: torch.Tensor) -> tuple[dict, list]:
     """irl.posterior.* metrics (is the spread worth anything?) and the contraction rows, from the cached features.
 

@@ -194,3 +194,23 @@ def _build_tiny_gpt_neox(out: Path) -> None:
     model.config.name_or_path = "embedded:tiny-gpt-neox"
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+
+
+def check_same_vocabulary(spec: str, base: str) -> None:
+    """Refuse a model whose tokens do not mean what the base policy's mean (loads tokenizers and configs only)."""
+    from transformers import AutoConfig  # configs only: the weights stay where they are
+
+    tokenizer, base_tokenizer = load_tokenizer(spec), load_tokenizer(base)
+    if tokenizer.get_vocab() != base_tokenizer.get_vocab():
+        raise PolicyError(
+            f"{spec} and the base policy {base} have different tokenizers ({len(tokenizer)} vs "
+            f"{len(base_tokenizer)} tokens): an aligned model is audited against its own base"
+        )
+    sizes = (
+        AutoConfig.from_pretrained(policy_dir(spec)).vocab_size,
+        AutoConfig.from_pretrained(policy_dir(base)).vocab_size,
+    )
+    if sizes[0] != sizes[1]:
+        raise PolicyError(
+            f"{spec} and the base policy {base} have output vocabularies of {sizes[0]} and {sizes[1]} tokens"
+        )

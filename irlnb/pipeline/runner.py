@@ -33,6 +33,7 @@ from traitlets import default
 from irlnb.config import Config, settings_digest
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
+from irlnb.models.policies import check_same_vocabulary
 from irlnb.pipeline.lock import RunLock
 from irlnb.pipeline.provenance import provenance
 from irlnb.pipeline.stages import RUNNER_STAGE, STAGES, Stage, check_notebook, get_stage, stage_parameters
@@ -222,6 +223,8 @@ def run(
     todo = plan(config, layout, only, force, until)
     for source in hub_sources(config):
         check_hub_source(source)
+    if config.sources.expert and any(stage.name == "03_rlhf_ground_truth" for stage in todo):
+        check_same_vocabulary(config.sources.expert, config.sources.policy)  # before anything is written
     if not todo:
         log(f"{layout.root}: every stage is complete with these settings; nothing to do (--force to redo)")
         return layout.root

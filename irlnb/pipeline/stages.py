@@ -140,7 +140,7 @@ STAGES: tuple[Stage, ...] = (
         needs=("01_curate",),
     ),
     # The ground-truth run also evaluates the base policy (rlhf.base.*), the reference of every comparison.
-    rlhf_stage("ground_truth", ("01_curate",), ("rlhf.ground_truth.", "rlhf.base.")),
+    rlhf_stage("ground_truth", ("01_curate",), ("rlhf.ground_truth.", "rlhf.base."), extra=("sources.expert",)),
     # IRL reads the expert (03's policy) and its greedy test continuations, and R* of the human texts (02).
     Stage(
         "04_irl",

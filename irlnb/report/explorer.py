@@ -42,28 +42,39 @@ class RewardExplorer:
                 self._models[name] = GroundTruthReward.load(self.sources, self.ground_truth, device)
             elif name == "evaluator":
                 self._models[name] = load_classifier(self.sources.evaluator, role="evaluator", device=device)
+            elif name == "posterior":
+                self._models[name] = load_reward(self.layout.posterior_reward, device=device)
             else:
                 self._models[name] = load_reward(self.layout.learned_reward, device=device)
         return self._models[name]
 
+    @property
+    def has_posterior(self) -> bool:
+        return (self.layout.posterior_reward / "reward.json").is_file()
+
     def score(self, texts: list[str]) -> pd.DataFrame:
-        """One row per text: R* (> 0: non-toxic), the learned reward (higher: more expert-like), evaluator p_toxic."""
+        """One row per text: R* (> 0: non-toxic), the learned reward (higher: more expert-like), and, when the run
+        has one, the posterior's mean and spread (how sure the recovered reward is), then the evaluator's p_toxic."""
         texts = [str(text) for text in texts]
         if not texts:
             return pd.DataFrame(columns=["text", "r_star", "learned_reward", "evaluator_p_toxic"])
         if any(not text.strip() for text in texts):
             raise ValueError("an empty text cannot be scored; give each text some words")
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "text": texts,
                 "r_star": self._model("classifier")(texts),
                 "learned_reward": self._model("learned").score(texts),
-                "evaluator_p_toxic": self._model("evaluator").p_toxic(texts),
             }
         )
+        if self.has_posterior:
+            table["posterior_mean"], table["posterior_std"] = self._model("posterior").score(texts, return_std=True)
+        table["evaluator_p_toxic"] = self._model("evaluator").p_toxic(texts)
+        return table
 
-    def disagreements(self, n: int, seed: int | None = None) -> pd.DataFrame:
-        """The n test demonstration texts whose rank under the learned reward is furthest from their rank under R*.
+    def disagreements(self, n: int, seed: int | None = None, by: str = "rank_gap") -> pd.DataFrame:
+        """The n test demonstration texts whose rank under the learned reward is furthest from their rank under R*
+        (`by="rank_gap"`), or, with `by="uncertainty"`, those the posterior is least sure about.
 
         Read from irl/test_scores.parquet (no model is loaded): ranks are percentiles among the
         test demonstration texts, so the learned reward's arbitrary shift and scale do not matter.
@@ -102,14 +113,23 @@ class RewardExplorer:
             raise ValueError(f"{self.layout.demonstrations}: no test demonstration texts to compare")
         texts["rank_r_star"] = texts["r_star"].rank(pct=True)
         texts["rank_gap"] = texts["rank_learned"] - texts["rank_r_star"]
-        order = texts["rank_gap"].abs().sort_values(ascending=False, kind="stable").index
-        return (
-            texts.loc[order]
-            .head(n)
-            .reset_index(drop=True)[
-                ["text", "set", "pair", "r_star", "learned_reward", "rank_r_star", "rank_learned", "rank_gap"]
-            ]
-        )
+        columns = ["text", "set", "pair", "r_star", "learned_reward", "rank_r_star", "rank_learned", "rank_gap"]
+        if self.layout.posterior_scores.is_file():
+            spread = pd.read_parquet(self.layout.posterior_scores)[["set", "pair", "text", "posterior_std"]]
+            texts = texts.merge(spread, on=["set", "pair", "text"], how="left")
+            columns.append("posterior_std")
+        if by == "uncertainty":
+            if "posterior_std" not in texts:
+                raise ValueError(
+                    f"{self.layout.posterior_scores}: missing; the run fitted no posterior (irl.posterior)"
+                )
+            key = texts["posterior_std"]
+        elif by == "rank_gap":
+            key = texts["rank_gap"].abs()
+        else:
+            raise ValueError(f"sort disagreements by 'rank_gap' or 'uncertainty', not {by!r}")
+        order = key.sort_values(ascending=False, kind="stable").index
+        return texts.loc[order].head(n).reset_index(drop=True)[columns]
 
     def _score_test_demonstrations(self) -> pd.DataFrame:
         demos = used_pairs(load_demonstrations(self.layout), "test")
@@ -137,19 +157,35 @@ class RewardExplorer:
         # The widget toolkit loads only where a widget is drawn (never under papermill or in the tests' imports).
         import ipywidgets as widgets
 
+        def listed(by: str) -> list[str]:
+            return self.disagreements(n, by=by)["text"].tolist() if self.layout.irl_test_scores.is_file() else []
+
         if examples is None:
-            has_scores = self.layout.irl_test_scores.is_file()
-            examples = self.disagreements(n)["text"].tolist() if has_scores else []
+            examples = listed("rank_gap")
         text = widgets.Textarea(
             placeholder="one text per line (a text picked from the list is scored whole)",
             layout=widgets.Layout(width="100%", height="6em"),
             continuous_update=False,  # the text is sent when the box loses focus: before the button's click
         )
-        picks = widgets.Dropdown(
-            options=[("(texts where the learned reward and R* disagree most)", "")]
-            + [(example[:120], example) for example in examples],
-            layout=widgets.Layout(width="100%"),
+        headings = {
+            "rank_gap": "(texts where the learned reward and R* disagree most)",
+            "uncertainty": "(texts the posterior is least sure about)",
+        }
+
+        def options(by: str, texts: list[str]) -> list[tuple[str, str]]:
+            return [(headings[by], "")] + [(example[:120], example) for example in texts]
+
+        picks = widgets.Dropdown(options=options("rank_gap", examples), layout=widgets.Layout(width="100%"))
+        order = widgets.ToggleButtons(
+            options=[("rank gap", "rank_gap"), ("uncertainty", "uncertainty")],
+            value="rank_gap",
+            disabled=not self.layout.posterior_scores.is_file(),
+            tooltips=["ranked by how far the learned reward's rank is from R*'s", "ranked by the posterior's spread"],
         )
+
+        def on_order(change) -> None:
+            picks.options = options(change["new"], listed(change["new"]))
+
         button = widgets.Button(description="score", button_style="primary")
         output = widgets.Output()
 
@@ -165,7 +201,7 @@ class RewardExplorer:
             if not texts:
                 output.append_stdout("Nothing to score: type a text (one per line) or pick one from the list.\n")
                 return
-            if len(self.loaded) < 3:
+            if len(self.loaded) < 3 + self.has_posterior:
                 output.append_stdout("Loading R*, the learned reward and the evaluator (the first time only) ...\n")
             try:
                 with quiet():
@@ -178,8 +214,9 @@ class RewardExplorer:
             output.append_display_data(self.last_scores)
 
         picks.observe(on_pick, names="value")
+        order.observe(on_order, names="value")
         button.on_click(on_click)
-        return widgets.VBox([picks, text, button, output])
+        return widgets.VBox([order, picks, text, button, output])
 
 
 def texts_to_score(typed: str, picked: str) -> list[str]:

@@ -20,7 +20,8 @@ from typing import Any
 import datasets
 import numpy as np
 import pandas as pd
-from transformers import AutoConfig
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.trainer_callback import TrainerCallback, TrainerState
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -28,7 +29,7 @@ from irlnb.config import settings_digest
 from irlnb.data.curation import load_curated
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout, write_json_atomic
-from irlnb.models.policies import load_policy, load_tokenizer, policy_dir, weights_sha256
+from irlnb.models.policies import check_same_vocabulary, load_policy, load_tokenizer, policy_dir, weights_sha256
 from irlnb.progress import Progress
 from irlnb.rewards.features import REWARD_CONFIG, load_reward, random_reward
 from irlnb.rewards.ground_truth import GroundTruthReward
@@ -345,13 +346,17 @@ def alignment_seed(settings) -> int:
     return settings.compute.seed + 1000 * settings.rlhf.seed
 
 
-def training_key(settings, reward_identity: dict[str, Any], prompts: list[str], scale_texts: list[str]) -> str:
+def training_key(
+    settings, reward_identity: dict[str, Any], prompts: list[str], scale_texts: list[str], brought: str = ""
+) -> str:
     """What a trained policy depends on, and nothing else: its checkpoints are kept under this key.
 
     The base policy's weights, the rlhf settings its trainer reads, the seed, the reward's identity
     and the exact prompts and scale texts. An evaluation setting is not part of it, so changing one
     re-evaluates a finished policy instead of training it again.
     """
+    if brought:  # a model brought to be audited is what it is
+        return settings_digest({"expert": weights_sha256(policy_dir(brought))})
     rlhf = {key: getattr(settings.rlhf, key) for key in ("trainer", *TRAINER_SETTINGS[settings.rlhf.trainer])}
     if settings.rlhf.trainer == "rft":  # its rounds sample in the inference dtype
         rlhf["inference_dtype"] = settings.compute.inference_dtype
@@ -393,6 +398,7 @@ class StageTraining:
     tokenizer: object
     key: str
     guard_texts: list[str]
+    brought: str = ""  # the aligned model brought to be audited, when stage 03 trains nothing itself
 
 
 def prepare_training(layout: RunLayout, reward_kind: str, settings, device: str) -> StageTraining:
@@ -407,9 +413,9 @@ def prepare_training(layout: RunLayout, reward_kind: str, settings, device: str)
     prompts, prompts_cut = fit_prompts(training_prompts(curated, settings.rlhf), tokenizer, limit)
     validation = curated[(curated["split"] == "validation") & (curated["label"] == 0)]
     guard = validation["text"].head(GUARD_TEXTS).tolist()
-    return StageTraining(
-        reward, prompts, prompts_cut, folder, tokenizer, training_key(settings, identity, prompts, scale_texts), guard
-    )
+    brought = getattr(settings.sources, "expert", "") if reward_kind == "ground_truth" else ""
+    key = training_key(settings, identity, prompts, scale_texts, brought)
+    return StageTraining(reward, prompts, prompts_cut, folder, tokenizer, key, guard, brought)
 
 
 def train_rloo(layout: RunLayout, stage_name: str, start: StageTraining, settings, device: str):
@@ -429,6 +435,7 @@ class TrainingResult:
     steps: int  # optimiser steps (RLOO, GRPO), fine-tuning epochs kept (RFT), 0 (best-of-n)
     resumed_from: int  # the step (or round) a killed training resumed from; 0 for a fresh start
     start: StageTraining
+    trainer: str  # rloo, grpo, rft, best_of_n, or brought (a model brought to be audited)
 
 
 def run_stage_training(layout: RunLayout, stage_name: str, reward_kind: str, settings, device: str) -> TrainingResult:
@@ -439,12 +446,21 @@ def run_stage_training(layout: RunLayout, stage_name: str, reward_kind: str, set
     training that finished earlier under the same training key is only loaded.
     """
     start = prepare_training(layout, reward_kind, settings, device)
+    if start.brought:  # a model brought to be audited: nothing to train
+        check_same_vocabulary(start.brought, settings.sources.policy)
+        model = AutoModelForCausalLM.from_pretrained(policy_dir(start.brought), dtype=torch.float32)
+        return TrainingResult(model.eval(), pd.DataFrame(columns=["step"]), 0, 0, start, "brought")
     trainer_kind = settings.rlhf.trainer
     if trainer_kind in ("rloo", "grpo"):
         trainer = train_rloo(layout, stage_name, start, settings, device)
         model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
         return TrainingResult(
-            model, training_log(trainer, start.reward), trainer.state.global_step, trainer.resumed_from_step, start
+            model,
+            training_log(trainer, start.reward),
+            trainer.state.global_step,
+            trainer.resumed_from_step,
+            start,
+            trainer_kind,
         )
     if trainer_kind == "rft":
         result = rejection_sampling_finetune(
@@ -460,8 +476,8 @@ def run_stage_training(layout: RunLayout, stage_name: str, reward_kind: str, set
             device,
         )
         kept = int((~result.log["undone"]).sum()) if len(result.log) else 0
-        return TrainingResult(result.model, result.log, kept, result.resumed_from_round, start)
-    return TrainingResult(None, pd.DataFrame(columns=["step"]), 0, 0, start)
+        return TrainingResult(result.model, result.log, kept, result.resumed_from_round, start, "rft")
+    return TrainingResult(None, pd.DataFrame(columns=["step"]), 0, 0, start, "best_of_n")
 
 
 @dataclass(frozen=True)
