@@ -355,3 +355,22 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+def test_publishing_removes_what_an_earlier_run_published_and_this_one_did_not_make(tmp_path):
+    from irlnb.layout import RunLayout
+    from irlnb.pipeline.runner import publish_figures
+
+    layout = RunLayout(tmp_path / "run")
+    layout.figures.mkdir(parents=True)
+    (layout.figures / "kept.png").write_text("new")
+    target = tmp_path / "figures"
+    target.mkdir()
+    for name in ("kept.png", "stale.png"):
+        (target / name).write_text("old")
+    (target / "provenance.json").write_text(json.dumps({"files": ["kept.png", "stale.png"]}))
+    (target / "README-note.txt").write_text("never published by a run")
+    assert publish_figures(layout, target, {"params_file": "p.yaml", "git": {}}) == 1
+    assert (target / "kept.png").read_text() == "new" and not (target / "stale.png").exists()
+    assert (target / "README-note.txt").is_file()  # a file no run published is left alone
+    assert json.loads((target / "provenance.json").read_text())["files"] == ["kept.png"]

@@ -296,34 +296,59 @@ def toxicity_table_figure(table: pd.DataFrame) -> plt.Figure:
 
 
 def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
-    """Several runs side by side (the paper's model-size comparison): IRL accuracy/AUC, reduction shares, toxicity."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    """Several runs side by side (the paper's model-size comparison): the learned reward's test accuracy, F1 and
+    ROC-AUC (± SD over seeds) with its floor and ceiling; how much the seeds agree; Table 1; the reduction shares."""
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.0))
     x = np.arange(len(table))
     labels = [f"{run}\n{policy}" for run, policy in zip(table["run"], table["policy"])]
-    width = 0.38
-    axes[0].bar(
-        x - width / 2,
-        table["irl.test.accuracy_mean"],
-        width,
-        yerr=table["irl.test.accuracy_sd"].fillna(0),
-        capsize=4,
-        label="accuracy (± SD over seeds)",
-        color="#4C72B0",
-    )
-    axes[0].bar(x + width / 2, table["irl.test.auc_mean"], width, label="ROC-AUC", color="#55A868")
-    axes[0].axhline(0.5, color="black", lw=0.8, ls="--")
-    axes[0].set(title="learned reward vs R* on test texts", ylim=(0, 1))
-    for offset, tag in ((-width / 2, "learned"), (width / 2, "random")):
-        axes[1].bar(
-            x + offset,
-            table[f"analysis.{tag}_reduction_share"],
-            width,
-            color=POLICY_COLORS[tag],
-            label=POLICY_LABELS[tag],
+    width = 0.26
+
+    def column(name: str) -> pd.Series:
+        return table[name] if name in table else pd.Series(np.nan, index=table.index)
+
+    for offset, (name, label, color) in zip(
+        (-width, 0.0, width),
+        (("accuracy", "accuracy", "#4C72B0"), ("f1", "F1 (toxic)", "#CCB974"), ("auc", "ROC-AUC", "#55A868")),
+    ):
+        errors = column(f"irl.test.{name}_sd").fillna(0)
+        axes[0].bar(
+            x + offset, column(f"irl.test.{name}_mean"), width, yerr=errors, capsize=3, label=label, color=color
         )
-    axes[1].axhline(1.0, color=POLICY_COLORS["ground_truth"], lw=1, ls="--", label="R*'s own reduction")
-    axes[1].axhline(0.0, color="black", lw=0.8)
-    axes[1].set(title="share of R*'s toxicity reduction (GT classifier)")
+    axes[0].scatter(
+        x + width,
+        column("irl.mean_shift.test.auc_mean"),
+        marker="_",
+        s=400,
+        color="black",
+        label="floor (mean shift), AUC",
+        zorder=3,
+    )
+    axes[0].scatter(
+        x + width,
+        column("irl.supervised.test.auc_mean"),
+        marker="_",
+        s=400,
+        color="#C44E52",
+        label="ceiling (supervised), AUC",
+        zorder=3,
+    )
+    axes[0].axhline(0.5, color="black", lw=0.6, ls="--")
+    axes[0].set(title="learned reward vs R* on held-out test texts", ylim=(0, 1))
+    axes[1].bar(
+        x - width / 2,
+        column("irl.test.seed_spearman_median"),
+        width,
+        color="#8172B2",
+        label="median Spearman between seeds' rewards",
+    )
+    axes[1].bar(
+        x + width / 2,
+        column("irl.test.accuracy_sd") * 10,
+        width,
+        color="#937860",
+        label="SD of test accuracy over seeds (x10)",
+    )
+    axes[1].set(title="non-identifiability: how much the seeds agree", ylim=(0, 1.05))
     tags = [tag for tag in POLICY_COLORS if f"rlhf.{tag}.toxicity_mean" in table]
     step = 0.8 / max(len(tags), 1)
     for i, tag in enumerate(tags):
@@ -334,12 +359,23 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
             color=POLICY_COLORS[tag],
             label=POLICY_LABELS[tag],
         )
-    axes[2].set(title="mean p_toxic of greedy test continuations")
+    axes[2].set(title="Table 1: mean p_toxic of test continuations")
+    for offset, tag in ((-width / 2, "learned"), (width / 2, "random")):
+        axes[3].bar(
+            x + offset,
+            column(f"analysis.{tag}_reduction_share"),
+            width,
+            color=POLICY_COLORS[tag],
+            label=POLICY_LABELS[tag],
+        )
+    axes[3].axhline(1.0, color=POLICY_COLORS["ground_truth"], lw=1, ls="--", label="R*'s own reduction")
+    axes[3].axhline(0.0, color="black", lw=0.8)
+    axes[3].set(title="share of R*'s toxicity reduction (GT classifier)")
     for ax in axes:
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlim(-0.6, len(table) - 0.4)  # a run without a value keeps its slot
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
-    fig.suptitle("Runs compared")
+    fig.suptitle("Runs compared (model sizes, or any runs named in analysis.compare_runs)")
     fig.tight_layout()
     return fig
 
