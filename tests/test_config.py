@@ -199,7 +199,7 @@ def test_each_committed_notebook_is_clean_with_the_venv_kernelspec(notebook):
 
 
 def test_jupyter_saves_a_committed_notebook_back_clean_and_other_files_as_they_are():
-    from irlnb.pipeline.lab import before_save
+    from irlnb.pipeline.lab import LANGUAGE_INFO, before_save
 
     cell = {
         "cell_type": "code",
@@ -217,7 +217,7 @@ def test_jupyter_saves_a_committed_notebook_back_clean_and_other_files_as_they_a
     before_save(committed, "notebooks/05_analysis.ipynb")
     saved = committed["content"]
     assert saved["cells"][0]["outputs"] == [] and saved["cells"][0]["execution_count"] is None
-    assert saved["cells"][0]["metadata"] == {"tags": ["x"]} and saved["metadata"]["language_info"] == {"name": "python"}
+    assert saved["cells"][0]["metadata"] == {"tags": ["x"]} and saved["metadata"]["language_info"] == LANGUAGE_INFO
     elsewhere = model()
     before_save(elsewhere, "runs/default.scratch/mine.ipynb")
     assert elsewhere == model()

@@ -53,6 +53,16 @@ def prepare_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+def encode_prompts(tokenizer, prompts: list[str], limit: int | None = None) -> list[list[int]]:
+    """Token ids of prompts as a model reads the start of a text: after the tokenizer's own start token when it
+    adds one (Gemma's <bos>; SmolLM2 and GPT-NeoX add none). A prompt longer than `limit` keeps its end."""
+    start = tokenizer("", add_special_tokens=True)["input_ids"]
+    body = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    if limit is not None:
+        body = [ids[len(ids) - max(limit - len(start), 0) :] for ids in body]
+    return [start + ids for ids in body]
+
+
 def policy_dir(spec: str) -> Path:
     """The local `save_pretrained` folder of a policy source (embedded: built on first use; hub: its snapshot)."""
     source = parse_source(spec, "policy")

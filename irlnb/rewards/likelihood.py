@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from irlnb.errors import IrlnbError
-from irlnb.models.policies import load_policy, policy_dir, weights_sha256
+from irlnb.models.policies import encode_prompts, load_policy, policy_dir, weights_sha256
 from irlnb.progress import tracked
 
 LOG_RATIO_CONFIG = "log_ratio.json"
@@ -86,7 +86,7 @@ class LogRatioReward:
 
     def _batches(self, prompts: list[str], continuations: list[str], batch_size: int):
         """Right-padded prompt + continuation ids, with the mask of the tokens scored (the continuation's)."""
-        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        prompt_ids = encode_prompts(self.tokenizer, prompts)
         continuation_ids = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
         rows = []
         for p, c in zip(prompt_ids, continuation_ids):

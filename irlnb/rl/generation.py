@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from irlnb.models.policies import encode_prompts
 from irlnb.progress import tracked
 
 
@@ -43,12 +44,11 @@ def generate_continuations(
     """One continuation per prompt (the new text only, special tokens removed)."""
     if tokenizer.padding_side != "left":
         raise ValueError("generation needs a left-padding tokenizer (see irlnb.models.policies.prepare_tokenizer)")
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     # Keep each prompt's end (it is what gets continued) and leave room for the new tokens.
     limit = context_limit(model.config, decoding.max_new_tokens)
     if max_prompt_tokens is not None:
         limit = min(limit, max_prompt_tokens)
-    encoded = [ids[-limit:] for ids in encoded]
+    encoded = encode_prompts(tokenizer, prompts, limit)
     if any(len(ids) == 0 for ids in encoded):
         raise ValueError("an empty prompt cannot be continued")
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))

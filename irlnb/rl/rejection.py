@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from irlnb.layout import build_folder_atomic, read_json, write_json_atomic
+from irlnb.models.policies import encode_prompts
 from irlnb.progress import Progress
 from irlnb.rl.evaluation import perplexity
 from irlnb.rl.sampling import BestOfN, sampling_decoding
@@ -45,7 +46,7 @@ class RejectionResult:
 
 def continuation_batch(tokenizer, prompts: list[str], continuations: list[str], max_new_tokens: int, eos: bool = True):
     """Right-padded ids of prompt + continuation (+ EOS when it ended early), labels only on the continuation."""
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompts(tokenizer, prompts)
     continuation_ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
     rows, labels = [], []
     for p, c in zip(prompt_ids, continuation_ids):
