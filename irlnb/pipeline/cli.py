@@ -72,7 +72,11 @@ def cmd_regress(args) -> int:
         print(f"reference written to {regress.record_reference(config, run_dir, reference_dir)}")
         return 0
     return regress.regress(
-        config, runs_dir=args.runs_dir or regress.REGRESS_RUNS_DIR, reuse=args.reuse, reference_dir=reference_dir
+        config,
+        runs_dir=args.runs_dir or regress.REGRESS_RUNS_DIR,
+        reuse=args.reuse,
+        reference_dir=reference_dir,
+        threads=args.threads,
     )
 
 
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     regress.add_argument("--runs-dir", help="where the regression run goes (default runs/regress)")
     regress.add_argument("--reuse", action="store_true", help="keep finished stages of an earlier regression run")
     regress.add_argument("--reference-dir", help="folder of references and tolerances.yaml (default regress/)")
+    regress.add_argument("--threads", type=int, help="torch threads of the regression run (default: the params')")
     regress.set_defaults(func=cmd_regress)
 
     study = commands.add_parser(

@@ -25,6 +25,7 @@ import yaml
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.pipeline import runner
+from irlnb.pipeline.lock import check_free
 
 REFERENCE_DIR = REPO_ROOT / "regress"
 TOLERANCES_FILE = "tolerances.yaml"
@@ -238,12 +239,15 @@ def regress(
     reuse: bool = False,
     reference_dir: Path = REFERENCE_DIR,
     log: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> int:
     """Run the pipeline of `config` afresh into `runs_dir` and check it against its reference; 0 pass, 1 fail.
 
     The reference and the tolerances are read before anything runs, so a missing reference costs
     seconds, not a pipeline. The run starts from an empty run directory unless `reuse`: a regression
-    test that resumed from old checkpoints would not exercise today's training code.
+    test that resumed from old checkpoints would not exercise today's training code. `threads`
+    overrides compute.torch_threads (a setting that never changes a result by intent, but does
+    change floating-point sums: the tolerances were measured with it).
     """
     reference_path = reference_file(config.run.name, reference_dir)
     reference = read_reference(reference_path)
@@ -257,8 +261,11 @@ def regress(
             f"{run_dir}: is the run of {config.path} itself; regress into another runs dir (default {REGRESS_RUNS_DIR})"
         )
     if run_dir.exists() and not reuse:
+        check_free(run_dir, "irlnb regress")  # never delete a run another process is writing
         shutil.rmtree(run_dir)
     # The regression run must not overwrite the published figures of the real run.
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, figures_dir=""))
+    if threads is not None:
+        config = dataclasses.replace(config, compute=dataclasses.replace(config.compute, torch_threads=threads))
     runner.run(config, runs_dir=runs_dir, log=log)
     return check_run(run_dir, reference_path, tolerances_path, log=log)
