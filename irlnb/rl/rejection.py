@@ -143,7 +143,7 @@ def rejection_sampling_finetune(
             }
         )
         chosen_frames.append(chosen)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=rlhf.learning_rate)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=rlhf.rft_learning_rate)
         steps = math.ceil(len(prompts) / rlhf.completions_per_step)
         progress = Progress(rlhf.rft_epochs * steps, f"fine-tuning on round {round_number}'s winners", unit="step")
         for epoch in range(1, rlhf.rft_epochs + 1):

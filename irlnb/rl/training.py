@@ -323,7 +323,7 @@ TRAINER_SETTINGS = {
     ),
     "rft": (
         "seed",
-        "learning_rate",
+        "rft_learning_rate",
         "completions_per_step",
         "max_completion_tokens",
         "top_k",
