@@ -112,7 +112,7 @@ def embedded_policy_dir(name: str) -> Path:
     if name == "tiny-gpt-neox":
         return _cached(f"tiny-gpt-neox-{TINY_GPT_NEOX_VERSION}", TINY_GPT_NEOX_VERSION, _build_tiny_gpt_neox)
     if name == "gemma3-270m":  # opt-in: fetched (and its licence named) only here
-        return _cached("gemma3-270m", GEMMA3_GGUF_SHA256, _convert_gemma3)
+        return _cached("gemma3-270m", f"{GEMMA3_GGUF_SHA256}-{GEMMA3_RECIPE}", _convert_gemma3)
     raise PolicyError(f"unknown embedded policy {name!r}")
 
 
@@ -164,8 +164,17 @@ def _convert_smollm2(out: Path) -> None:
     _save_converted(*load_smollm2_from_gguf(), out, "embedded:smollm2-135m-instruct")
 
 
+GEMMA3_RECIPE = "v2"  # bump when _convert_gemma3 changes, so stale caches are rebuilt
+# The GGUF tokenizer leaves Gemma 3's image markers unmarked, so decoded text kept them; a text model never
+# emits them on purpose.
+GEMMA3_NON_TEXT_TOKENS = ("<start_of_image>", "<end_of_image>", "[multimodal]")
+
+
 def _convert_gemma3(out: Path) -> None:
-    _save_converted(*load_gemma3_from_gguf(), out, "embedded:gemma3-270m")
+    model, tokenizer = load_gemma3_from_gguf()
+    markers = [token for token in GEMMA3_NON_TEXT_TOKENS if token in tokenizer.get_vocab()]
+    tokenizer.add_special_tokens({"additional_special_tokens": markers}, replace_additional_special_tokens=False)
+    _save_converted(model, tokenizer, out, "embedded:gemma3-270m")
     # the Gemma Terms of Use travel with the converted weights
     (out / GEMMA3_TERMS_FILE).write_bytes((gemma3_gguf().parent / GEMMA3_TERMS_FILE).read_bytes())
 
