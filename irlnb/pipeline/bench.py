@@ -109,11 +109,55 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
     tokens = last["num_tokens"] - before["num_tokens"]
     generated = last["completions/mean_length"] * r.completions_per_step
     flops = n_params * (2 * generated + 8 * tokens)
-    return {
+    values = {
         "rlhf_step.seconds": last["step_time"],
         "rlhf_step.gflops": flops / last["step_time"] / 1e9,
         "rlhf_step.tokens": float(tokens),
         "rlhf_step.generated_tokens": float(generated),
+    }
+    return {**values, **rlhf_step_parts(config, training_prompts(curated, r))}
+
+
+def rlhf_step_parts(config: Config, prompts: list[str]) -> dict[str, float]:
+    """Where an RLOO step's time goes, each part timed alone on the step's shapes with the float32 policy:
+    sampling the completions (token by token, KV cache), the reference policy's forward pass, the policy's
+    forward and backward passes, and the AdamW update."""
+    r = config.rlhf
+    model, tokenizer = load_policy(config.sources.policy)
+    reference, _ = load_policy(config.sources.policy)
+    batch_prompts = [
+        p
+        for p in prompts[: r.completions_per_step // r.generations_per_prompt]
+        for _ in range(r.generations_per_prompt)
+    ]
+    decoding = Decoding(r.max_completion_tokens, do_sample=True, top_k=r.top_k, temperature=r.temperature)
+    completions = generate_continuations(model, tokenizer, batch_prompts, decoding, batch_size=len(batch_prompts))
+    generation = best_seconds(
+        lambda: generate_continuations(model, tokenizer, batch_prompts, decoding, batch_size=len(batch_prompts)),
+        repeats=2,
+    )
+    batch = tokenizer([p + c for p, c in zip(batch_prompts, completions)], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference_s = best_seconds(lambda: reference(**batch), repeats=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=r.learning_rate)
+    model.train()
+
+    def forward_backward():
+        optimizer.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+
+    policy_s = best_seconds(forward_backward, repeats=2)
+    update_s = best_seconds(optimizer.step, repeats=2)
+    parts = {
+        "generation": generation,
+        "reference_forward": reference_s,
+        "policy_forward_backward": policy_s,
+        "optimizer_update": update_s,
+    }
+    total = sum(parts.values())
+    return {
+        **{f"rlhf_step.{name}_s": seconds for name, seconds in parts.items()},
+        **{f"rlhf_step.{name}_share": seconds / total for name, seconds in parts.items()},
     }
 
 
@@ -231,6 +275,9 @@ def run_bench(
     torch.set_num_threads(rlhf_threads)
     results[f"matmul.peak_gflops_{rlhf_threads}_threads"] = matmul_peak_gflops()
     results.update(bench_rlhf_step(config))
+    results["rlhf_step.peak_fraction"] = (
+        results["rlhf_step.gflops"] / results[f"matmul.peak_gflops_{rlhf_threads}_threads"]
+    )
     results["bench.rlhf_torch_threads"] = float(rlhf_threads)
     torch.set_num_threads(threads)
     results["bench.total_s"] = time.perf_counter() - started
