@@ -179,6 +179,12 @@ class RlhfSettings:
     )
     rft_rounds: int = setting(1, doc="rounds of best-of-n sampling then fine-tuning on the winners (rft)", ge=1)
     rft_epochs: int = setting(1, doc="fine-tuning passes over a round's winners (rft)", ge=1)
+    rft_top_k: int = setting(
+        0,
+        doc="top-k of the candidates rft fine-tunes on (0: the policy's own distribution, so fine-tuning on the "
+        "winners tilts it toward the reward instead of sharpening it)",
+        ge=0,
+    )
     rft_learning_rate: float = setting(
         1e-5, doc="AdamW learning rate of the fine-tuning on the winners (rft; 5e-5 raised perplexity x1.35)", gt=0.0
     )

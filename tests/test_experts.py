@@ -69,6 +69,7 @@ def rlhf_settings(**changes):
         rft_epochs=1,
         rft_max_perplexity_ratio=10.0,
         rft_learning_rate=5e-3,
+        rft_top_k=30,
         completions_per_step=4,
         max_completion_tokens=6,
         top_k=30,

@@ -29,7 +29,8 @@ from irlnb.layout import build_folder_atomic, read_json, write_json_atomic
 from irlnb.models.policies import encode_prompts
 from irlnb.progress import Progress
 from irlnb.rl.evaluation import perplexity
-from irlnb.rl.sampling import BestOfN, sampling_decoding
+from irlnb.rl.generation import Decoding
+from irlnb.rl.sampling import BestOfN
 
 ROUND_STATE = "rft_state.json"
 
@@ -121,7 +122,9 @@ def rejection_sampling_finetune(
     rows = list(state["log"])
     guard_tripped = bool(state["guard_tripped"])
     base_perplexity = float(state.get("base_perplexity") or perplexity(model, tokenizer, guard_texts))
-    decoding = sampling_decoding(rlhf)
+    # Candidates from the policy's own distribution (rft_top_k 0): fine-tuning on top-k-truncated samples
+    # sharpens the policy (held-out perplexity x1.2 at lr 1e-5 with top-k 30) whatever the reward chose.
+    decoding = Decoding(rlhf.max_completion_tokens, do_sample=True, top_k=rlhf.rft_top_k, temperature=rlhf.temperature)
     chosen_frames, completed = [], start_round
     for round_number in range(start_round + 1, rlhf.rft_rounds + 1):
         if guard_tripped:

@@ -324,9 +324,9 @@ TRAINER_SETTINGS = {
     "rft": (
         "seed",
         "rft_learning_rate",
+        "rft_top_k",
         "completions_per_step",
         "max_completion_tokens",
-        "top_k",
         "temperature",
         "train_prompts",
         "reward_batch_size",
