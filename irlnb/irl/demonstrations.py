@@ -42,7 +42,7 @@ def demonstration_policies(layout: RunLayout, policy: str, irl, sampling, device
                 "irl.decoding is 'greedy', but the expert is a best-of-n policy, which only "
                 "samples; use irl.decoding: sampled"
             )
-        return expert, BestOfN(expert.model, expert.tokenizer, expert.decoding, 1, scorer=None)
+        return expert, BestOfN(expert.model, expert.tokenizer, expert.decoding, 1, None, expert.seed_offset)
     model, tokenizer = load_policy(policy, device=device, dtype=dtype)
     return expert, ModelPolicy(model, tokenizer, decoding)
 
@@ -82,19 +82,23 @@ def label_pairs(pairs: pd.DataFrame, split: str, r_star) -> pd.DataFrame:
     return pairs
 
 
-def generate_pairs(prompts: pd.DataFrame, expert, non_expert, samples: int, batch_size: int, seed: int) -> pd.DataFrame:
-    """`samples` pairs per prompt: the expert's and the non-expert's continuation, each drawn with its own seed."""
+def generate_pairs(
+    prompts: pd.DataFrame, expert, non_expert, samples: int, batch_size: int, seed: int, matched: bool = False
+) -> pd.DataFrame:
+    """`samples` pairs per prompt: the expert's and the non-expert's continuation. Each pair draws with its own
+    seed; with `matched` both sides of a pair draw with the same one (common random numbers)."""
     texts = prompts["prompt"].tolist()
     frames = []
     for sample in range(samples):
+        expert_seed = seed + 2 * sample
         frames.append(
             pd.DataFrame(
                 {
                     "prompt": texts,
                     "label": prompts["label"].to_numpy(),
                     "sample": sample,
-                    "expert": expert.outputs(texts, batch_size, seed + 2 * sample),
-                    "non_expert": non_expert.outputs(texts, batch_size, seed + 2 * sample + 1),
+                    "expert": expert.outputs(texts, batch_size, expert_seed),
+                    "non_expert": non_expert.outputs(texts, batch_size, expert_seed + (0 if matched else 1)),
                 }
             )
         )
@@ -124,6 +128,7 @@ def build_demonstrations(
             irl.samples_per_prompt,
             irl.inference_batch_size,
             seed + 100_003 * SPLIT_SEED[split],
+            matched=irl.matched and irl.decoding == "sampled",
         )
         frames.append(label_pairs(pairs, split, r_star))
     return pd.concat(frames, ignore_index=True)
