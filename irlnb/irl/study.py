@@ -180,6 +180,7 @@ HEADLINE = {
     "demos_spearman": "demos_spearman",
     "expert_log_ratio": "expert_log_ratio_mean",  # KL(expert || base) estimate, white-box rows only
     "epoch": "epoch",
+    "validation_auc": "validation_auc",  # what choices are made on (never the test numbers)
 }
 
 
