@@ -185,7 +185,8 @@ HEADLINE = {
 
 
 def summary_metrics(test: pd.DataFrame, chosen_loss: str) -> dict[str, float]:
-    """irl.<loss>.test.<metric>_mean/_sd over seeds for each loss, and irl.test.* for the chosen loss.
+    """irl.<loss>.test.<metric>_mean/_sd over seeds for each loss, and irl.test.* for the chosen loss
+    (irl.<loss>.validation.auc_*: the validation ROC-AUC choices are made on).
 
     `accuracy`/`f1` use the threshold fitted on validation; `accuracy_zero`/`f1_zero` read sign(R-hat)
     at zero, the paper's metric. Human texts are the curated test split (prompt + original continuation).
@@ -198,9 +199,11 @@ def summary_metrics(test: pd.DataFrame, chosen_loss: str) -> dict[str, float]:
             column_values = rows[column].dropna().to_numpy(dtype=np.float64)
             if column_values.size == 0:
                 continue
-            for prefix in [f"irl.{loss}.test."] + (["irl.test."] if loss == chosen_loss else []):
-                values[prefix + f"{name}_mean"] = float(column_values.mean())
-                values[prefix + f"{name}_sd"] = float(column_values.std(ddof=1)) if column_values.size > 1 else 0.0
+            split = "validation" if name.startswith("validation_") else "test"
+            key = name.removeprefix("validation_")
+            for prefix in [f"irl.{loss}.{split}."] + ([f"irl.{split}."] if loss == chosen_loss else []):
+                values[prefix + f"{key}_mean"] = float(column_values.mean())
+                values[prefix + f"{key}_sd"] = float(column_values.std(ddof=1)) if column_values.size > 1 else 0.0
                 if name == "accuracy":
                     values[prefix + "accuracy_min"] = float(column_values.min())
                     values[prefix + "accuracy_max"] = float(column_values.max())
