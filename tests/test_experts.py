@@ -186,3 +186,21 @@ def test_demonstration_prompts_follow_the_pool_and_refuse_more_than_there_are():
     assert len(split_prompts(curated, irl, "test", 0)) == 3  # every test prompt, both labels
     with pytest.raises(DemonstrationError, match="irl.train_prompts is 4, but the train split has 3 prompts"):
         split_prompts(curated, SimpleNamespace(prompt_pool="toxic", train_prompts=4), "train", 0)
+
+
+def test_matched_pairs_of_a_best_of_n_expert_hold_the_base_sample_drawn_with_the_same_seed(tiny):
+    from irlnb.irl.demonstrations import generate_pairs
+
+    model, tokenizer = tiny
+    expert = BestOfN(model, tokenizer, SAMPLING, n=3, scorer=length_reward)
+    base = BestOfN(model, tokenizer, SAMPLING, n=1, scorer=None)
+    prompts = pd.DataFrame({"prompt": PROMPTS, "label": [1, 0, 1, 0]})
+    pairs = generate_pairs(prompts, expert, base, samples=2, batch_size=4, seed=5, matched=True)
+    for sample in (0, 1):
+        rows = pairs[pairs["sample"] == sample]
+        assert rows["non_expert"].tolist() == base.outputs(PROMPTS, 4, 5 + 2 * sample)  # the base's own draw
+        assert rows["expert"].tolist() == expert.outputs(PROMPTS, 4, 5 + 2 * sample)
+        candidates = expert.candidates(PROMPTS, 4, 5 + 2 * sample)
+        assert rows["non_expert"].tolist() == [options[0] for options in candidates]
+    unmatched = generate_pairs(prompts, expert, base, samples=1, batch_size=4, seed=5, matched=False)
+    assert unmatched["non_expert"].tolist() == base.outputs(PROMPTS, 4, 6)  # its own seed: an independent draw
