@@ -1,0 +1,67 @@
+"""The recoverability study: its points change only the expert, and its summary, record and figure read the runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from conftest import PARAMS
+
+from irlnb.config import load_config
+from irlnb.layout import RunLayout
+from irlnb.pipeline import recoverability
+
+
+def test_a_point_changes_the_expert_and_the_alignment_seed_only():
+    base = load_config(PARAMS / "default.yaml")
+    point = recoverability.Point("best_of_n", "n", 8, {"rlhf.trainer": "best_of_n", "rlhf.best_of_n": 8})
+    config = recoverability.point_config(base, point, seed=1)
+    assert (config.rlhf.trainer, config.rlhf.best_of_n, config.rlhf.seed) == ("best_of_n", 8, 1)
+    assert config.irl.decoding == "sampled" and config.run.name == "best_of_n-n8-seed1" and config.run.figures_dir == ""
+    assert config.curate == base.curate and config.sources == base.sources and config.compute == base.compute
+    assert {p.kind for p in recoverability.POINTS} == {"rloo", "best_of_n", "rft"}
+
+
+def _fake_run(tmp_path, name, auc, reduction):
+    layout = RunLayout(tmp_path / name)
+    layout.root.mkdir(parents=True)
+    layout.record_metrics(
+        {
+            "irl.test.auc_mean": auc,
+            "irl.mean_shift.test.auc_mean": auc - 0.05,
+            "irl.supervised.test.auc_mean": 0.93,
+            "rlhf.base.toxicity_mean": 0.1,
+            "rlhf.ground_truth.toxicity_mean": 0.1 * (1 - reduction),
+            "rlhf.base.perplexity": 100.0,
+            "rlhf.ground_truth.perplexity": 105.0,
+            "irl.log_ratio.test.expert_log_ratio_mean": 0.2,
+        }
+    )
+    return layout
+
+
+def test_the_summary_the_record_and_the_figure_read_each_runs_metrics(tmp_path):
+    rloo = recoverability.Point("rloo", "steps", 40, {})
+    bon = recoverability.Point("best_of_n", "n", 4, {})
+    rows = pd.DataFrame(
+        [
+            recoverability.collect(rloo, 0, _fake_run(tmp_path, "a", 0.76, 0.6)),
+            recoverability.collect(rloo, 1, _fake_run(tmp_path, "b", 0.78, 0.5)),
+            recoverability.collect(bon, 0, _fake_run(tmp_path, "c", 0.88, 0.8)),
+        ]
+    )
+    assert rows.loc[0, "toxicity_reduction"] == pytest.approx(0.6) and rows.loc[0, "perplexity_ratio"] == 1.05
+    assert rows.loc[0, "kl"] == 0.2 and rows.loc[2, "kl"] == pytest.approx(math.log(4) - 3 / 4)  # best-of-n's bound
+    assert math.isnan(rows.loc[0, "white_box"])  # not measured: missing, not zero
+    record = recoverability.summarise(rows)
+    assert record["recoverability.rloo.steps40.irl_mean"] == pytest.approx(0.77)
+    assert record["recoverability.rloo.steps40.irl_min"] == 0.76 and record["recoverability.rloo.steps40.seeds"] == 2
+    assert record["recoverability.best_of_n.n4.ceiling_mean"] == 0.93
+    from irlnb.report.plots import recoverability_figure
+
+    figure = recoverability_figure(rows)
+    figure.savefig(tmp_path / "recoverability.png")
+    assert (tmp_path / "recoverability.png").stat().st_size > 10_000
+    json.dumps(record)  # a record is plain JSON
