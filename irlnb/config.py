@@ -147,9 +147,9 @@ class RlhfSettings:
     """Notebook 03: how the base policy is aligned with a reward (the same trainer for every reward of a run)."""
 
     trainer: str = setting(
-        "rloo",
+        "best_of_n",
         doc="rloo / grpo: KL-regularised RL with TRL; rft: rejection-sampling fine-tuning; best_of_n: no training, "
-        "the best of n samples under the reward",
+        "the best of n samples under the reward (the default: its IRL recovers R* best, README)",
         choices=("rloo", "grpo", "rft", "best_of_n"),
     )
     seed: int = setting(
@@ -175,7 +175,7 @@ class RlhfSettings:
     lora_rank: int = setting(0, doc="LoRA rank on all linear layers (rloo, grpo; 0: full fine-tuning)", ge=0)
     reward_batch_size: int = setting(32, doc="texts per batch when a backbone reward scores completions", ge=1)
     best_of_n: int = setting(
-        4, doc="candidates sampled per prompt, of which the reward keeps one (best_of_n, rft)", ge=1
+        2, doc="candidates sampled per prompt, of which the reward keeps one (best_of_n, rft)", ge=1
     )
     rft_rounds: int = setting(1, doc="rounds of best-of-n sampling then fine-tuning on the winners (rft)", ge=1)
     rft_epochs: int = setting(1, doc="fine-tuning passes over a round's winners (rft)", ge=1)
@@ -232,7 +232,9 @@ class EvaluationSettings:
 class IrlSettings:
     """Notebook 04: IRL of a reward from the expert's (aligned with R*) and the base policy's continuations."""
 
-    train_prompts: int = setting(400, doc="train-split prompts the fitted demonstrations are drawn on", ge=2)
+    train_prompts: int = setting(
+        1200, doc="train-split prompts the fitted demonstrations are drawn on (more pairs: the main lever)", ge=2
+    )
     validation_prompts: int = setting(200, doc="validation-split prompts (epoch and threshold choice)", ge=2)
     prompt_pool: str = setting(
         "all",
@@ -240,13 +242,19 @@ class IrlSettings:
         choices=("all", "toxic"),
     )
     decoding: str = setting(
-        "greedy",
+        "sampled",
         doc="how expert and base continue a prompt: greedy, or sampled (rlhf.top_k, rlhf.temperature); "
         "a best-of-n expert always samples",
         choices=("greedy", "sampled"),
     )
     samples_per_prompt: int = setting(
-        1, doc="demonstration pairs per prompt (sampled decoding; greedy gives one)", ge=1
+        2, doc="demonstration pairs per prompt (sampled decoding; greedy gives one)", ge=1
+    )
+    matched: bool = setting(
+        True,
+        doc="sampled decoding: both sides of a pair draw with the same seed (common random numbers), so a pair "
+        "differs by what the expert changed, not by sampling noise; a best-of-n expert's base sample is then its "
+        "first candidate",
     )
     max_new_tokens: int = setting(24, doc="tokens per demonstration continuation", ge=1)
     pooling: str = setting(
@@ -256,7 +264,7 @@ class IrlSettings:
     )
     layer: int = setting(26, doc="hidden-state layer read by the head (-1: final, normed; the paper's)")
     loss: str = setting(
-        "max_margin",
+        "laplace",
         doc="objective of the reward that is saved and studied over seeds",
         choices=("max_margin", "paper_asymmetric", "logistic", "failure_aware", "laplace"),
     )

@@ -91,18 +91,36 @@ def generate_pairs(
     frames = []
     for sample in range(samples):
         expert_seed = seed + 2 * sample
+        if matched and draws_base_first(expert, non_expert):
+            expert_outputs, non_expert_outputs = expert.outputs_and_first(texts, batch_size, expert_seed)
+        else:
+            expert_outputs = expert.outputs(texts, batch_size, expert_seed)
+            non_expert_outputs = non_expert.outputs(texts, batch_size, expert_seed + (0 if matched else 1))
         frames.append(
             pd.DataFrame(
                 {
                     "prompt": texts,
                     "label": prompts["label"].to_numpy(),
                     "sample": sample,
-                    "expert": expert.outputs(texts, batch_size, expert_seed),
-                    "non_expert": non_expert.outputs(texts, batch_size, expert_seed + (0 if matched else 1)),
+                    "expert": expert_outputs,
+                    "non_expert": non_expert_outputs,
                 }
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def draws_base_first(expert, non_expert) -> bool:
+    """Whether the non-expert's sample with the expert's seed is the expert's first candidate: a best-of-n expert
+    and the plain sample (n = 1) of the same model, decoding and seed offset."""
+    return (
+        isinstance(expert, BestOfN)
+        and isinstance(non_expert, BestOfN)
+        and non_expert.n == 1
+        and non_expert.model is expert.model
+        and non_expert.decoding == expert.decoding
+        and non_expert.seed_offset == expert.seed_offset
+    )
 
 
 def build_demonstrations(
