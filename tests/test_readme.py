@@ -46,3 +46,12 @@ def test_inside_a_measured_section_every_decimal_needs_a_source():
 def test_the_readme_quotes_its_records_exactly():
     problems = readme.check_readme()
     assert not problems, "\n".join(map(str, problems)) + "\n(irlnb readme --write rewrites them from the records)"
+
+
+def test_the_readme_quotes_measured_numbers_at_all():
+    """The check above passes vacuously on a README without numbers: the results must be marked ones."""
+    text = readme.README.read_text()
+    sections = readme.SECTION.findall(text)
+    assert sections, "README.md has no <!-- measured --> section"
+    marked = sum(len(readme.MARKED.findall(section)) for section in sections)
+    assert marked >= 20, f"README.md's measured sections quote only {marked} recorded numbers"

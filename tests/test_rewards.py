@@ -89,3 +89,13 @@ def test_make_scorer_gives_each_reward_source_and_what_identifies_it(tmp_path):
     assert identity["head_sha256"] == json.loads((layout.learned_reward / REWARD_CONFIG).read_text())["head_sha256"]
     with pytest.raises(ValueError, match="reward must be one of ground_truth, learned, random"):
         make_scorer("oracle", layout, config, "cpu")
+
+
+def test_the_flop_count_of_a_partial_forward_counts_the_blocks_that_run():
+    from irlnb.pipeline.bench import blocks_parameters
+    from irlnb.rewards.features import decoder_blocks, reward_form
+
+    model = reward_form(BACKBONE, "mean", 1).backbone
+    first, second = (sum(p.numel() for p in block.parameters()) for block in decoder_blocks(model))
+    assert blocks_parameters(model, 1) == first
+    assert blocks_parameters(model, -1) == first + second + model.get_output_embeddings().weight.numel()

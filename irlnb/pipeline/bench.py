@@ -24,10 +24,11 @@ from irlnb.layout import REPO_ROOT, read_json, write_json_atomic
 from irlnb.models.classifiers import ToxBlockClassifier
 from irlnb.models.policies import load_policy, load_tokenizer, policy_dir
 from irlnb.pipeline.provenance import provenance
-from irlnb.rewards.features import random_head, reward_form, score_tolerance
+from irlnb.rewards.features import decoder_blocks, random_head, reward_form, score_tolerance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.generation import Decoding, generate_continuations
 from irlnb.rl.training import (
+    RL_TRAINERS,
     Normalizer,
     PolicyReward,
     lora_config,
@@ -86,6 +87,8 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
     with N the policy's parameter count; the rate is those FLOPs over the step's wall time.
     """
     r = config.rlhf
+    if r.trainer not in RL_TRAINERS:  # best-of-n trains nothing, rft fine-tunes: time the RL step of rloo
+        r = dataclasses.replace(r, trainer="rloo")
     curated = curate(read_insults(), config.curate, config.compute.seed)
     r_star = GroundTruthReward.load(config.sources, config.ground_truth)
     reward = PolicyReward(
@@ -213,15 +216,27 @@ def bench_reward_scoring(reader, n_texts: int = 1000) -> dict[str, float]:
     looped = np.array([reader.score([text], batch_size=1)[0] for text in texts])
     loop_s = time.perf_counter() - started
     gap = float(np.abs(batched - looped).max())
+    encoded = reader.tokenizer(texts, truncation=True, max_length=reader.spec.max_length)
+    tokens = sum(len(ids) for ids in encoded["input_ids"])  # real tokens: padding is not useful work
     if gap > score_tolerance(reader.spec.dtype, float(np.std(looped))):
         raise AssertionError(f"batched and one-at-a-time rewards differ by {gap:.3g}: padding leaks into the result")
     return {
         "reward_score.batched_vs_loop": loop_s / batched_s,
         "reward_score.texts_per_s": n_texts / batched_s,
+        "reward_score.gflops": 2 * blocks_parameters(reader.backbone, reader.spec.layer) * tokens / batched_s / 1e9,
         "reward_score.n_texts": float(n_texts),
         "reward_score.max_abs_diff": gap,
         "reward_score.spread": float(np.std(looped)),
     }
+
+
+def blocks_parameters(model, layer: int) -> int:
+    """Parameters a forward pass up to block `layer` multiplies with (-1: every block and the LM head; the
+    embedding is a lookup): a forward pass costs about 2 FLOPs per such parameter and token."""
+    blocks = decoder_blocks(model)
+    used = blocks if layer == -1 else blocks[:layer]
+    count = sum(p.numel() for block in used for p in block.parameters())
+    return count + (model.get_output_embeddings().weight.numel() if layer == -1 else 0)
 
 
 def bench_irl_epoch(reader, irl_settings, n_pairs: int = 64) -> dict[str, float]:
@@ -269,6 +284,7 @@ def run_bench(
     results.update(bench_demo_generation(config))
     reader = irl_reader(config)
     results.update(bench_reward_scoring(reader))
+    results["reward_score.peak_fraction"] = results["reward_score.gflops"] / results["matmul.peak_gflops"]
     results.update(bench_irl_epoch(reader, config.irl))
     del reader
     # The RLHF step runs at the default's thread count; the matmul peak at that count is its reference.

@@ -18,7 +18,7 @@ from irlnb.compute import resolve_device, seed_everything
 from irlnb.config import ConfigError, load_config
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
-from irlnb.rl.training import REWARD_KINDS, prepare_training, train_rloo
+from irlnb.rl.training import REWARD_KINDS, RL_TRAINERS, prepare_training, train_rloo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.params)
-        if config.rlhf.trainer not in ("rloo", "grpo"):
+        if config.rlhf.trainer not in RL_TRAINERS:
             raise ConfigError(
                 f"{args.params}: rlhf.trainer is {config.rlhf.trainer!r}; irlnb.rl.launch trains rloo "
                 "or grpo (rft and best_of_n run in notebook 03: irlnb run)"

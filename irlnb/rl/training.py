@@ -39,6 +39,7 @@ from irlnb.rl.sampling import BestOfN, ModelPolicy, sampling_decoding
 
 TextScorer = Callable[[list[str]], np.ndarray]
 REWARD_KINDS = ("ground_truth", "learned", "random")
+RL_TRAINERS = ("rloo", "grpo")  # the trainers that run TRL's RL loop (and `accelerate launch`)
 NORMALIZER_TEXTS = 256  # train-split texts that fix the reward's scale before training
 POLICY_CARD = "irlnb_policy.json"
 
@@ -451,7 +452,7 @@ def run_stage_training(layout: RunLayout, stage_name: str, reward_kind: str, set
         model = AutoModelForCausalLM.from_pretrained(policy_dir(start.brought), dtype=torch.float32)
         return TrainingResult(model.eval(), pd.DataFrame(columns=["step"]), 0, 0, start, "brought")
     trainer_kind = settings.rlhf.trainer
-    if trainer_kind in ("rloo", "grpo"):
+    if trainer_kind in RL_TRAINERS:
         trainer = train_rloo(layout, stage_name, start, settings, device)
         model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
         return TrainingResult(
