@@ -177,6 +177,13 @@ def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation(
     for row in chosen.itertuples():  # the validation score carried with each test row is its chosen epoch's
         epoch = result.epochs.query("loss == 'max_margin' and seed == @row.seed and epoch == @row.epoch")
         assert row.validation_pair_accuracy == epoch["pair_accuracy"].item()
+        assert row.validation_auc == epoch["human_auc"].item()  # what design choices are made on
+    assert (
+        summary["irl.validation.auc_mean"]
+        == summary["irl.max_margin.validation.auc_mean"]
+        == pytest.approx(chosen["validation_auc"].mean())
+    )
+    assert "irl.logistic.validation.auc_sd" in summary and "irl.max_margin.validation.accuracy_mean" not in summary
 
 
 # --- demonstrations ----------------------------------------------------------------------------

@@ -128,8 +128,16 @@ def run_study(
         runs.append((name, 0, 0, head, selection))
     for loss, seed, epoch, head, selection in runs:
         row = test_row(head, validation, test)
+        validation_auc = judge(head, validation_human, validation_pairs, 0.0)["human_auc"]
         test_rows.append(
-            {"loss": loss, "seed": seed, "epoch": epoch, f"validation_{SELECTION_METRIC}": selection, **row}
+            {
+                "loss": loss,
+                "seed": seed,
+                "epoch": epoch,
+                f"validation_{SELECTION_METRIC}": selection,
+                "validation_auc": validation_auc,  # ROC-AUC vs sign(R*) of validation human texts
+                **row,
+            }
         )
         score_frames.append(scored_test_texts(head, *test, test_texts, loss, seed, row["threshold"]))
         chosen_heads[(loss, seed)] = head
