@@ -172,6 +172,8 @@ STAGES: tuple[Stage, ...] = (
             "sources.evaluator",
             "ground_truth",
             "evaluation.bootstrap_samples",
+            "rlhf.trainer",  # the figures name how the policies were aligned
+            "rlhf.best_of_n",
             "analysis",
         ),
         needs=("03_rlhf_ground_truth", "04_irl", "03_rlhf_learned", "03_rlhf_random"),

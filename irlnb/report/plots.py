@@ -128,8 +128,16 @@ def _measured(values, template: str, *keys: str) -> str:
     return template.format(*(values[key] for key in keys))
 
 
-def pipeline_figure(values) -> plt.Figure:
-    """The paper's pipeline overview, drawn as boxes and arrows, annotated with this run's numbers when present."""
+def alignment_name(trainer: str, best_of_n: int) -> str:
+    """How a run aligns its policies, in a figure's words."""
+    return {"rloo": "RLHF (RLOO)", "grpo": "RLHF (GRPO)", "rft": "rejection-sampling FT"}.get(
+        trainer, f"best of {best_of_n}"
+    )
+
+
+def pipeline_figure(values, alignment: str = "RLHF") -> plt.Figure:
+    """The paper's pipeline overview, drawn as boxes and arrows, annotated with this run's numbers when present
+    (`alignment`: how the run aligned its policies, see `alignment_name`)."""
     m = values
     boxes = {  # name: (x, y, title, measured line)
         "curate": (
@@ -147,7 +155,7 @@ def pipeline_figure(values) -> plt.Figure:
         "rlhf": (
             2.0,
             1.0,
-            "3. RLHF with R*\n(expert policy)",
+            f"3. align with R*: {alignment}\n(expert policy)",
             _measured(m, "mean p_toxic {:.3f} → {:.3f}", "rlhf.base.toxicity_mean", "rlhf.ground_truth.toxicity_mean"),
         ),
         "irl": (
@@ -159,7 +167,7 @@ def pipeline_figure(values) -> plt.Figure:
         "learned": (
             3.0,
             0.0,
-            "5. RLHF with learned $\\hat{R}$",
+            "5. align with learned $\\hat{R}$",
             _measured(
                 m,
                 "mean p_toxic {:.3f}\n{:.0%} of R*'s reduction",
@@ -170,7 +178,7 @@ def pipeline_figure(values) -> plt.Figure:
         "random": (
             2.0,
             0.0,
-            "control: RLHF with\na random reward",
+            "control: align with\na random reward",
             _measured(
                 m,
                 "mean p_toxic {:.3f}\n{:.0%} of R*'s reduction",
@@ -233,7 +241,7 @@ def pipeline_figure(values) -> plt.Figure:
     )
     ax.set(xlim=(-0.5, 3.5), ylim=(-0.45, 1.45))
     ax.axis("off")
-    ax.set_title("Recovering the reward an RLHF'd policy was trained with, and training with it again")
+    ax.set_title("Recovering the reward a policy was aligned with, and aligning with it again")
     fig.tight_layout()
     return fig
 
