@@ -43,6 +43,14 @@ def run_by_hand(notebook: str, run_dir: Path, edit=lambda source: source) -> nbf
     return content
 
 
+def replaced(source: str, edits: dict[str, str]) -> str:
+    """`source` with each edit made, as a user edits the parameters cell (an edit that no longer matches fails)."""
+    for old, new in edits.items():
+        assert old in source, f"the parameters cell no longer holds {old!r}"
+        source = source.replace(old, new)
+    return source
+
+
 def outputs(content) -> str:
     return "".join(o.get("text", "") for c in content.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
@@ -60,12 +68,16 @@ def test_a_notebook_run_by_hand_never_changes_a_finished_run(finished_run):
     ran = run_by_hand(
         "04_irl.ipynb",
         finished_run,
-        lambda s: (
-            s.replace(smoke_irl, "    layer=2,")
-            .replace("    seeds=10,", "    seeds=2,")
-            .replace("policy='embedded:smollm2-135m-instruct'", "policy='embedded:tiny-gpt-neox'")
-            .replace("    train_pairs=400,", "    train_pairs=20,")
-            .replace("    validation_pairs=200,", "    validation_pairs=12,")
+        lambda source: replaced(
+            source,
+            {
+                smoke_irl: "    layer=2,",
+                "    seeds=10,": "    seeds=2,",
+                "policy='embedded:smollm2-135m-instruct'": "policy='embedded:tiny-gpt-neox'",
+                "    train_prompts=1200,": "    train_prompts=20,",
+                "    validation_prompts=200,": "    validation_prompts=12,",
+                "    samples_per_prompt=2,": "    samples_per_prompt=1,",
+            },
         ),
     )
     scratch = finished_run.with_name("smoke.scratch")

@@ -312,8 +312,9 @@ def test_a_saved_reward_that_does_not_score_like_the_study_is_caught(smoke_run):
     import json
 
     saved_seed = int(json.loads((smoke_run / "metrics.json").read_text())["irl.saved_seed"])
+    saved_loss = json.loads((smoke_run / "manifest.json").read_text())["params"]["irl"]["loss"]
     scores = pd.read_parquet(smoke_run / "irl" / "test_scores.parquet")
-    chosen = (scores["loss"] == "max_margin") & (scores["seed"] == saved_seed) & (scores["set"] == "human")
+    chosen = (scores["loss"] == saved_loss) & (scores["seed"] == saved_seed) & (scores["set"] == "human")
     saved = scores[chosen].reset_index(drop=True)
     assert study.check_saved_reward(smoke_run / "irl" / "reward", saved) < 1e-3  # float32: the same scores
     wrong = saved.assign(r_hat=saved["r_hat"].to_numpy()[::-1])  # the scores of other texts

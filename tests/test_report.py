@@ -94,6 +94,7 @@ def make_run(runs_dir, name: str = "synthetic", params: str = "smoke.yaml", lear
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     config = load_config(PARAMS / params)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=name))
+    config = dataclasses.replace(config, irl=dataclasses.replace(config.irl, loss="max_margin"))  # the losses held
     if learning_rate is not None:
         config = dataclasses.replace(config, rlhf=dataclasses.replace(config.rlhf, learning_rate=learning_rate))
     (run_dir / "manifest.json").write_text(json.dumps({"params": config.to_dict(), "git": {"commit": "0" * 40}}))
