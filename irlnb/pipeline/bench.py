@@ -243,7 +243,9 @@ def bench_irl_epoch(reader, irl_settings, n_pairs: int = 64) -> dict[str, float]
     """One IRL epoch on cached frozen features vs the same epoch recomputing the backbone for every batch."""
     _, texts = real_prompts_and_texts(2 * n_pairs, seed=2)
     expert_texts, non_expert_texts = texts[:n_pairs], texts[n_pairs:]
-    objective = dataclasses.replace(objectives.Objective.from_settings(irl_settings), epochs=1)
+    # An epoch of gradient steps: the posterior (laplace) is timed on its likelihood's objective.
+    objective = objectives.Objective.from_settings(irl_settings, loss=objectives.epochs_loss(irl_settings.loss))
+    objective = dataclasses.replace(objective, epochs=1)
 
     # The features, computed once outside the timed epoch, as notebook 04 caches them.
     pairs = irl_features.PairSet(
