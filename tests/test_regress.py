@@ -83,7 +83,7 @@ def test_regress_cli_records_a_reference_and_refuses_a_missing_one(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "smoke.metrics.json: no regression reference" in done.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything ran
 
-    run_dir = make_run(tmp_path / "finished", "smoke")  # made with params/smoke.yaml, as `params` is
+    run_dir = make_run(tmp_path / "finished", "smoke", saved_loss=None)  # made with params/smoke.yaml, as `params` is
     done = irlnb_cli("regress", "--record", str(params), "--run-dir", str(run_dir), "--reference-dir", str(references))
     assert done.returncode == 0, done.stderr
     recorded = json.loads((references / "smoke.metrics.json").read_text())

@@ -73,7 +73,13 @@ def policy_metrics(tag: str, mean: float) -> dict[str, float]:
     return {**values, f"rlhf.{tag}.perplexity": 100.0 + mean, f"rlhf.{tag}.distinct2": 0.5}
 
 
-def make_run(runs_dir, name: str = "synthetic", params: str = "smoke.yaml", learning_rate: float | None = None):
+def make_run(
+    runs_dir,
+    name: str = "synthetic",
+    params: str = "smoke.yaml",
+    learning_rate: float | None = None,
+    saved_loss: str | None = "max_margin",  # one of the losses the synthetic scores hold (None: the params')
+):
     """A finished run directory with every file of the contract notebook 05 reads (tiny, hand-made)."""
     import dataclasses
 
@@ -94,7 +100,8 @@ def make_run(runs_dir, name: str = "synthetic", params: str = "smoke.yaml", lear
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     config = load_config(PARAMS / params)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=name))
-    config = dataclasses.replace(config, irl=dataclasses.replace(config.irl, loss="max_margin"))  # the losses held
+    if saved_loss is not None:
+        config = dataclasses.replace(config, irl=dataclasses.replace(config.irl, loss=saved_loss))
     if learning_rate is not None:
         config = dataclasses.replace(config, rlhf=dataclasses.replace(config.rlhf, learning_rate=learning_rate))
     (run_dir / "manifest.json").write_text(json.dumps({"params": config.to_dict(), "git": {"commit": "0" * 40}}))

@@ -104,8 +104,9 @@ RLHF_SETTINGS = (
     "rlhf",
     "evaluation",
 )
-# The evaluation settings that change only a policy's metrics, not the greedy continuations later stages read.
-RLHF_REPORTS = ("evaluation.bootstrap_samples", "evaluation.sampled", "evaluation.perplexity_texts")
+# Every evaluation setting changes only a policy's metrics: stage 04 draws its own demonstrations, so no later
+# stage reads a policy's evaluation continuations.
+RLHF_REPORTS = ("evaluation",)
 
 
 def rlhf_stage(reward: str, needs: tuple[str, ...], metrics: tuple[str, ...], extra: tuple[str, ...] = ()) -> Stage:
@@ -141,7 +142,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     # The ground-truth run also evaluates the base policy (rlhf.base.*), the reference of every comparison.
     rlhf_stage("ground_truth", ("01_curate",), ("rlhf.ground_truth.", "rlhf.base."), extra=("sources.expert",)),
-    # IRL reads the expert (03's policy) and its greedy test continuations, and R* of the human texts (02).
+    # IRL reads the expert (03's policy), draws its demonstrations, and reads R* of the human texts (02).
     Stage(
         "04_irl",
         "04_irl.ipynb",
