@@ -322,24 +322,11 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
         axes[0].bar(
             x + offset, column(f"irl.test.{name}_mean"), width, yerr=errors, capsize=3, label=label, color=color
         )
-    axes[0].scatter(
-        x + width,
-        column("irl.mean_shift.test.auc_mean"),
-        marker="_",
-        s=400,
-        color="black",
-        label="floor (mean shift), AUC",
-        zorder=3,
-    )
-    axes[0].scatter(
-        x + width,
-        column("irl.supervised.test.auc_mean"),
-        marker="_",
-        s=400,
-        color="#C44E52",
-        label="ceiling (supervised), AUC",
-        zorder=3,
-    )
+    for key, color, label in (
+        ("irl.mean_shift.test.auc_mean", "black", "floor (mean shift), AUC"),
+        ("irl.supervised.test.auc_mean", "#C44E52", "ceiling (supervised), AUC"),
+    ):
+        axes[0].scatter(x + width, column(key), marker="_", s=400, color=color, label=label, zorder=3)
     axes[0].axhline(0.5, color="black", lw=0.6, ls="--")
     axes[0].set(title="learned reward vs R* on held-out test texts", ylim=(0, 1))
     axes[1].bar(
