@@ -122,20 +122,18 @@ def run_study(
             )
             epoch_rows += [{"loss": objective.loss, "seed": seed, **row} for row in history]
             chosen = max(range(1, len(history)), key=lambda e: (history[e][SELECTION_METRIC], -e))
-            runs.append((objective.loss, seed, chosen, heads[chosen], history[chosen][SELECTION_METRIC]))
+            runs.append((objective.loss, seed, chosen, heads[chosen], history[chosen]))
     for name, head in (fixed_heads or {}).items():
-        selection = judge(head, validation_human, validation_pairs, 0.0)[SELECTION_METRIC]
-        runs.append((name, 0, 0, head, selection))
-    for loss, seed, epoch, head, selection in runs:
+        runs.append((name, 0, 0, head, judge(head, validation_human, validation_pairs, 0.0)))
+    for loss, seed, epoch, head, on_validation in runs:
         row = test_row(head, validation, test)
-        validation_auc = judge(head, validation_human, validation_pairs, 0.0)["human_auc"]
         test_rows.append(
             {
                 "loss": loss,
                 "seed": seed,
                 "epoch": epoch,
-                f"validation_{SELECTION_METRIC}": selection,
-                "validation_auc": validation_auc,  # ROC-AUC vs sign(R*) of validation human texts
+                f"validation_{SELECTION_METRIC}": on_validation[SELECTION_METRIC],
+                "validation_auc": on_validation["human_auc"],  # ROC-AUC vs sign(R*) of validation human texts
                 **row,
             }
         )

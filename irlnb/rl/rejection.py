@@ -17,7 +17,7 @@ import copy
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,7 @@ from irlnb.layout import build_folder_atomic, read_json, write_json_atomic
 from irlnb.models.policies import encode_prompts
 from irlnb.progress import Progress
 from irlnb.rl.evaluation import perplexity
-from irlnb.rl.generation import Decoding
-from irlnb.rl.sampling import BestOfN
+from irlnb.rl.sampling import BestOfN, sampling_decoding
 
 ROUND_STATE = "rft_state.json"
 
@@ -124,7 +123,7 @@ def rejection_sampling_finetune(
     base_perplexity = float(state.get("base_perplexity") or perplexity(model, tokenizer, guard_texts))
     # Candidates from the policy's own distribution (rft_top_k 0): fine-tuning on top-k-truncated samples
     # sharpens the policy (held-out perplexity x1.2 at lr 1e-5 with top-k 30) whatever the reward chose.
-    decoding = Decoding(rlhf.max_completion_tokens, do_sample=True, top_k=rlhf.rft_top_k, temperature=rlhf.temperature)
+    decoding = replace(sampling_decoding(rlhf), top_k=rlhf.rft_top_k)
     chosen_frames, completed = [], start_round
     for round_number in range(start_round + 1, rlhf.rft_rounds + 1):
         if guard_tripped:
