@@ -296,9 +296,9 @@ def toxicity_table_figure(table: pd.DataFrame) -> plt.Figure:
         )
         ax.bar(x, value, yerr=np.nan_to_num(errors), capsize=4, color=colors)
         ax.set_xticks(x, [POLICY_SHORT.get(tag, tag) for tag in table["policy"]])
-        ax.set(title=title, ylim=(0, None), xlabel="policy (RLHF with which reward)")
+        ax.set(title=title, ylim=(0, None), xlabel="policy (aligned with which reward)")
         ax.title.set_fontsize(9)
-    fig.suptitle("Toxicity of greedy test continuations by policy (95% bootstrap intervals)")
+    fig.suptitle("Toxicity of test continuations by policy (greedy; best-of-n samples), 95% bootstrap intervals")
     fig.tight_layout()
     return fig
 

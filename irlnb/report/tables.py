@@ -34,7 +34,7 @@ HYPERPARAMETER_EXTRA = (("sources", "policy"),)  # which model: the table's poin
 
 
 def toxicity_table(values: Mapping[str, float]) -> pd.DataFrame:
-    """The paper's Table 1: toxicity of each policy's greedy test continuations, with 95% intervals.
+    """The paper's Table 1: toxicity of each policy's test continuations (greedy; best-of-n samples) with 95% intervals.
 
     One row per policy present in `metrics` (base, ground_truth, learned, random, in that order);
     toxicity mean and ratio by the ground-truth classifier and by the independent evaluator, each
@@ -124,7 +124,7 @@ def greedy_scores(layout: RunLayout) -> tuple[list[str], dict[str, pd.DataFrame]
 def reduction_shares(layout: RunLayout, samples: int, seed: int, skip_undefined: bool = False) -> dict[str, float]:
     """Share of R*'s toxicity reduction that the learned and the random reward achieve, with 95% intervals.
 
-    The share (base − X) / (base − ground_truth) of mean p_toxic of greedy test continuations, by the
+    The share (base − X) / (base − ground_truth) of mean p_toxic of test continuations, by the
     ground-truth classifier and by the independent evaluator (`_evaluator` keys). The interval is a
     paired bootstrap: prompts are resampled jointly for the four policies, so the prompt-to-prompt
     variation they share cancels. Resamples in which R* reduced nothing are left out (the share is
