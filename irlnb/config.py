@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -142,67 +142,97 @@ class GroundTruthSettings:
     )
 
 
+# The kinds of alignment notebook 03 knows; each has a settings section of its name (below), and a record in
+# irlnb.rl.kinds (how it trains, loads and is labelled).
+ALIGNMENT_KINDS = ("rloo", "grpo", "rft", "best_of_n")
+
+
 @dataclass(frozen=True)
 class RlhfSettings:
-    """Notebook 03: how the base policy is aligned with a reward (the same trainer for every reward of a run)."""
+    """Notebook 03: what every kind of alignment shares; each kind's own settings are in its section."""
 
     trainer: str = setting(
         "best_of_n",
-        doc="rloo / grpo: KL-regularised RL with TRL; rft: rejection-sampling fine-tuning; best_of_n: no training, "
-        "the best of n samples under the reward (the default: its IRL recovers R* best, README)",
-        choices=("rloo", "grpo", "rft", "best_of_n"),
+        doc="the kind of alignment, whose settings are in the section of that name: rloo / grpo: KL-regularised RL "
+        "with TRL; rft: rejection-sampling fine-tuning; best_of_n: no training, the best of n samples under the "
+        "reward (the default: its IRL recovers R* best, README)",
+        choices=ALIGNMENT_KINDS,
     )
     seed: int = setting(
         0, doc="seed of the alignment alone (samples, data order) on top of compute.seed; studies vary it", ge=0
     )
-    steps: int = setting(40, doc="optimiser steps (rloo, grpo)", ge=1)
-    learning_rate: float = setting(
-        5e-5, doc="AdamW learning rate (rloo, grpo, rft; chosen on validation, README)", gt=0.0
-    )
-    beta: float = setting(0.05, doc="KL coefficient against the starting policy (rloo, grpo; 0: no KL term)", ge=0.0)
-    completions_per_step: int = setting(
-        8,
-        doc="completions per optimiser step (rloo, grpo: a multiple of generations_per_prompt; rft: batch size)",
-        ge=2,
-    )
-    generations_per_prompt: int = setting(4, doc="completions per prompt (RLOO's leave-one-out group)", ge=2)
-    max_completion_tokens: int = setting(24, doc="longest sampled completion, in tokens", ge=1)
+    max_completion_length: int = setting(24, doc="longest sampled completion, in tokens", ge=1)
     top_k: int = setting(30, doc="top-k of sampled completions (0: none; the paper used 30)", ge=0)
     temperature: float = setting(1.0, doc="temperature of sampled completions", gt=0.0)
     train_prompts: str = setting(
         "toxic", doc="train-split prompts trained on, by human label", choices=("toxic", "all")
     )
-    lora_rank: int = setting(0, doc="LoRA rank on all linear layers (rloo, grpo; 0: full fine-tuning)", ge=0)
     reward_batch_size: int = setting(32, doc="texts per batch when a backbone reward scores completions", ge=1)
-    best_of_n: int = setting(
-        2, doc="candidates sampled per prompt, of which the reward keeps one (best_of_n, rft)", ge=1
+
+
+@dataclass(frozen=True)
+class PolicyGradientSettings:
+    """KL-regularised RL with TRL; the settings carry the names of TRL's config (RLOOConfig, GRPOConfig)."""
+
+    max_steps: int = setting(40, doc="optimiser steps", ge=1)
+    learning_rate: float = setting(5e-5, doc="AdamW learning rate (chosen on validation, README)", gt=0.0)
+    beta: float = setting(0.05, doc="KL coefficient against the starting policy (0: no KL term)", ge=0.0)
+    per_device_train_batch_size: int = setting(
+        8, doc="completions per optimiser step (a multiple of num_generations)", ge=2
     )
-    rft_rounds: int = setting(1, doc="rounds of best-of-n sampling then fine-tuning on the winners (rft)", ge=1)
-    rft_epochs: int = setting(1, doc="fine-tuning passes over a round's winners (rft)", ge=1)
-    rft_top_k: int = setting(
-        0,
-        doc="top-k of the candidates rft fine-tunes on (0: the policy's own distribution, so fine-tuning on the "
-        "winners tilts it toward the reward instead of sharpening it)",
-        ge=0,
-    )
-    rft_learning_rate: float = setting(
-        1e-5, doc="AdamW learning rate of the fine-tuning on the winners (rft; 5e-5 raised perplexity x1.35)", gt=0.0
-    )
-    rft_max_perplexity_ratio: float = setting(
-        1.15, doc="an rft epoch that raises held-out human text's perplexity past this ratio is undone", gt=1.0
-    )
-    checkpoint_steps: int = setting(10, doc="steps between resumable checkpoints (rloo, grpo)", ge=1, result=False)
+    num_generations: int = setting(4, doc="completions per prompt (the leave-one-out or group baseline)", ge=2)
+    lora_rank: int = setting(0, doc="LoRA rank on all linear layers (0: full fine-tuning)", ge=0)
+    save_steps: int = setting(10, doc="steps between resumable checkpoints", ge=1, result=False)
 
     def problems(self) -> list[tuple[str, str]]:
-        if self.completions_per_step % self.generations_per_prompt:
+        if self.per_device_train_batch_size % self.num_generations:
             return [
                 (
-                    "completions_per_step",
-                    "expected a multiple of rlhf.generations_per_prompt "
-                    f"({self.generations_per_prompt}), got {self.completions_per_step}",
+                    "per_device_train_batch_size",
+                    f"expected a multiple of num_generations ({self.num_generations}), "
+                    f"got {self.per_device_train_batch_size}",
                 )
             ]
         return []
+
+
+@dataclass(frozen=True)
+class RlooSettings(PolicyGradientSettings):
+    """rlhf.trainer rloo: REINFORCE with a leave-one-out baseline and a KL penalty (TRL's RLOOTrainer)."""
+
+
+@dataclass(frozen=True)
+class GrpoSettings(PolicyGradientSettings):
+    """rlhf.trainer grpo: group-relative policy optimisation (TRL's GRPOTrainer), with the same KL coefficient."""
+
+
+@dataclass(frozen=True)
+class RftSettings:
+    """rlhf.trainer rft: rounds of best-of-n sampling, then fine-tuning on the winners (a perplexity guard)."""
+
+    rounds: int = setting(1, doc="rounds of best-of-n sampling then fine-tuning on the winners", ge=1)
+    n: int = setting(2, doc="candidates sampled per prompt, of which the reward keeps one", ge=1)
+    num_train_epochs: int = setting(1, doc="fine-tuning passes over a round's winners", ge=1)
+    learning_rate: float = setting(
+        1e-5, doc="AdamW learning rate of the fine-tuning on the winners (5e-5 raised perplexity x1.35)", gt=0.0
+    )
+    per_device_train_batch_size: int = setting(8, doc="(prompt, winner) pairs per fine-tuning step", ge=1)
+    top_k: int = setting(
+        0,
+        doc="top-k of the candidates (0: the policy's own distribution, so fine-tuning on the winners tilts it "
+        "toward the reward instead of sharpening it)",
+        ge=0,
+    )
+    max_perplexity_ratio: float = setting(
+        1.15, doc="an epoch that raises held-out human text's perplexity past this ratio is undone", gt=1.0
+    )
+
+
+@dataclass(frozen=True)
+class BestOfNSettings:
+    """rlhf.trainer best_of_n: no training; the best of n samples of the base model under the reward."""
+
+    n: int = setting(2, doc="candidates sampled per prompt, of which the reward keeps one", ge=1)
 
 
 @dataclass(frozen=True)
@@ -327,6 +357,10 @@ SECTIONS: dict[str, type] = {
     "curate": CurateSettings,
     "ground_truth": GroundTruthSettings,
     "rlhf": RlhfSettings,
+    "rloo": RlooSettings,
+    "grpo": GrpoSettings,
+    "rft": RftSettings,
+    "best_of_n": BestOfNSettings,
     "random_reward": RandomRewardSettings,
     "evaluation": EvaluationSettings,
     "irl": IrlSettings,
@@ -344,6 +378,10 @@ class Config:
     curate: CurateSettings
     ground_truth: GroundTruthSettings
     rlhf: RlhfSettings
+    rloo: RlooSettings
+    grpo: GrpoSettings
+    rft: RftSettings
+    best_of_n: BestOfNSettings
     random_reward: RandomRewardSettings
     evaluation: EvaluationSettings
     irl: IrlSettings
@@ -367,11 +405,6 @@ def settings_digest(values: Any) -> str:
 def changes_result(section: str, key: str) -> bool:
     """Whether a setting can change a result (see `setting(result=...)`)."""
     return SECTIONS[section].__dataclass_fields__[key].metadata["result"]
-
-
-def result_fields(section: str) -> list[str]:
-    """The settings of a section that can change a result, in declaration order."""
-    return [f.name for f in fields(SECTIONS[section]) if f.metadata["result"]]
 
 
 def doc(section: str, key: str) -> str:
@@ -470,8 +503,9 @@ def parse_config(data: Any, path: str) -> Config:
     return Config(**{name: parse_section(name, data.get(name), path) for name in SECTIONS}, path=path)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a params file; raises ConfigError with one line on any problem."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read and validate a params file, with `overrides` ('section.key=value', as `irlnb run --set` takes them)
+    applied before validation; raises ConfigError with one line on any problem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file")
@@ -482,7 +516,63 @@ def load_config(path: str | Path) -> Config:
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
-    return parse_config(data, str(path))
+    if not overrides:
+        return parse_config(data, str(path))
+    changes = dict(parse_override(text, str(path)) for text in overrides)
+    config = parse_config(with_changes(data, changes, str(path)), f"{path} with --set {' --set '.join(overrides)}")
+    return dataclasses.replace(config, path=str(path))
+
+
+def parse_override(text: str, where: str) -> tuple[str, Any]:
+    """'section.key=value' -> ('section.key', value), the value read as YAML reads it ('2' is 2, 'true' is True).
+
+    A float setting also takes what YAML leaves a string ('1e-5'); the value's type and range are
+    checked later, with the rest of the params, by `parse_config`.
+    """
+    dotted, equals, raw = text.partition("=")
+    section, dot, key = dotted.strip().partition(".")
+    if not (equals and dot and section and key):
+        raise ConfigError(f"{where}: --set {text!r}: expected section.key=value (e.g. rlhf.seed=1)")
+    if section not in SECTIONS:
+        raise ConfigError(f"{where}: --set {dotted}: unknown section; known: {', '.join(SECTIONS)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    f = SECTIONS[section].__dataclass_fields__.get(key)
+    if f is not None and _kind(f) is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if f is not None and _kind(f) is str and not isinstance(value, str):
+        value = raw.strip()  # a run name of digits, a 'local:...' path: a string setting takes the text as written
+    return dotted.strip(), value
+
+
+def with_changes(data: Mapping[str, Any], changes: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A copy of a params document with 'section.key' -> value changes applied (unvalidated: parse it next)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+    changed = {name: dict(values or {}) if isinstance(values, Mapping) else values for name, values in data.items()}
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"{where}: {dotted}: unknown setting; sections: {', '.join(SECTIONS)}")
+        if not isinstance(changed.setdefault(section, {}), dict):
+            changed[section] = {}
+        changed[section][key] = value
+    return changed
+
+
+def config_with(base: Config, changes: Mapping[str, Any], why: str) -> Config:
+    """`base` with 'section.key' -> value changes, validated exactly as a params file is (one-line errors).
+
+    Every changed config (a study's point, a regression run, `irlnb run --set`) goes through here or
+    `load_config`, so a bad value is refused with the same message wherever it comes from.
+    """
+    config = parse_config(with_changes(base.to_dict(), changes, base.path), f"{base.path} ({why})")
+    return dataclasses.replace(config, path=base.path)
 
 
 def describe_settings() -> str:

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import PARAMS, irlnb_cli
+from conftest import PARAMS, irlnb_cli, write_params
 
 from irlnb.config import SECTIONS, ConfigError, load_config, parse_config
 from irlnb.pipeline import stages
@@ -69,10 +69,12 @@ def test_a_left_out_setting_or_section_takes_its_default_but_the_run_must_be_nam
         if name != "run":
             assert getattr(config, name) == cls()  # every default is written once, in irlnb/config.py
     assert (
-        config.rlhf.steps == 40 and config.irl.layer == 26 and config.sources.policy == "embedded:smollm2-135m-instruct"
+        config.rloo.max_steps == 40
+        and config.irl.layer == 26
+        and config.sources.policy == "embedded:smollm2-135m-instruct"
     )
     with pytest.raises(ConfigError, match="run: missing section"):
-        parse_config({"rlhf": {"steps": 3}}, "p.yaml")
+        parse_config({"rloo": {"max_steps": 3}}, "p.yaml")
     with pytest.raises(ConfigError, match=r"run\.name: missing; expected a string"):
         parse_config({"run": {"runs_dir": "runs"}}, "p.yaml")
 
@@ -221,3 +223,29 @@ def test_jupyter_saves_a_committed_notebook_back_clean_and_other_files_as_they_a
     elsewhere = model()
     before_save(elsewhere, "runs/default.scratch/mine.ipynb")
     assert elsewhere == model()
+
+
+def test_set_changes_a_setting_through_the_same_validation_as_the_file():
+    config = load_config(PARAMS / "smoke.yaml", ["rloo.max_steps=2", "rft.learning_rate=1e-5", "run.name=007"])
+    assert (config.rloo.max_steps, config.rft.learning_rate, config.run.name) == (2, 1e-5, "007")
+    assert config.path == str(PARAMS / "smoke.yaml")  # the file it came from; the changes are in the settings
+    for override, message in (
+        ("rloo.max_steps=0", "smoke.yaml with --set rloo.max_steps=0: rloo.max_steps: expected an integer >= 1, got 0"),
+        ("rlhf.steps=2", "rlhf.steps: unknown setting; known: trainer, seed,"),
+        ("rloo.max_steps", "--set 'rloo.max_steps': expected section.key=value"),
+        ("nosuch.key=1", "--set nosuch.key: unknown section; known: run, compute"),
+        ("rloo.num_generations=3", "rloo.per_device_train_batch_size: expected a multiple of num_generations (3)"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_config(PARAMS / "smoke.yaml", [override])
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_run_refuses_a_bad_set_in_one_line_and_writes_nothing(tmp_path):
+    params = write_params(tmp_path)
+    done = irlnb_cli("run", str(params), "--set", "rloo.max_steps=0")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"irlnb: error: {params} with --set rloo.max_steps=0: rloo.max_steps: expected an integer >= 1, got 0"
+    )
+    assert not (tmp_path / "runs").exists()

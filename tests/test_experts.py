@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from irlnb.config import parse_section
 from irlnb.models.policies import embedded_policy_dir, load_policy
 from irlnb.rl.generation import Decoding
 from irlnb.rl.rejection import continuation_batch, rejection_sampling_finetune
@@ -62,21 +63,13 @@ def test_fine_tuning_batches_score_only_the_continuation(tiny):
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding is never a target
 
 
-def rlhf_settings(**changes):
-    values = dict(
-        best_of_n=3,
-        rft_rounds=1,
-        rft_epochs=1,
-        rft_max_perplexity_ratio=10.0,
-        rft_learning_rate=5e-3,
-        rft_top_k=30,
-        completions_per_step=4,
-        max_completion_tokens=6,
-        top_k=30,
-        temperature=1.0,
-        reward_batch_size=8,
-    )
-    return SimpleNamespace(**{**values, **changes})
+def rft_settings(**changes):
+    """The rft section of a tiny run (typed and validated as a params file's)."""
+    values = dict(n=3, max_perplexity_ratio=10.0, learning_rate=5e-3, top_k=30, per_device_train_batch_size=4)
+    return parse_section("rft", {**values, **changes}, "test")
+
+
+RLHF = parse_section("rlhf", {"max_completion_length": 6, "reward_batch_size": 8}, "test")
 
 
 def _weights(model):
@@ -92,9 +85,10 @@ def test_rejection_sampling_fine_tunes_on_the_winners_and_resumes_after_its_last
         tokenizer,
         PROMPTS * 2,
         length_reward,
-        rlhf_settings(),
-        guard,
-        tmp_path,
+        rft=rft_settings(),
+        rlhf=RLHF,
+        guard_texts=guard,
+        checkpoints=tmp_path,
         seed=0,
         inference_dtype="float32",
     )
@@ -112,9 +106,10 @@ def test_rejection_sampling_fine_tunes_on_the_winners_and_resumes_after_its_last
         tokenizer,
         PROMPTS * 2,
         lambda texts: pytest.fail("a finished round was redone"),
-        rlhf_settings(),
-        guard,
-        tmp_path,
+        rft=rft_settings(),
+        rlhf=RLHF,
+        guard_texts=guard,
+        checkpoints=tmp_path,
         seed=0,
         inference_dtype="float32",
     )
@@ -130,9 +125,10 @@ def test_an_epoch_that_hurts_fluency_past_the_bound_is_undone(tmp_path, tiny):
         tokenizer,
         PROMPTS * 2,
         length_reward,
-        rlhf_settings(rft_max_perplexity_ratio=1.0000001, rft_learning_rate=5e-2),
-        ["What a lovely day it is"],
-        tmp_path,
+        rft=rft_settings(max_perplexity_ratio=1.0000001, learning_rate=5e-2),
+        rlhf=RLHF,
+        guard_texts=["What a lovely day it is"],
+        checkpoints=tmp_path,
         seed=0,
         inference_dtype="float32",
     )

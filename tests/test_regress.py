@@ -88,13 +88,13 @@ def test_regress_cli_records_a_reference_and_refuses_a_missing_one(tmp_path):
     assert done.returncode == 0, done.stderr
     recorded = json.loads((references / "smoke.metrics.json").read_text())
     assert recorded["metrics"] == json.loads((run_dir / "metrics.json").read_text())
-    assert recorded["params"]["rlhf"]["learning_rate"] == 1e-3 and recorded["git"]["commit"] == "0" * 40
+    assert recorded["params"]["rloo"]["learning_rate"] == 1e-3 and recorded["git"]["commit"] == "0" * 40
     (references / "tolerances.yaml").write_text((REPO / "regress" / "tolerances.yaml").read_text())
     assert regress.check_run(run_dir, references / "smoke.metrics.json", references / "tolerances.yaml") == 0
 
     other = make_run(tmp_path / "elsewhere", "smoke", learning_rate=0.5)
     done = irlnb_cli("regress", "--record", str(params), "--run-dir", str(other), "--reference-dir", str(references))
-    assert done.returncode == 2 and "made with other params than" in done.stderr and "rlhf.learning_rate" in done.stderr
+    assert done.returncode == 2 and "made with other params than" in done.stderr and "rloo.learning_rate" in done.stderr
 
 
 def test_regress_runs_afresh_without_publishing_figures_then_compares(tmp_path, monkeypatch, capsys):

@@ -17,7 +17,7 @@ from irlnb.rewards.features import (
     pool,
     random_reward,
 )
-from irlnb.rl.training import make_scorer
+from irlnb.rl.reward_signal import make_scorer
 
 BACKBONE = "embedded:tiny-gpt-neox"
 TEXTS = ["You are such an idiot", "What a lovely day", "ok"]
@@ -75,20 +75,21 @@ def test_make_scorer_gives_each_reward_source_and_what_identifies_it(tmp_path):
     from irlnb.layout import RunLayout
 
     config, layout = load_config("params/smoke.yaml"), RunLayout(tmp_path)
-    ground_truth, identity = make_scorer("ground_truth", layout, config, "cpu")
+    sections = dict(sources=config.sources, ground_truth=config.ground_truth, rlhf=config.rlhf, device="cpu")
+    ground_truth, identity = make_scorer("ground_truth", layout, **sections)
     scores = ground_truth(["You are a stupid idiot", "Thank you, that was kind"])
     assert scores[0] < 0 < scores[1]  # R*: toxic below zero
     assert identity == {"classifier": "embedded:tox-block", "clip": 10.0}
-    random, identity = make_scorer("random", layout, config, "cpu")
+    random, identity = make_scorer("random", layout, **sections, random_reward=config.random_reward)
     assert np.isfinite(random(TEXTS)).all() and identity["seed"] == config.random_reward.seed
     with pytest.raises(RewardLoadError, match="not a saved reward"):
-        make_scorer("learned", layout, config, "cpu")
+        make_scorer("learned", layout, **sections)
     random_reward(BACKBONE, seed=9).save(layout.learned_reward)  # stands in for notebook 04's output
-    learned, identity = make_scorer("learned", layout, config, "cpu")
+    learned, identity = make_scorer("learned", layout, **sections)
     np.testing.assert_allclose(learned(TEXTS), random_reward(BACKBONE, seed=9).score(TEXTS), atol=1e-6)
     assert identity["head_sha256"] == json.loads((layout.learned_reward / REWARD_CONFIG).read_text())["head_sha256"]
     with pytest.raises(ValueError, match="reward must be one of ground_truth, learned, random"):
-        make_scorer("oracle", layout, config, "cpu")
+        make_scorer("oracle", layout, **sections)
 
 
 def test_the_flop_count_of_a_partial_forward_counts_the_blocks_that_run():

@@ -154,7 +154,7 @@ def test_keys_follow_what_a_result_depends_on():
         "05_analysis",
     }
     assert {name for name in base if fewer_prompts[name].key != base[name].key} == {"05_analysis"}
-    retrained = changed(rlhf__learning_rate=5e-4)  # the expert changes: IRL, and what is trained with its reward
+    retrained = changed(rloo__learning_rate=5e-4)  # the expert changes: IRL, and what is trained with its reward
     assert {name for name in base if retrained[name].key != base[name].key} == {
         "03_rlhf_ground_truth",
         "04_irl",
@@ -162,7 +162,7 @@ def test_keys_follow_what_a_result_depends_on():
         "03_rlhf_random",
         "05_analysis",
     }
-    threads = changed(compute__torch_threads=2, rlhf__checkpoint_steps=3, ground_truth__batch_size=7)
+    threads = changed(compute__torch_threads=2, rloo__save_steps=3, ground_truth__batch_size=7)
     assert threads == base  # settings that never change a result never make a stage stale
 
 
@@ -185,7 +185,7 @@ def test_an_evaluation_setting_reevaluates_and_a_training_setting_retrains(smoke
         assert metrics[f"rlhf.{reward}.train_resumed_from_step"] == 4
 
     retrained = write_params(
-        tmp_path, name="retrained.yaml", evaluation__bootstrap_samples=300, rlhf__learning_rate=5e-4
+        tmp_path, name="retrained.yaml", evaluation__bootstrap_samples=300, rloo__learning_rate=5e-4
     )
     done = irlnb_cli("run", str(retrained), "--force")
     assert done.returncode == 0, done.stderr
@@ -286,7 +286,7 @@ def test_a_training_killed_midway_resumes_from_its_last_checkpoint(smoke_run, tm
     import shutil
 
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    params = write_params(tmp_path, rlhf__steps=60, rlhf__checkpoint_steps=5)
+    params = write_params(tmp_path, rloo__max_steps=60, rloo__save_steps=5)
     checkpoints = run_dir / "checkpoints" / "03_rlhf_ground_truth"
     process = subprocess.Popen(
         [sys.executable, "-m", "irlnb", "run", str(params), "--force", "--only", "03_rlhf_ground_truth"],

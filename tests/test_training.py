@@ -9,8 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from irlnb.config import parse_section
 from irlnb.models.policies import embedded_policy_dir, load_policy
-from irlnb.rl.training import Normalizer, PolicyReward, RewardError, rl_config, train_policy
+from irlnb.rl.kinds import KINDS
+from irlnb.rl.policy_gradient import lora_config, train_policy, trl_config
+from irlnb.rl.reward_signal import Normalizer, PolicyReward, RewardError
 
 PROMPTS = ["You are such a", "The council voted to", "I really think that", "Thanks for the"] * 4
 
@@ -48,37 +51,28 @@ def test_rloo_training_changes_the_policy_and_resumes_from_its_checkpoint(tmp_pa
     _, tokenizer = load_policy("embedded:tiny-gpt-neox")
     reward = PolicyReward(length_scorer, Normalizer(20.0, 5.0), name="length")
 
-    def config(steps):
-        return rl_config(
-            tmp_path / "train",
-            steps=steps,
-            learning_rate=1e-3,
-            beta=0.05,
-            batch_size=8,
-            num_generations=4,
-            max_completion_length=8,
-            top_k=30,
-            temperature=1.0,
-            save_steps=2,
-            seed=0,
-            use_cpu=True,
-        )
+    rloo = parse_section("rloo", {"learning_rate": 1e-3, "save_steps": 2}, "test")
+    rlhf = parse_section("rlhf", {"max_completion_length": 8}, "test")
 
-    first = train_policy(policy_dir, tokenizer, PROMPTS, reward, config(2))
+    def config(steps):
+        return trl_config(tmp_path / "train", KINDS["rloo"], rloo, rlhf, seed=0, use_cpu=True, max_steps=steps)
+
+    assert config(2).per_device_train_batch_size == 8 and config(2).num_generations == 4  # TRL's names, unrenamed
+    first = train_policy(policy_dir, tokenizer, PROMPTS, reward, config(2), KINDS["rloo"])
     assert (tmp_path / "train" / "checkpoint-2").is_dir()
     losses = [row["loss"] for row in first.state.log_history if "loss" in row]
     assert losses and all(math.isfinite(v) for v in losses)
     before, after = _weights(policy_dir), _weights(tmp_path / "train" / "checkpoint-2")
     assert any(not torch.equal(before[k], after[k]) for k in before), "training did not change the policy"
 
-    resumed = train_policy(policy_dir, tokenizer, PROMPTS, reward, config(4))
+    resumed = train_policy(policy_dir, tokenizer, PROMPTS, reward, config(4), KINDS["rloo"])
     logged_steps = [row["step"] for row in resumed.state.log_history if "loss" in row]
     assert resumed.state.global_step == 4
     assert 1 in logged_steps and 4 in logged_steps  # history restored from checkpoint-2, then steps 3-4
     assert (tmp_path / "train" / "checkpoint-4").is_dir()
     assert reward.scored == 4 * 8  # steps 1-2 scored once, steps 3-4 once: nothing was redone
 
-    finished = train_policy(policy_dir, tokenizer, PROMPTS, reward, config(4))
+    finished = train_policy(policy_dir, tokenizer, PROMPTS, reward, config(4), KINDS["rloo"])
     assert finished.state.global_step == 4 and reward.scored == 4 * 8  # a finished training is only loaded
     trained = _weights(tmp_path / "train" / "checkpoint-4")
     loaded = {k: v for k, v in finished.model.state_dict().items()}
@@ -89,31 +83,17 @@ def test_rloo_training_changes_the_policy_and_resumes_from_its_checkpoint(tmp_pa
 def test_grpo_option_trains_with_a_lora_adapter(tmp_path):
     policy_dir = embedded_policy_dir("tiny-gpt-neox")
     _, tokenizer = load_policy("embedded:tiny-gpt-neox")
-    from peft import LoraConfig
-
-    config = rl_config(
-        tmp_path / "grpo",
-        trainer="grpo",
-        steps=2,
-        learning_rate=1e-3,
-        beta=0.05,
-        batch_size=8,
-        num_generations=4,
-        max_completion_length=6,
-        top_k=30,
-        temperature=1.0,
-        save_steps=2,
-        seed=0,
-        use_cpu=True,
-    )
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    grpo = parse_section("grpo", {"max_steps": 2, "learning_rate": 1e-3, "save_steps": 2, "lora_rank": 4}, "test")
+    rlhf = parse_section("rlhf", {"max_completion_length": 6}, "test")
+    config = trl_config(tmp_path / "grpo", KINDS["grpo"], grpo, rlhf, seed=0, use_cpu=True)
     trainer = train_policy(
         policy_dir,
         tokenizer,
         PROMPTS,
         PolicyReward(length_scorer, Normalizer(20.0, 5.0), "length"),
         config,
-        peft_config=lora,
+        KINDS["grpo"],
+        peft_config=lora_config(grpo),
     )
     assert type(trainer).__name__ == "GRPOTrainer" and trainer.state.global_step == 2
     adapters = {k: v for k, v in trainer.model.state_dict().items() if "lora_B" in k}
@@ -134,7 +114,7 @@ def test_checkpoints_are_kept_for_the_same_settings_and_dropped_for_others(tmp_p
 
 
 def test_a_checkpoint_cut_short_by_a_kill_is_ignored(tmp_path):
-    from irlnb.rl.training import last_checkpoint
+    from irlnb.rl.policy_gradient import last_checkpoint
 
     assert last_checkpoint(tmp_path / "none") is None
     for step in (5, 10):

@@ -29,7 +29,7 @@ def cmd_check(args) -> int:
         return 0
     if not args.params:
         raise SystemExit("irlnb check: give a params file (or --describe, or --write-notebooks)")
-    config = load_config(args.params)
+    config = load_config(args.params, args.set)
     for notebook in notebooks():
         check_notebook(notebook)
     print(f"{args.params}: ok (run '{config.run.name}', {len(STAGES)} stages)")
@@ -39,7 +39,7 @@ def cmd_check(args) -> int:
 def cmd_run(args) -> int:
     from irlnb.pipeline.runner import run  # papermill and the provenance probe load only to run
 
-    run(load_config(args.params), only=args.only, force=args.force, runs_dir=args.runs_dir)
+    run(load_config(args.params, args.set), only=args.only, force=args.force, runs_dir=args.runs_dir)
     return 0
 
 
@@ -65,7 +65,7 @@ def cmd_bench(args) -> int:
 def cmd_regress(args) -> int:
     from irlnb.pipeline import regress  # loads the runner
 
-    config = load_config(args.params)
+    config = load_config(args.params, args.set)
     reference_dir = Path(args.reference_dir) if args.reference_dir else regress.REFERENCE_DIR
     if args.record:
         run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / config.run.runs_dir / config.run.name
@@ -104,6 +104,16 @@ def cmd_readme(args) -> int:
     return 1 if problems else 0
 
 
+def add_set_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change one setting of the params file (repeatable), validated as the file is",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="irlnb", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rewrite the notebooks' parameters cells from irlnb/config.py (after changing a setting)",
     )
+    add_set_option(check)
     check.set_defaults(func=cmd_check)
 
     run = commands.add_parser("run", help="run the pipeline's notebooks into runs/<run.name>/")
@@ -127,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="redo stages whose settings changed (with --only: redo that stage even if unchanged)",
     )
     run.add_argument("--runs-dir", help="override run.runs_dir")
+    add_set_option(run)
     run.set_defaults(func=cmd_run)
 
     fetch = commands.add_parser("fetch", help="download, verify and cache the embedded assets")
@@ -143,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     regress.add_argument("--reuse", action="store_true", help="keep finished stages of an earlier regression run")
     regress.add_argument("--reference-dir", help="folder of references and tolerances.yaml (default regress/)")
     regress.add_argument("--threads", type=int, help="torch threads of the regression run (default: the params')")
+    add_set_option(regress)
     regress.set_defaults(func=cmd_regress)
 
     study = commands.add_parser(

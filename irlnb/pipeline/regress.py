@@ -10,7 +10,6 @@ bounds (`*_ci_*`) are ignored: the first measure the machine, the second move wi
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import math
 import shutil
@@ -22,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from irlnb import metric_names
+from irlnb.config import config_with
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.pipeline import runner
@@ -30,7 +31,7 @@ from irlnb.pipeline.lock import check_free
 REFERENCE_DIR = REPO_ROOT / "regress"
 TOLERANCES_FILE = "tolerances.yaml"
 REGRESS_RUNS_DIR = "runs/regress"
-ALWAYS_IGNORED = ("timing.*", "*_ci_*")
+ALWAYS_IGNORED = (f"{metric_names.TIMING}*", "*_ci_*")
 # Where two runs' params may differ and still be the same experiment.
 NOT_COMPARED_PARAMS = ("run",)
 
@@ -264,8 +265,7 @@ def regress(
         check_free(run_dir, "irlnb regress")  # never delete a run another process is writing
         shutil.rmtree(run_dir)
     # The regression run must not overwrite the published figures of the real run.
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, figures_dir=""))
-    if threads is not None:
-        config = dataclasses.replace(config, compute=dataclasses.replace(config.compute, torch_threads=threads))
+    changes = {"run.figures_dir": "", **({"compute.torch_threads": threads} if threads is not None else {})}
+    config = config_with(config, changes, "irlnb regress")
     runner.run(config, runs_dir=runs_dir, log=log)
     return check_run(run_dir, reference_path, tolerances_path, log=log)

@@ -25,7 +25,7 @@ from typing import Any
 
 import nbformat
 
-from irlnb.config import SECTIONS, changes_result, doc
+from irlnb.config import ALIGNMENT_KINDS, SECTIONS, changes_result, doc
 from irlnb.errors import IrlnbError
 from irlnb.layout import ANALYSIS, CURATE, GROUND_TRUTH, IRL, REPO_ROOT, rlhf_folder
 
@@ -102,6 +102,7 @@ RLHF_SETTINGS = (
     "sources.evaluator",
     "ground_truth",
     "rlhf",
+    *ALIGNMENT_KINDS,  # each kind's own section: the training key keeps only the chosen kind's
     "evaluation",
 )
 # Every evaluation setting changes only a policy's metrics: stage 04 draws its own demonstrations, so no later
@@ -173,8 +174,6 @@ STAGES: tuple[Stage, ...] = (
             "sources.evaluator",
             "ground_truth",
             "evaluation.bootstrap_samples",
-            "rlhf.trainer",  # the figures name how the policies were aligned
-            "rlhf.best_of_n",
             "analysis",
         ),
         needs=("03_rlhf_ground_truth", "04_irl", "03_rlhf_learned", "03_rlhf_random"),

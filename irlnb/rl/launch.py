@@ -18,7 +18,9 @@ from irlnb.compute import resolve_device, seed_everything
 from irlnb.config import ConfigError, load_config
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
-from irlnb.rl.training import REWARD_KINDS, RL_TRAINERS, prepare_training, train_rloo
+from irlnb.rl.kinds import KINDS
+from irlnb.rl.reward_signal import REWARD_KINDS
+from irlnb.rl.training import prepare_training, stage_kind, training_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,22 +28,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("params")
     parser.add_argument("--reward", default="ground_truth", choices=REWARD_KINDS)
     parser.add_argument("--runs-dir")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.params)
-        if config.rlhf.trainer not in RL_TRAINERS:
+        config = load_config(args.params, args.set)
+        kind = stage_kind(config, args.reward)
+        if not kind.policy_gradient:
+            launchable = ", ".join(name for name, record in KINDS.items() if record.policy_gradient)
             raise ConfigError(
-                f"{args.params}: rlhf.trainer is {config.rlhf.trainer!r}; irlnb.rl.launch trains rloo "
-                "or grpo (rft and best_of_n run in notebook 03: irlnb run)"
+                f"{args.params}: rlhf.trainer is {config.rlhf.trainer!r}; irlnb.rl.launch trains {launchable} "
+                "(the other kinds run in notebook 03: irlnb run)"
             )
+        from irlnb.rl.policy_gradient import job_trainer  # loads TRL
+
         layout = RunLayout.of_run(config.run, args.runs_dir)
         seed_everything(config.compute.seed, config.compute.torch_threads)
         device = resolve_device(config.compute.device)
+        stage_name = f"03_rlhf_{args.reward}"
         start = prepare_training(layout, args.reward, config, device)
-        trainer = train_rloo(layout, f"03_rlhf_{args.reward}", start, config, device)
+        trainer = job_trainer(training_job(layout, stage_name, start, kind, config, device))
         if trainer.accelerator.is_main_process:
             print(
-                f"irlnb.rl.launch: 03_rlhf_{args.reward} trained to step {trainer.state.global_step} "
+                f"irlnb.rl.launch: {stage_name} trained to step {trainer.state.global_step} "
                 f"on {trainer.accelerator.num_processes} process(es); checkpoints in {trainer.args.output_dir}"
             )
     except (IrlnbError, FileNotFoundError, ValueError) as err:

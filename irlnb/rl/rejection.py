@@ -6,7 +6,7 @@ language-model loss on the continuation tokens. This distils best-of-n (the chea
 the KL-regularised optimum) into a policy, an RLHF method used in practice. Fine-tuning on its own
 samples keeps a policy close to where it started; the guard makes that explicit: after each epoch
 the perplexity of held-out human text is measured, and an epoch that raises it past
-`rlhf.rft_max_perplexity_ratio` times the starting policy's is undone and the training stops.
+`rft.max_perplexity_ratio` times the starting policy's is undone and the training stops.
 
 A round's policy is saved when the round ends, so a killed training resumes at the next round.
 """
@@ -30,6 +30,7 @@ from irlnb.models.policies import encode_prompts
 from irlnb.progress import Progress
 from irlnb.rl.evaluation import perplexity
 from irlnb.rl.sampling import BestOfN, sampling_decoding
+from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 ROUND_STATE = "rft_state.json"
 
@@ -106,6 +107,8 @@ def rejection_sampling_finetune(
     tokenizer,
     prompts: list[str],
     scorer,
+    *,
+    rft,
     rlhf,
     guard_texts: list[str],
     checkpoints: Path,
@@ -113,7 +116,10 @@ def rejection_sampling_finetune(
     inference_dtype: str,
     device: str = "cpu",
 ) -> RejectionResult:
-    """`rlhf.rft_rounds` rounds of best-of-`rlhf.best_of_n` then fine-tuning, resuming from the last saved round."""
+    """`rft.rounds` rounds of best-of-`rft.n` then fine-tuning, resuming from the last saved round.
+
+    `rft` is its settings section, `rlhf` the shared sampling settings (length, temperature, reward batch).
+    """
     state = read_json(checkpoints / ROUND_STATE, default={"round": 0, "log": [], "guard_tripped": False})
     start_round = int(state["round"])
     source = checkpoints / f"round-{start_round}" if start_round else policy_dir
@@ -123,13 +129,13 @@ def rejection_sampling_finetune(
     base_perplexity = float(state.get("base_perplexity") or perplexity(model, tokenizer, guard_texts))
     # Candidates from the policy's own distribution (rft_top_k 0): fine-tuning on top-k-truncated samples
     # sharpens the policy (held-out perplexity x1.2 at lr 1e-5 with top-k 30) whatever the reward chose.
-    decoding = replace(sampling_decoding(rlhf), top_k=rlhf.rft_top_k)
+    decoding = replace(sampling_decoding(rlhf), top_k=rft.top_k)
     chosen_frames, completed = [], start_round
-    for round_number in range(start_round + 1, rlhf.rft_rounds + 1):
+    for round_number in range(start_round + 1, rft.rounds + 1):
         if guard_tripped:
             break
         started = time.perf_counter()
-        sampler = BestOfN(_inference_copy(model, inference_dtype), tokenizer, decoding, rlhf.best_of_n, scorer)
+        sampler = BestOfN(_inference_copy(model, inference_dtype), tokenizer, decoding, rft.n, scorer)
         candidates = sampler.candidates(
             prompts, batch_size=rlhf.reward_batch_size * 2, seed=seed + 104729 * round_number
         )
@@ -145,10 +151,10 @@ def rejection_sampling_finetune(
             }
         )
         chosen_frames.append(chosen)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=rlhf.rft_learning_rate)
-        steps = math.ceil(len(prompts) / rlhf.completions_per_step)
-        progress = Progress(rlhf.rft_epochs * steps, f"fine-tuning on round {round_number}'s winners", unit="step")
-        for epoch in range(1, rlhf.rft_epochs + 1):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=rft.learning_rate)
+        steps = math.ceil(len(prompts) / rft.per_device_train_batch_size)
+        progress = Progress(rft.num_train_epochs * steps, f"fine-tuning on round {round_number}'s winners", unit="step")
+        for epoch in range(1, rft.num_train_epochs + 1):
             before = copy.deepcopy(model.state_dict())
             loss = sft_epoch(
                 model,
@@ -156,13 +162,13 @@ def rejection_sampling_finetune(
                 tokenizer,
                 prompts,
                 chosen["continuation"].tolist(),
-                rlhf.completions_per_step,
-                rlhf.max_completion_tokens,
+                rft.per_device_train_batch_size,
+                rlhf.max_completion_length,
                 seed + 31 * epoch + round_number,
                 progress,
             )
             ratio = perplexity(model, tokenizer, guard_texts) / base_perplexity
-            undone = ratio > rlhf.rft_max_perplexity_ratio
+            undone = ratio > rft.max_perplexity_ratio
             if undone:
                 model.load_state_dict(before)
             rows.append(
@@ -185,6 +191,28 @@ def rejection_sampling_finetune(
         _save_round(model, checkpoints, round_number, rows, guard_tripped, base_perplexity)
         completed = round_number
     return RejectionResult(model.eval(), pd.DataFrame(rows), completed, start_round, guard_tripped, chosen_frames)
+
+
+def train_rejection_sampling(job: TrainingJob) -> TrainingResult:
+    """The train function of the `rft` kind (irlnb.rl.kinds): rounds resumed from its checkpoints."""
+    start = job.start
+    result = rejection_sampling_finetune(
+        start.policy_dir,
+        start.tokenizer,
+        start.prompts,
+        start.reward.scorer,
+        rft=job.section,
+        rlhf=job.rlhf,
+        guard_texts=start.guard_texts,
+        checkpoints=job.checkpoints,
+        seed=job.seed,
+        inference_dtype=job.inference_dtype,
+        device=job.device,
+    )
+    kept = int((~result.log["undone"]).sum()) if len(result.log) else 0
+    return TrainingResult(
+        model=result.model, log=result.log, steps=kept, resumed_from=result.resumed_from_round, start=start
+    )
 
 
 def _save_round(

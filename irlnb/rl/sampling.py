@@ -84,6 +84,8 @@ class BestOfN:
         return [(options[j], float(scores[i, j])) for i, (options, j) in enumerate(zip(candidates, best))]
 
 
-def sampling_decoding(rlhf) -> Decoding:
-    """How a policy samples in training, and a best-of-n policy its candidates (`rlhf`: length, top-k, temperature)."""
-    return Decoding(rlhf.max_completion_tokens, do_sample=True, top_k=rlhf.top_k, temperature=rlhf.temperature)
+def sampling_decoding(rlhf, max_new_tokens: int | None = None) -> Decoding:
+    """How every policy samples: `rlhf`'s top-k and temperature, for its completion length or `max_new_tokens`
+    (an evaluation's or a demonstration's own length)."""
+    length = max_new_tokens or rlhf.max_completion_length
+    return Decoding(length, do_sample=True, top_k=rlhf.top_k, temperature=rlhf.temperature)

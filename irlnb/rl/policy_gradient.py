@@ -1,0 +1,193 @@
+"""KL-regularised RLHF with TRL: the train function of the `rloo` and `grpo` kinds.
+
+PPO is gone from TRL (removed in 1.13) and trlx is unmaintained, so the policy is trained with
+`RLOOTrainer` (REINFORCE with a leave-one-out baseline and a KL penalty `beta` against the frozen
+starting policy) or `GRPOTrainer`. The kind's settings section carries TRL's own config names, so
+they reach TRL unrenamed. This module imports TRL; only a training loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import trl
+from transformers.trainer_callback import TrainerCallback, TrainerState
+
+from irlnb.progress import Progress
+from irlnb.rl.reward_signal import PolicyReward
+from irlnb.rl.training_job import TrainingJob, TrainingResult
+
+
+def trl_config(output_dir: str | Path, kind, section, rlhf, seed: int, use_cpu: bool, max_steps: int | None = None):
+    """The TRL config of a policy-gradient kind: its section's settings under their own names, the shared
+    sampling settings of `rlhf`, and every setting that matters on CPU spelled out (TRL's defaults do not fit).
+    `kind`: its record in irlnb.rl.kinds (which names its TRL classes)."""
+    trainer_name, config_name = kind.trl_classes
+    return getattr(trl, config_name)(
+        output_dir=str(output_dir),
+        max_steps=max_steps or section.max_steps,
+        learning_rate=section.learning_rate,
+        beta=section.beta,
+        per_device_train_batch_size=section.per_device_train_batch_size,
+        num_generations=section.num_generations,
+        max_completion_length=rlhf.max_completion_length,
+        top_k=rlhf.top_k,
+        temperature=rlhf.temperature,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=section.save_steps,
+        save_only_model=False,
+        save_total_limit=1,
+        report_to="none",
+        seed=seed,
+        use_cpu=use_cpu,
+        bf16=False,
+        activation_checkpointing=False,
+        disable_dropout=True,
+    )
+
+
+def lora_config(section):
+    """The LoRA adapter of the section's `lora_rank` on every linear layer, or None for full fine-tuning."""
+    if not section.lora_rank:
+        return None
+    from peft import LoraConfig  # peft loads only when LoRA is asked for
+
+    return LoraConfig(
+        r=section.lora_rank, lora_alpha=2 * section.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete checkpoint-N folder of an interrupted training, if any.
+
+    transformers writes a checkpoint's trainer_state.json last (after weights, optimizer and RNG
+    state) and deletes older checkpoints only after it, so a folder without a readable one was cut
+    short by a kill: it is removed, and the previous complete checkpoint is used.
+    """
+    complete = []
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+            complete.append(folder)
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+    return str(max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]))) if complete else None
+
+
+def train_policy(
+    policy_dir: str | Path,
+    tokenizer,
+    prompts: list[str],
+    reward: PolicyReward,
+    config,
+    kind,
+    peft_config=None,
+):
+    """Train with the kind's TRL trainer, resuming from the last checkpoint in config.output_dir.
+
+    `policy_dir` must be a saved model folder: with beta > 0 TRL loads the frozen reference
+    policy from the same path.
+    """
+    if any(not p.strip() for p in prompts):
+        raise ValueError("an empty prompt cannot be trained on")
+    trainer = getattr(trl, kind.trl_classes[0])(
+        model=str(policy_dir),
+        reward_funcs=reward,
+        args=config,
+        train_dataset=datasets.Dataset.from_dict({"prompt": list(prompts)}),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[StepProgress(reward)],
+    )
+    trainer.resumed_from_step = resume_or_finish(trainer, Path(config.output_dir))
+    return trainer
+
+
+def job_trainer(job: TrainingJob):
+    """The TRL trainer of a job, trained or, when finished under the same training key, loaded."""
+    config = trl_config(job.checkpoints, job.kind, job.section, job.rlhf, job.seed, use_cpu=job.device == "cpu")
+    start = job.start
+    return train_policy(
+        start.policy_dir, start.tokenizer, start.prompts, start.reward, config, job.kind, lora_config(job.section)
+    )
+
+
+def train_policy_gradient(job: TrainingJob) -> TrainingResult:
+    """The train function of the policy-gradient kinds (`rloo`, `grpo`: irlnb.rl.kinds)."""
+    trainer = job_trainer(job)
+    model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+    return TrainingResult(
+        model=model,
+        log=training_log(trainer, job.start.reward),
+        steps=trainer.state.global_step,
+        resumed_from=trainer.resumed_from_step,
+        start=job.start,
+    )
+
+
+class StepProgress(TrainerCallback):
+    """Step i/N, the raw reward mean, seconds per step and time left, in the notebook and on the runner's terminal."""
+
+    def __init__(self, reward: PolicyReward):
+        self.reward, self.progress = reward, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress = Progress(args.max_steps, f"RLHF ({self.reward.__name__} reward)", unit="step")
+        self.progress.update(state.global_step)  # a resumed training starts where it stopped
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs and "reward" in logs:
+            raw = logs["reward"] * self.reward.normalizer.std + self.reward.normalizer.mean
+            self.progress.update(state.global_step - self.progress.done, reward_mean=raw)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.close()
+
+
+def resume_or_finish(trainer, output_dir: Path) -> int:
+    """Train from the last checkpoint; if that checkpoint already reached max_steps, only load it.
+
+    Returns the step training resumed from (0 for a fresh start). (transformers' Trainer, resumed
+    at its final step, would run one step more.)
+    """
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is None:
+        trainer.train()
+        return 0
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if state.global_step >= trainer.args.max_steps:
+        trainer._load_from_checkpoint(checkpoint)  # weights (or LoRA adapter) of the finished run
+        trainer.state = state
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    return state.global_step
+
+
+LOG_COLUMNS = {
+    "loss": "loss",
+    "reward": "reward_normalised_mean",
+    "reward_std": "reward_normalised_std",
+    "kl": "kl",
+    "entropy": "entropy",
+    "completions/mean_length": "completion_length",
+    "grad_norm": "grad_norm",
+    "step_time": "step_seconds",
+}
+
+
+def training_log(trainer, reward: PolicyReward):
+    """One row per step: loss, reward (normalised and raw), KL, entropy, completion length, seconds."""
+    rows = [row for row in trainer.state.log_history if "loss" in row and "step" in row]
+    log = pd.DataFrame(
+        [{"step": row["step"], **{name: row.get(key) for key, name in LOG_COLUMNS.items()}} for row in rows]
+    )
+    if len(log):
+        log["reward_mean"] = log["reward_normalised_mean"] * reward.normalizer.std + reward.normalizer.mean
+        log["reward_std"] = log["reward_normalised_std"] * reward.normalizer.std
+    return log

@@ -1,0 +1,48 @@
+"""What a kind's train function receives and returns (irlnb.rl.kinds holds the functions, one per kind)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from irlnb.rl.reward_signal import PolicyReward
+
+
+@dataclass
+class StageTraining:
+    """Everything a training stage starts from: the reward (scaled), the prompts, the base policy and the key."""
+
+    reward: PolicyReward
+    prompts: list[str]
+    prompts_cut: int  # prompts longer than the context allows, cut from the front
+    policy_dir: Path
+    tokenizer: object
+    key: str
+    guard_texts: list[str]
+    brought: str = ""  # the aligned model brought to be audited, when stage 03 trains nothing itself
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What a kind's train function receives: where to checkpoint, the seed, and the typed settings it reads."""
+
+    kind: Any  # its kind's record (irlnb.rl.kinds.AlignmentKind)
+    start: StageTraining
+    checkpoints: Path  # resumable checkpoints of this training key (emptied when the key changed)
+    seed: int  # the alignment's seed (compute.seed moved by rlhf.seed)
+    rlhf: Any  # the shared rlhf settings (irlnb.config.RlhfSettings)
+    section: Any  # the kind's own settings (its section of irlnb/config.py), None for a brought model
+    inference_dtype: str
+    device: str
+
+
+@dataclass
+class TrainingResult:
+    model: object | None  # the trained policy; None for a kind without weights (best-of-n)
+    log: pd.DataFrame  # one row per optimiser step (RLOO, GRPO) or per round and epoch (RFT)
+    steps: int  # optimiser steps (RLOO, GRPO), fine-tuning epochs kept (RFT), 0 (best-of-n)
+    resumed_from: int  # the step (or round) a killed training resumed from; 0 for a fresh start
+    start: StageTraining
