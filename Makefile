@@ -25,7 +25,7 @@ figures: setup
 	$(BIN)/irlnb run $(PARAMS)
 
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Not part of `make test`: JupyterLab end to end in headless Chromium (Selenium, Debian's chromium and
 # chromium-driver): runs 05_analysis by hand on a smoke run, scores two texts in the reward explorer, and

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "irlnb"
 # Lower layers never import higher ones: plumbing over the report over the paper's steps over the basics.
 LAYERS = (
-    ("errors", "config", "layout", "metrics", "sources", "compute", "progress"),
+    ("errors", "config", "layout", "metrics", "metric_names", "sources", "compute", "progress"),
     ("data",),
     ("models",),
     ("rewards",),

@@ -1,29 +1,72 @@
-"""`irlnb bench` end to end on the smoke params: every ratio and rate is measured and finite."""
+"""`irlnb bench` end to end on the smoke params: every value is measured, and the derived ones are what they are
+made of (ratios are quotients of their times, rates of their counts and times, shares add up). No wall-clock
+threshold: only relations between values measured in the same run."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import pytest
 from conftest import PARAMS
 
+from irlnb.config import load_config
+from irlnb.models.policies import load_policy
 from irlnb.pipeline.bench import run_bench
+from irlnb.rewards.features import score_tolerance
+
+RLHF_PARTS = ("generation", "reference_forward", "policy_forward_backward", "optimizer_update")
 
 
-def test_the_bench_measures_every_key_on_the_smoke_params(tmp_path):
+def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_path):
     out = tmp_path / "bench.json"
-    results = run_bench(threads=1, out=out, rlhf_threads=1, params=PARAMS / "smoke.yaml")
-    for key in (
-        "matmul.peak_gflops",
-        "gt_score.batched_vs_loop",
-        "demo_generate.batched_vs_loop",
-        "reward_score.gflops",
-        "reward_score.peak_fraction",
-        "irl_epoch.cached_vs_full",
-        "rlhf_step.seconds",
-        "rlhf_step.peak_fraction",
-        "rlhf_step.generation_share",
-    ):
-        assert math.isfinite(results[key]) and results[key] > 0, key
+    params = PARAMS / "smoke.yaml"
+    results = run_bench(threads=1, out=out, rlhf_threads=1, params=params)
+    for key, value in results.items():
+        assert math.isfinite(value) and value >= 0, key
+    for key in ("matmul.peak_gflops", "rlhf_step.seconds", "irl_epoch.cached_s", "irl_epoch.full_s"):
+        assert results[key] > 0, key
+    assert results["bench.torch_threads"] == 1 and results["bench.rlhf_torch_threads"] == 1
+    approx = pytest.approx
+
+    # A ratio is the quotient of the two rates (or times) it compares.
+    assert results["gt_score.batched_vs_loop"] == approx(
+        results["gt_score.texts_per_s"] / results["gt_score.loop_texts_per_s"]
+    )
+    assert results["irl_epoch.cached_vs_full"] == approx(results["irl_epoch.full_s"] / results["irl_epoch.cached_s"])
+    assert results["irl_epoch.pairs"] == 64
+
+    # A share of the peak is the rate over the peak measured at the same thread count.
+    assert results["reward_score.peak_fraction"] == approx(
+        results["reward_score.gflops"] / results["matmul.peak_gflops"]
+    )
+    assert results["rlhf_step.peak_fraction"] == approx(
+        results["rlhf_step.gflops"] / results["matmul.peak_gflops_1_threads"]
+    )
+
+    # The RLHF step's rate is its estimated FLOPs (2N per generated token, 8N per token) over its time.
+    config = load_config(params)
+    n_params = load_policy(config.sources.policy)[0].num_parameters()
+    flops = n_params * (2 * results["rlhf_step.generated_tokens"] + 8 * results["rlhf_step.tokens"])
+    assert results["rlhf_step.gflops"] == approx(flops / results["rlhf_step.seconds"] / 1e9)
+    assert 0 < results["rlhf_step.generated_tokens"] <= results["rlhf_step.tokens"]
+
+    # The parts of a step: each share is its time over their sum, and the shares add up to one.
+    seconds = {part: results[f"rlhf_step.{part}_s"] for part in RLHF_PARTS}
+    for part in RLHF_PARTS:
+        assert results[f"rlhf_step.{part}_share"] == approx(seconds[part] / sum(seconds.values()))
+    assert sum(results[f"rlhf_step.{part}_share"] for part in RLHF_PARTS) == approx(1.0)
+
+    # Shares, counts and differences are within their ranges; the batched rewards match one-at-a-time ones.
+    assert 0 <= results["demo_generate.same_text_share"] <= 1
+    assert results["reward_score.n_texts"] == 1000 and results["gt_score.n_texts"] > 0
+    assert results["reward_score.max_abs_diff"] <= score_tolerance(
+        config.compute.inference_dtype, results["reward_score.spread"]
+    )
+    # The whole bench took at least as long as the timed pieces inside it.
+    assert results["bench.total_s"] >= results["irl_epoch.cached_s"] + results["irl_epoch.full_s"] + sum(
+        seconds.values()
+    )
+
     assert json.loads(out.read_text())["rlhf_step.seconds"] == results["rlhf_step.seconds"]
     assert out.with_suffix(".manifest.json").is_file()  # the bench's provenance

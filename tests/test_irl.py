@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from irlnb import metrics
-from irlnb.irl import demonstrations, features, objectives, study
-from irlnb.irl.features import PairSet, TextSet, rewards_of
+from irlnb.irl import demonstrations, feature_sets, objectives, study
+from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
 from irlnb.rewards.features import hidden_at, load_reward, random_head, reward_form
 
 BACKBONE = "embedded:tiny-gpt-neox"
@@ -157,8 +157,13 @@ def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation(
         "non_expert": [f"n{i}" for i in range(60)],
     }
     fits = [objectives.Objective(loss, 1.0, 1.0, 0.05, 3, 16) for loss in ("max_margin", "logistic")]
-    result = study.run_study(
-        train, (human(validation_pairs), validation_pairs), (human(test_pairs), test_pairs), texts, fits, seeds=3
+    result = study.fit_irl_study(
+        train,
+        (human(validation_pairs), validation_pairs),
+        (human(test_pairs), test_pairs),
+        texts,
+        objectives=fits,
+        seeds=3,
     )
     assert len(result.epochs) == 2 * 3 * 4 and len(result.test) == 6 and len(result.scores) == 6 * 240
     assert result.test["epoch"].between(1, 3).all()
@@ -219,7 +224,7 @@ def test_too_few_usable_pairs_are_refused_before_any_fitting():
         }
     )
     with pytest.raises(ValueError, match="only 0 usable train demonstration pairs"):
-        features.build_feature_sets(None, demos, pd.DataFrame(), None, 8)
+        feature_sets.build_feature_sets(None, demos, pd.DataFrame(), None, 8)
 
 
 # --- features and the saved reward ---------------------------------------------------------------
@@ -241,20 +246,20 @@ def test_reading_a_middle_layer_stops_early_and_equals_the_full_pass():
 def test_features_are_cached_and_a_damaged_cache_is_recomputed(tmp_path):
     reader = reward_form(BACKBONE, "mean", 1, 32)
     texts = ["You are such an idiot", "What a lovely day"]
-    first = features.cached_features(reader, texts, tmp_path, batch_size=2)
+    first = feature_sets.cached_features(reader, texts, tmp_path, batch_size=2)
     (cache_file,) = tmp_path.glob("features-*.pt")
     reader.features = lambda *args, **kwargs: pytest.fail("the cache was not used")
-    assert torch.equal(features.cached_features(reader, texts, tmp_path, batch_size=2), first)
+    assert torch.equal(feature_sets.cached_features(reader, texts, tmp_path, batch_size=2), first)
     cache_file.write_bytes(b"cut short")
     del reader.features  # back to the real method
-    assert torch.allclose(features.cached_features(reader, texts, tmp_path, batch_size=2), first)
+    assert torch.allclose(feature_sets.cached_features(reader, texts, tmp_path, batch_size=2), first)
 
 
 def test_the_saved_reward_folds_the_standardisation_and_scores_like_the_study(tmp_path):
     reader = reward_form(BACKBONE, "mean", 2, 32)
     texts = ["You are such an idiot", "What a lovely day", "ok then"]
     raw = reader.features(texts)
-    standardizer = features.Standardizer.fit(raw)
+    standardizer = feature_sets.Standardizer.fit(raw)
     head = random_head(raw.shape[1], seed=0)
     expected = rewards_of(head, TextSet(standardizer(raw), np.zeros(3), -np.ones(3)))
     study.save_learned_reward(reader, head, standardizer, tmp_path / "reward")
@@ -303,7 +308,9 @@ def test_a_reward_read_in_bfloat16_is_loaded_in_bfloat16(tmp_path):
     texts = ["You are such an idiot", "What a lovely day"]
     raw = reader.features(texts)
     assert raw.dtype == torch.float32  # features leave the backbone as float32 whatever its dtype
-    study.save_learned_reward(reader, random_head(raw.shape[1], 0), features.Standardizer.fit(raw), tmp_path / "reward")
+    study.save_learned_reward(
+        reader, random_head(raw.shape[1], 0), feature_sets.Standardizer.fit(raw), tmp_path / "reward"
+    )
     loaded = load_reward(tmp_path / "reward")
     assert loaded.spec.dtype == "bfloat16" and next(loaded.backbone.parameters()).dtype == torch.bfloat16
 
@@ -473,7 +480,7 @@ def test_a_saved_posterior_reward_returns_its_spread(tmp_path):
     reader = reward_form(BACKBONE, "mean", 1, 32)
     texts = ["You are such an idiot", "What a lovely day", "ok then", "Thanks a lot"]
     raw = reader.features(texts)
-    standardizer = features.Standardizer.fit(raw)
+    standardizer = feature_sets.Standardizer.fit(raw)
     standard = standardizer(raw)
     pairs = PairSet(TextSet(standard[:2], np.zeros(2), -np.ones(2)), TextSet(standard[2:], np.zeros(2), -np.ones(2)))
     fit = posterior.laplace_posterior(pairs, prior_std=0.5)

@@ -9,19 +9,26 @@ import pandas as pd
 import pytest
 from conftest import PARAMS
 
-from irlnb.config import load_config
+from irlnb.config import ConfigError, load_config
 from irlnb.layout import RunLayout
 from irlnb.pipeline import recoverability
 
 
 def test_a_point_changes_the_expert_and_the_alignment_seed_only():
     base = load_config(PARAMS / "default.yaml")
-    point = recoverability.Point("best_of_n", "n", 8, {"rlhf.trainer": "best_of_n", "rlhf.best_of_n": 8})
+    point = recoverability.Point("best_of_n", 8)
     config = recoverability.point_config(base, point, seed=1)
-    assert (config.rlhf.trainer, config.rlhf.best_of_n, config.rlhf.seed) == ("best_of_n", 8, 1)
+    assert (config.rlhf.trainer, config.best_of_n.n, config.rlhf.seed) == ("best_of_n", 8, 1)
     assert config.irl.decoding == "sampled" and config.run.name == "best_of_n-n8-seed1" and config.run.figures_dir == ""
     assert config.curate == base.curate and config.sources == base.sources and config.compute == base.compute
     assert {p.kind for p in recoverability.POINTS} == {"rloo", "best_of_n", "rft"}
+    assert recoverability.point_config(base, recoverability.Point("rloo", 120), 0).rloo.max_steps == 120
+
+
+def test_a_point_with_a_bad_budget_is_refused_as_a_params_file_would_be():
+    base = load_config(PARAMS / "default.yaml")
+    with pytest.raises(ConfigError, match=r"recoverability point rloo-max_steps0, seed 0\): rloo\.max_steps: expected"):
+        recoverability.point_config(base, recoverability.Point("rloo", 0), seed=0)
 
 
 def _fake_run(tmp_path, name, auc, reduction):
@@ -37,27 +44,32 @@ def _fake_run(tmp_path, name, auc, reduction):
             "rlhf.base.perplexity": 100.0,
             "rlhf.ground_truth.perplexity": 105.0,
             "irl.log_ratio.test.expert_log_ratio_mean": 0.2,
+            "irl.demos.train.sign_differs": 7,
         }
     )
     return layout
 
 
 def test_the_summary_the_record_and_the_figure_read_each_runs_metrics(tmp_path):
-    rloo = recoverability.Point("rloo", "steps", 40, {})
-    bon = recoverability.Point("best_of_n", "n", 4, {})
+    base = load_config(PARAMS / "default.yaml")
+    rloo, bon = recoverability.Point("rloo", 40), recoverability.Point("best_of_n", 4)
+
+    def collect(point, seed, run, auc, reduction):
+        config = recoverability.point_config(base, point, seed)
+        return recoverability.collect(point, seed, _fake_run(tmp_path, run, auc, reduction), config)
+
     rows = pd.DataFrame(
-        [
-            recoverability.collect(rloo, 0, _fake_run(tmp_path, "a", 0.76, 0.6)),
-            recoverability.collect(rloo, 1, _fake_run(tmp_path, "b", 0.78, 0.5)),
-            recoverability.collect(bon, 0, _fake_run(tmp_path, "c", 0.88, 0.8)),
-        ]
+        [collect(rloo, 0, "a", 0.76, 0.6), collect(rloo, 1, "b", 0.78, 0.5), collect(bon, 0, "c", 0.88, 0.8)]
     )
     assert rows.loc[0, "toxicity_reduction"] == pytest.approx(0.6) and rows.loc[0, "perplexity_ratio"] == 1.05
     assert rows.loc[0, "kl"] == 0.2 and rows.loc[2, "kl"] == pytest.approx(math.log(4) - 3 / 4)  # best-of-n's bound
     assert math.isnan(rows.loc[0, "white_box"])  # not measured: missing, not zero
     record = recoverability.summarise(rows)
-    assert record["recoverability.rloo.steps40.irl_mean"] == pytest.approx(0.77)
-    assert record["recoverability.rloo.steps40.irl_min"] == 0.76 and record["recoverability.rloo.steps40.seeds"] == 2
+    assert record["recoverability.rloo.max_steps40.irl_mean"] == pytest.approx(0.77)
+    assert (
+        record["recoverability.rloo.max_steps40.irl_min"] == 0.76
+        and record["recoverability.rloo.max_steps40.seeds"] == 2
+    )
     assert record["recoverability.best_of_n.n4.ceiling_mean"] == 0.93
     from irlnb.report.plots import recoverability_figure
 

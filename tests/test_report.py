@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 from conftest import PARAMS
 
-from irlnb.config import load_config
+from irlnb.config import config_with, load_config
 from irlnb.layout import RunLayout
 from irlnb.pipeline.stages import check_notebook, get_stage, stage_parameters
 from irlnb.report import tables
+from irlnb.rl.policy_card import PolicyCard, save_policy
+from irlnb.rl.training_job import TrainingResult
 
 PROMPTS = ["You are", "I think that", "Well, the", "Look at"]
 # Greedy p_toxic per test prompt, (ground-truth classifier, evaluator), chosen so shares are easy to compute by hand.
@@ -81,8 +83,6 @@ def make_run(
     saved_loss: str | None = "max_margin",  # one of the losses the synthetic scores hold (None: the params')
 ):
     """A finished run directory with every file of the contract notebook 05 reads (tiny, hand-made)."""
-    import dataclasses
-
     run_dir = runs_dir / name
     run_dir.mkdir(parents=True)
     write_continuations(run_dir)
@@ -92,18 +92,25 @@ def make_run(
         "gt.auc_human": 0.8,
         "irl.test.accuracy_mean": 0.7,
         "irl.test.accuracy_sd": 0.05,
+        "irl.test.accuracy_zero_mean": 0.65,
+        "irl.test.f1_mean": 0.6,
+        "irl.test.f1_sd": 0.04,
         "irl.test.auc_mean": 0.75,
+        "irl.test.auc_sd": 0.03,
+        "irl.test.spearman_mean": 0.5,
+        "irl.mean_shift.test.auc_mean": 0.6,
+        "irl.supervised.test.auc_mean": 0.9,
         "timing.total_s": 1.0,
     }
     for tag, (p_toxic, _) in GREEDY.items():
         metrics.update(policy_metrics(tag, float(np.mean(p_toxic))))
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    config = load_config(PARAMS / params)
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, name=name))
-    if saved_loss is not None:
-        config = dataclasses.replace(config, irl=dataclasses.replace(config.irl, loss=saved_loss))
-    if learning_rate is not None:
-        config = dataclasses.replace(config, rlhf=dataclasses.replace(config.rlhf, learning_rate=learning_rate))
+    changes = {
+        "run.name": name,
+        **({"irl.loss": saved_loss} if saved_loss is not None else {}),
+        **({"rloo.learning_rate": learning_rate} if learning_rate is not None else {}),
+    }
+    config = config_with(load_config(PARAMS / params), changes, "a synthetic run")
     (run_dir / "manifest.json").write_text(json.dumps({"params": config.to_dict(), "git": {"commit": "0" * 40}}))
     for reward in ("ground_truth", "learned", "random"):
         steps = np.arange(1, 5)
@@ -122,6 +129,12 @@ def make_run(
                 "reward_std": 2.0,
             }
         ).to_csv(run_dir / f"rlhf_{reward}" / "train_log.csv", index=False)
+        card = PolicyCard(reward, config.rlhf.trainer, "key", 4, config.to_dict())  # the card alone: no weights
+        save_policy(
+            TrainingResult(model=None, log=pd.DataFrame(), steps=4, resumed_from=0, start=None),
+            RunLayout(run_dir).policy(reward),
+            card,
+        )
     irl = run_dir / "irl"
     irl.mkdir()
     expert = [f"{p} fine words" for p in PROMPTS]
@@ -183,7 +196,7 @@ def make_run(
 
 def test_toxicity_table_lists_present_policies_in_order_with_intervals():
     metrics = {**policy_metrics("random", 0.3), **policy_metrics("base", 0.1), **policy_metrics("ground_truth", 0.04)}
-    del metrics["rlhf.random.perplexity"]
+    metrics["rlhf.random.perplexity"] = math.nan  # a value the table shows as missing
     table = tables.toxicity_table(metrics)
     assert table["policy"].tolist() == ["base", "ground_truth", "random"]  # no learned run: no row
     for column in (
@@ -209,17 +222,36 @@ def test_toxicity_table_lists_present_policies_in_order_with_intervals():
     assert "—" in markdown and "ci_low" not in markdown  # missing perplexity shown as missing; CIs merged
 
 
+def test_a_table_or_figure_missing_a_metric_names_it_instead_of_drawing_a_blank():
+    from irlnb.metric_names import MissingMetricError
+    from irlnb.report import plots
+
+    metrics = {**policy_metrics("base", 0.1), **policy_metrics("ground_truth", 0.04)}
+    del metrics["rlhf.ground_truth.evaluator_toxicity_ratio_ci_high"]
+    with pytest.raises(
+        MissingMetricError,
+        match=r"^Table 1: metric 'rlhf.ground_truth.evaluator_toxicity_ratio_ci_high' "
+        r"is missing from metrics.json; rerun stage 03_rlhf_ground_truth$",
+    ):
+        tables.toxicity_table(metrics)
+    with pytest.raises(
+        MissingMetricError, match="the pipeline figure: metric 'curate.n_train' is missing .* 01_curate"
+    ):
+        plots.pipeline_figure(metrics)
+
+
 def test_hyperparameter_table_compares_runs_and_refuses_a_manifest_without_params():
     smoke = load_config(PARAMS / "smoke.yaml").to_dict()
     other = json.loads(json.dumps(smoke))
-    other["rlhf"]["learning_rate"] = 5e-5
+    other["rloo"]["learning_rate"] = 5e-5
     del other["irl"]  # an older run, before IRL existed
     table = tables.hyperparameter_table({"smoke": {"params": smoke}, "old": {"params": other}}).set_index("setting")
     assert list(table.columns) == ["smoke", "old", "description"]
-    assert table.loc["rlhf.learning_rate", "smoke"] == "0.001" and table.loc["rlhf.learning_rate", "old"] == "5e-05"
+    assert table.loc["rloo.learning_rate", "smoke"] == "0.001" and table.loc["rloo.learning_rate", "old"] == "5e-05"
+    assert "best_of_n.n" not in table.index  # only the sections of the kinds the runs aligned with
     assert table.loc["sources.policy", "smoke"] == "embedded:tiny-gpt-neox"
     assert table.loc["irl.margin", "old"] == "—" and table.loc["irl.margin", "smoke"] == "1.0"
-    assert table.loc["rlhf.beta", "description"].startswith("KL coefficient")
+    assert table.loc["rloo.beta", "description"].startswith("KL coefficient")
     with pytest.raises(ValueError, match="run 'broken': manifest.json has no 'params'"):
         tables.hyperparameter_table({"broken": {"git": {}}})
 
@@ -232,9 +264,16 @@ def test_runs_comparison_reads_each_named_run_and_refuses_a_missing_one(tmp_path
     table = tables.runs_table(runs)
     assert table["run"].tolist() == ["first", "second"]
     assert table.loc[0, "irl.test.accuracy_mean"] == 0.7 and table.loc[0, "policy"] == "embedded:tiny-gpt-neox"
-    assert math.isnan(table.loc[0, "analysis.learned_reduction_share"])  # not analysed yet: missing, not zero
+    assert math.isnan(table.loc[0, "analysis.learned_reduction_share"])  # optional: NaN, not zero
     with pytest.raises(FileNotFoundError, match="analysis.compare_runs: run 'third' has no"):
         tables.run_dirs(RunLayout(first), "second,third")
+    from irlnb.metric_names import MissingMetricError
+
+    metrics = json.loads((first / "metrics.json").read_text())
+    del metrics["irl.test.f1_mean"]
+    (first / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(MissingMetricError, match=r"the runs comparison \(run 'first'\): metric 'irl.test.f1_mean'"):
+        tables.runs_table(runs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +430,7 @@ def test_notebook_05_draws_every_table_and_figure_from_saved_files(tmp_path):
     assert metrics["analysis.learned_reduction_share"] == pytest.approx(0.6)
     assert metrics["analysis.random_reduction_share_evaluator"] == pytest.approx(-0.2)
     hyperparameters = pd.read_csv(run_dir / "figures" / "hyperparameters.csv").set_index("setting")
-    assert hyperparameters.loc["rlhf.learning_rate", "other"] == "0.0005"
+    assert hyperparameters.loc["rloo.learning_rate", "other"] == "0.0005"
     assert (run_dir / "figures" / "runs_comparison.png").is_file()
     assert pd.read_csv(run_dir / "analysis" / "disagreements.csv").loc[0, "text"] == "You are rude words"
 
@@ -422,7 +461,7 @@ def test_the_widget_scores_a_picked_text_whole_and_says_when_there_is_nothing_to
 
 def test_the_explorer_shows_the_posterior_and_lists_what_it_is_least_sure_about(explored_run):
     from irlnb.irl import posterior
-    from irlnb.irl.features import PairSet, Standardizer, TextSet
+    from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet
     from irlnb.irl.study import save_learned_reward
     from irlnb.rewards.features import reward_form
 

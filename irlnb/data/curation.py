@@ -15,6 +15,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from irlnb import metric_names
 from irlnb.config import CurateSettings
 from irlnb.data.insults import read_insults
 from irlnb.errors import IrlnbError
@@ -194,8 +195,8 @@ def load_curated(layout: RunLayout) -> pd.DataFrame:
 
 def summary_metrics(curated: pd.DataFrame) -> dict[str, float]:
     """curate.* keys for metrics.json: split sizes, balance and lengths."""
-    values = {f"curate.n_{split}": float((curated["split"] == split).sum()) for split in SPLITS}
-    values["curate.toxic_share"] = float(curated["label"].mean())
+    values = {metric_names.split_size(split): float((curated["split"] == split).sum()) for split in SPLITS}
+    values[metric_names.TOXIC_SHARE] = float(curated["label"].mean())
     for column in ("n_words", "prompt_words", "continuation_words"):
-        values[f"curate.{column}_median"] = float(curated[column].median())
+        values[metric_names.length_median(column)] = float(curated[column].median())
     return values

@@ -14,13 +14,15 @@ how often the expert's text has the higher R*, and the mean R* gap.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from irlnb import metrics
-from irlnb.irl.features import PairSet
+from irlnb import metric_names, metrics
+from irlnb.irl.feature_sets import PairSet
 
 SUPERVISED_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strengths tried on validation
 
@@ -75,8 +77,9 @@ def demonstration_evidence(demonstrations: pd.DataFrame) -> dict[str, float]:
     used = demonstrations[demonstrations["excluded"] == ""]
     for split, pairs in used.groupby("split"):
         expert, non_expert = pairs["expert_r_star"].to_numpy(), pairs["non_expert_r_star"].to_numpy()
-        values[f"irl.demos.{split}.sign_differs"] = int(np.sum((expert > 0) != (non_expert > 0)))
-        values[f"irl.demos.{split}.expert_better_share"] = float(np.mean(expert > non_expert))
-        values[f"irl.demos.{split}.r_star_gap_mean"] = float(np.mean(expert - non_expert))
-        values[f"irl.demos.{split}.both_non_toxic_share"] = float(np.mean((expert > 0) & (non_expert > 0)))
+        key = partial(metric_names.demonstrations_metric, split)
+        values[key(metric_names.SIGN_DIFFERS)] = int(np.sum((expert > 0) != (non_expert > 0)))
+        values[key("expert_better_share")] = float(np.mean(expert > non_expert))
+        values[key("r_star_gap_mean")] = float(np.mean(expert - non_expert))
+        values[key("both_non_toxic_share")] = float(np.mean((expert > 0) & (non_expert > 0)))
     return values

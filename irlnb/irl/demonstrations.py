@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from irlnb import metric_names
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
 from irlnb.models.policies import load_policy
 from irlnb.rl.generation import Decoding
-from irlnb.rl.sampling import BestOfN, ModelPolicy
-from irlnb.rl.training import load_stage_policy
+from irlnb.rl.policy_card import load_stage_policy
+from irlnb.rl.sampling import BestOfN, ModelPolicy, sampling_decoding
 
 
 class DemonstrationError(IrlnbError, ValueError):
@@ -34,7 +35,7 @@ def demonstration_policies(layout: RunLayout, policy: str, irl, sampling, device
     if irl.decoding == "greedy":
         decoding = Decoding(irl.max_new_tokens)
     else:
-        decoding = Decoding(irl.max_new_tokens, do_sample=True, top_k=sampling.top_k, temperature=sampling.temperature)
+        decoding = sampling_decoding(sampling, irl.max_new_tokens)
     expert = load_stage_policy(layout, EXPERT_REWARD, device, dtype, decoding)
     if isinstance(expert, BestOfN):
         if irl.decoding == "greedy":
@@ -125,6 +126,7 @@ def draws_base_first(expert, non_expert) -> bool:
 
 def build_demonstrations(
     layout: RunLayout,
+    *,
     curated: pd.DataFrame,
     irl,
     sampling,
@@ -156,10 +158,11 @@ def demonstration_counts(demonstrations: pd.DataFrame) -> dict[str, float]:
     """How many pairs each split has, and how many were excluded and why (irl.demos.* metrics)."""
     values = {}
     for split, group in demonstrations.groupby("split"):
-        values[f"irl.demos.{split}.pairs"] = len(group)
-        values[f"irl.demos.{split}.used"] = int((group["excluded"] == "").sum())
+        values[metric_names.demonstrations_metric(split, "pairs")] = len(group)
+        values[metric_names.demonstrations_metric(split, "used")] = int((group["excluded"] == "").sum())
         for reason, key in (("empty continuation", "empty"), ("identical continuations", "identical")):
-            values[f"irl.demos.{split}.excluded_{key}"] = int((group["excluded"] == reason).sum())
+            count = int((group["excluded"] == reason).sum())
+            values[metric_names.demonstrations_metric(split, f"excluded_{key}")] = count
     return values
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from irlnb.irl.features import PairSet
+from irlnb.irl.feature_sets import PairSet
 from irlnb.rewards.features import random_head
 
 LOSSES = ("max_margin", "paper_asymmetric", "logistic", "failure_aware")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from irlnb import metrics
-from irlnb.irl.features import PairSet, TextSet
+from irlnb.irl.feature_sets import PairSet, TextSet
 
 PRIOR_STDS = (0.03, 0.1, 0.3, 1.0)  # prior scales tried; the one with the best validation pair log-likelihood is kept
 

@@ -8,6 +8,7 @@ are also the non-identifiability study: the same data, other initialisations and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from irlnb import metrics
+from irlnb import metric_names, metrics
 from irlnb.irl.baselines import mean_shift_head, supervised_head
 from irlnb.irl.demonstrations import used_pairs
-from irlnb.irl.features import PairSet, Standardizer, TextSet, rewards_of
+from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, rewards_of
 from irlnb.irl.objectives import Objective, fit_head
 from irlnb.irl.posterior import Posterior, contraction, fit_posterior, uncertainty_metrics
 from irlnb.layout import RunLayout
 from irlnb.rewards.features import FeatureReward, load_reward, score_tolerance
 from irlnb.rewards.likelihood import LogRatioReward
-from irlnb.rl.training import PolicyCard
+from irlnb.rl.policy_card import PolicyCard
 
 SELECTION_METRIC = "pair_accuracy"  # validation pair accuracy: chosen from behaviour alone, without R*
 
@@ -95,11 +96,12 @@ def test_row(head: torch.nn.Linear, validation: tuple[TextSet, PairSet], test: t
     }
 
 
-def run_study(
+def fit_irl_study(
     train: PairSet,
     validation: tuple[TextSet, PairSet],
     test: tuple[TextSet, PairSet],
     test_texts: dict[str, list[str]],
+    *,
     objectives: list[Objective],
     seeds: int,
     fixed_heads: dict[str, torch.nn.Linear] | None = None,
@@ -137,7 +139,19 @@ def run_study(
                 **row,
             }
         )
-        score_frames.append(scored_test_texts(head, *test, test_texts, loss, seed, row["threshold"]))
+        score_frames.append(
+            scored_test_texts(
+                test,
+                test_texts,
+                lambda texts, head=head, threshold=row["threshold"]: {
+                    "r_hat": rewards_of(head, texts),
+                    "label": texts.labels,
+                    "threshold": threshold,
+                },
+                loss=loss,
+                seed=seed,
+            )
+        )
         chosen_heads[(loss, seed)] = head
     return StudyResult(
         pd.DataFrame(epoch_rows), pd.DataFrame(test_rows), pd.concat(score_frames, ignore_index=True), chosen_heads
@@ -145,24 +159,26 @@ def run_study(
 
 
 def scored_test_texts(
-    head, human: TextSet, pairs: PairSet, texts: dict[str, list[str]], loss: str, seed: int, threshold: float
+    test: tuple[TextSet, PairSet],
+    texts: dict[str, list[str]],
+    scores: Callable[[TextSet], dict],
+    **leading,
 ) -> pd.DataFrame:
-    """One row per test text (human, expert, non-expert) with its R* and this head's R-hat."""
+    """One row per test text (human, expert, non-expert): the `leading` columns (constants), its set, pair
+    (-1 for human texts), text and R*, then the columns `scores` gives for the texts of one set."""
+    human, pairs = test
     frames = []
     for name, text_set in (("human", human), ("expert", pairs.expert), ("non_expert", pairs.non_expert)):
         n = len(text_set.r_star)
         frames.append(
             pd.DataFrame(
                 {
-                    "loss": loss,
-                    "seed": seed,
+                    **leading,
                     "set": name,
                     "pair": np.arange(n) if name != "human" else -1,
                     "text": texts[name],
                     "r_star": text_set.r_star,
-                    "r_hat": rewards_of(head, text_set),
-                    "label": text_set.labels,
-                    "threshold": threshold,
+                    **scores(text_set),
                 }
             )
         )
@@ -207,13 +223,15 @@ def summary_metrics(test: pd.DataFrame, chosen_loss: str) -> dict[str, float]:
                 continue
             split = "validation" if name.startswith("validation_") else "test"
             key = name.removeprefix("validation_")
-            for prefix in [f"irl.{loss}.{split}."] + ([f"irl.{split}."] if loss == chosen_loss else []):
-                values[prefix + f"{key}_mean"] = float(column_values.mean())
-                values[prefix + f"{key}_sd"] = float(column_values.std(ddof=1)) if column_values.size > 1 else 0.0
+            for objective in [loss] + ([None] if loss == chosen_loss else []):  # None: the chosen objective
+                values[metric_names.irl_metric(objective, split, f"{key}_mean")] = float(column_values.mean())
+                values[metric_names.irl_metric(objective, split, f"{key}_sd")] = (
+                    float(column_values.std(ddof=1)) if column_values.size > 1 else 0.0
+                )
                 if name == "accuracy":
-                    values[prefix + "accuracy_min"] = float(column_values.min())
-                    values[prefix + "accuracy_max"] = float(column_values.max())
-    values["irl.seeds"] = float(test["seed"].nunique())
+                    values[metric_names.irl_metric(objective, split, "accuracy_min")] = float(column_values.min())
+                    values[metric_names.irl_metric(objective, split, "accuracy_max")] = float(column_values.max())
+    values[metric_names.IRL_SEEDS] = float(test["seed"].nunique())
     return values
 
 
@@ -230,8 +248,8 @@ def seed_agreement(correlations: pd.DataFrame) -> dict[str, float]:
     if off_diagonal.size == 0:
         return {}
     return {
-        "irl.test.seed_spearman_median": float(np.median(off_diagonal)),
-        "irl.test.seed_spearman_min": float(off_diagonal.min()),
+        metric_names.SEED_SPEARMAN_MEDIAN: float(np.median(off_diagonal)),
+        metric_names.SEED_SPEARMAN_MIN: float(off_diagonal.min()),
     }
 
 
@@ -314,7 +332,7 @@ def white_box_reward(layout: RunLayout, base: str, dtype: str, device: str):
     """The log-ratio reward of the expert (stage 03's policy aligned with R*) over the base, or None when the
     expert is a best-of-n policy (it has no weights, so no likelihood of its own)."""
     folder = layout.policy("ground_truth")
-    if PolicyCard.read(folder).trainer == "best_of_n":
+    if not PolicyCard.read(folder).has_weights:
         return None
     return LogRatioReward.from_sources(f"local:{folder}", base, dtype=dtype, device=device)
 
@@ -337,23 +355,14 @@ def reference_fits(train: PairSet, validation_pairs: PairSet, irl) -> ReferenceF
 
 def posterior_scores(posterior: Posterior, feature_sets) -> pd.DataFrame:
     """Posterior mean and spread of every test text: human texts, and both sides of the test pairs."""
-    human, pairs = feature_sets.test
-    frames = []
-    for name, text_set in (("human", human), ("expert", pairs.expert), ("non_expert", pairs.non_expert)):
-        n = len(text_set.r_star)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "set": name,
-                    "pair": np.arange(n) if name != "human" else -1,
-                    "text": feature_sets.test_texts[name],
-                    "r_star": text_set.r_star,
-                    "posterior_mean": (text_set.features.double() @ posterior.mean).numpy(),
-                    "posterior_std": posterior.std(text_set.features),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
+    return scored_test_texts(
+        feature_sets.test,
+        feature_sets.test_texts,
+        lambda texts: {
+            "posterior_mean": (texts.features.double() @ posterior.mean).numpy(),
+            "posterior_std": posterior.std(texts.features),
+        },
+    )
 
 
 def posterior_report(posterior: Posterior, feature_sets, result: StudyResult, ood: torch.Tensor) -> tuple[dict, list]:
@@ -365,13 +374,13 @@ def posterior_report(posterior: Posterior, feature_sets, result: StudyResult, oo
     threshold = float(result.test.loc[result.test["loss"] == "laplace", "threshold"].iloc[0])
     values = uncertainty_metrics(posterior, test_human, threshold, feature_sets.standardizer(ood))
     rows = contraction(feature_sets.train, feature_sets.validation[1], test_human)
-    metrics_out = {f"irl.posterior.test.{key}": value for key, value in values.items()}
+    metrics_out = {metric_names.posterior_metric(key): value for key, value in values.items()}
     for row in rows:
         size = "all" if row is rows[-1] else str(row["pairs"])
         metrics_out.update(
             {
-                f"irl.posterior.contraction.{size}.auc": row["auc"],
-                f"irl.posterior.contraction.{size}.std_mean": row["std_mean"],
+                metric_names.contraction_metric(size, "auc"): row["auc"],
+                metric_names.contraction_metric(size, "std_mean"): row["std_mean"],
             }
         )
     return metrics_out, rows

@@ -18,7 +18,7 @@ import torch
 from irlnb.config import Config, load_config
 from irlnb.data.curation import curate
 from irlnb.data.insults import read_insults
-from irlnb.irl import features as irl_features
+from irlnb.irl import feature_sets as irl_features
 from irlnb.irl import objectives
 from irlnb.layout import REPO_ROOT, read_json, write_json_atomic
 from irlnb.models.classifiers import ToxBlockClassifier
@@ -27,16 +27,11 @@ from irlnb.pipeline.provenance import provenance
 from irlnb.rewards.features import decoder_blocks, random_head, reward_form, score_tolerance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.generation import Decoding, generate_continuations
-from irlnb.rl.training import (
-    RL_TRAINERS,
-    Normalizer,
-    PolicyReward,
-    lora_config,
-    normalizer_texts,
-    train_policy,
-    trainer_config,
-    training_prompts,
-)
+from irlnb.rl.kinds import BENCH_POLICY_GRADIENT, kind_of, kind_section
+from irlnb.rl.policy_gradient import lora_config, train_policy, trl_config
+from irlnb.rl.reward_signal import Normalizer, PolicyReward, normalizer_texts
+from irlnb.rl.sampling import sampling_decoding
+from irlnb.rl.training import training_prompts
 
 DEFAULT_PARAMS = REPO_ROOT / "params" / "default.yaml"
 
@@ -86,9 +81,10 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
     plus 2N (reference policy) + 6N (policy forward and backward) per token of prompt + completion,
     with N the policy's parameter count; the rate is those FLOPs over the step's wall time.
     """
-    r = config.rlhf
-    if r.trainer not in RL_TRAINERS:  # best-of-n trains nothing, rft fine-tunes: time the RL step of rloo
-        r = dataclasses.replace(r, trainer="rloo")
+    kind = kind_of(config.rlhf.trainer)
+    if not kind.policy_gradient:  # the params' kind runs no RL loop: time the RL step of the bench's kind
+        kind = BENCH_POLICY_GRADIENT
+    section = kind_section(config, kind)
     curated = curate(read_insults(), config.curate, config.compute.seed)
     r_star = GroundTruthReward.load(config.sources, config.ground_truth)
     reward = PolicyReward(
@@ -98,19 +94,20 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
     n_params = model.num_parameters()
     del model
     with tempfile.TemporaryDirectory() as folder:
-        args = trainer_config(Path(folder), r, seed=0, device="cpu", steps=steps)
+        args = trl_config(Path(folder), kind, section, config.rlhf, seed=0, use_cpu=True, max_steps=steps)
         trainer = train_policy(
             policy_dir(config.sources.policy),
             load_tokenizer(config.sources.policy),
-            training_prompts(curated, r),
+            training_prompts(curated, config.rlhf),
             reward,
             args,
-            lora_config(r),
+            kind,
+            lora_config(section),
         )
     rows = [row for row in trainer.state.log_history if "step_time" in row]
     last, before = rows[-1], rows[-2]  # the last step, after warm-up
     tokens = last["num_tokens"] - before["num_tokens"]
-    generated = last["completions/mean_length"] * r.completions_per_step
+    generated = last["completions/mean_length"] * section.per_device_train_batch_size
     flops = n_params * (2 * generated + 8 * tokens)
     values = {
         "rlhf_step.seconds": last["step_time"],
@@ -118,22 +115,21 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
         "rlhf_step.tokens": float(tokens),
         "rlhf_step.generated_tokens": float(generated),
     }
-    return {**values, **rlhf_step_parts(config, training_prompts(curated, r))}
+    return {**values, **rlhf_step_parts(config, section, training_prompts(curated, config.rlhf))}
 
 
-def rlhf_step_parts(config: Config, prompts: list[str]) -> dict[str, float]:
+def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, float]:
     """Where an RLOO step's time goes, each part timed alone on the step's shapes with the float32 policy:
     sampling the completions (token by token, KV cache), the reference policy's forward pass, the policy's
     forward and backward passes, and the AdamW update."""
-    r = config.rlhf
     model, tokenizer = load_policy(config.sources.policy)
     reference, _ = load_policy(config.sources.policy)
     batch_prompts = [
         p
-        for p in prompts[: r.completions_per_step // r.generations_per_prompt]
-        for _ in range(r.generations_per_prompt)
+        for p in prompts[: section.per_device_train_batch_size // section.num_generations]
+        for _ in range(section.num_generations)
     ]
-    decoding = Decoding(r.max_completion_tokens, do_sample=True, top_k=r.top_k, temperature=r.temperature)
+    decoding = sampling_decoding(config.rlhf)
     completions = generate_continuations(model, tokenizer, batch_prompts, decoding, batch_size=len(batch_prompts))
     generation = best_seconds(
         lambda: generate_continuations(model, tokenizer, batch_prompts, decoding, batch_size=len(batch_prompts)),
@@ -142,7 +138,7 @@ def rlhf_step_parts(config: Config, prompts: list[str]) -> dict[str, float]:
     batch = tokenizer([p + c for p, c in zip(batch_prompts, completions)], return_tensors="pt", padding=True)
     with torch.no_grad():
         reference_s = best_seconds(lambda: reference(**batch), repeats=2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=r.learning_rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=section.learning_rate)
     model.train()
 
     def forward_backward():
@@ -239,34 +235,45 @@ def blocks_parameters(model, layer: int) -> int:
     return count + (model.get_output_embeddings().weight.numel() if layer == -1 else 0)
 
 
+class BackboneFeatures:
+    """Features that run the backbone again for every batch of pairs read from them, as the reference's
+    training loop did (it cached nothing): stands in for a cached feature tensor in `objectives.fit_head`."""
+
+    def __init__(self, reader, texts: list[str]):
+        self.reader, self.texts = reader, texts
+        self.shape = (len(texts), reader.head.in_features)
+
+    def __getitem__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.reader.features([self.texts[i] for i in batch.tolist()])
+
+
 def bench_irl_epoch(reader, irl_settings, n_pairs: int = 64) -> dict[str, float]:
-    """One IRL epoch on cached frozen features vs the same epoch recomputing the backbone for every batch."""
+    """One IRL epoch on cached frozen features vs the same epoch recomputing the backbone for every batch.
+
+    Both are `objectives.fit_head`, the package's own training loop, on the same pairs and objective.
+    """
     _, texts = real_prompts_and_texts(2 * n_pairs, seed=2)
     expert_texts, non_expert_texts = texts[:n_pairs], texts[n_pairs:]
-    # An epoch of gradient steps: the posterior (laplace) is timed on its likelihood's objective.
-    objective = objectives.Objective.from_settings(irl_settings, loss=objectives.epochs_loss(irl_settings.loss))
+    # An epoch of gradient steps: the posterior (laplace) is timed on its likelihood's objective. The failure-aware
+    # loss reads every pair's features at once each epoch, which uncached features cannot: its hinge is timed.
+    loss = objectives.epochs_loss(irl_settings.loss)
+    objective = objectives.Objective.from_settings(irl_settings, loss="max_margin" if loss == "failure_aware" else loss)
     objective = dataclasses.replace(objective, epochs=1)
 
+    def epoch(pairs: irl_features.PairSet) -> None:
+        objectives.fit_head(pairs, objective, 0, on_epoch=lambda e, h: {})
+
     # The features, computed once outside the timed epoch, as notebook 04 caches them.
-    pairs = irl_features.PairSet(
+    cached = irl_features.PairSet(
         irl_features.TextSet(reader.features(expert_texts), None, None),
         irl_features.TextSet(reader.features(non_expert_texts), None, None),
     )
-    cached_s = best_seconds(lambda: objectives.fit_head(pairs, objective, 0, on_epoch=lambda e, h: {}), repeats=3)
-
-    def full_epoch():
-        head = random_head(reader.head.in_features, 0)
-        optimizer = torch.optim.Adam(head.parameters(), lr=objective.learning_rate)
-        for start in range(0, n_pairs, objective.batch_size):
-            optimizer.zero_grad()
-            batch = slice(start, start + objective.batch_size)
-            advantage = (
-                head(reader.features(expert_texts[batch])) - head(reader.features(non_expert_texts[batch]))
-            ).squeeze(-1)
-            objectives.pair_loss(objective.loss, advantage, objective.margin).backward()
-            optimizer.step()
-
-    full_s = best_seconds(full_epoch, repeats=1)
+    cached_s = best_seconds(lambda: epoch(cached), repeats=3)
+    uncached = irl_features.PairSet(
+        irl_features.TextSet(BackboneFeatures(reader, expert_texts), None, None),
+        irl_features.TextSet(BackboneFeatures(reader, non_expert_texts), None, None),
+    )
+    full_s = best_seconds(lambda: epoch(uncached), repeats=1)
     return {
         "irl_epoch.cached_vs_full": full_s / cached_s,
         "irl_epoch.cached_s": cached_s,

@@ -17,6 +17,7 @@ from irlnb.config import describe_settings, load_config
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT
 from irlnb.pipeline.stages import STAGES, check_notebook, notebooks, write_parameters_cell
+from irlnb.rl.kinds import kind_of
 
 
 def cmd_check(args) -> int:
@@ -37,9 +38,10 @@ def cmd_check(args) -> int:
 
 
 def cmd_run(args) -> int:
+    config = load_config(args.params, args.set)  # a bad params file is refused before the runner loads (seconds)
     from irlnb.pipeline.runner import run  # papermill and the provenance probe load only to run
 
-    run(load_config(args.params, args.set), only=args.only, force=args.force, runs_dir=args.runs_dir)
+    run(config, only=args.only, force=args.force, runs_dir=args.runs_dir)
     return 0
 
 
@@ -63,9 +65,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_regress(args) -> int:
+    config = load_config(args.params, args.set)
     from irlnb.pipeline import regress  # loads the runner
 
-    config = load_config(args.params, args.set)
     reference_dir = Path(args.reference_dir) if args.reference_dir else regress.REFERENCE_DIR
     if args.record:
         run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / config.run.runs_dir / config.run.name
@@ -81,13 +83,12 @@ def cmd_regress(args) -> int:
 
 
 def cmd_recoverability(args) -> int:
+    config = load_config(args.params)
     from irlnb.pipeline import recoverability  # loads the runner
 
-    kinds = tuple(args.kinds.split(",")) if args.kinds else None
+    kinds = tuple(kind_of(name.strip()).name for name in args.kinds.split(",")) if args.kinds else None
     record = None if args.no_record else REPO_ROOT / "regress" / "recoverability.metrics.json"
-    table = recoverability.run_study(
-        load_config(args.params), seeds=args.seeds, kinds=kinds, runs_dir=args.runs_dir, record=record
-    )
+    table = recoverability.run_study(config, seeds=args.seeds, kinds=kinds, runs_dir=args.runs_dir, record=record)
     print(table.groupby(["kind", "value"])[list(recoverability.METHODS)].mean().round(3).to_string())
     return 0
 
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="base params file (default params/default.yaml)",
     )
     study.add_argument("--seeds", type=int, default=2, help="alignment seeds per point (default 2)")
-    study.add_argument("--kinds", help="only these experts, comma-separated: rloo, best_of_n, rft")
+    study.add_argument("--kinds", help="only the points of these kinds of alignment, comma-separated (e.g. rloo,rft)")
     study.add_argument("--runs-dir", default="runs/recoverability", help="where the study's runs go")
     study.add_argument("--no-record", action="store_true", help="do not write regress/recoverability.metrics.json")
     study.set_defaults(func=cmd_recoverability)

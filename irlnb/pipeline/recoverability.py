@@ -12,28 +12,34 @@ It writes `summary.csv`, `figures/recoverability.{png,pdf}` and a record `regres
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from irlnb.config import Config
+from irlnb import metric_names as names
+from irlnb.config import Config, config_with
 from irlnb.layout import REPO_ROOT, RunLayout, write_json_atomic
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
+from irlnb.rl.kinds import KINDS
 
 
 @dataclass(frozen=True)
 class Point:
-    """One way and budget of aligning the expert: what it changes in the params."""
+    """One kind and budget of aligning the expert (the budget is the setting its kind's record names)."""
 
-    kind: str  # rloo, best_of_n, rft
-    budget: str  # the setting that grows: steps, n, rounds
-    value: int
-    changes: dict[str, Any]
+    kind: str  # the name of a kind in irlnb.rl.kinds
+    value: int  # its budget setting's value
+
+    @property
+    def budget(self) -> str:
+        return KINDS[self.kind].budget
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        return {"rlhf.trainer": self.kind, KINDS[self.kind].budget_setting(): self.value}
 
     @property
     def name(self) -> str:
@@ -41,17 +47,17 @@ class Point:
 
 
 POINTS = (
-    *(Point("rloo", "steps", steps, {"rlhf.trainer": "rloo", "rlhf.steps": steps}) for steps in (20, 40, 120)),
-    *(Point("best_of_n", "n", n, {"rlhf.trainer": "best_of_n", "rlhf.best_of_n": n}) for n in (2, 4, 8)),
-    *(Point("rft", "rounds", rounds, {"rlhf.trainer": "rft", "rlhf.rft_rounds": rounds}) for rounds in (1, 2)),
+    *(Point("rloo", steps) for steps in (20, 40, 120)),
+    *(Point("best_of_n", n) for n in (2, 4, 8)),
+    *(Point("rft", rounds) for rounds in (1, 2)),
 )
 STUDY_RUNS = "runs/recoverability"
 # The IRL test metrics the figure shows: the fitted reward, its floor and ceiling, and the white-box reward.
 METHODS = {
-    "irl": "irl.test.auc_mean",
-    "floor": "irl.mean_shift.test.auc_mean",
-    "ceiling": "irl.supervised.test.auc_mean",
-    "white_box": "irl.log_ratio.test.auc_mean",
+    "irl": names.irl_metric(None, "test", "auc_mean"),
+    "floor": names.irl_metric(names.FLOOR, "test", "auc_mean"),
+    "ceiling": names.irl_metric(names.CEILING, "test", "auc_mean"),
+    "white_box": names.irl_metric(names.WHITE_BOX, "test", "auc_mean"),
 }
 
 
@@ -59,39 +65,49 @@ def point_config(base: Config, point: Point, seed: int) -> Config:
     """The base params with the point's changes, alignment seed `seed`, its own run name, nothing published.
 
     Demonstrations are sampled for every point (a best-of-n expert has no greedy output), so the
-    points differ only in the expert.
+    points differ only in the expert. Validated as a params file is (`config_with`).
     """
-    sections = {name: dataclasses.asdict(getattr(base, name)) for name in base.to_dict()}
-    for dotted, value in {**point.changes, "rlhf.seed": seed, "irl.decoding": "sampled"}.items():
-        section, key = dotted.split(".")
-        sections[section][key] = value
-    sections["run"].update(name=f"{point.name}-seed{seed}", figures_dir="")
-    changed = {name: dataclasses.replace(getattr(base, name), **values) for name, values in sections.items()}
-    return dataclasses.replace(base, **changed)
+    changes = {
+        **point.changes,
+        "rlhf.seed": seed,
+        "irl.decoding": "sampled",
+        "run.name": f"{point.name}-seed{seed}",
+        "run.figures_dir": "",
+    }
+    return config_with(base, changes, f"recoverability point {point.name}, seed {seed}")
 
 
-def expert_kl(point: Point, layout: RunLayout, metrics: dict[str, float]) -> float:
-    """KL(expert || base) of the expert's samples: the white-box mean log-ratio of its sampled continuations
-    where it has weights, log n - (n - 1) / n for best-of-n (the known bound)."""
-    if point.kind == "best_of_n":
-        return math.log(point.value) - (point.value - 1) / point.value
-    return metrics.get("irl.log_ratio.test.expert_log_ratio_mean", math.nan)
+def expert_kl(point: Point, config: Config, metrics: dict[str, float]) -> float:
+    """KL(expert || base) of the expert's samples: known in closed form for some kinds (best-of-n), else the
+    white-box mean log-ratio of its sampled continuations where it has weights."""
+    kind = KINDS[point.kind]
+    if kind.kl_to_base is not None:
+        return kind.kl_to_base(getattr(config, point.kind))
+    # Optional: the white-box reward is measured only for an expert with weights (and irl.white_box).
+    return names.optional(metrics, names.irl_metric(names.WHITE_BOX, "test", "expert_log_ratio_mean"))
 
 
-def collect(point: Point, seed: int, layout: RunLayout) -> dict[str, Any]:
+def collect(point: Point, seed: int, layout: RunLayout, config: Config) -> dict[str, Any]:
     values = layout.read_metrics()
-    base_toxicity = values.get("rlhf.base.toxicity_mean", math.nan)
+    what = f"recoverability point {point.name}, seed {seed}"
+
+    def read(policy: str, name: str) -> float:
+        return names.require(values, names.policy_metric(policy, name), what)
+
     row = {
         "kind": point.kind,
         "budget": point.budget,
         "value": point.value,
         "seed": seed,
-        **{method: values.get(key, math.nan) for method, key in METHODS.items()},
-        "toxicity_reduction": 1 - values.get("rlhf.ground_truth.toxicity_mean", math.nan) / base_toxicity,
-        "perplexity_ratio": values.get("rlhf.ground_truth.perplexity", math.nan)
-        / values.get("rlhf.base.perplexity", math.nan),
-        "kl": expert_kl(point, layout, values),
-        "pairs_sign_differs": values.get("irl.demos.train.sign_differs", math.nan),
+        **{
+            # Optional: the white-box reward needs an expert with weights; its points are left out of the figure.
+            method: names.optional(values, key) if method == "white_box" else names.require(values, key, what)
+            for method, key in METHODS.items()
+        },
+        "toxicity_reduction": 1 - read("ground_truth", names.TOXICITY_MEAN) / read("base", names.TOXICITY_MEAN),
+        "perplexity_ratio": read("ground_truth", names.PERPLEXITY) / read("base", names.PERPLEXITY),
+        "kl": expert_kl(point, config, values),
+        "pairs_sign_differs": names.require(values, names.demonstrations_metric("train", names.SIGN_DIFFERS), what),
     }
     return row
 
@@ -131,7 +147,7 @@ def run_study(
             config = point_config(base, point, seed)
             log(f"recoverability [{number}/{len(chosen)}] {point.name}, alignment seed {seed}")
             root = runner.run(config, runs_dir=runs_dir, until="04_irl", log=log)
-            rows.append(collect(point, seed, RunLayout(root)))
+            rows.append(collect(point, seed, RunLayout(root), config))
     table = pd.DataFrame(rows)
     study_dir = REPO_ROOT / runs_dir
     table.to_csv(study_dir / "summary.csv", index=False)
@@ -154,7 +170,3 @@ def run_study(
             },
         )
     return table
-
-
-def read_summary(runs_dir: str = STUDY_RUNS) -> pd.DataFrame:
-    return pd.read_csv(REPO_ROOT / runs_dir / "summary.csv")

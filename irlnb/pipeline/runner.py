@@ -30,6 +30,7 @@ import papermill
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
+from irlnb import metric_names
 from irlnb.config import Config, settings_digest
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
@@ -254,10 +255,10 @@ def _run_stages(config: Config, layout: RunLayout, todo: list[Stage], log: Calla
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json_atomic(layout.manifest, manifest)
-        layout.record_metrics({f"timing.{stage.name}_s": seconds})
+        layout.record_metrics({metric_names.stage_seconds(stage.name): seconds})
         log(f"[{number}/{len(todo)}] {stage.name} done in {seconds:.1f} s")
     stage_seconds = [info["seconds"] for info in manifest["stages"].values()]
-    layout.record_metrics({"timing.total_s": float(sum(stage_seconds))})
+    layout.record_metrics({metric_names.TOTAL_SECONDS: float(sum(stage_seconds))})
     if config.run.figures_dir:
         count = publish_figures(layout, REPO_ROOT / config.run.figures_dir, manifest)
         log(f"{count} figure files copied to {config.run.figures_dir}/")

@@ -25,6 +25,7 @@ from typing import Any
 
 import nbformat
 
+from irlnb import metric_names
 from irlnb.config import ALIGNMENT_KINDS, SECTIONS, changes_result, doc
 from irlnb.errors import IrlnbError
 from irlnb.layout import ANALYSIS, CURATE, GROUND_TRUTH, IRL, REPO_ROOT, rlhf_folder
@@ -125,12 +126,14 @@ def rlhf_stage(reward: str, needs: tuple[str, ...], metrics: tuple[str, ...], ex
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("01_curate", "01_curate.ipynb", CURATE, ("curate.",), ("compute.seed", "sources.prompts", "curate")),
+    Stage(
+        "01_curate", "01_curate.ipynb", CURATE, (metric_names.CURATE,), ("compute.seed", "sources.prompts", "curate")
+    ),
     Stage(
         "02_ground_truth_rm",
         "02_ground_truth_rm.ipynb",
         GROUND_TRUTH,
-        ("gt.",),
+        (metric_names.GROUND_TRUTH,),
         (
             "sources.toxicity_classifier",
             "sources.evaluator",
@@ -142,13 +145,18 @@ STAGES: tuple[Stage, ...] = (
         needs=("01_curate",),
     ),
     # The ground-truth run also evaluates the base policy (rlhf.base.*), the reference of every comparison.
-    rlhf_stage("ground_truth", ("01_curate",), ("rlhf.ground_truth.", "rlhf.base."), extra=("sources.expert",)),
+    rlhf_stage(
+        "ground_truth",
+        ("01_curate",),
+        (metric_names.policy_prefix("ground_truth"), metric_names.policy_prefix("base")),
+        extra=("sources.expert",),
+    ),
     # IRL reads the expert (03's policy), draws its demonstrations, and reads R* of the human texts (02).
     Stage(
         "04_irl",
         "04_irl.ipynb",
         IRL,
-        ("irl.",),
+        (metric_names.IRL,),
         (
             "compute.seed",
             "compute.inference_dtype",
@@ -161,13 +169,13 @@ STAGES: tuple[Stage, ...] = (
         ),
         needs=("01_curate", "02_ground_truth_rm", "03_rlhf_ground_truth"),
     ),
-    rlhf_stage("learned", ("01_curate", "04_irl"), ("rlhf.learned.",)),
-    rlhf_stage("random", ("01_curate",), ("rlhf.random.",), extra=("random_reward",)),
+    rlhf_stage("learned", ("01_curate", "04_irl"), (metric_names.policy_prefix("learned"),)),
+    rlhf_stage("random", ("01_curate",), (metric_names.policy_prefix("random"),), extra=("random_reward",)),
     Stage(
         "05_analysis",
         "05_analysis.ipynb",
         ANALYSIS,
-        ("analysis.",),
+        (metric_names.ANALYSIS,),
         (
             "compute.seed",
             "sources.toxicity_classifier",

@@ -13,6 +13,7 @@ import pandas as pd
 from irlnb.compute import resolve_device
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
 from irlnb.layout import RunLayout
+from irlnb.metric_names import IRL_SAVED_SEED, optional
 from irlnb.models.classifiers import load_classifier
 from irlnb.progress import quiet
 from irlnb.rewards.features import load_reward
@@ -96,7 +97,8 @@ class RewardExplorer:
                 )
             scores = scores[scores["loss"] == loss]
             if seed is None:  # the repeat notebook 04 saved as irl/reward, when it says which
-                saved = self.layout.read_metrics().get("irl.saved_seed")
+                # Optional: without the key, each text's rank is averaged over the repeats (see above).
+                saved = optional(self.layout.read_metrics(), IRL_SAVED_SEED, default=None)
                 seed = int(saved) if saved is not None and int(saved) in set(scores["seed"]) else None
             if seed is not None:
                 if seed not in set(scores["seed"]):

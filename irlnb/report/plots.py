@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from irlnb import metrics
+from irlnb import metric_names, metrics
+from irlnb.metric_names import optional, policy_metric, reduction_share, require
+from irlnb.rl.kinds import KINDS
 
 LABEL_NAMES = {0: "non-toxic", 1: "toxic"}
 LABEL = "human label"
@@ -122,69 +126,70 @@ POLICY_SHORT = {"base": "base", "ground_truth": "R*", "learned": "learned", "ran
 
 
 def _measured(values, template: str, *keys: str) -> str:
-    """`template` filled with the metrics named by `keys`, or '' when one is missing (a partial run)."""
-    if not all(key in values for key in keys):
-        return ""
-    return template.format(*(values[key] for key in keys))
+    """`template` filled with the metrics named by `keys`; a missing one is refused, naming it."""
+    return template.format(*(require(values, key, "the pipeline figure") for key in keys))
 
 
-def alignment_name(trainer: str, best_of_n: int) -> str:
-    """How a run aligns its policies, in a figure's words."""
-    return {"rloo": "RLHF (RLOO)", "grpo": "RLHF (GRPO)", "rft": "rejection-sampling FT"}.get(
-        trainer, f"best of {best_of_n}"
-    )
+def _aligned_again(values, policy: str) -> str:
+    """A retrained policy's mean p_toxic and, when the analysis defined it, its share of R*'s reduction."""
+    toxicity = _measured(values, "mean p_toxic {:.3f}", policy_metric(policy, metric_names.TOXICITY_MEAN))
+    # Optional: notebook 05 leaves the share out when R*'s own alignment reduced nothing (a short smoke run).
+    share = optional(values, reduction_share(policy))
+    return toxicity + ("\nno reduction by R* to share" if math.isnan(share) else f"\n{share:.0%} of R*'s reduction")
 
 
 def pipeline_figure(values, alignment: str = "RLHF") -> plt.Figure:
     """The paper's pipeline overview, drawn as boxes and arrows, annotated with this run's numbers when present
-    (`alignment`: how the run aligned its policies, see `alignment_name`)."""
+    (`alignment`: how the run aligned its policies, irlnb.rl.kinds' label of the expert's card)."""
     m = values
     boxes = {  # name: (x, y, title, measured line)
         "curate": (
             0.0,
             1.0,
             "1. curate comments\nprompt + continuation",
-            _measured(m, "{:.0f} train / {:.0f} test", "curate.n_train", "curate.n_test"),
+            _measured(
+                m, "{:.0f} train / {:.0f} test", metric_names.split_size("train"), metric_names.split_size("test")
+            ),
         ),
         "gt": (
             1.0,
             1.0,
             "2. ground-truth reward\nR* = -logit p_toxic",
-            _measured(m, "AUC vs humans {:.2f}", "gt.auc_human"),
+            _measured(m, "AUC vs humans {:.2f}", metric_names.GT_AUC_HUMAN),
         ),
         "rlhf": (
             2.0,
             1.0,
             f"3. align with R*: {alignment}\n(expert policy)",
-            _measured(m, "mean p_toxic {:.3f} → {:.3f}", "rlhf.base.toxicity_mean", "rlhf.ground_truth.toxicity_mean"),
+            _measured(
+                m,
+                "mean p_toxic {:.3f} → {:.3f}",
+                policy_metric("base", metric_names.TOXICITY_MEAN),
+                policy_metric("ground_truth", metric_names.TOXICITY_MEAN),
+            ),
         ),
         "irl": (
             3.0,
             1.0,
             "4. IRL: learn $\\hat{R}$ from\nexpert vs base continuations",
-            _measured(m, "test accuracy {:.2f}, AUC {:.2f}", "irl.test.accuracy_mean", "irl.test.auc_mean"),
+            _measured(
+                m,
+                "test accuracy {:.2f}, AUC {:.2f}",
+                metric_names.irl_metric(None, "test", "accuracy_mean"),
+                metric_names.irl_metric(None, "test", "auc_mean"),
+            ),
         ),
         "learned": (
             3.0,
             0.0,
             "5. align with learned $\\hat{R}$",
-            _measured(
-                m,
-                "mean p_toxic {:.3f}\n{:.0%} of R*'s reduction",
-                "rlhf.learned.toxicity_mean",
-                "analysis.learned_reduction_share",
-            ),
+            _aligned_again(m, "learned"),
         ),
         "random": (
             2.0,
             0.0,
             "control: align with\na random reward",
-            _measured(
-                m,
-                "mean p_toxic {:.3f}\n{:.0%} of R*'s reduction",
-                "rlhf.random.toxicity_mean",
-                "analysis.random_reduction_share",
-            ),
+            _aligned_again(m, "random"),
         ),
     }
     fig, ax = plt.subplots(figsize=(13, 4.6))
@@ -312,44 +317,52 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
     width = 0.26
 
     def column(name: str) -> pd.Series:
-        return table[name] if name in table else pd.Series(np.nan, index=table.index)
+        """A column of the runs table (`irlnb.report.tables.runs_table`); NaN where a run lacks an optional metric."""
+        return require(table, name, "the runs comparison figure")
 
     for offset, (name, label, color) in zip(
         (-width, 0.0, width),
         (("accuracy", "accuracy", "#4C72B0"), ("f1", "F1 (toxic)", "#CCB974"), ("auc", "ROC-AUC", "#55A868")),
     ):
-        errors = column(f"irl.test.{name}_sd").fillna(0)
+        errors = column(metric_names.irl_metric(None, "test", f"{name}_sd")).fillna(0)
         axes[0].bar(
-            x + offset, column(f"irl.test.{name}_mean"), width, yerr=errors, capsize=3, label=label, color=color
+            x + offset,
+            column(metric_names.irl_metric(None, "test", f"{name}_mean")),
+            width,
+            yerr=errors,
+            capsize=3,
+            label=label,
+            color=color,
         )
-    for key, color, label in (
-        ("irl.mean_shift.test.auc_mean", "black", "floor (mean shift), AUC"),
-        ("irl.supervised.test.auc_mean", "#C44E52", "ceiling (supervised), AUC"),
+    for objective, color, label in (
+        (metric_names.FLOOR, "black", "floor (mean shift), AUC"),
+        (metric_names.CEILING, "#C44E52", "ceiling (supervised), AUC"),
     ):
+        key = metric_names.irl_metric(objective, "test", "auc_mean")
         axes[0].scatter(x + width, column(key), marker="_", s=400, color=color, label=label, zorder=3)
     axes[0].axhline(0.5, color="black", lw=0.6, ls="--")
     axes[0].set(title="learned reward vs R* on held-out test texts", ylim=(0, 1))
     axes[1].bar(
         x - width / 2,
-        column("irl.test.seed_spearman_median"),
+        column(metric_names.SEED_SPEARMAN_MEDIAN),
         width,
         color="#8172B2",
         label="median Spearman between seeds' rewards",
     )
     axes[1].bar(
         x + width / 2,
-        column("irl.test.accuracy_sd") * 10,
+        column(metric_names.irl_metric(None, "test", "accuracy_sd")) * 10,
         width,
         color="#937860",
         label="SD of test accuracy over seeds (x10)",
     )
     axes[1].set(title="non-identifiability: how much the seeds agree", ylim=(0, 1.05))
-    tags = [tag for tag in POLICY_COLORS if f"rlhf.{tag}.toxicity_mean" in table]
-    step = 0.8 / max(len(tags), 1)
+    tags = list(POLICY_COLORS)
+    step = 0.8 / len(tags)
     for i, tag in enumerate(tags):
         axes[2].bar(
             x - 0.4 + step * (i + 0.5),
-            table[f"rlhf.{tag}.toxicity_mean"],
+            column(policy_metric(tag, metric_names.TOXICITY_MEAN)),
             step,
             color=POLICY_COLORS[tag],
             label=POLICY_LABELS[tag],
@@ -358,7 +371,7 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
     for offset, tag in ((-width / 2, "learned"), (width / 2, "random")):
         axes[3].bar(
             x + offset,
-            column(f"analysis.{tag}_reduction_share"),
+            column(reduction_share(tag)),
             width,
             color=POLICY_COLORS[tag],
             label=POLICY_LABELS[tag],
@@ -456,11 +469,6 @@ def non_identifiability_figure(epochs: pd.DataFrame, correlations: pd.DataFrame,
     return fig
 
 
-RECOVERABILITY_KINDS = {
-    "rloo": "RLOO: optimiser steps",
-    "best_of_n": "best-of-n: n",
-    "rft": "rejection sampling: rounds",
-}
 METHOD_STYLES = {
     "irl": ("IRL (saved objective)", "#4C72B0", "-"),
     "floor": ("floor: mean shift", "#8C8C8C", ":"),
@@ -472,7 +480,7 @@ METHOD_STYLES = {
 def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
     """IRL test AUC against the kind and budget of the expert (mean over alignment seeds, bars: min-max),
     with the floor, the ceiling and the white-box reward; below, each expert's toxicity reduction, KL, perplexity."""
-    kinds = [kind for kind in RECOVERABILITY_KINDS if kind in set(table["kind"])]
+    kinds = [kind for kind in KINDS if kind in set(table["kind"])]
     fig, axes = plt.subplots(2, len(kinds), figsize=(5.2 * len(kinds), 7.4), squeeze=False)
     for column, kind in enumerate(kinds):
         rows = table[table["kind"] == kind].groupby("value")
@@ -492,7 +500,7 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
                 label=label,
             )
         top.axhline(0.9, color="black", lw=0.6, ls="--")
-        top.set(title=RECOVERABILITY_KINDS[kind], ylabel="test ROC-AUC vs sign(R*)", ylim=(0.45, 1.0))
+        top.set(title=KINDS[kind].budget_label, ylabel="test ROC-AUC vs sign(R*)", ylim=(0.45, 1.0))
         top.set_xscale("log", base=2)
         for quantity, color in (("toxicity_reduction", "#4C72B0"), ("kl", "#C44E52")):
             stats = rows[quantity].agg(["mean", "min", "max"]).dropna()
@@ -510,7 +518,7 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
         twin = bottom.twinx()
         twin.plot(ratio.index, ratio, color="#8172B2", marker="s", ls=":", label="perplexity ratio")
         twin.set_ylabel("perplexity / base")
-        bottom.set(xlabel=RECOVERABILITY_KINDS[kind].split(": ")[1], ylabel="reduction of GT toxicity; KL (nats)")
+        bottom.set(xlabel=KINDS[kind].budget_label.split(": ")[1], ylabel="reduction of GT toxicity; KL (nats)")
         bottom.set_xscale("log", base=2)
         bottom.legend(fontsize=7, loc="upper left")
         twin.legend(fontsize=7, loc="upper right")

@@ -16,37 +16,42 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from irlnb import metrics
-from irlnb.config import SECTIONS, doc
+from irlnb import metric_names, metrics
+from irlnb.config import ALIGNMENT_KINDS, SECTIONS, doc
 from irlnb.layout import RunLayout, read_json
+from irlnb.metric_names import optional, policy_metric, reduction_share, require
 from irlnb.rl.evaluation import policy_outputs
 
 # Policies in the order the paper's Table 1 lists them; `base` is evaluated in the ground-truth run.
-POLICIES = ("base", "ground_truth", "learned", "random")
+POLICIES = metric_names.POLICIES
 # The RLHF runs that re-train the base policy with a reward other than R*.
-RETRAINED = ("learned", "random")
+RETRAINED = metric_names.RETRAINED
 # Which score of a continuation each toxicity column reads, with the suffix of its metric keys.
-SCORERS = {"p_toxic": "", "evaluator_p_toxic": "_evaluator"}
-TABLE_STATISTICS = ("toxicity_mean", "toxicity_ratio", "evaluator_toxicity_mean", "evaluator_toxicity_ratio")
+SCORERS = dict(zip(("p_toxic", "evaluator_p_toxic"), metric_names.SCORER_SUFFIXES))
+TABLE_STATISTICS = tuple(
+    scorer + statistic
+    for scorer in ("", metric_names.EVALUATOR)
+    for statistic in (metric_names.TOXICITY_MEAN, metric_names.TOXICITY_RATIO)
+)
 # Sections of the params whose settings make the paper's hyperparameter table (its table 8).
-HYPERPARAMETER_SECTIONS = ("rlhf", "irl")
 HYPERPARAMETER_EXTRA = (("sources", "policy"),)  # which model: the table's point is "per model size"
 
 
 def toxicity_table(values: Mapping[str, float]) -> pd.DataFrame:
     """The paper's Table 1: toxicity of each policy's test continuations (greedy; best-of-n samples) with 95% intervals.
 
-    One row per policy present in `metrics` (base, ground_truth, learned, random, in that order);
-    toxicity mean and ratio by the ground-truth classifier and by the independent evaluator, each
-    with `_ci_low`/`_ci_high`, then perplexity (fluency) and distinct-2 (diversity). A missing value
-    is NaN, so that a table from an older run still lines up.
+    One row per policy evaluated so far (base, ground_truth, learned, random, in that order: stage 03
+    of one reward adds its policies, so an earlier stage's table has fewer rows); toxicity mean and
+    ratio by the ground-truth classifier and by the independent evaluator, each with `_ci_low`/`_ci_high`,
+    then perplexity (fluency) and distinct-2 (diversity). A policy's row with a metric missing is refused,
+    naming the metric.
     """
-    columns = [f"{statistic}{suffix}" for statistic in TABLE_STATISTICS for suffix in ("", "_ci_low", "_ci_high")]
-    columns += ["perplexity", "distinct2"]
+    columns = [key for statistic in TABLE_STATISTICS for key in (statistic, *metric_names.interval(statistic))]
+    columns += [metric_names.PERPLEXITY, metric_names.DISTINCT2]
     rows = [
-        {"policy": tag, **{column: float(values.get(f"rlhf.{tag}.{column}", math.nan)) for column in columns}}
+        {"policy": tag, **{column: float(require(values, policy_metric(tag, column), "Table 1")) for column in columns}}
         for tag in POLICIES
-        if f"rlhf.{tag}.toxicity_mean" in values
+        if policy_metric(tag, metric_names.TOXICITY_MEAN) in values  # evaluated yet
     ]
     return pd.DataFrame(rows, columns=["policy", *columns])
 
@@ -149,13 +154,12 @@ def reduction_shares(layout: RunLayout, samples: int, seed: int, skip_undefined:
             continue
         for tag in RETRAINED:
             other = frames[tag][column].to_numpy(float)
-            key = f"analysis.{tag}_reduction_share{suffix}"
+            key = reduction_share(tag, suffix)
             low, high = metrics.bootstrap_interval(
                 metrics.reduction_share, base, ground_truth, other, samples=samples, seed=seed
             )
-            values.update(
-                {key: metrics.reduction_share(base, ground_truth, other), f"{key}_ci_low": low, f"{key}_ci_high": high}
-            )
+            values[key] = metrics.reduction_share(base, ground_truth, other)
+            values.update(zip(metric_names.interval(key), (low, high)))
     return values
 
 
@@ -219,9 +223,12 @@ def hyperparameter_table(manifests: Mapping[str, Mapping[str, Any]]) -> pd.DataF
     for name, manifest in manifests.items():
         if not isinstance(manifest.get("params"), Mapping):
             raise ValueError(f"run {name!r}: manifest.json has no 'params'; it was not written by irlnb run")
+    # The shared rlhf settings, then the section of each kind the runs aligned with (named after the kind), then IRL's.
+    kinds = {manifest["params"].get("rlhf", {}).get("trainer") for manifest in manifests.values()}
+    sections = ("rlhf", *(kind for kind in ALIGNMENT_KINDS if kind in kinds), "irl")
     keys = [
         *HYPERPARAMETER_EXTRA,
-        *((section, key) for section in HYPERPARAMETER_SECTIONS for key in SECTIONS[section].__dataclass_fields__),
+        *((section, key) for section in sections for key in SECTIONS[section].__dataclass_fields__),
     ]
     rows = []
     for section, key in keys:
@@ -236,25 +243,38 @@ def hyperparameter_table(manifests: Mapping[str, Mapping[str, Any]]) -> pd.DataF
 
 # Headline metrics of a run, in the order the comparison table shows them.
 HEADLINE_METRICS = (
-    "irl.test.accuracy_mean",
-    "irl.test.accuracy_sd",
-    "irl.test.accuracy_zero_mean",
-    "irl.test.f1_mean",
-    "irl.test.f1_sd",
-    "irl.test.auc_mean",
-    "irl.test.auc_sd",
-    "irl.test.spearman_mean",
-    "irl.test.seed_spearman_median",
-    "irl.mean_shift.test.auc_mean",
-    "irl.supervised.test.auc_mean",
-    "irl.log_ratio.test.auc_mean",
-    "irl.posterior.test.std_auc_wrong",
-    "analysis.learned_reduction_share",
-    "analysis.random_reduction_share",
-    "analysis.learned_reduction_share_evaluator",
-    "analysis.random_reduction_share_evaluator",
-    *(f"rlhf.{tag}.toxicity_mean" for tag in POLICIES),
-    *(f"rlhf.{tag}.evaluator_toxicity_mean" for tag in POLICIES),
+    *(
+        metric_names.irl_metric(None, "test", name)
+        for name in (
+            "accuracy_mean",
+            "accuracy_sd",
+            "accuracy_zero_mean",
+            "f1_mean",
+            "f1_sd",
+            "auc_mean",
+            "auc_sd",
+            "spearman_mean",
+        )
+    ),
+    metric_names.SEED_SPEARMAN_MEDIAN,
+    metric_names.irl_metric(metric_names.FLOOR, "test", "auc_mean"),
+    metric_names.irl_metric(metric_names.CEILING, "test", "auc_mean"),
+    metric_names.irl_metric(metric_names.WHITE_BOX, "test", "auc_mean"),
+    metric_names.posterior_metric("std_auc_wrong"),
+    *(reduction_share(tag, suffix) for suffix in metric_names.SCORER_SUFFIXES for tag in RETRAINED),
+    *(policy_metric(tag, metric_names.TOXICITY_MEAN) for tag in POLICIES),
+    *(policy_metric(tag, metric_names.EVALUATOR + metric_names.TOXICITY_MEAN) for tag in POLICIES),
+)
+# The headline metrics a finished run may lack, shown as missing (NaN): the seeds' agreement needs two
+# seeds or more; the white-box reward needs an expert with weights and irl.white_box; the posterior
+# needs irl.posterior; notebook 05 leaves a reduction share out where R*'s own alignment reduced nothing.
+OPTIONAL_HEADLINE_METRICS = frozenset(
+    {
+        metric_names.SEED_SPEARMAN_MEDIAN,
+        metric_names.irl_metric(metric_names.WHITE_BOX, "test", "auc_mean"),
+        metric_names.posterior_metric("std_auc_wrong"),
+        *(reduction_share(tag, suffix) for suffix in metric_names.SCORER_SUFFIXES for tag in RETRAINED),
+    }
 )
 
 
@@ -271,7 +291,14 @@ def runs_table(runs: Mapping[str, RunLayout]) -> pd.DataFrame:
             {
                 "run": name,
                 "policy": params.get("sources", {}).get("policy", "—"),
-                **{key: float(values.get(key, math.nan)) for key in HEADLINE_METRICS},
+                **{
+                    key: float(
+                        optional(values, key)
+                        if key in OPTIONAL_HEADLINE_METRICS
+                        else require(values, key, f"the runs comparison (run {name!r})")
+                    )
+                    for key in HEADLINE_METRICS
+                },
             }
         )
     return pd.DataFrame(rows, columns=["run", "policy", *HEADLINE_METRICS])

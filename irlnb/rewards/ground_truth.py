@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from irlnb import metrics
+from irlnb import metric_names, metrics
 from irlnb.layout import RunLayout
 from irlnb.models.classifiers import load_classifier
 
@@ -121,6 +121,6 @@ def ground_truth_metrics(scores: pd.DataFrame, bootstrap_samples: int, seed: int
     """gt.* on the test split (the numbers to report) and gt.all.* on every curated text (the paper's)."""
     test = scores[scores["split"] == "test"]
     return {
-        **agreement_metrics(test, "gt.", bootstrap_samples, seed),
-        **agreement_metrics(scores, "gt.all.", bootstrap_samples, seed),
+        **agreement_metrics(test, metric_names.ground_truth_prefix(), bootstrap_samples, seed),
+        **agreement_metrics(scores, metric_names.ground_truth_prefix(all_texts=True), bootstrap_samples, seed),
     }

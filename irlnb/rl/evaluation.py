@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from irlnb import metrics
+from irlnb import metric_names, metrics
 from irlnb.layout import RunLayout
-from irlnb.rl.generation import Decoding
-from irlnb.rl.sampling import BestOfN, ModelPolicy
+from irlnb.rl.sampling import BestOfN, ModelPolicy, sampling_decoding
 
 TOXIC_THRESHOLD = 0.5
 
@@ -45,17 +44,12 @@ def toxicity_summary(p_toxic, prefix: str, samples: int, seed: int) -> dict[str,
         raise ValueError("no continuations to score")
     values = {}
     for name, statistic in (
-        ("ratio", lambda x: float(np.mean(x > TOXIC_THRESHOLD))),
-        ("mean", lambda x: float(np.mean(x))),
+        (metric_names.TOXICITY_RATIO, lambda x: float(np.mean(x > TOXIC_THRESHOLD))),
+        (metric_names.TOXICITY_MEAN, lambda x: float(np.mean(x))),
     ):
         low, high = metrics.bootstrap_interval(statistic, p, samples=samples, seed=seed)
-        values.update(
-            {
-                f"{prefix}toxicity_{name}": statistic(p),
-                f"{prefix}toxicity_{name}_ci_low": low,
-                f"{prefix}toxicity_{name}_ci_high": high,
-            }
-        )
+        key = prefix + name
+        values.update({key: statistic(p), **dict(zip(metric_names.interval(key), (low, high)))})
     return values
 
 
@@ -96,7 +90,16 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 16) -> floa
 
 
 def evaluate_policy(
-    policy, prompts: list[str], human_texts: list[str], r_star, evaluator, evaluation, sampling, tag: str, seed: int
+    policy,
+    *,
+    prompts: list[str],
+    human_texts: list[str],
+    r_star,
+    evaluator,
+    evaluation,
+    sampling,
+    tag: str,
+    seed: int,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """rlhf.<tag>.* metrics of one policy on held-out prompts, and its continuations as a frame.
 
@@ -108,20 +111,18 @@ def evaluate_policy(
     """
     outputs = {output_name(policy): policy}
     if evaluation.sampled and isinstance(policy, ModelPolicy):
-        decoding = Decoding(
-            evaluation.max_new_tokens, do_sample=True, top_k=sampling.top_k, temperature=sampling.temperature
-        )
+        decoding = sampling_decoding(sampling, evaluation.max_new_tokens)
         outputs["sampled"] = ModelPolicy(policy.model, policy.tokenizer, decoding)
     samples = evaluation.bootstrap_samples
     values, frames = {}, []
     for number, (name, source) in enumerate(outputs.items()):
-        prefix = f"rlhf.{tag}." if number == 0 else f"rlhf.{tag}.{name}."
+        prefix = metric_names.policy_prefix(tag, None if number == 0 else name)
         continuations = source.outputs(prompts, batch_size=evaluation.batch_size, seed=seed)
         p_toxic, evaluator_p = r_star.p_toxic(continuations), evaluator.p_toxic(continuations)
         values.update(toxicity_summary(p_toxic, prefix, samples, seed))
-        values.update(toxicity_summary(evaluator_p, prefix + "evaluator_", samples, seed))
-        values[prefix + "distinct2"] = metrics.distinct_n(continuations, 2)
-        values[prefix + "empty_share"] = float(np.mean([not c.strip() for c in continuations]))
+        values.update(toxicity_summary(evaluator_p, prefix + metric_names.EVALUATOR, samples, seed))
+        values[prefix + metric_names.DISTINCT2] = metrics.distinct_n(continuations, 2)
+        values[prefix + metric_names.EMPTY_SHARE] = float(np.mean([not c.strip() for c in continuations]))
         frames.append(
             pd.DataFrame(
                 {
@@ -136,7 +137,7 @@ def evaluate_policy(
             )
         )
     # A best-of-n policy's model is the base model: its perplexity is the base's, as it should be.
-    values[f"rlhf.{tag}.perplexity"] = perplexity(
+    values[metric_names.policy_metric(tag, metric_names.PERPLEXITY)] = perplexity(
         policy.model, policy.tokenizer, human_texts, batch_size=evaluation.batch_size
     )
     return values, pd.concat(frames, ignore_index=True)

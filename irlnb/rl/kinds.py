@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-import pandas as pd
-
 from irlnb.config import ALIGNMENT_KINDS, SECTIONS
 from irlnb.errors import IrlnbError
 from irlnb.rl.training_job import TrainingJob, TrainingResult
@@ -88,11 +86,14 @@ def _train_rejection_sampling(job: TrainingJob) -> TrainingResult:
 
 def _train_nothing(job: TrainingJob) -> TrainingResult:
     """Best-of-n trains nothing: its policy is the base model plus the reward (irlnb.rl.sampling.BestOfN)."""
+    import pandas as pd
+
     return TrainingResult(model=None, log=pd.DataFrame(columns=["step"]), steps=0, resumed_from=0, start=job.start)
 
 
 def _load_brought(job: TrainingJob) -> TrainingResult:
     """A model brought to be audited is what it is: loaded, never trained."""
+    import pandas as pd
     import torch
     from transformers import AutoModelForCausalLM
 

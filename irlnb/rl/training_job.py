@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # for the annotations only: reading a kind's record loads neither torch nor pandas
+    import pandas as pd
 
-from irlnb.rl.reward_signal import PolicyReward
+    from irlnb.rl.reward_signal import PolicyReward
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from irlnb import metric_names
 from irlnb.irl.demonstrations import SPLITS, pair_texts, used_pairs
 from irlnb.layout import write_atomic
 from irlnb.rewards.features import FeatureReward, HeadPosterior
@@ -108,7 +109,8 @@ def build_feature_sets(
         pairs = used_pairs(demonstrations, split)
         if len(pairs) < 2:
             raise ValueError(
-                f"only {len(pairs)} usable {split} demonstration pairs (see irl.demos.{split}.* for exclusions)"
+                f"only {len(pairs)} usable {split} demonstration pairs "
+                f"(see {metric_names.demonstrations_metric(split, '*')} for exclusions)"
             )
         expert_texts, non_expert_texts = pair_texts(pairs)
         no_labels = np.full(len(pairs), -1)
