@@ -120,22 +120,15 @@ def _stages_run(stdout: str) -> list[str]:
 
 
 def test_keys_follow_what_a_result_depends_on():
-    import dataclasses
-
-    from irlnb.config import load_config
+    from irlnb.config import config_with, load_config
     from irlnb.pipeline.runner import stage_identities
 
-    smoke = REPO / "params" / "smoke.yaml"
-    base = stage_identities(load_config(smoke))
+    smoke = load_config(REPO / "params" / "smoke.yaml")
+    base = stage_identities(smoke)
 
     def changed(**changes):
-        config = load_config(smoke)
-        for dotted, value in changes.items():
-            section, key = dotted.split("__")
-            config = dataclasses.replace(
-                config, **{section: dataclasses.replace(getattr(config, section), **{key: value})}
-            )
-        return stage_identities(config)
+        dotted = {name.replace("__", "."): value for name, value in changes.items()}
+        return stage_identities(config_with(smoke, dotted, "the keys test"))
 
     resampled = changed(evaluation__bootstrap_samples=300)  # a report: digests change, keys do not
     assert {name for name in base if resampled[name].digest != base[name].digest} == {
@@ -164,41 +157,28 @@ def test_keys_follow_what_a_result_depends_on():
     }
     threads = changed(compute__torch_threads=2, rloo__save_steps=3, ground_truth__batch_size=7)
     assert threads == base  # settings that never change a result never make a stage stale
+    assert changed(rft__rounds=3, best_of_n__n=8, grpo__beta=0.5) == base  # the sections of kinds not aligned with
 
 
 def test_an_evaluation_setting_reevaluates_and_a_training_setting_retrains(smoke_run, tmp_path):
+    """End to end on the expert's stage (which stages a change redoes is checked on the keys, above)."""
     run_dir = _copy_run(smoke_run, tmp_path)
     resampled = write_params(tmp_path, name="resampled.yaml", evaluation__bootstrap_samples=300)
     done = irlnb_cli("run", str(resampled))
     assert done.returncode == 2 and "02_ground_truth_rm already finished with other settings" in done.stderr
-    done = irlnb_cli("run", str(resampled), "--force")
+    done = irlnb_cli("run", str(resampled), "--force", "--only", "03_rlhf_ground_truth")
     assert done.returncode == 0, done.stderr
-    assert _stages_run(done.stdout) == [
-        "02_ground_truth_rm",
-        "03_rlhf_ground_truth",
-        "03_rlhf_learned",
-        "03_rlhf_random",
-        "05_analysis",
-    ]  # 01 and 04 kept: their results are the same
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for reward in ("ground_truth", "learned", "random"):  # each finished policy was loaded, not trained again
-        assert metrics[f"rlhf.{reward}.train_resumed_from_step"] == 4
+    assert metrics["rlhf.ground_truth.train_resumed_from_step"] == 4  # the finished policy was loaded, not trained
 
-    retrained = write_params(
-        tmp_path, name="retrained.yaml", evaluation__bootstrap_samples=300, rloo__learning_rate=5e-4
+    done = irlnb_cli(
+        "run", str(resampled), "--force", "--only", "03_rlhf_ground_truth", "--set", "rloo.learning_rate=5e-4"
     )
-    done = irlnb_cli("run", str(retrained), "--force")
     assert done.returncode == 0, done.stderr
-    assert _stages_run(done.stdout) == [
-        "03_rlhf_ground_truth",
-        "04_irl",
-        "03_rlhf_learned",
-        "03_rlhf_random",
-        "05_analysis",
-    ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for reward in ("ground_truth", "learned", "random"):
-        assert metrics[f"rlhf.{reward}.train_resumed_from_step"] == 0  # trained afresh
+    assert metrics["rlhf.ground_truth.train_resumed_from_step"] == 0  # trained afresh
+    log = (run_dir / "rlhf_ground_truth" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 1 + 4
 
 
 def test_only_refuses_a_stage_whose_inputs_are_missing(tmp_path):
@@ -229,9 +209,9 @@ def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
     assert not (run_dir / "stages" / "02_ground_truth_rm.json").exists()
     curate_marker = first_marker.read_bytes()
 
-    done = irlnb_cli("run", str(params))
+    done = irlnb_cli("run", str(params), "--until", "02_ground_truth_rm")
     assert done.returncode == 0, done.stderr
-    assert "[1/6] 02_ground_truth_rm" in done.stdout and "[6/6] 05_analysis" in done.stdout  # 01 kept
+    assert _stages_run(done.stdout) == ["02_ground_truth_rm"]  # 01 kept, 02 redone, nothing after it
     assert first_marker.read_bytes() == curate_marker
     assert (run_dir / "stages" / "02_ground_truth_rm.json").exists()
     assert "gt.auc_human" in json.loads((run_dir / "metrics.json").read_text())
@@ -321,7 +301,7 @@ def test_a_brought_model_is_audited_instead_of_aligned_and_a_foreign_tokenizer_i
 
     expert = smoke_run / "rlhf_ground_truth" / "policy"
     params = write_params(tmp_path, name="audit.yaml", run__name="audit", sources__expert=f"local:{expert}")
-    done = irlnb_cli("run", str(params))
+    done = irlnb_cli("run", str(params), "--until", "04_irl")  # the audit: the brought expert, then IRL of it
     assert done.returncode == 0, done.stderr
     audit = tmp_path / "runs" / "audit"
     card = json.loads((audit / "rlhf_ground_truth" / "policy" / "irlnb_policy.json").read_text())
@@ -334,7 +314,8 @@ def test_a_brought_model_is_audited_instead_of_aligned_and_a_foreign_tokenizer_i
     )
     assert all(torch_equal(brought[k], copied[k]) for k in brought)
     metrics = json.loads((audit / "metrics.json").read_text())
-    assert math.isfinite(metrics["irl.test.auc_mean"]) and math.isfinite(metrics["analysis.learned_reduction_share"])
+    assert math.isfinite(metrics["irl.test.auc_mean"]) and math.isfinite(metrics["rlhf.ground_truth.toxicity_mean"])
+    assert not (audit / "stages" / "05_analysis.json").exists()  # --until stops after IRL
     assert not (audit / "checkpoints" / "03_rlhf_ground_truth").exists() or not any(
         (audit / "checkpoints" / "03_rlhf_ground_truth").glob("checkpoint-*")
     )

@@ -41,7 +41,7 @@ def cmd_run(args) -> int:
     config = load_config(args.params, args.set)  # a bad params file is refused before the runner loads (seconds)
     from irlnb.pipeline.runner import run  # papermill and the provenance probe load only to run
 
-    run(config, only=args.only, force=args.force, runs_dir=args.runs_dir)
+    run(config, only=args.only, force=args.force, runs_dir=args.runs_dir, until=args.until)
     return 0
 
 
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the pipeline's notebooks into runs/<run.name>/")
     run.add_argument("params", help="params YAML file")
     run.add_argument("--only", metavar="STAGE", help="run one stage (the stages it needs must be complete)")
+    run.add_argument("--until", metavar="STAGE", help="run the pipeline up to and including this stage")
     run.add_argument(
         "--force",
         action="store_true",

@@ -74,7 +74,7 @@ def stage_identities(config: Config) -> dict[str, StageIdentity]:
     for stage in STAGES:
         key = settings_digest(
             {
-                "settings": {name: config.value(name) for name in stage.keyed},
+                "settings": {name: config.value(name) for name in stage.keyed_under(config)},
                 "fixed": dict(stage.fixed),
                 "upstream": {need: identities[need].key for need in stage.needs},
                 "summarised": {name: identities[name].digest for name in stage.summarises},

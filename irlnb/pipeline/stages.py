@@ -79,6 +79,15 @@ class Stage:
         reports = set(expand(self.reports))
         return [name for name in self.readable if name not in reports and changes_result(*name.split("."))]
 
+    def keyed_under(self, config) -> list[str]:
+        """The settings its artifacts depend on under `config`: of the kinds' own sections, only the section of
+        the kind the run aligns with (`rlhf.trainer`); another kind's settings never make a stage stale."""
+        return [
+            name
+            for name in self.keyed
+            if name.split(".")[0] not in ALIGNMENT_KINDS or name.split(".")[0] == config.rlhf.trainer
+        ]
+
     @property
     def reported(self) -> list[str]:
         return [name for name in expand(self.reports) if changes_result(*name.split("."))]

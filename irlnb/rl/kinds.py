@@ -105,31 +105,25 @@ def _load_brought(job: TrainingJob) -> TrainingResult:
     )
 
 
-_SAMPLING = ("seed", "max_completion_length", "top_k", "temperature", "train_prompts", "reward_batch_size")
+def _policy_gradient_kind(name: str, acronym: str) -> AlignmentKind:
+    """A kind trained by TRL's `<acronym>Trainer` with its `<acronym>Config` (RLOO, GRPO): the same settings."""
+    return AlignmentKind(
+        name,
+        has_weights=True,
+        train=_train_policy_gradient,
+        label=lambda section: f"RLHF ({acronym})",
+        shared_settings=("seed", "max_completion_length", "top_k", "temperature", "train_prompts", "reward_batch_size"),
+        budget="max_steps",
+        budget_label=f"{acronym}: optimiser steps",
+        trl_classes=(f"{acronym}Trainer", f"{acronym}Config"),
+    )
+
 
 KINDS: dict[str, AlignmentKind] = {
     kind.name: kind
     for kind in (
-        AlignmentKind(
-            "rloo",
-            has_weights=True,
-            train=_train_policy_gradient,
-            label=lambda section: "RLHF (RLOO)",
-            shared_settings=_SAMPLING,
-            budget="max_steps",
-            budget_label="RLOO: optimiser steps",
-            trl_classes=("RLOOTrainer", "RLOOConfig"),
-        ),
-        AlignmentKind(
-            "grpo",
-            has_weights=True,
-            train=_train_policy_gradient,
-            label=lambda section: "RLHF (GRPO)",
-            shared_settings=_SAMPLING,
-            budget="max_steps",
-            budget_label="GRPO: optimiser steps",
-            trl_classes=("GRPOTrainer", "GRPOConfig"),
-        ),
+        _policy_gradient_kind("rloo", "RLOO"),
+        _policy_gradient_kind("grpo", "GRPO"),
         AlignmentKind(
             "rft",
             has_weights=True,
