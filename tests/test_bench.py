@@ -68,5 +68,15 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
         seconds.values()
     )
 
+    # Sampling: its rate is its FLOPs over its time, against the peak in its own dtype at the same thread count.
+    dtype = config.compute.inference_dtype
+    assert results["sample.tokens_per_s"] == approx(results["sample.new_tokens"] / results["sample.seconds"])
+    sample_flops = 2 * n_params * (results["sample.new_tokens"] + results["sample.prompt_tokens"])
+    assert results["sample.gflops"] == approx(sample_flops / results["sample.seconds"] / 1e9)
+    assert results["sample.peak_fraction"] == approx(results["sample.gflops"] / results[f"matmul.peak_gflops_{dtype}"])
+    assert 0 <= results["sample.outside_model_share"] < 1 and results["sample.torch_threads"] == 1
+    for ratio in ("shared_prefill_vs_separate", "double_batch_vs_default", "float32_vs_inference_dtype"):
+        assert results[f"sample.{ratio}"] > 0, ratio
+
     assert json.loads(out.read_text())["rlhf_step.seconds"] == results["rlhf_step.seconds"]
     assert out.with_suffix(".manifest.json").is_file()  # the bench's provenance

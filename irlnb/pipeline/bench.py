@@ -46,9 +46,9 @@ def best_seconds(work, repeats: int = 3) -> float:
     return min(times)
 
 
-def matmul_peak_gflops(n: int = 1024) -> float:
-    """The machine's fp32 matmul rate at the current thread count (the reference for model work)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 1024, dtype: torch.dtype = torch.float32) -> float:
+    """The machine's matmul rate at the current thread count, in `dtype` (fp32: the reference for model work)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     return 2 * n**3 / best_seconds(lambda: a @ b, repeats=10) / 1e9
 
@@ -188,6 +188,107 @@ def bench_demo_generation(config: Config, n_prompts: int = 48) -> dict[str, floa
     }
 
 
+class TimedForward:
+    """Wraps a model's forward to add up the time spent inside it (the rest of a `generate` is outside the model)."""
+
+    def __init__(self, model):
+        self.model, self.inner, self.seconds = model, model.forward, 0.0
+        model.forward = self
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def remove(self) -> None:
+        del self.model.forward  # back to the class's forward
+
+
+def sampling_flops(n_params: int, prompt_tokens: int, new_tokens: int) -> float:
+    """Model FLOPs of sampling: 2N per prompt token (the prefill) and per new token (decoding with the KV cache),
+    the LM head included (N counts the tied embedding once: it is the head's matrix). Attention's own FLOPs,
+    small at these lengths, are left out."""
+    return 2.0 * n_params * (prompt_tokens + new_tokens)
+
+
+def bench_sampling(config: Config, n_prompts: int = 64) -> dict[str, float]:
+    """Sampling on the default's demonstration shape against the matmul peak in the same dtype and thread count.
+
+    Top-k sampling of `irl.max_new_tokens` tokens per prompt, `irl.inference_batch_size` prompts a batch, in
+    `compute.inference_dtype`: `sample.tokens_per_s` (new tokens), `sample.gflops`, `sample.peak_fraction`, and
+    `sample.outside_model_share` (tokenising, padding, top-k, Python per token: the share of the wall time spent
+    outside the model's forward). Side by side in the same process: both samples of a prompt drawn by one
+    `generate` that prefills the prompt once (`num_return_sequences`) vs two calls
+    (`sample.shared_prefill_vs_separate`), twice the batch (`sample.double_batch_vs_default`), and float32 vs
+    the inference dtype (`sample.float32_vs_inference_dtype`): ratios of tokens per second, > 1 is faster.
+    """
+    dtype = config.compute.inference_dtype
+    model, tokenizer = load_policy(config.sources.policy, dtype=dtype)
+    prompts, _ = real_prompts_and_texts(n_prompts, seed=1)
+    prompts.sort(key=lambda prompt: len(tokenizer(prompt)["input_ids"]))  # as generation batches them: by length
+    decoding = sampling_decoding(config.rlhf, config.irl.max_new_tokens)
+    batch = config.irl.inference_batch_size
+    generate_continuations(model, tokenizer, prompts[:4], decoding, batch_size=4)  # warm-up
+    timer = TimedForward(model)
+    started = time.perf_counter()
+    texts = generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch, seed=0)
+    seconds = time.perf_counter() - started
+    timer.remove()
+    prompt_tokens = sum(len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"])
+    new_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    gflops = sampling_flops(model.num_parameters(), prompt_tokens, new_tokens) / seconds / 1e9
+    peak = matmul_peak_gflops(dtype=getattr(torch, dtype))
+    values = {
+        "sample.seconds": seconds,
+        "sample.new_tokens": float(new_tokens),
+        "sample.prompt_tokens": float(prompt_tokens),
+        "sample.tokens_per_s": new_tokens / seconds,
+        "sample.gflops": gflops,
+        f"matmul.peak_gflops_{dtype}": peak,
+        "sample.peak_fraction": gflops / peak,
+        "sample.outside_model_share": 1.0 - timer.seconds / seconds,
+        "sample.torch_threads": float(torch.get_num_threads()),
+    }
+
+    def tokens_per_s(run) -> float:
+        started = time.perf_counter()
+        outputs = run()
+        return sum(len(ids) for ids in tokenizer(outputs, add_special_tokens=False)["input_ids"]) / (
+            time.perf_counter() - started
+        )
+
+    def two_calls() -> list[str]:
+        return [
+            text
+            for seed in (0, 7919)
+            for text in generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch, seed=seed)
+        ]
+
+    def one_call_two_samples() -> list[str]:
+        encoded = tokenizer.pad({"input_ids": tokenizer(prompts)["input_ids"]}, return_tensors="pt")
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), batch // 2):  # as many sequences a call as the default batch
+                part = {key: value[start : start + batch // 2] for key, value in encoded.items()}
+                tokens = model.generate(
+                    **part, **decoding.generate_kwargs(), num_return_sequences=2, pad_token_id=tokenizer.pad_token_id
+                )
+                outputs += tokenizer.batch_decode(tokens[:, part["input_ids"].shape[1] :], skip_special_tokens=True)
+        return outputs
+
+    values["sample.shared_prefill_vs_separate"] = tokens_per_s(one_call_two_samples) / tokens_per_s(two_calls)
+    values["sample.double_batch_vs_default"] = tokens_per_s(
+        lambda: generate_continuations(model, tokenizer, prompts, decoding, batch_size=2 * batch)
+    ) / tokens_per_s(lambda: generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch))
+    model32, _ = load_policy(config.sources.policy, dtype="float32")
+    values["sample.float32_vs_inference_dtype"] = tokens_per_s(
+        lambda: generate_continuations(model32, tokenizer, prompts, decoding, batch_size=batch)
+    ) / tokens_per_s(lambda: generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch))
+    return values
+
+
 def irl_reader(config: Config):
     """The learned reward's form of the params (backbone, layer, pooling, dtype), with a zero head."""
     irl = config.irl
@@ -300,6 +401,7 @@ def run_bench(
     torch.set_num_threads(rlhf_threads)
     results[f"matmul.peak_gflops_{rlhf_threads}_threads"] = matmul_peak_gflops()
     results.update(bench_rlhf_step(config))
+    results.update(bench_sampling(config))
     results["rlhf_step.peak_fraction"] = (
         results["rlhf_step.gflops"] / results[f"matmul.peak_gflops_{rlhf_threads}_threads"]
     )
