@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the pipeline's notebooks into runs/<run.name>/")
     run.add_argument("params", help="params YAML file")
-    run.add_argument("--only", metavar="STAGE", help="run one stage (the stages it needs must be complete)")
-    run.add_argument("--until", metavar="STAGE", help="run the pipeline up to and including this stage")
+    which = run.add_mutually_exclusive_group()
+    which.add_argument("--only", metavar="STAGE", help="run one stage (the stages it needs must be complete)")
+    which.add_argument("--until", metavar="STAGE", help="run the pipeline up to and including this stage")
     run.add_argument(
         "--force",
         action="store_true",
