@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_everything(config.compute.seed, config.compute.torch_threads)
         device = resolve_device(config.compute.device)
         stage_name = f"03_rlhf_{args.reward}"
-        start = prepare_training(layout, args.reward, config, device)
+        start = prepare_training(layout, args.reward, kind, config, device)
         trainer = job_trainer(training_job(layout, stage_name, start, kind, config, device))
         if trainer.accelerator.is_main_process:
             print(

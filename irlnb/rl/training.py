@@ -88,8 +88,8 @@ def checkpoint_dir(layout: RunLayout, stage_name: str, key: str) -> Path:
     return folder
 
 
-def prepare_training(layout: RunLayout, reward_kind: str, settings, device: str) -> StageTraining:
-    """The reward of `reward_kind`, its scale fixed on human train texts; the train prompts; the training key.
+def prepare_training(layout: RunLayout, reward_kind: str, kind: AlignmentKind, settings, device: str) -> StageTraining:
+    """The reward of `reward_kind`, its scale fixed on human train texts; the train prompts; the key of `kind`.
 
     `settings`: a stage's settings or a Config (anything with the typed sections as attributes).
     """
@@ -111,7 +111,6 @@ def prepare_training(layout: RunLayout, reward_kind: str, settings, device: str)
     prompts, prompts_cut = fit_prompts(training_prompts(curated, settings.rlhf), tokenizer, limit)
     validation = curated[(curated["split"] == "validation") & (curated["label"] == 0)]
     guard = validation["text"].head(GUARD_TEXTS).tolist()
-    kind = stage_kind(settings, reward_kind)
     brought = settings.sources.expert if kind is BROUGHT else ""
     key = training_key(settings, kind, identity, prompts, scale_texts)
     return StageTraining(reward, prompts, prompts_cut, folder, tokenizer, key, guard, brought)
@@ -137,8 +136,8 @@ def run_stage_training(stage, reward_kind: str) -> tuple[AlignmentKind, Training
     `stage`: notebook 03's stage context (its layout, name, settings and device). A training that
     finished earlier under the same training key is only loaded; a brought expert is loaded as it is.
     """
-    start = prepare_training(stage.layout, reward_kind, stage, stage.device)
     kind = stage_kind(stage, reward_kind)
+    start = prepare_training(stage.layout, reward_kind, kind, stage, stage.device)
     if kind is BROUGHT:
         check_same_vocabulary(start.brought, stage.sources.policy)
     return kind, kind.train(training_job(stage.layout, stage.name, start, kind, stage, stage.device))
