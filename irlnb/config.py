@@ -117,6 +117,11 @@ class CurateSettings:
     text_column: str = setting("comment_text", doc="text column of a hub/local data set (the embedded data ignores it)")
     label_column: str = setting("toxic", doc="0/1 human toxicity label column of a hub/local data set")
 
+    def train_per_label(self) -> int:
+        """Train-split comments of each label (irlnb.data.curation.assign_splits rounds the same way)."""
+        n = self.n_per_class
+        return n - round(self.validation_fraction * n) - round(self.test_fraction * n)
+
     def problems(self) -> list[tuple[str, str]]:
         found = []
         if self.max_words < self.min_words:
@@ -144,7 +149,7 @@ class GroundTruthSettings:
 
 # The kinds of alignment notebook 03 knows; each has a settings section of its name (below), and a record in
 # irlnb.rl.kinds (how it trains, loads and is labelled).
-ALIGNMENT_KINDS = ("rloo", "grpo", "rft", "best_of_n")
+ALIGNMENT_KINDS = ("dpo", "rloo", "grpo", "rft", "best_of_n")
 
 
 @dataclass(frozen=True)
@@ -152,10 +157,11 @@ class RlhfSettings:
     """Notebook 03: what every kind of alignment shares; each kind's own settings are in its section."""
 
     trainer: str = setting(
-        "best_of_n",
-        doc="the kind of alignment, whose settings are in the section of that name: rloo / grpo: KL-regularised RL "
-        "with TRL; rft: rejection-sampling fine-tuning; best_of_n: no training, the best of n samples under the "
-        "reward (the default: its IRL recovers R* best, README)",
+        "dpo",
+        doc="the kind of alignment, whose settings are in the section of that name: dpo: direct preference "
+        "optimisation on reward-ordered pairs of base samples (the default: a model trained on the reward, "
+        "README); rloo / grpo: KL-regularised RL with TRL; rft: rejection-sampling fine-tuning; best_of_n: no "
+        "training, the best of n samples under the reward",
         choices=ALIGNMENT_KINDS,
     )
     seed: int = setting(
@@ -168,6 +174,54 @@ class RlhfSettings:
         "toxic", doc="train-split prompts trained on, by human label", choices=("toxic", "all")
     )
     reward_batch_size: int = setting(32, doc="texts per batch when a backbone reward scores completions", ge=1)
+
+
+@dataclass(frozen=True)
+class DpoSettings:
+    """rlhf.trainer dpo: TRL's DPOTrainer on pairs of base samples ordered by the reward (its fixed point is
+    pi_base * exp(reward / beta) / Z); the settings carry the names of TRL's DPOConfig where TRL has one."""
+
+    prompts: int = setting(
+        400,
+        doc="train-split prompts (of rlhf.train_prompts' pool) its preference pairs are drawn on; IRL's "
+        "demonstrations never use them",
+        ge=1,
+    )
+    n: int = setting(2, doc="base samples per prompt; the reward's best and worst form the pair", ge=2)
+    beta: float = setting(0.1, doc="KL coefficient of DPO (the implicit reward is beta * log pi / pi_base)", gt=0.0)
+    learning_rate: float = setting(
+        1e-3, doc="AdamW learning rate (with LoRA; chosen on held-out preference pairs, README)", gt=0.0
+    )
+    num_train_epochs: int = setting(1, doc="passes over the preference pairs", ge=1)
+    per_device_train_batch_size: int = setting(8, doc="preference pairs per optimiser step", ge=1)
+    lora_rank: int = setting(
+        16, doc="LoRA rank on all linear layers (0: full fine-tuning; LoRA trained faster and further, README)", ge=0
+    )
+    save_steps: int = setting(20, doc="steps between resumable checkpoints", ge=1, result=False)
+
+    def expert_problems(self, config) -> list[tuple[str, str]]:
+        """Its prompts must fit its pool, and leave IRL's train prompts room (IRL never sees them)."""
+        per_label = config.curate.train_per_label()
+        pool = per_label * (1 if config.rlhf.train_prompts == "toxic" else 2)
+        irl = config.irl
+        irl_pool = per_label * (1 if irl.prompt_pool == "toxic" else 2)
+        if self.prompts > pool:
+            return [
+                (
+                    "dpo.prompts",
+                    f"expected at most {pool} (the train prompts of rlhf.train_prompts' pool), got {self.prompts}",
+                )
+            ]
+        if irl.train_prompts > irl_pool - self.prompts:
+            return [
+                (
+                    "irl.train_prompts",
+                    f"expected at most {irl_pool - self.prompts}: IRL's {irl_pool} train prompts of pool "
+                    f"'{irl.prompt_pool}' less the {self.prompts} that dpo.prompts trains the expert on "
+                    f"(IRL never sees them), got {irl.train_prompts}",
+                )
+            ]
+        return []
 
 
 @dataclass(frozen=True)
@@ -234,6 +288,19 @@ class BestOfNSettings:
 
     n: int = setting(2, doc="candidates sampled per prompt, of which the reward keeps one", ge=1)
 
+    def expert_problems(self, config) -> list[tuple[str, str]]:
+        """An expert without a model of its own cannot share the base's random numbers (IRL would see the
+        candidate it rejected, R*'s own comparison)."""
+        if config.irl.matched and config.irl.decoding == "sampled":
+            return [
+                (
+                    "irl.matched",
+                    "a best-of-n expert has no model of its own, so its samples cannot share random numbers with "
+                    "the base's (its base side would be the candidate it rejected); set irl.matched: false",
+                )
+            ]
+        return []
+
 
 @dataclass(frozen=True)
 class RandomRewardSettings:
@@ -263,7 +330,10 @@ class IrlSettings:
     """Notebook 04: IRL of a reward from the expert's (aligned with R*) and the base policy's continuations."""
 
     train_prompts: int = setting(
-        1200, doc="train-split prompts the fitted demonstrations are drawn on (more pairs: the main lever)", ge=2
+        800,
+        doc="train-split prompts the fitted demonstrations are drawn on (more pairs: the main lever); never the "
+        "prompts a dpo expert was trained on",
+        ge=2,
     )
     validation_prompts: int = setting(200, doc="validation-split prompts (epoch and threshold choice)", ge=2)
     prompt_pool: str = setting(
@@ -282,9 +352,9 @@ class IrlSettings:
     )
     matched: bool = setting(
         True,
-        doc="sampled decoding: both sides of a pair draw with the same seed (common random numbers), so a pair "
-        "differs by what the expert changed, not by sampling noise; a best-of-n expert's base sample is then its "
-        "first candidate",
+        doc="sampled decoding: both sides of a pair draw with the same seed (common random numbers, which an auditor "
+        "holding both models can draw), so a pair differs by what the expert changed, not by sampling noise; a "
+        "best-of-n expert has no model of its own and is sampled independently (matched: false)",
     )
     max_new_tokens: int = setting(24, doc="tokens per demonstration continuation", ge=1)
     pooling: str = setting(
@@ -357,6 +427,7 @@ SECTIONS: dict[str, type] = {
     "curate": CurateSettings,
     "ground_truth": GroundTruthSettings,
     "rlhf": RlhfSettings,
+    "dpo": DpoSettings,
     "rloo": RlooSettings,
     "grpo": GrpoSettings,
     "rft": RftSettings,
@@ -378,6 +449,7 @@ class Config:
     curate: CurateSettings
     ground_truth: GroundTruthSettings
     rlhf: RlhfSettings
+    dpo: DpoSettings
     rloo: RlooSettings
     grpo: GrpoSettings
     rft: RftSettings
@@ -500,7 +572,19 @@ def parse_config(data: Any, path: str) -> Config:
             raise ConfigError(f"{path}: {key}: unknown section; known: {', '.join(SECTIONS)}")
     if "run" not in data:
         raise ConfigError(f"{path}: run: missing section (every params file names its run: run.name)")
-    return Config(**{name: parse_section(name, data.get(name), path) for name in SECTIONS}, path=path)
+    config = Config(**{name: parse_section(name, data.get(name), path) for name in SECTIONS}, path=path)
+    for setting_name, problem in cross_section_problems(config):
+        raise ConfigError(f"{path}: {setting_name}: {problem}")
+    return config
+
+
+def cross_section_problems(config: Config) -> list[tuple[str, str]]:
+    """Settings that are valid alone but not together: those of the kind the expert is aligned with (its
+    section's `expert_problems`), when stage 03 aligns the expert itself (no model brought)."""
+    if config.sources.expert:
+        return []
+    section = getattr(config, config.rlhf.trainer)
+    return getattr(section, "expert_problems", lambda config: [])(config)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:

@@ -130,11 +130,24 @@ def contraction_metric(pairs: str, name: str) -> str:
     return f"{IRL}posterior.contraction.{pairs}.{name}"
 
 
+def irl_fits(objective: str | None) -> str:
+    """`irl.<objective>.fits`: how many fits its `_mean` keys average (1: one deterministic fit, which has no
+    `_sd` and no accuracy_min/max), or `irl.fits` for the objective whose reward is saved (`objective` None)."""
+    return f"{IRL}fits" if objective is None else f"{IRL}{objective}.fits"
+
+
 SIGN_DIFFERS = "sign_differs"  # irl.demos.<split>.sign_differs: pairs whose two texts R* calls differently
 SEED_SPEARMAN_MEDIAN = irl_metric(None, "test", "seed_spearman_median")
 SEED_SPEARMAN_MIN = irl_metric(None, "test", "seed_spearman_min")
-# The floor, the ceiling and the white-box reward beside the fitted objectives.
+# STARC distance of R-hat to R* on both sides of the test pairs (0: the same up to a per-prompt shift and a
+# positive scale; 2: opposite), see irlnb.metrics.starc_distance
+STARC_DISTANCE = "starc_distance"
+# The rewards beside the fitted objectives, each one deterministic fit: the floor, the ceiling, the Laplace
+# posterior mean, the same Laplace head on R*'s own comparisons of base samples, and the white-box reward
+# (given the prompt, and on whole texts).
 FLOOR, CEILING, WHITE_BOX = "mean_shift", "supervised", "log_ratio"
+POSTERIOR_MEAN, R_STAR_COMPARISONS, WHITE_BOX_WHOLE = "laplace", "r_star_comparisons", "log_ratio_whole"
+REFERENCES = (FLOOR, CEILING, R_STAR_COMPARISONS)  # references for IRL, not IRL results
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +243,7 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "rlhf.policy.decoding": rf"rlhf\.(?:{_POLICY})\.{_WORD}\.(?:{_POLICY_NAMES})",
     "irl.seeds": r"irl\.seeds",
     "irl.saved_seed": r"irl\.saved_seed",
+    "irl.fits": rf"irl\.(?:{_WORD}\.)?fits",
     "irl.demos": rf"irl\.demos\.(?:{_SPLIT})\.{_WORD}",
     "irl.posterior": rf"irl\.posterior\.test\.{_WORD}",
     "irl.posterior.contraction": r"irl\.posterior\.contraction\.(?:\d+|all)\.(?:auc|std_mean)",

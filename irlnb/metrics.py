@@ -110,6 +110,35 @@ def pair_accuracy(r_expert, r_non_expert) -> float:
     return float(np.mean(np.asarray(r_expert) > np.asarray(r_non_expert)))
 
 
+def starc_distance(r_hat, r_star, groups) -> float:
+    """STARC-style distance between two rewards on the same texts (Skalse et al. 2024, arXiv 2309.15257).
+
+    Each reward is canonicalised by subtracting its mean over the texts of each group (the continuations of
+    one prompt: a per-prompt shift changes no comparison between them), then normalised to unit L2 norm over
+    all texts; the distance is the L2 distance of the two normalised vectors: 0 when R-hat equals R* up to a
+    per-prompt shift and a positive scale, sqrt(2) when unrelated (orthogonal), 2 when R-hat = -R*. NaN when
+    either reward is constant within every group (its norm is 0: no direction to compare).
+    """
+    r_hat, r_star = np.asarray(r_hat, dtype=np.float64), np.asarray(r_star, dtype=np.float64)
+    groups = np.asarray(groups)
+    if not r_hat.shape == r_star.shape == groups.shape or r_hat.ndim != 1:
+        raise ValueError(
+            f"starc_distance needs one reward and one group per text: shapes {r_hat.shape}, {r_star.shape}, "
+            f"{groups.shape}"
+        )
+    _, index = np.unique(groups, return_inverse=True)
+    counts = np.bincount(index)
+    normalised = []
+    for reward in (r_hat, r_star):
+        centred = reward - (np.bincount(index, weights=reward) / counts)[index]
+        norm = float(np.linalg.norm(centred))
+        # relative to the reward's own size: a per-group constant leaves only rounding error behind
+        if norm == 0.0 or norm <= 1e-12 * float(np.linalg.norm(reward)):
+            return float("nan")
+        normalised.append(centred / norm)
+    return float(np.linalg.norm(normalised[0] - normalised[1]))
+
+
 # --------------------------------------------------------------------------------------------
 # Policies
 

@@ -172,6 +172,7 @@ def test_demonstration_prompts_follow_the_pool_and_refuse_more_than_there_are():
 
     curated = pd.DataFrame(
         {
+            "id": [f"c{i}" for i in range(9)],
             "split": ["train"] * 6 + ["test"] * 3,
             "label": [1, 0, 1, 0, 1, 0, 1, 0, 1],
             "prompt": [f"p{i}" for i in range(9)],
@@ -184,19 +185,137 @@ def test_demonstration_prompts_follow_the_pool_and_refuse_more_than_there_are():
         split_prompts(curated, SimpleNamespace(prompt_pool="toxic", train_prompts=4), "train", 0)
 
 
-def test_matched_pairs_of_a_best_of_n_expert_hold_the_base_sample_drawn_with_the_same_seed(tiny):
+def test_a_best_of_n_expert_is_sampled_independently_and_hands_out_only_its_chosen_continuation(tiny):
+    """IRL sees what an auditor could draw: the expert's chosen sample and a base sample of its own random
+    numbers, never the candidate the expert rejected."""
     from irlnb.irl.demonstrations import generate_pairs
 
     model, tokenizer = tiny
     expert = BestOfN(model, tokenizer, SAMPLING, n=3, scorer=length_reward)
     base = BestOfN(model, tokenizer, SAMPLING, n=1, scorer=None)
-    prompts = pd.DataFrame({"prompt": PROMPTS, "label": [1, 0, 1, 0]})
-    pairs = generate_pairs(prompts, expert, base, samples=2, batch_size=4, seed=5, matched=True)
+    prompts = pd.DataFrame({"id": ["a", "b", "c", "d"], "prompt": PROMPTS, "label": [1, 0, 1, 0]})
+    pairs = generate_pairs(prompts, expert, base, samples=2, batch_size=4, seed=5, matched=False)
+    assert not hasattr(expert, "outputs_and_first")  # nothing hands out a rejected candidate
     for sample in (0, 1):
         rows = pairs[pairs["sample"] == sample]
-        assert rows["non_expert"].tolist() == base.outputs(PROMPTS, 4, 5 + 2 * sample)  # the base's own draw
-        assert rows["expert"].tolist() == expert.outputs(PROMPTS, 4, 5 + 2 * sample)
-        candidates = expert.candidates(PROMPTS, 4, 5 + 2 * sample)
-        assert rows["non_expert"].tolist() == [options[0] for options in candidates]
-    unmatched = generate_pairs(prompts, expert, base, samples=1, batch_size=4, seed=5, matched=False)
-    assert unmatched["non_expert"].tolist() == base.outputs(PROMPTS, 4, 6)  # its own seed: an independent draw
+        seed = 5 + 2 * sample
+        assert rows["expert"].tolist() == expert.outputs(PROMPTS, 4, seed)
+        assert rows["non_expert"].tolist() == base.outputs(PROMPTS, 4, seed + 1)  # its own draw
+        candidates = expert.candidates(PROMPTS, 4, seed)
+        rejected = {
+            (p, c) for p, options, best in zip(PROMPTS, candidates, rows["expert"]) for c in options if c != best
+        }
+        assert not rejected & set(zip(rows["prompt"], rows["non_expert"]))
+    assert pairs["id"].tolist() == ["a", "b", "c", "d"] * 2
+
+
+def test_matched_demonstrations_of_a_best_of_n_expert_are_refused(tmp_path, monkeypatch):
+    from irlnb.irl import demonstrations
+    from irlnb.layout import RunLayout
+
+    model, tokenizer = load_policy("embedded:tiny-gpt-neox")
+    monkeypatch.setattr(
+        demonstrations,
+        "load_stage_policy",
+        lambda *args, **kwargs: BestOfN(model, tokenizer, SAMPLING, 2, length_reward),
+    )
+    irl = SimpleNamespace(decoding="sampled", max_new_tokens=6, matched=True)
+    with pytest.raises(demonstrations.DemonstrationError, match="irl.matched is true, but the expert is a best-of-n"):
+        demonstrations.demonstration_policies(
+            RunLayout(tmp_path),
+            "embedded:tiny-gpt-neox",
+            irl,
+            SimpleNamespace(top_k=30, temperature=1.0),
+            "cpu",
+            "float32",
+        )
+
+
+def test_demonstration_prompts_never_include_those_a_dpo_expert_was_trained_on():
+    from irlnb.irl.demonstrations import split_prompts
+
+    curated = pd.DataFrame(
+        {
+            "id": [f"c{i}" for i in range(8)],
+            "split": ["train"] * 6 + ["test"] * 2,
+            "label": [1, 0] * 4,
+            "prompt": list("abcdefgh"),
+        }
+    )
+    irl = SimpleNamespace(prompt_pool="all", train_prompts=4)
+    held_out = {"c0", "c3"}
+    assert set(split_prompts(curated, irl, "train", 0, held_out)["id"]) == {"c1", "c2", "c4", "c5"}
+    with pytest.raises(Exception, match="has 4 prompts in the pool 'all' besides the 2 the expert was trained on"):
+        split_prompts(curated, SimpleNamespace(prompt_pool="all", train_prompts=5), "train", 0, held_out)
+
+
+def test_dpo_pairs_are_the_rewards_best_against_its_worst_and_ties_carry_no_preference():
+    from irlnb.rl.dpo import preference_pairs
+
+    prompts = ["p1 ", "p2 ", "p3 "]
+    candidates = [["a", "bb", "c"], ["same", "same", "x"], ["u", "v", "w"]]
+    scores = np.array([[0.5, 2.0, -1.0], [1.0, 3.0, 3.0], [1.0, 1.0, 1.0]])
+    pairs = preference_pairs(prompts, candidates, scores)
+    # p2: best "same" (3.0, first of the tie), worst "same" (1.0): the same text; p3: every score equal
+    assert pairs.to_dict(orient="records") == [
+        {"prompt": "p1 ", "chosen": "bb", "rejected": "c", "chosen_reward": 2.0, "rejected_reward": -1.0}
+    ]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"rlhf.trainer": "best_of_n"}, "irl.matched: a best-of-n expert has no model of its own"),
+        ({"dpo.beta": 0}, "dpo.beta: expected a number > 0.0, got 0"),
+        ({"irl.train_prompts": 801}, "irl.train_prompts: expected at most 800: IRL's 1200 train prompts"),
+        ({"dpo.prompts": 601}, "dpo.prompts: expected at most 600"),
+    ],
+)
+def test_expert_settings_that_would_break_irl_are_refused_in_one_line(changes, message):
+    from irlnb.config import ConfigError, config_with, load_config
+    from irlnb.layout import REPO_ROOT
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as error:
+        config_with(load_config(REPO_ROOT / "params/default.yaml"), changes, "test")
+    assert "\n" not in str(error.value)
+
+
+def test_a_dpo_expert_trains_on_prompts_irl_never_sees_and_reports_its_distance_from_the_base(tmp_path):
+    """Stage 03 trains the dpo expert with TRL on reward-ordered pairs of base samples; stage 04 draws its
+    demonstrations on other prompts and measures the expert's log-ratio against the base (its KL estimate)."""
+    from conftest import irlnb_cli, write_params
+
+    from irlnb.irl.demonstrations import load_demonstrations
+    from irlnb.layout import RunLayout, read_json
+    from irlnb.rl.policy_card import PolicyCard
+
+    params = write_params(
+        tmp_path,
+        rlhf__trainer="dpo",
+        dpo__prompts=12,
+        dpo__per_device_train_batch_size=4,
+        dpo__learning_rate=1.0e-3,
+        dpo__num_train_epochs=1,
+        irl__seeds=1,
+        irl__compare_losses=False,
+    )
+    done = irlnb_cli("run", str(params), "--until", "04_irl")
+    assert done.returncode == 0, done.stderr
+    layout = RunLayout(tmp_path / "runs" / "smoke")
+    card = PolicyCard.read(layout.policy("ground_truth"))
+    assert card.trainer == "dpo" and len(card.prompt_ids) == 12 and card.steps >= 1
+    demonstrations = load_demonstrations(layout)
+    assert not set(demonstrations["id"]) & set(card.prompt_ids)  # disjoint prompt sets
+    assert set(card.prompt_ids) & set(load_curated_ids(layout, "train"))  # they are train prompts
+    log = pd.read_csv(layout.train_log("ground_truth"))
+    assert len(log) == card.steps and np.isfinite(log["loss"]).all()
+    metrics = read_json(layout.metrics)
+    assert math.isfinite(metrics["irl.log_ratio.test.expert_log_ratio_mean"])
+    assert metrics["irl.log_ratio.test.expert_log_ratio_mean"] != 0.0  # the trained expert moved from the base
+
+
+def load_curated_ids(layout, split: str) -> list[str]:
+    from irlnb.data.curation import load_curated
+
+    curated = load_curated(layout)
+    return curated.loc[curated["split"] == split, "id"].tolist()

@@ -275,17 +275,21 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     for key in (
         "accuracy_mean",
-        "accuracy_sd",
         "f1_mean",
         "auc_mean",
         "auc_human_mean",
         "spearman_mean",
         "pair_accuracy_mean",
+        "starc_distance_mean",
     ):
         assert np.isfinite(metrics[f"irl.test.{key}"]), key
         for loss in objectives.LOSSES:  # compare_losses is on in smoke.yaml
             assert f"irl.{loss}.test.{key}" in metrics
     assert metrics["irl.seeds"] == 3
+    for loss in objectives.LOSSES:  # fitted over the seeds: a spread
+        assert metrics[f"irl.{loss}.fits"] == 3 and np.isfinite(metrics[f"irl.{loss}.test.accuracy_sd"])
+    # the saved reward is the posterior mean (smoke.yaml keeps the default loss): one fit, no spread
+    assert metrics["irl.fits"] == metrics["irl.laplace.fits"] == 1 and "irl.test.accuracy_sd" not in metrics
     out = smoke_run / "irl"
     demos = pd.read_parquet(out / "demonstrations.parquet")
     assert set(demos["split"]) == {"train", "validation", "test"}
@@ -295,6 +299,9 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
     assert len(epochs) == len(objectives.LOSSES) * 3 * (3 + 1)  # losses x seeds x (epochs + the initial head)
     for method in ("mean_shift", "supervised", "log_ratio", "log_ratio_whole"):  # floor, ceiling, white box
         assert np.isfinite(metrics[f"irl.{method}.test.auc_mean"]), method
+        assert 0 <= metrics[f"irl.{method}.test.starc_distance_mean"] <= 2, method
+        assert metrics[f"irl.{method}.fits"] == 1 and f"irl.{method}.test.auc_sd" not in metrics, method
+    assert "irl.r_star_comparisons.fits" not in metrics  # smoke.yaml draws one sample per prompt: no such row
     assert np.isfinite(metrics["irl.test.accuracy_label_free_mean"]) and "irl.demos.train.sign_differs" in metrics
     import irlnb
 
@@ -388,9 +395,14 @@ def test_demonstration_evidence_on_a_hand_case():
             "excluded": ["", "", "", "identical continuations"],
             "expert_r_star": [2.0, 1.0, -1.0, 5.0],
             "non_expert_r_star": [-1.0, 2.0, -3.0, 5.0],
+            "expert": ["a b c", "a b c", "d e", "x y"],
+            "non_expert": ["a b", "c d", "e f", "x y"],
         }
     )
     values = demonstration_evidence(demos)
+    # distinct-2 pooled over a side's used continuations: expert bigrams ab, bc, ab, bc, de -> 3 of 5
+    assert values["irl.demos.train.expert_distinct_2"] == pytest.approx(3 / 5)
+    assert values["irl.demos.train.non_expert_distinct_2"] == pytest.approx(1.0)
     assert values["irl.demos.train.sign_differs"] == 1  # only the first usable pair crosses zero
     assert values["irl.demos.train.expert_better_share"] == pytest.approx(2 / 3)
     assert values["irl.demos.train.r_star_gap_mean"] == pytest.approx((3 - 1 + 2) / 3)
@@ -491,3 +503,148 @@ def test_a_saved_posterior_reward_returns_its_spread(tmp_path):
     study.save_learned_reward(reader, fit.head(), standardizer, tmp_path / "plain")
     with pytest.raises(Exception, match="this reward has no posterior over its head"):
         load_reward(tmp_path / "plain").score(texts, return_std=True)
+
+
+# --- one-fit reporting, the STARC distance, R*'s own comparisons ---------------------------------
+
+
+def test_a_loss_fitted_once_reports_its_mean_and_its_fit_count_but_no_spread():
+    test = pd.DataFrame(
+        {
+            "loss": ["max_margin", "max_margin", "mean_shift"],
+            "seed": [0, 1, 0],
+            "human_accuracy": [0.6, 0.8, 0.5],
+            "human_auc": [0.7, 0.9, 0.6],
+            "starc_distance": [0.4, 0.6, 1.1],
+            "validation_auc": [0.7, 0.8, 0.6],
+        }
+    )
+    summary = study.summary_metrics(test, "mean_shift")
+    assert summary["irl.max_margin.fits"] == 2 and summary["irl.mean_shift.fits"] == 1 and summary["irl.fits"] == 1
+    assert summary["irl.max_margin.test.accuracy_sd"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert summary["irl.max_margin.test.accuracy_min"] == 0.6 and summary["irl.max_margin.test.accuracy_max"] == 0.8
+    assert summary["irl.max_margin.test.starc_distance_mean"] == pytest.approx(0.5)
+    assert summary["irl.mean_shift.test.accuracy_mean"] == 0.5 and summary["irl.test.auc_mean"] == 0.6
+    assert summary["irl.mean_shift.test.starc_distance_mean"] == pytest.approx(1.1)
+    one_fit = [key for key in summary if key.startswith(("irl.mean_shift.", "irl.test.", "irl.validation."))]
+    assert one_fit and not [key for key in one_fit if key.endswith(("_sd", "_min", "_max"))]
+
+
+def test_the_study_judges_fixed_heads_by_their_starc_distance_on_the_test_pairs():
+    from irlnb.irl.baselines import head_of
+
+    def with_prompts(pairs):  # two pairs per prompt
+        return PairSet(pairs.expert, pairs.non_expert, np.arange(len(pairs.expert.r_star)) // 2)
+
+    validation_pairs, test_pairs = with_prompts(synthetic_pairs(40, 1)), with_prompts(synthetic_pairs(40, 2))
+
+    def human(pairs):
+        return TextSet(pairs.expert.features, pairs.expert.r_star, -np.ones(40))
+
+    texts = {"human": ["h"] * 40, "expert": ["e"] * 40, "non_expert": ["n"] * 40}
+    direction = np.eye(8)[0]  # R* of the synthetic pairs is feature 0
+    result = study.fit_irl_study(
+        synthetic_pairs(40, 0),
+        (human(validation_pairs), validation_pairs),
+        (human(test_pairs), test_pairs),
+        texts,
+        objectives=[],
+        seeds=0,
+        fixed_heads={
+            "truth": head_of(3 * direction, bias=1.0),
+            "opposite": head_of(-direction),
+            "other": head_of(np.eye(8)[1]),
+        },
+    )
+    summary = study.summary_metrics(result.test, "truth")
+    assert summary["irl.truth.test.starc_distance_mean"] == pytest.approx(0.0, abs=1e-6)  # R* up to scale and shift
+    assert summary["irl.opposite.test.starc_distance_mean"] == pytest.approx(2.0)
+    assert 1.0 < summary["irl.other.test.starc_distance_mean"] < 1.8  # unrelated: near sqrt(2)
+    assert summary["irl.other.fits"] == 1 and "irl.other.test.starc_distance_sd" not in summary
+    # without prompts (synthetic pairs) the distance is not judged rather than judged on wrong groups
+    plain = study.judge_rewards(
+        np.zeros(40), np.ones(40), np.zeros(40), human(test_pairs), synthetic_pairs(40, 2), threshold=0.0
+    )
+    assert "starc_distance" not in plain
+
+
+def test_prompt_ids_group_the_pairs_drawn_on_one_prompt():
+    pairs = pd.DataFrame({"prompt": ["x ", "y ", "x ", "z "]})
+    assert feature_sets.prompt_ids(pairs).tolist() == [0, 1, 0, 2]
+
+
+def _base_samples():
+    """Used pairs of one split (row order = the non-expert texts' features), with base samples per prompt."""
+    return pd.DataFrame(
+        {
+            "prompt": ["a", "a", "a", "b", "b", "c", "c", "d", "e", "e"],
+            "sample": [0, 1, 2, 0, 1, 0, 1, 0, 1, 0],
+            "non_expert": ["a0", "a1", "a2", "b0", "b1", "same", " same", "d0", "e1", "e0"],
+            "non_expert_r_star": [1.0, 2.0, 9.0, 0.5, 0.5, -1.0, 1.0, 3.0, -1.0, 0.5],
+        }
+    )
+
+
+def test_r_star_orders_the_first_two_base_samples_of_each_prompt():
+    pairs = _base_samples()
+    base = TextSet(torch.arange(10.0).view(10, 1), pairs["non_expert_r_star"].to_numpy(), -np.ones(10))
+    comparisons = feature_sets.base_comparison_pairs(pairs, base)
+    # a: samples 0 and 1 (sample 2 unused), R* 1 < 2 -> row 1 preferred over row 0; b: equal R* (dropped);
+    # c: the same continuation (dropped); d: one sample (skipped); e: sample 0 (row 9, R* .5) over sample 1 (row 8)
+    assert comparisons.expert.features.flatten().tolist() == [1.0, 9.0]
+    assert comparisons.non_expert.features.flatten().tolist() == [0.0, 8.0]
+    assert comparisons.expert.r_star.tolist() == [2.0, 0.5] and comparisons.non_expert.r_star.tolist() == [1.0, -1.0]
+    assert comparisons.prompt_ids.tolist() == [0, 4]  # prompts a and e
+    one_sample = pairs[pairs["sample"] == 0].reset_index(drop=True)
+    assert feature_sets.base_comparison_pairs(one_sample, base) is None  # greedy or one sample per prompt
+
+
+def test_r_star_comparisons_are_a_fixed_head_fitted_on_the_base_comparisons_only():
+    from types import SimpleNamespace
+
+    train, validation = synthetic_pairs(200, 0), synthetic_pairs(100, 1)
+    swap = [1, 0, *range(2, 8)]  # the comparisons' R* direction is feature 1, the demonstrations' feature 0
+    comparisons = tuple(
+        PairSet(
+            TextSet(p.expert.features[:, swap], p.expert.r_star, p.expert.labels),
+            TextSet(p.non_expert.features[:, swap], p.non_expert.r_star, p.non_expert.labels),
+        )
+        for p in (synthetic_pairs(200, 3), synthetic_pairs(100, 4))
+    )
+    fits = study.reference_fits(train, validation, SimpleNamespace(posterior=False), comparisons)
+    assert list(fits.heads) == ["mean_shift", "supervised", "r_star_comparisons"] and fits.posterior is None
+    weight = fits.heads["r_star_comparisons"].weight.detach().flatten()
+    assert weight[1] == weight.abs().max() and float(fits.heads["r_star_comparisons"].bias.detach()) == 0.0
+    without = study.reference_fits(train, validation, SimpleNamespace(posterior=True))
+    assert list(without.heads) == ["mean_shift", "supervised", "laplace"]  # one sample per prompt: no row
+
+
+def test_the_feature_sets_carry_prompts_and_the_base_comparisons_from_the_cached_features(tmp_path):
+    rows = []
+    for split, prompts in (("train", ["p1 ", "p2 "]), ("validation", ["v1 ", "v2 "]), ("test", ["t1 ", "t2 "])):
+        for prompt in prompts:
+            for sample in (0, 1):
+                rows.append(
+                    {
+                        "split": split,
+                        "prompt": prompt,
+                        "sample": sample,
+                        "expert": f"kind {sample}",
+                        "non_expert": f"rude {sample}",
+                        "expert_r_star": 1.0,
+                        "non_expert_r_star": float(sample),  # sample 1 is preferred by R*
+                        "excluded": "",
+                    }
+                )
+    scores = pd.DataFrame(
+        {"split": ["validation", "test"], "text": ["a human", "another"], "reward": [1.0, -1.0], "label": [0, 1]}
+    )
+    reader = reward_form(BACKBONE, "mean", 1, 32)
+    sets = feature_sets.build_feature_sets(reader, pd.DataFrame(rows), scores, tmp_path, batch_size=4)
+    assert sets.train.prompt_ids.tolist() == [0, 0, 1, 1] and sets.test[1].prompt_ids.tolist() == [0, 0, 1, 1]
+    train_comparisons, validation_comparisons = sets.base_comparisons
+    assert torch.equal(train_comparisons.expert.features, sets.train.non_expert.features[[1, 3]])
+    assert torch.equal(train_comparisons.non_expert.features, sets.train.non_expert.features[[0, 2]])
+    assert len(validation_comparisons.expert.r_star) == 2
+    greedy = pd.DataFrame(rows).query("sample == 0")
+    assert feature_sets.build_feature_sets(reader, greedy, scores, tmp_path, batch_size=4).base_comparisons is None

@@ -24,7 +24,7 @@ def test_every_kind_has_a_record_and_a_settings_section_of_its_name():
         assert kind.settings_section == name and name in SECTIONS
         assert kind.budget in SECTIONS[name].__dataclass_fields__  # the study grows a setting of its own section
     assert kind_of("brought") is BROUGHT and BROUGHT.has_weights and BROUGHT.settings_section is None
-    with pytest.raises(ValueError, match="unknown alignment kind 'ppo'; known: rloo, grpo, rft, best_of_n"):
+    with pytest.raises(ValueError, match="unknown alignment kind 'ppo'; known: dpo, rloo, grpo, rft, best_of_n"):
         kind_of("ppo")
 
 
@@ -71,8 +71,13 @@ def test_a_training_key_covers_its_kinds_section_and_the_shared_settings_it_read
 
 
 def test_figures_name_each_kind_from_its_own_settings():
-    config = parse_config({"run": {"name": "x"}, "best_of_n": {"n": 4}}, "p.yaml")
+    config = parse_config(
+        {"run": {"name": "x"}, "rlhf": {"trainer": "best_of_n"}, "best_of_n": {"n": 4}, "irl": {"matched": False}},
+        "p.yaml",
+    )
     assert alignment_label(config) == "best of 4"
+    dpo = parse_config({"run": {"name": "x"}, "dpo": {"beta": 0.25}}, "p.yaml")
+    assert alignment_label(dpo) == "DPO (beta 0.25)"  # the default kind
     rloo = parse_config({"run": {"name": "x"}, "rlhf": {"trainer": "rloo"}}, "p.yaml")
     assert alignment_label(rloo) == "RLHF (RLOO)"
     assert KINDS["best_of_n"].kl_to_base(config.best_of_n) == pytest.approx(math.log(4) - 3 / 4)

@@ -28,6 +28,9 @@ def test_the_builders_spell_the_keys_the_records_hold():
     assert names.split_size("test") == "curate.n_test" and names.stage_seconds("04_irl") == "timing.04_irl_s"
     assert names.parse("irl.demos.test.pairs") == "irl.demos"  # not an objective named 'demos'
     assert names.parse("irl.posterior.test.wrong_share") == "irl.posterior"
+    assert names.irl_fits("laplace") == "irl.laplace.fits" and names.irl_fits(None) == "irl.fits"
+    assert names.parse("irl.r_star_comparisons.fits") == names.parse("irl.fits") == "irl.fits"
+    assert names.parse(names.irl_metric("laplace", "test", f"{names.STARC_DISTANCE}_mean")) == "irl.objective"
     assert names.parse("rlhf.ground_truth.sampled.evaluator_toxicity_ratio_ci_low") == "rlhf.policy.decoding"
     for unknown in ("rlhf.nobody.toxicity_mean", "rlhf.base.toxicity_median", "irl.test", "analysis.x", "gt."):
         with pytest.raises(ValueError, match="is not a name irlnb.metric_names knows"):
@@ -69,7 +72,7 @@ def test_the_writers_build_keys_the_module_knows():
     )
     keys += demonstrations.demonstration_counts(pairs)
     keys += baselines.demonstration_evidence(pairs)
-    assert "irl.test.auc_mean" in keys and "irl.demos.train.sign_differs" in keys
+    assert "irl.test.auc_mean" in keys and "irl.demos.train.sign_differs" in keys and "irl.mean_shift.fits" in keys
     for key in keys:
         names.parse(key)
 

@@ -53,3 +53,47 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_data():
     assert metrics.bootstrap_interval(np.mean, small, samples=200, seed=3) == metrics.bootstrap_interval(
         np.mean, small, samples=200, seed=3
     )
+
+
+# --- the STARC distance between two rewards ---------------------------------------------------------
+
+PROMPTS = np.array([0, 0, 1, 1, 1])  # two texts on prompt 0, three on prompt 1
+
+
+def test_starc_distance_is_zero_for_the_same_reward_up_to_a_per_prompt_shift_and_a_positive_scale():
+    r_star = np.array([1.0, -2.0, 0.5, 3.0, -1.0])
+    assert metrics.starc_distance(r_star, r_star, PROMPTS) == pytest.approx(0.0, abs=1e-12)
+    shifted = 3 * r_star + np.array([10.0, 10.0, -4.0, -4.0, -4.0])  # 3 R* + a constant per prompt
+    assert metrics.starc_distance(shifted, r_star, PROMPTS) == pytest.approx(0.0, abs=1e-12)
+    # a shift that differs within a prompt changes comparisons between its texts: no longer the same reward
+    assert metrics.starc_distance(r_star + np.array([0.0, 1.0, 0.0, 0.0, 0.0]), r_star, PROMPTS) > 0.1
+
+
+def test_starc_distance_is_two_for_the_opposite_reward_and_root_two_for_an_orthogonal_one():
+    r_star = np.array([1.0, -2.0, 0.5, 3.0, -1.0])
+    assert metrics.starc_distance(-r_star, r_star, PROMPTS) == pytest.approx(2.0)
+    # centred: R* -> [1.5, -1.5, 0, 0, 0] (prompt 1 made constant), R-hat -> [0, 0, 1, -1, 0]: orthogonal
+    assert metrics.starc_distance([5.0, 5.0, 1.0, -1.0, 0.0], [1.0, -2.0, 7.0, 7.0, 7.0], PROMPTS) == pytest.approx(
+        math.sqrt(2)
+    )
+
+
+def test_starc_distance_on_a_hand_computed_case():
+    # R* centred per prompt: [1, -1 | 1, -1], norm 2 -> [.5, -.5, .5, -.5]
+    # R-hat [1, 0 | 0, 0] centred: [.5, -.5 | 0, 0], norm sqrt(.5) -> [1/sqrt2, -1/sqrt2, 0, 0]
+    # cosine = 2 * .5 / sqrt2 = 1/sqrt2; distance = sqrt(2 - 2 cosine) = sqrt(2 - sqrt2)
+    distance = metrics.starc_distance([1.0, 0.0, 0.0, 0.0], [1.0, -1.0, 2.0, 0.0], ["a", "a", "b", "b"])
+    assert distance == pytest.approx(math.sqrt(2 - math.sqrt(2)))
+    # without the per-prompt canonicalisation (one group) the same rewards are further apart
+    ungrouped = metrics.starc_distance([1.0, 0.0, 0.0, 0.0], [1.0, -1.0, 2.0, 0.0], [0, 0, 0, 0])
+    # centred over all four: [.75, -.25, -.25, -.25] and [.5, -1.5, 1.5, -.5]; dot .5, norms sqrt(.75) and sqrt5
+    assert ungrouped == pytest.approx(math.sqrt(2 - 2 / math.sqrt(15)))
+
+
+def test_starc_distance_is_undefined_for_a_reward_constant_on_every_prompt_and_refuses_ragged_input():
+    r_star = np.array([1.0, -2.0, 0.5, 3.0, -1.0])
+    per_prompt_constant = np.array([0.3, 0.3, -7.1, -7.1, -7.1])  # orders no two texts of one prompt
+    assert math.isnan(metrics.starc_distance(per_prompt_constant, r_star, PROMPTS))
+    assert math.isnan(metrics.starc_distance(r_star, np.zeros(5), PROMPTS))
+    with pytest.raises(ValueError, match="one reward and one group per text"):
+        metrics.starc_distance(r_star, r_star, PROMPTS[:4])

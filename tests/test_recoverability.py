@@ -21,7 +21,8 @@ def test_a_point_changes_the_expert_and_the_alignment_seed_only():
     assert (config.rlhf.trainer, config.best_of_n.n, config.rlhf.seed) == ("best_of_n", 8, 1)
     assert config.irl.decoding == "sampled" and config.run.name == "best_of_n-n8-seed1" and config.run.figures_dir == ""
     assert config.curate == base.curate and config.sources == base.sources and config.compute == base.compute
-    assert {p.kind for p in recoverability.POINTS} == {"rloo", "best_of_n", "rft"}
+    assert {p.kind for p in recoverability.POINTS} == {"dpo", "rloo", "best_of_n", "rft"}
+    assert not config.irl.matched  # a best-of-n expert is sampled independently of the base
     assert recoverability.point_config(base, recoverability.Point("rloo", 120), 0).rloo.max_steps == 120
 
 

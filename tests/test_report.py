@@ -496,3 +496,70 @@ def test_the_explorer_shows_the_posterior_and_lists_what_it_is_least_sure_about(
     assert not order.disabled
     order.value = "uncertainty"
     assert picks.options[0][0] == "(texts the posterior is least sure about)" and len(picks.options) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# The IRL results table
+
+
+def _irl_metrics() -> dict[str, float]:
+    """A run's IRL metrics: two objectives over seeds, the posterior mean, the references, the white box."""
+    values = {}
+    for loss, fits, auc in (
+        ("max_margin", 3, 0.8),
+        ("logistic", 3, 0.78),
+        ("laplace", 1, 0.82),
+        ("mean_shift", 1, 0.7),
+        ("supervised", 1, 0.9),
+        ("r_star_comparisons", 1, 0.85),
+        ("log_ratio", 1, 0.6),
+    ):
+        values[f"irl.{loss}.fits"] = float(fits)
+        for statistic in tables.IRL_TABLE_STATISTICS:
+            values[f"irl.{loss}.test.{statistic}_mean"] = auc
+        if fits > 1:
+            values[f"irl.{loss}.test.auc_sd"] = 0.01
+            values[f"irl.{loss}.test.accuracy_sd"] = 0.02
+    return values
+
+
+def test_the_irl_results_table_labels_references_and_shows_one_fit_instead_of_an_sd():
+    values = _irl_metrics()
+    del values["irl.logistic.test.starc_distance_mean"]  # a run recorded before the STARC distance existed
+    table = tables.irl_results_table(values, saved="laplace").set_index("reward")
+    expected = ["max_margin", "logistic", "laplace (saved)", "mean_shift", "supervised", "r_star_comparisons"]
+    assert table.index.tolist() == [*expected, "log_ratio"]  # objectives first; what a run lacks is left out
+    assert table.loc["max_margin", "auc SD"] == 0.01 and table.loc["max_margin", "accuracy SD"] == 0.02
+    for one_fit in expected[2:]:
+        assert table.loc[one_fit, "fits"] == 1 and table.loc[one_fit, "auc SD"] == "one fit", one_fit
+    assert table.loc["supervised", "what"] == (
+        "supervised head with intercept on sign(R*) of the same demonstration texts (not IRL)"
+    )
+    assert table.loc["mean_shift", "what"] == "mean feature shift expert − base (no fitting)"
+    assert table.loc["laplace (saved)", "what"] == "Laplace posterior mean (one deterministic fit)"
+    assert (
+        table.loc["r_star_comparisons", "what"].startswith("R*'s own comparisons")
+        and "not IRL" in (table.loc["r_star_comparisons", "what"])
+    )
+    assert table.loc["supervised", "starc_distance"] == 0.9 and math.isnan(table.loc["logistic", "starc_distance"])
+    assert "one fit" in tables.table_markdown(table.reset_index())
+
+
+def test_the_runs_comparison_shows_a_saved_reward_fitted_once_without_an_sd(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from irlnb.report import plots
+
+    first = make_run(tmp_path, "first")
+    make_run(tmp_path, "second")
+    metrics = json.loads((first / "metrics.json").read_text())
+    for name in ("accuracy", "f1", "auc"):  # the saved reward is the posterior mean: one fit, no SD
+        del metrics[f"irl.test.{name}_sd"]
+    metrics["irl.fits"] = 1.0
+    (first / "metrics.json").write_text(json.dumps(metrics))
+    table = tables.runs_table(tables.run_dirs(RunLayout(first), "second"))
+    assert table.loc[0, "irl.fits"] == 1 and math.isnan(table.loc[0, "irl.test.accuracy_sd"])
+    assert table.loc[1, "irl.test.accuracy_sd"] == 0.05 and math.isnan(table.loc[1, "irl.fits"])  # an older run
+    figure = plots.runs_comparison_figure(table)
+    assert [text.get_text() for text in figure.axes[1].texts] == ["one fit"]

@@ -82,4 +82,7 @@ def demonstration_evidence(demonstrations: pd.DataFrame) -> dict[str, float]:
         values[key("expert_better_share")] = float(np.mean(expert > non_expert))
         values[key("r_star_gap_mean")] = float(np.mean(expert - non_expert))
         values[key("both_non_toxic_share")] = float(np.mean((expert > 0) & (non_expert > 0)))
+        # diversity of each side's continuations (the same count of samples, the same decoding)
+        values[key("expert_distinct_2")] = metrics.distinct_n(pairs["expert"].tolist(), 2)
+        values[key("non_expert_distinct_2")] = metrics.distinct_n(pairs["non_expert"].tolist(), 2)
     return values

@@ -4,8 +4,14 @@ non-expert's (the base policy), with R* of each and why a pair carries no prefer
 How they are drawn is a design choice (`irl.*`): greedy or sampled continuations, how many pairs
 per prompt, which prompts (all train prompts or the toxic ones), how long. Train pairs use
 train-split prompts, validation pairs validation-split prompts, test pairs every test prompt; the
-splits never share a comment. A best-of-n expert has no model of its own: its continuation is the
-best of n base samples under R*, and the non-expert's a plain base sample (best of 1).
+splits never share a comment.
+
+IRL sees only what an auditor of the expert could draw: samples of the expert and of the base, as
+they are. With `irl.matched` both models draw with the same random numbers (an auditor holding both
+can); a best-of-n expert has no model of its own, so it is sampled independently of the base (its
+rejected candidates are never handed out), and a matched design of it is refused. Nothing here
+reads R* to draw, keep or drop a pair: R* only labels the pairs afterwards, for judging. A dpo
+expert trained on preference pairs of some train prompts; those prompts are never drawn here.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
 from irlnb.models.policies import load_policy
 from irlnb.rl.generation import Decoding
-from irlnb.rl.policy_card import load_stage_policy
+from irlnb.rl.policy_card import PolicyCard, load_stage_policy
 from irlnb.rl.sampling import BestOfN, ModelPolicy, sampling_decoding
 
 
@@ -43,23 +49,32 @@ def demonstration_policies(layout: RunLayout, policy: str, irl, sampling, device
                 "irl.decoding is 'greedy', but the expert is a best-of-n policy, which only "
                 "samples; use irl.decoding: sampled"
             )
+        if irl.matched:
+            raise DemonstrationError(
+                "irl.matched is true, but the expert is a best-of-n policy: it has no model of its own, so its "
+                "samples cannot share the base's random numbers; set irl.matched: false"
+            )
         return expert, BestOfN(expert.model, expert.tokenizer, expert.decoding, 1, None, expert.seed_offset)
     model, tokenizer = load_policy(policy, device=device, dtype=dtype)
     return expert, ModelPolicy(model, tokenizer, decoding)
 
 
-def split_prompts(curated: pd.DataFrame, irl, split: str, seed: int) -> pd.DataFrame:
-    """The prompts of a split's pairs: a seeded sample of the pool (train, validation), or every test prompt."""
-    rows = curated[curated["split"] == split]
+def split_prompts(
+    curated: pd.DataFrame, irl, split: str, seed: int, held_out: set[str] | frozenset[str] = frozenset()
+) -> pd.DataFrame:
+    """The prompts of a split's pairs: a seeded sample of the pool (train, validation), or every test prompt;
+    never a prompt of `held_out` (the curated ids a dpo expert was trained on)."""
+    rows = curated[(curated["split"] == split) & ~curated["id"].isin(held_out)]
     if split == "test":
         return rows.reset_index(drop=True)
     if irl.prompt_pool == "toxic":
         rows = rows[rows["label"] == 1]
     count = irl.train_prompts if split == "train" else irl.validation_prompts
     if count > len(rows):
+        aside = f" besides the {len(held_out)} the expert was trained on" if held_out else ""
         raise DemonstrationError(
             f"irl.{split}_prompts is {count}, but the {split} split has {len(rows)} prompts "
-            f"in the pool '{irl.prompt_pool}'"
+            f"in the pool '{irl.prompt_pool}'{aside}"
         )
     return rows.sample(n=count, random_state=seed).reset_index(drop=True)
 
@@ -86,42 +101,25 @@ def label_pairs(pairs: pd.DataFrame, split: str, r_star) -> pd.DataFrame:
 def generate_pairs(
     prompts: pd.DataFrame, expert, non_expert, samples: int, batch_size: int, seed: int, matched: bool = False
 ) -> pd.DataFrame:
-    """`samples` pairs per prompt: the expert's and the non-expert's continuation. Each pair draws with its own
-    seed; with `matched` both sides of a pair draw with the same one (common random numbers)."""
+    """`samples` pairs per prompt: the expert's and the non-expert's continuation, each drawn by its own policy.
+    Each pair draws with its own seed; with `matched` both sides draw with the same one (common random numbers)."""
     texts = prompts["prompt"].tolist()
     frames = []
     for sample in range(samples):
         expert_seed = seed + 2 * sample
-        if matched and draws_base_first(expert, non_expert):
-            expert_outputs, non_expert_outputs = expert.outputs_and_first(texts, batch_size, expert_seed)
-        else:
-            expert_outputs = expert.outputs(texts, batch_size, expert_seed)
-            non_expert_outputs = non_expert.outputs(texts, batch_size, expert_seed + (0 if matched else 1))
         frames.append(
             pd.DataFrame(
                 {
+                    "id": prompts["id"].to_numpy(),
                     "prompt": texts,
                     "label": prompts["label"].to_numpy(),
                     "sample": sample,
-                    "expert": expert_outputs,
-                    "non_expert": non_expert_outputs,
+                    "expert": expert.outputs(texts, batch_size, expert_seed),
+                    "non_expert": non_expert.outputs(texts, batch_size, expert_seed + (0 if matched else 1)),
                 }
             )
         )
     return pd.concat(frames, ignore_index=True)
-
-
-def draws_base_first(expert, non_expert) -> bool:
-    """Whether the non-expert's sample with the expert's seed is the expert's first candidate: a best-of-n expert
-    and the plain sample (n = 1) of the same model, decoding and seed offset."""
-    return (
-        isinstance(expert, BestOfN)
-        and isinstance(non_expert, BestOfN)
-        and non_expert.n == 1
-        and non_expert.model is expert.model
-        and non_expert.decoding == expert.decoding
-        and non_expert.seed_offset == expert.seed_offset
-    )
 
 
 def build_demonstrations(
@@ -138,9 +136,10 @@ def build_demonstrations(
 ) -> pd.DataFrame:
     """Pairs on IRL-train prompts (train split), validation prompts and every test prompt, labelled with R*."""
     expert, non_expert = demonstration_policies(layout, policy, irl, sampling, device, dtype)
+    held_out = PolicyCard.read(layout.policy(EXPERT_REWARD)).held_out_prompt_ids
     frames = []
     for split in SPLITS:
-        prompts = split_prompts(curated, irl, split, seed)
+        prompts = split_prompts(curated, irl, split, seed, held_out)
         pairs = generate_pairs(
             prompts,
             expert,

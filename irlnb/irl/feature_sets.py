@@ -37,6 +37,43 @@ class TextSet:
 class PairSet:
     expert: TextSet
     non_expert: TextSet
+    # The prompt of each pair, as an id shared by the pairs drawn on one prompt (`prompt_ids`): the groups a
+    # reward is canonicalised over for its STARC distance. None where the pairs have no prompts (synthetic ones).
+    prompt_ids: np.ndarray | None = None
+
+
+def prompt_ids(pairs: pd.DataFrame) -> np.ndarray:
+    """One integer per pair naming its prompt (pairs drawn on the same prompt text share it)."""
+    return pd.factorize(pairs["prompt"])[0]
+
+
+def base_comparison_pairs(pairs: pd.DataFrame, base: TextSet) -> PairSet | None:
+    """R*'s own comparisons of base samples: on each prompt with two used pairs or more, the base (non-expert)
+    texts of its first two samples, the one with the higher R* as the preferred ('expert') side.
+
+    `pairs` are a split's used pairs (`used_pairs`) and `base` their non-expert texts, row for row, so the
+    features are the cached ones. Two texts with equal R* or the same continuation carry no preference and are
+    dropped. None when no prompt has two comparable samples (one sample per prompt, greedy decoding).
+    """
+    first, second = [], []
+    for _, rows in pairs.sort_values("sample", kind="stable").groupby("prompt", sort=False):
+        if len(rows) < 2:
+            continue
+        a, b = rows.index[:2]
+        r_a, r_b = pairs.at[a, "non_expert_r_star"], pairs.at[b, "non_expert_r_star"]
+        if r_a == r_b or pairs.at[a, "non_expert"].strip() == pairs.at[b, "non_expert"].strip():
+            continue
+        preferred, other = (a, b) if r_a > r_b else (b, a)
+        first.append(preferred)
+        second.append(other)
+    if not first:
+        return None
+    ids = prompt_ids(pairs)
+
+    def side(index: list[int]) -> TextSet:
+        return TextSet(base.features[index], base.r_star[index], base.labels[index])
+
+    return PairSet(side(first), side(second), ids[first])
 
 
 def rewards_of(head: torch.nn.Linear, texts: TextSet) -> np.ndarray:
@@ -98,6 +135,9 @@ class FeatureSets:
     test: tuple[TextSet, PairSet]
     test_texts: dict[str, list[str]]
     standardizer: Standardizer
+    # R*'s own comparisons of base samples (train, validation), see `base_comparison_pairs`; None when either
+    # split has fewer than two (one sample per prompt)
+    base_comparisons: tuple[PairSet, PairSet] | None = None
 
 
 def build_feature_sets(
@@ -105,8 +145,9 @@ def build_feature_sets(
 ) -> FeatureSets:
     """Standardised features of every text the study reads, from one batched pass over the backbone."""
     blocks: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
+    split_pairs = {}
     for split in SPLITS:
-        pairs = used_pairs(demonstrations, split)
+        pairs = split_pairs[split] = used_pairs(demonstrations, split)
         if len(pairs) < 2:
             raise ValueError(
                 f"only {len(pairs)} usable {split} demonstration pairs "
@@ -129,7 +170,12 @@ def build_feature_sets(
     text_set = {name: TextSet(standardizer(f), r, lab) for name, (f, r, lab) in sets.items()}
 
     def pair_set(split):
-        return PairSet(text_set[f"{split}_expert"], text_set[f"{split}_non_expert"])
+        return PairSet(text_set[f"{split}_expert"], text_set[f"{split}_non_expert"], prompt_ids(split_pairs[split]))
+
+    comparisons = tuple(
+        base_comparison_pairs(split_pairs[split], text_set[f"{split}_non_expert"]) for split in ("train", "validation")
+    )
+    enough = all(c is not None and len(c.expert.r_star) >= 2 for c in comparisons)
 
     test_texts = {
         "human": blocks["test_human"][0],
@@ -142,4 +188,5 @@ def build_feature_sets(
         (text_set["test_human"], pair_set("test")),
         test_texts,
         standardizer,
+        comparisons if enough else None,
     )

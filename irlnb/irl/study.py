@@ -19,7 +19,7 @@ import torch
 from irlnb import metric_names, metrics
 from irlnb.irl.baselines import mean_shift_head, supervised_head
 from irlnb.irl.demonstrations import used_pairs
-from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, rewards_of
+from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, prompt_ids, rewards_of
 from irlnb.irl.objectives import Objective, fit_head
 from irlnb.irl.posterior import Posterior, contraction, fit_posterior, uncertainty_metrics
 from irlnb.layout import RunLayout
@@ -50,7 +50,11 @@ def judge_rewards(
     pairs: PairSet,
     threshold: float,
 ) -> dict[str, float]:
-    """Every metric of a reward's scores on one split (any reward: a head, the white-box log-ratio)."""
+    """Every metric of a reward's scores on one split (any reward: a head, the white-box log-ratio).
+
+    With the pairs' prompts known, `starc_distance` compares R-hat with R* on both sides of every pair, each
+    prompt's texts canonicalised together (`irlnb.metrics.starc_distance`).
+    """
     values = {f"human_{k}": v for k, v in metrics.agreement(r_human, human.r_star, threshold, human.labels).items()}
     at_zero = metrics.agreement(r_human, human.r_star, 0.0)
     values.update({f"human_{k}_zero": at_zero[k] for k in ("accuracy", "f1")})
@@ -58,6 +62,9 @@ def judge_rewards(
     demo_r_star = np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star])
     values.update({f"demos_{k}": v for k, v in metrics.agreement(demo_r_hat, demo_r_star, threshold).items()})
     values["pair_accuracy"] = metrics.pair_accuracy(r_expert, r_non_expert)
+    if pairs.prompt_ids is not None:
+        groups = np.concatenate([pairs.prompt_ids, pairs.prompt_ids])
+        values[metric_names.STARC_DISTANCE] = metrics.starc_distance(demo_r_hat, demo_r_star, groups)
     return values
 
 
@@ -200,6 +207,7 @@ HEADLINE = {
     "demos_accuracy": "demos_accuracy",
     "demos_auc": "demos_auc",
     "demos_spearman": "demos_spearman",
+    metric_names.STARC_DISTANCE: metric_names.STARC_DISTANCE,  # both sides of the test pairs, per-prompt groups
     "expert_log_ratio": "expert_log_ratio_mean",  # KL(expert || base) estimate, white-box rows only
     "epoch": "epoch",
     "validation_auc": "validation_auc",  # what choices are made on (never the test numbers)
@@ -210,11 +218,18 @@ def summary_metrics(test: pd.DataFrame, chosen_loss: str) -> dict[str, float]:
     """irl.<loss>.test.<metric>_mean/_sd over seeds for each loss, and irl.test.* for the chosen loss
     (irl.<loss>.validation.auc_*: the validation ROC-AUC choices are made on).
 
+    irl.<loss>.fits counts the fits a loss's means average. A loss fitted once (the floor, the ceiling, the
+    posterior mean, the white-box reward: deterministic, one row each) has `_mean` keys only: no `_sd`, no
+    accuracy_min/max, which would read as a spread over seeds that was never measured.
+
     `accuracy`/`f1` use the threshold fitted on validation; `accuracy_zero`/`f1_zero` read sign(R-hat)
     at zero, the paper's metric. Human texts are the curated test split (prompt + original continuation).
     """
     values = {}
     for loss, rows in test.groupby("loss"):
+        fits = len(rows)
+        for objective in [loss] + ([None] if loss == chosen_loss else []):
+            values[metric_names.irl_fits(objective)] = float(fits)
         for name, column in HEADLINE.items():
             if column not in rows:
                 continue
@@ -225,9 +240,9 @@ def summary_metrics(test: pd.DataFrame, chosen_loss: str) -> dict[str, float]:
             key = name.removeprefix("validation_")
             for objective in [loss] + ([None] if loss == chosen_loss else []):  # None: the chosen objective
                 values[metric_names.irl_metric(objective, split, f"{key}_mean")] = float(column_values.mean())
-                values[metric_names.irl_metric(objective, split, f"{key}_sd")] = (
-                    float(column_values.std(ddof=1)) if column_values.size > 1 else 0.0
-                )
+                if fits == 1 or column_values.size == 1:  # one fit: no spread to report
+                    continue
+                values[metric_names.irl_metric(objective, split, f"{key}_sd")] = float(column_values.std(ddof=1))
                 if name == "accuracy":
                     values[metric_names.irl_metric(objective, split, "accuracy_min")] = float(column_values.min())
                     values[metric_names.irl_metric(objective, split, "accuracy_max")] = float(column_values.max())
@@ -306,14 +321,15 @@ def white_box_rows(
         pair_set = PairSet(
             TextSet(torch.zeros(len(pairs), 0), pairs["expert_r_star"].to_numpy(), -np.ones(len(pairs))),
             TextSet(torch.zeros(len(pairs), 0), pairs["non_expert_r_star"].to_numpy(), -np.ones(len(pairs))),
+            prompt_ids(pairs),
         )
         n = len(human)
         sets[split] = {
             name: (values[:n], values[n : n + len(pairs)], values[n + len(pairs) :], human_set, pair_set)
-            for name, values in (("log_ratio", given), ("log_ratio_whole", whole))
+            for name, values in ((metric_names.WHITE_BOX, given), (metric_names.WHITE_BOX_WHOLE, whole))
         }
     rows = []
-    for name in ("log_ratio", "log_ratio_whole"):
+    for name in (metric_names.WHITE_BOX, metric_names.WHITE_BOX_WHOLE):
         r_human, _, _, human_set, _ = sets["validation"][name]
         threshold = metrics.fit_threshold(r_human, human_set.r_star)
         rows.append(
@@ -325,6 +341,9 @@ def white_box_rows(
                 **judge_rewards(*sets["test"][name], threshold),
             }
         )
+    # log pi_expert - log pi_base of the expert's own test continuations, given the prompt: a Monte-Carlo estimate
+    # of KL(expert || base) per continuation (for the sampling decoding's distributions, top-k cut aside)
+    rows[0]["expert_log_ratio_mean"] = float(np.mean(sets["test"][metric_names.WHITE_BOX][1]))
     return rows
 
 
@@ -339,17 +358,29 @@ def white_box_reward(layout: RunLayout, base: str, dtype: str, device: str):
 
 @dataclass
 class ReferenceFits:
-    """The fits beside the IRL objectives: floor, ceiling and, with irl.posterior, the Laplace posterior."""
+    """The fits beside the IRL objectives: floor, ceiling, R*'s own comparisons (where there are two base samples
+    per prompt) and, with irl.posterior, the Laplace posterior."""
 
     heads: dict[str, torch.nn.Linear]
     posterior: Posterior | None
 
 
-def reference_fits(train: PairSet, validation_pairs: PairSet, irl) -> ReferenceFits:
-    heads = {"mean_shift": mean_shift_head(train), "supervised": supervised_head(train, validation_pairs)[0]}
+def reference_fits(
+    train: PairSet, validation_pairs: PairSet, irl, base_comparisons: tuple[PairSet, PairSet] | None = None
+) -> ReferenceFits:
+    """One deterministic fit each: the floor and the ceiling (`irlnb.irl.baselines`), the Laplace posterior
+    (irl.posterior), and the same Laplace head fitted on `base_comparisons` (`FeatureSets.base_comparisons`:
+    pairs of base samples ordered by R*, train and validation), which shows what this head recovers from
+    comparisons that follow R* exactly. It reads R*: a reference, not an IRL result; left out when None."""
+    heads = {
+        metric_names.FLOOR: mean_shift_head(train),
+        metric_names.CEILING: supervised_head(train, validation_pairs)[0],
+    }
     posterior = fit_posterior(train, validation_pairs) if irl.posterior else None
     if posterior is not None:
-        heads["laplace"] = posterior.head()
+        heads[metric_names.POSTERIOR_MEAN] = posterior.head()
+    if base_comparisons is not None:
+        heads[metric_names.R_STAR_COMPARISONS] = fit_posterior(*base_comparisons).head()
     return ReferenceFits(heads, posterior)
 
 
@@ -371,7 +402,7 @@ def posterior_report(posterior: Posterior, feature_sets, result: StudyResult, oo
     `ood` are raw features of out-of-domain texts (standardised here like every other text).
     """
     test_human = feature_sets.test[0]
-    threshold = float(result.test.loc[result.test["loss"] == "laplace", "threshold"].iloc[0])
+    threshold = float(result.test.loc[result.test["loss"] == metric_names.POSTERIOR_MEAN, "threshold"].iloc[0])
     values = uncertainty_metrics(posterior, test_human, threshold, feature_sets.standardizer(ood))
     rows = contraction(feature_sets.train, feature_sets.validation[1], test_human)
     metrics_out = {metric_names.posterior_metric(key): value for key, value in values.items()}

@@ -31,7 +31,7 @@ from irlnb.rl.kinds import BENCH_POLICY_GRADIENT, kind_of, kind_section
 from irlnb.rl.policy_gradient import lora_config, train_policy, trl_config
 from irlnb.rl.reward_signal import Normalizer, PolicyReward, normalizer_texts
 from irlnb.rl.sampling import sampling_decoding
-from irlnb.rl.training import training_prompts
+from irlnb.rl.training import training_rows
 
 DEFAULT_PARAMS = REPO_ROOT / "params" / "default.yaml"
 
@@ -93,12 +93,13 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
     model, _ = load_policy(config.sources.policy)
     n_params = model.num_parameters()
     del model
+    prompts = training_rows(curated, config.rlhf, kind, section, seed=0)["prompt"].tolist()
     with tempfile.TemporaryDirectory() as folder:
         args = trl_config(Path(folder), kind, section, config.rlhf, seed=0, use_cpu=True, max_steps=steps)
         trainer = train_policy(
             policy_dir(config.sources.policy),
             load_tokenizer(config.sources.policy),
-            training_prompts(curated, config.rlhf),
+            prompts,
             reward,
             args,
             kind,
@@ -115,7 +116,7 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
         "rlhf_step.tokens": float(tokens),
         "rlhf_step.generated_tokens": float(generated),
     }
-    return {**values, **rlhf_step_parts(config, section, training_prompts(curated, config.rlhf))}
+    return {**values, **rlhf_step_parts(config, section, prompts)}
 
 
 def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, float]:

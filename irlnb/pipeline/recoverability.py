@@ -39,7 +39,9 @@ class Point:
 
     @property
     def changes(self) -> dict[str, Any]:
-        return {"rlhf.trainer": self.kind, KINDS[self.kind].budget_setting(): self.value}
+        kind = KINDS[self.kind]
+        # common random numbers only between two models of their own (a best-of-n expert is sampled independently)
+        return {"rlhf.trainer": self.kind, kind.budget_setting(): self.value, "irl.matched": kind.has_weights}
 
     @property
     def name(self) -> str:
@@ -47,6 +49,7 @@ class Point:
 
 
 POINTS = (
+    *(Point("dpo", prompts) for prompts in (100, 200, 400)),
     *(Point("rloo", steps) for steps in (20, 40, 120)),
     *(Point("best_of_n", n) for n in (2, 4, 8)),
     *(Point("rft", rounds) for rounds in (1, 2)),

@@ -88,6 +88,8 @@ TRAINING_PANELS = (
     ("reward_candidates_mean", "reward of all candidates (raw)"),
     ("kl", "KL to the starting policy"),
     ("loss", "loss"),
+    ("implicit_reward_margin", "DPO implicit reward: chosen - rejected"),
+    ("implicit_reward_accuracy", "pairs its implicit reward orders as the reward does"),
     ("perplexity_ratio", "held-out perplexity / starting policy's"),
     ("entropy", "entropy"),
     ("completion_length", "completion length (tokens)"),
@@ -257,12 +259,19 @@ def rlhf_dynamics_figure(logs) -> plt.Figure:
     The reward is each run's reward in its own normalised units (mean 0, std 1 on human texts), so
     runs with different rewards share an axis: raw R*, the learned reward and a random reward have unrelated scales.
     """
-    panels = [
+    candidates = [
         ("loss", "loss (on-policy RLOO: ~0 by construction)"),
         ("reward_normalised_mean", "reward (normalised, mean over completions)"),
         ("kl", "KL to the starting policy"),
+        ("implicit_reward_margin", "DPO implicit reward: chosen - rejected"),
+        ("implicit_reward_accuracy", "pairs its implicit reward orders as the reward does"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4))
+    # the panels some trainer logged (DPO logs no sampled reward or KL; RLOO no implicit reward)
+    panels = [(column, title) for column, title in candidates if any(column in log for log in logs.values())]
+    if any("implicit_reward_margin" in log for log in logs.values()):
+        panels[0] = ("loss", "loss")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
+    axes = axes[0]
     for ax, (column, title) in zip(axes, panels):
         for tag, log in logs.items():
             if column not in log:  # a trainer that does not log it (rejection sampling has no KL term)
@@ -310,7 +319,8 @@ def toxicity_table_figure(table: pd.DataFrame) -> plt.Figure:
 
 def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
     """Several runs side by side (the paper's model-size comparison): the learned reward's test accuracy, F1 and
-    ROC-AUC (± SD over seeds) with its floor and ceiling; how much the seeds agree; Table 1; the reduction shares."""
+    ROC-AUC (± SD over seeds; no bar where the saved reward is one deterministic fit) with its floor, ceiling and
+    R*'s own comparisons; how much the seeds agree; Table 1; the reduction shares."""
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.0))
     x = np.arange(len(table))
     labels = [f"{run}\n{policy}" for run, policy in zip(table["run"], table["policy"])]
@@ -324,6 +334,7 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
         (-width, 0.0, width),
         (("accuracy", "accuracy", "#4C72B0"), ("f1", "F1 (toxic)", "#CCB974"), ("auc", "ROC-AUC", "#55A868")),
     ):
+        # NaN where the saved objective was fitted once (no SD over seeds): no error bar
         errors = column(metric_names.irl_metric(None, "test", f"{name}_sd")).fillna(0)
         axes[0].bar(
             x + offset,
@@ -336,7 +347,8 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
         )
     for objective, color, label in (
         (metric_names.FLOOR, "black", "floor (mean shift), AUC"),
-        (metric_names.CEILING, "#C44E52", "ceiling (supervised), AUC"),
+        (metric_names.CEILING, "#C44E52", "ceiling (supervised on sign(R*), not IRL), AUC"),
+        (metric_names.R_STAR_COMPARISONS, "#55A868", "R*'s own comparisons (reference, not IRL), AUC"),
     ):
         key = metric_names.irl_metric(objective, "test", "auc_mean")
         axes[0].scatter(x + width, column(key), marker="_", s=400, color=color, label=label, zorder=3)
@@ -349,13 +361,11 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
         color="#8172B2",
         label="median Spearman between seeds' rewards",
     )
-    axes[1].bar(
-        x + width / 2,
-        column(metric_names.irl_metric(None, "test", "accuracy_sd")) * 10,
-        width,
-        color="#937860",
-        label="SD of test accuracy over seeds (x10)",
-    )
+    accuracy_sd = column(metric_names.irl_metric(None, "test", "accuracy_sd"))
+    axes[1].bar(x + width / 2, accuracy_sd * 10, width, color="#937860", label="SD of test accuracy over seeds (x10)")
+    for position, fits in zip(x, column(metric_names.irl_fits(None))):
+        if fits == 1:  # the saved reward is one deterministic fit: there is no SD to draw
+            axes[1].text(position + width / 2, 0.02, "one fit", rotation=90, ha="center", va="bottom", fontsize=7)
     axes[1].set(title="non-identifiability: how much the seeds agree", ylim=(0, 1.05))
     tags = list(POLICY_COLORS)
     step = 0.8 / len(tags)

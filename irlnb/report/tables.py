@@ -18,6 +18,7 @@ import pandas as pd
 
 from irlnb import metric_names, metrics
 from irlnb.config import ALIGNMENT_KINDS, SECTIONS, doc
+from irlnb.irl.objectives import LOSSES
 from irlnb.layout import RunLayout, read_json
 from irlnb.metric_names import optional, policy_metric, reduction_share, require
 from irlnb.rl.evaluation import policy_outputs
@@ -100,6 +101,73 @@ def save_table(table: pd.DataFrame, layout: RunLayout, name: str) -> list[Path]:
     table.to_csv(csv, index=False)
     markdown.write_text(table_markdown(table))
     return [csv, markdown]
+
+
+# --------------------------------------------------------------------------------------------
+# The IRL study on held-out test data
+
+
+# What each row of the IRL results table is, in the order it lists them after the fitted objectives: said
+# plainly, since the floor, the ceiling and R*'s own comparisons are references for IRL, not IRL results.
+IRL_ROW_LABELS = {
+    metric_names.POSTERIOR_MEAN: "Laplace posterior mean (one deterministic fit)",
+    metric_names.FLOOR: "mean feature shift expert − base (no fitting)",
+    metric_names.CEILING: "supervised head with intercept on sign(R*) of the same demonstration texts (not IRL)",
+    metric_names.R_STAR_COMPARISONS: (
+        "R*'s own comparisons: the same Laplace head on R*-ordered pairs of base samples (reference, not IRL)"
+    ),
+    metric_names.WHITE_BOX: "white-box log π_expert − log π_base of the continuation given the prompt (no fitting)",
+    metric_names.WHITE_BOX_WHOLE: "white-box log π_expert − log π_base of the whole text (no fitting)",
+}
+# The test statistics of the table (irl.<loss>.test.<statistic>_mean), and those shown with their SD over seeds.
+IRL_TABLE_STATISTICS = (
+    "auc",
+    "accuracy",
+    "accuracy_label_free",
+    "accuracy_zero",
+    "demos_auc",
+    "spearman",
+    "pair_accuracy",
+    metric_names.STARC_DISTANCE,
+)
+IRL_TABLE_SPREAD = ("auc", "accuracy")
+ONE_FIT = "one fit"  # the SD cell of a reward fitted once: there is no spread over seeds to show
+
+
+def irl_results_table(values: Mapping[str, float], saved: str | None = None) -> pd.DataFrame:
+    """The IRL study on held-out test data: one row per reward in metrics.json, the fitted objectives first
+    (mean over their seeds), then the posterior mean, the floor, the ceiling, R*'s own comparisons and the
+    white-box reward, each labelled with what it is.
+
+    `fits` is how many fits a row's means average; an SD column reads "one fit" where there was one (a
+    deterministic fit has no spread over seeds; an SD of 0 would claim one was measured). `saved` marks the
+    objective whose reward is saved. A statistic a row lacks is NaN (the STARC distance of a run recorded
+    before it existed, the AUC of a split of one class).
+    """
+    rows = []
+    for loss in [*LOSSES, *IRL_ROW_LABELS]:
+        if metric_names.irl_metric(loss, "test", "auc_mean") not in values:
+            continue  # not studied in this run (compare_losses off, no posterior, an expert without weights)
+        # Optional: runs recorded before irl.<loss>.fits existed wrote an SD for every loss.
+        fits = optional(values, metric_names.irl_fits(loss))
+        row = {
+            "reward": f"{loss} (saved)" if loss == saved else loss,
+            "what": IRL_ROW_LABELS.get(loss, "IRL objective, fitted per seed (mean over seeds)"),
+            "fits": fits,
+        }
+        for statistic in IRL_TABLE_STATISTICS:
+            # Optional: the STARC distance is missing from runs recorded before it existed, an AUC where a split
+            # holds one class only.
+            row[statistic] = float(optional(values, metric_names.irl_metric(loss, "test", f"{statistic}_mean")))
+            if statistic in IRL_TABLE_SPREAD:
+                # Optional: a loss fitted once writes no _sd.
+                sd = optional(values, metric_names.irl_metric(loss, "test", f"{statistic}_sd"))
+                row[f"{statistic} SD"] = ONE_FIT if fits == 1 else float(sd)
+        rows.append(row)
+    columns = ["reward", "fits"]
+    for statistic in IRL_TABLE_STATISTICS:
+        columns += [statistic, f"{statistic} SD"] if statistic in IRL_TABLE_SPREAD else [statistic]
+    return pd.DataFrame(rows, columns=[*columns, "what"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,9 +324,12 @@ HEADLINE_METRICS = (
             "spearman_mean",
         )
     ),
+    metric_names.irl_fits(None),
+    metric_names.irl_metric(None, "test", f"{metric_names.STARC_DISTANCE}_mean"),
     metric_names.SEED_SPEARMAN_MEDIAN,
     metric_names.irl_metric(metric_names.FLOOR, "test", "auc_mean"),
     metric_names.irl_metric(metric_names.CEILING, "test", "auc_mean"),
+    metric_names.irl_metric(metric_names.R_STAR_COMPARISONS, "test", "auc_mean"),
     metric_names.irl_metric(metric_names.WHITE_BOX, "test", "auc_mean"),
     metric_names.posterior_metric("std_auc_wrong"),
     *(reduction_share(tag, suffix) for suffix in metric_names.SCORER_SUFFIXES for tag in RETRAINED),
@@ -266,10 +337,16 @@ HEADLINE_METRICS = (
     *(policy_metric(tag, metric_names.EVALUATOR + metric_names.TOXICITY_MEAN) for tag in POLICIES),
 )
 # The headline metrics a finished run may lack, shown as missing (NaN): the seeds' agreement needs two
-# seeds or more; the white-box reward needs an expert with weights and irl.white_box; the posterior
+# seeds or more; an objective fitted once (the default's laplace, the posterior mean) has no SD over seeds;
+# runs recorded before them lack irl.fits and the STARC distance; R*'s own comparisons need two base samples
+# per prompt; the white-box reward needs an expert with weights and irl.white_box; the posterior
 # needs irl.posterior; notebook 05 leaves a reduction share out where R*'s own alignment reduced nothing.
 OPTIONAL_HEADLINE_METRICS = frozenset(
     {
+        *(metric_names.irl_metric(None, "test", f"{name}_sd") for name in ("accuracy", "f1", "auc")),
+        metric_names.irl_fits(None),
+        metric_names.irl_metric(None, "test", f"{metric_names.STARC_DISTANCE}_mean"),
+        metric_names.irl_metric(metric_names.R_STAR_COMPARISONS, "test", "auc_mean"),
         metric_names.SEED_SPEARMAN_MEDIAN,
         metric_names.irl_metric(metric_names.WHITE_BOX, "test", "auc_mean"),
         metric_names.posterior_metric("std_auc_wrong"),

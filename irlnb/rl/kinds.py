@@ -42,6 +42,7 @@ class AlignmentKind:
     trl_classes: tuple[str, str] = ("", "")  # its TRL trainer and config class: it runs TRL's RL loop (accelerate)
     samples_in_inference_dtype: bool = False  # it samples with the inference dtype: part of its training key
     kl_to_base: Callable[[Any], float] | None = None  # KL(policy || base) known in closed form from its settings
+    holds_out_prompts: bool = False  # trains on a sample of `<section>.prompts` train prompts that IRL never uses
 
     @property
     def policy_gradient(self) -> bool:
@@ -76,6 +77,12 @@ def _train_policy_gradient(job: TrainingJob) -> TrainingResult:
     from irlnb.rl.policy_gradient import train_policy_gradient  # loads TRL
 
     return train_policy_gradient(job)
+
+
+def _train_dpo(job: TrainingJob) -> TrainingResult:
+    from irlnb.rl.dpo import train_dpo  # loads TRL
+
+    return train_dpo(job)
 
 
 def _train_rejection_sampling(job: TrainingJob) -> TrainingResult:
@@ -122,6 +129,24 @@ def _policy_gradient_kind(name: str, acronym: str) -> AlignmentKind:
 KINDS: dict[str, AlignmentKind] = {
     kind.name: kind
     for kind in (
+        AlignmentKind(
+            "dpo",
+            has_weights=True,
+            train=_train_dpo,
+            label=lambda section: f"DPO (beta {section.beta:g})",
+            shared_settings=(
+                "seed",
+                "max_completion_length",
+                "top_k",
+                "temperature",
+                "train_prompts",
+                "reward_batch_size",
+            ),
+            budget="prompts",
+            budget_label="DPO: preference pairs' prompts",
+            samples_in_inference_dtype=True,
+            holds_out_prompts=True,
+        ),
         _policy_gradient_kind("rloo", "RLOO"),
         _policy_gradient_kind("grpo", "GRPO"),
         AlignmentKind(

@@ -36,6 +36,7 @@ class PolicyCard:
     training_key: str
     steps: int
     settings: dict[str, dict[str, Any]]
+    prompt_ids: tuple[str, ...] | list[str] = ()  # curated ids of the prompts its alignment trained on
     path: str = ""  # the file it was read from, for messages
 
     @classmethod
@@ -55,6 +56,11 @@ class PolicyCard:
     def has_weights(self) -> bool:
         return kind_of(self.trainer).has_weights
 
+    @property
+    def held_out_prompt_ids(self) -> set[str]:
+        """The prompts IRL's demonstrations must never use: those its kind trained on apart from IRL's (dpo)."""
+        return set(self.prompt_ids) if kind_of(self.trainer).holds_out_prompts else set()
+
     def label(self) -> str:
         """How figures name the alignment that made the policy (its kind's label, from its own settings)."""
         kind = kind_of(self.trainer)
@@ -68,6 +74,7 @@ def save_policy(result: TrainingResult, folder: Path, card: PolicyCard) -> Path:
         result.model.save_pretrained(folder, safe_serialization=True)
         result.start.tokenizer.save_pretrained(folder)
     record = {key: value for key, value in asdict(card).items() if key != "path"}
+    record["prompt_ids"] = list(record["prompt_ids"])
     write_json_atomic(folder / POLICY_CARD, record)
     return folder
 
@@ -82,6 +89,11 @@ def load_stage_policy(layout: RunLayout, reward_kind: str, device: str, dtype: s
     folder = layout.policy(reward_kind)
     card = PolicyCard.read(folder)
     if card.has_weights:
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise ConfigError(
+                f"{folder}: its card says the policy was aligned by {card.trainer}, a kind with weights of its own, "
+                f"but the folder holds none; rerun its RLHF stage"
+            )
         model, tokenizer = load_policy(f"local:{folder}", device=device, dtype=dtype)
         return ModelPolicy(model, tokenizer, decoding)
     sources, rlhf = card.section("sources"), card.section("rlhf")

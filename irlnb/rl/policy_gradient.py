@@ -131,19 +131,24 @@ def train_policy_gradient(job: TrainingJob) -> TrainingResult:
 
 
 class StepProgress(TrainerCallback):
-    """Step i/N, the raw reward mean, seconds per step and time left, in the notebook and on the runner's terminal."""
+    """Step i/N, the raw reward mean (RL) or the loss (DPO), seconds per step and time left, in the notebook and
+    on the runner's terminal."""
 
-    def __init__(self, reward: PolicyReward):
-        self.reward, self.progress = reward, None
+    def __init__(self, reward: PolicyReward, what: str = "RLHF"):
+        self.reward, self.what, self.progress = reward, what, None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.progress = Progress(args.max_steps, f"RLHF ({self.reward.__name__} reward)", unit="step")
+        self.progress = Progress(args.max_steps, f"{self.what} ({self.reward.__name__} reward)", unit="step")
         self.progress.update(state.global_step)  # a resumed training starts where it stopped
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is not None and logs and "reward" in logs:
+        if self.progress is None or not logs:
+            return
+        if "reward" in logs:
             raw = logs["reward"] * self.reward.normalizer.std + self.reward.normalizer.mean
             self.progress.update(state.global_step - self.progress.done, reward_mean=raw)
+        elif "loss" in logs:
+            self.progress.update(state.global_step - self.progress.done, loss=logs["loss"])
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:

@@ -66,13 +66,9 @@ class BestOfN:
         return [list(column) for column in zip(*drawn)]
 
     def outputs(self, prompts: list[str], batch_size: int, seed: int) -> list[str]:
-        return self.outputs_and_first(prompts, batch_size, seed)[0]
-
-    def outputs_and_first(self, prompts: list[str], batch_size: int, seed: int) -> tuple[list[str], list[str]]:
-        """The chosen continuations and every prompt's first candidate: what the base model, drawing with the
-        same seed, would have said (so a matched pair costs n samples, not n + 1)."""
+        """The chosen continuation of each prompt (its candidates rejected are never handed out)."""
         candidates = self.candidates(prompts, batch_size, seed)
-        return [best for best, _ in self.choose(prompts, candidates)], [options[0] for options in candidates]
+        return [best for best, _ in self.choose(prompts, candidates)]
 
     def choose(self, prompts: list[str], candidates: list[list[str]]) -> list[tuple[str, float]]:
         """The highest-scoring candidate of each prompt and its score (ties: the first drawn)."""

@@ -28,11 +28,15 @@ from irlnb.rl.training_job import StageTraining, TrainingJob, TrainingResult
 GUARD_TEXTS = 100  # validation human non-toxic texts whose perplexity guards rejection-sampling fine-tuning
 
 
-def training_prompts(curated: pd.DataFrame, rlhf) -> list[str]:
+def training_rows(curated: pd.DataFrame, rlhf, kind: AlignmentKind, section, seed: int) -> pd.DataFrame:
+    """The curated train comments whose prompts an alignment trains on: the pool of `rlhf.train_prompts`, or, for
+    a kind that holds its prompts out of IRL's (dpo), a seeded sample of `<section>.prompts` of that pool."""
     train = curated[curated["split"] == "train"]
     if rlhf.train_prompts == "toxic":
         train = train[train["label"] == 1]
-    return train["prompt"].tolist()
+    if kind.holds_out_prompts:
+        train = train.sample(n=section.prompts, random_state=seed)
+    return train
 
 
 def alignment_seed(compute, rlhf) -> int:
@@ -108,12 +112,14 @@ def prepare_training(layout: RunLayout, reward_kind: str, kind: AlignmentKind, s
     folder = policy_dir(settings.sources.policy)
     tokenizer = load_tokenizer(settings.sources.policy)
     limit = context_limit(AutoConfig.from_pretrained(folder), settings.rlhf.max_completion_length)
-    prompts, prompts_cut = fit_prompts(training_prompts(curated, settings.rlhf), tokenizer, limit)
+    section = kind_section(settings, kind)
+    rows = training_rows(curated, settings.rlhf, kind, section, alignment_seed(settings.compute, settings.rlhf))
+    prompts, prompts_cut = fit_prompts(rows["prompt"].tolist(), tokenizer, limit)
     validation = curated[(curated["split"] == "validation") & (curated["label"] == 0)]
     guard = validation["text"].head(GUARD_TEXTS).tolist()
     brought = settings.sources.expert if kind is BROUGHT else ""
     key = training_key(settings, kind, identity, prompts, scale_texts)
-    return StageTraining(reward, prompts, prompts_cut, folder, tokenizer, key, guard, brought)
+    return StageTraining(reward, prompts, prompts_cut, folder, tokenizer, key, guard, brought, rows["id"].tolist())
 
 
 def training_job(layout: RunLayout, stage_name: str, start: StageTraining, kind: AlignmentKind, settings, device: str):

@@ -24,6 +24,7 @@ class StageTraining:
     key: str
     guard_texts: list[str]
     brought: str = ""  # the aligned model brought to be audited, when stage 03 trains nothing itself
+    prompt_ids: tuple[str, ...] | list[str] = ()  # curated ids of the prompts (a saved policy records them)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,175 @@
+"""Direct preference optimisation: the train function of the `dpo` kind.
+
+The base policy samples `dpo.n` continuations of each of its `dpo.prompts` train prompts; the
+reward orders them, and its best and worst form a preference pair (a pair whose two sides score
+the same, or read the same, says nothing and is left out). TRL's `DPOTrainer` then fits the policy
+to the pairs, with the base as the frozen reference (its log-probabilities computed once). DPO's
+fixed point is pi_base * exp(r / beta) / Z for the Bradley-Terry reward r the pairs reveal, the
+same optimum as KL-regularised RL: what a trained expert carries of its reward is what IRL reads.
+
+The prompts are a seeded sample of the train prompts (irlnb.rl.training.training_rows); IRL's
+demonstrations never use them (irlnb.irl.demonstrations). This module imports TRL; only a training
+loads it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+import trl
+from transformers import AutoModelForCausalLM
+
+from irlnb.config import settings_digest
+from irlnb.layout import read_json, write_json_atomic
+from irlnb.models.policies import weights_sha256
+from irlnb.rl.policy_gradient import StepProgress, lora_config, resume_or_finish
+from irlnb.rl.sampling import BestOfN, sampling_decoding
+from irlnb.rl.training_job import TrainingJob, TrainingResult
+
+PAIRS_FILE = "dpo_pairs.json"  # the pairs of a training key, kept beside its checkpoints (a resume reuses them)
+
+
+def preference_pairs(prompts: list[str], candidates: list[list[str]], scores: np.ndarray) -> pd.DataFrame:
+    """Per prompt, the reward's best candidate (chosen) against its worst (rejected), with both scores; prompts
+    whose best and worst score the same or read the same are left out (they carry no preference)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(prompts), -1)
+    rows = []
+    for prompt, options, row in zip(prompts, candidates, scores):
+        best, worst = int(row.argmax()), int(row.argmin())
+        if row[best] == row[worst] or options[best].strip() == options[worst].strip():
+            continue
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": options[best],
+                "rejected": options[worst],
+                "chosen_reward": float(row[best]),
+                "rejected_reward": float(row[worst]),
+            }
+        )
+    return pd.DataFrame(rows, columns=["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"])
+
+
+def draw_pairs(job: TrainingJob) -> pd.DataFrame:
+    """The preference pairs of a job: `dpo.n` base samples per prompt (inference dtype), ordered by its reward.
+    Kept beside the checkpoints, so a resumed training fits the same pairs without sampling again."""
+    saved = job.checkpoints / PAIRS_FILE
+    if saved.is_file():
+        return pd.DataFrame(read_json(saved))
+    start = job.start
+    candidates = base_candidates(job)
+    texts = [prompt + option for prompt, options in zip(start.prompts, candidates) for option in options]
+    pairs = preference_pairs(start.prompts, candidates, start.reward.scorer(texts))
+    write_json_atomic(saved, pairs.to_dict(orient="list"))
+    return pairs
+
+
+def base_candidates(job: TrainingJob) -> list[list[str]]:
+    """`dpo.n` samples of the base policy per prompt. They depend on the base, the prompts, the decoding, the
+    seed and the dtype, never on the reward: the alignments of one run with R*, R-hat and a random reward order
+    the same samples, drawn once and cached in the run's checkpoints folder under a digest of what they depend on."""
+    start, section = job.start, job.section
+    decoding = sampling_decoding(job.rlhf)
+    digest = settings_digest(
+        {
+            "policy": weights_sha256(start.policy_dir),
+            "prompts": settings_digest(start.prompts),
+            "decoding": asdict(decoding),
+            "n": section.n,
+            "seed": job.seed,
+            "dtype": job.inference_dtype,
+        }
+    )
+    cached = job.checkpoints.parent / "dpo_base_candidates" / f"{digest}.json"
+    if cached.is_file():
+        return read_json(cached)
+    model = AutoModelForCausalLM.from_pretrained(start.policy_dir, dtype=getattr(torch, job.inference_dtype))
+    sampler = BestOfN(model.to(job.device).eval(), start.tokenizer, decoding, section.n, None)
+    candidates = sampler.candidates(start.prompts, batch_size=job.rlhf.reward_batch_size * 2, seed=job.seed)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cached, candidates)
+    return candidates
+
+
+def dpo_config(output_dir: Path, section, rlhf, seed: int, use_cpu: bool, max_steps: int):
+    """TRL's DPOConfig from the section's settings (under TRL's names), with every setting that matters on CPU
+    spelled out."""
+    return trl.DPOConfig(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        learning_rate=section.learning_rate,
+        beta=section.beta,
+        per_device_train_batch_size=section.per_device_train_batch_size,
+        precompute_ref_log_probs=True,
+        precompute_ref_batch_size=2 * section.per_device_train_batch_size,
+        max_length=None,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=section.save_steps,
+        save_only_model=False,
+        save_total_limit=1,
+        report_to="none",
+        seed=seed,
+        use_cpu=use_cpu,
+        bf16=False,
+        disable_dropout=True,
+        dataloader_num_workers=0,
+    )
+
+
+def train_dpo(job: TrainingJob) -> TrainingResult:
+    """Draw the pairs, then fit them with TRL's DPOTrainer (resuming from the last checkpoint; a finished
+    training of the same key is only loaded)."""
+    pairs = draw_pairs(job)
+    if len(pairs) < job.section.per_device_train_batch_size:
+        raise ValueError(
+            f"only {len(pairs)} of {len(job.start.prompts)} dpo prompts gave a preference pair (the reward scored "
+            f"their samples equal); raise dpo.prompts or dpo.n"
+        )
+    section = job.section
+    max_steps = section.num_train_epochs * math.ceil(len(pairs) / section.per_device_train_batch_size)
+    model = AutoModelForCausalLM.from_pretrained(job.start.policy_dir, dtype=torch.float32)
+    trainer = trl.DPOTrainer(
+        model=model,
+        args=dpo_config(job.checkpoints, section, job.rlhf, job.seed, job.device == "cpu", max_steps),
+        train_dataset=datasets.Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False),
+        processing_class=copy.deepcopy(job.start.tokenizer),
+        peft_config=lora_config(section),
+        callbacks=[StepProgress(job.start.reward, what="DPO")],
+    )
+    resumed_from = resume_or_finish(trainer, job.checkpoints)
+    trained = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+    return TrainingResult(
+        model=trained.eval(),
+        log=dpo_log(trainer),
+        steps=trainer.state.global_step,
+        resumed_from=resumed_from,
+        start=job.start,
+    )
+
+
+DPO_LOG_COLUMNS = {
+    "loss": "loss",
+    "rewards/chosen": "implicit_reward_chosen",
+    "rewards/rejected": "implicit_reward_rejected",
+    "rewards/accuracies": "implicit_reward_accuracy",
+    "rewards/margins": "implicit_reward_margin",
+    "grad_norm": "grad_norm",
+}
+
+
+def dpo_log(trainer) -> pd.DataFrame:
+    """One row per step: DPO loss, the implicit reward beta * log pi / pi_base of chosen and rejected, and how
+    often it orders a training pair as the reward did."""
+    rows = [row for row in trainer.state.log_history if "loss" in row and "step" in row]
+    return pd.DataFrame(
+        [{"step": row["step"], **{name: row.get(key) for key, name in DPO_LOG_COLUMNS.items()}} for row in rows],
+        columns=["step", *DPO_LOG_COLUMNS.values()],
+    )
