@@ -106,6 +106,23 @@ def test_a_policy_cards_settings_are_reparsed_into_the_typed_sections(tmp_path):
     assert str(err.value) == f"{bad.path}: best_of_n.n: expected an integer >= 1, got 0"
 
 
+def test_a_trained_kind_whose_folder_holds_no_weights_is_refused_in_one_line(tmp_path):
+    from irlnb.layout import RunLayout
+    from irlnb.rl.policy_card import load_stage_policy
+
+    layout = RunLayout(tmp_path / "run")
+    folder = _card(layout.policy("ground_truth"))
+    card = json.loads((folder / POLICY_CARD).read_text())
+    (folder / POLICY_CARD).write_text(json.dumps({**card, "trainer": "dpo", "steps": 50}))
+    with pytest.raises(ConfigError) as err:
+        load_stage_policy(layout, "ground_truth", "cpu", "float32", decoding=None)
+    assert str(err.value) == (
+        f"{folder}: its card says the policy was aligned by dpo, a kind with weights of its own, but the folder "
+        "holds none; rerun its RLHF stage"
+    )
+    assert PolicyCard.read(folder).held_out_prompt_ids == set()  # an old card without prompt ids holds none out
+
+
 def test_reading_a_finished_policy_loads_no_trainer():
     code = (
         "import sys; import irlnb.rl.policy_card, irlnb.rl.training, irlnb.report.plots; "
