@@ -74,7 +74,7 @@ def test_a_notebook_run_by_hand_never_changes_a_finished_run(finished_run):
                 smoke_irl: "    layer=2,",
                 "    seeds=10,": "    seeds=2,",
                 "policy='embedded:smollm2-135m-instruct'": "policy='embedded:tiny-gpt-neox'",
-                "    train_prompts=1200,": "    train_prompts=20,",
+                "    train_prompts=800,": "    train_prompts=20,",
                 "    validation_prompts=200,": "    validation_prompts=12,",
                 "    samples_per_prompt=2,": "    samples_per_prompt=1,",
             },

@@ -68,6 +68,8 @@ def test_the_writers_build_keys_the_module_knows():
             "excluded": ["", "empty continuation", ""],
             "expert_r_star": [1.0, 2.0, -1.0],
             "non_expert_r_star": [-1.0, 0.5, -2.0],
+            "expert": ["a b c", "", "d e"],
+            "non_expert": ["a b", "c d", "e f"],
         }
     )
     keys += demonstrations.demonstration_counts(pairs)
