@@ -79,10 +79,17 @@ class ComputeSettings:
         result=False,
     )
     inference_dtype: str = setting(
-        "bfloat16",
-        doc="dtype of models that only infer (evaluation, demonstrations, IRL features); training is float32",
-        choices=("float32", "bfloat16"),
+        "auto",
+        doc="dtype of models that only infer (evaluation, demonstrations, IRL features; 'auto': bfloat16 where the "
+        "device computes it natively, a CPU with AVX512-BF16 or AMX or a GPU, else float32); training is float32",
+        choices=("auto", "float32", "bfloat16"),
     )
+
+    def resolved(self) -> ComputeSettings:
+        """'auto' made concrete for this machine, so that stage keys and manifests record the dtype that ran."""
+        from irlnb.compute import resolve_inference_dtype  # torch: imported only when a compute section is parsed
+
+        return dataclasses.replace(self, inference_dtype=resolve_inference_dtype(self.inference_dtype, self.device))
 
 
 @dataclass(frozen=True)
@@ -319,7 +326,9 @@ class EvaluationSettings:
 
     prompts: int = setting(400, doc="test prompts each policy is evaluated on (at most the test split)", ge=1)
     max_new_tokens: int = setting(24, doc="tokens generated per evaluation continuation", ge=1)
-    batch_size: int = setting(32, doc="prompts per generation batch (bfloat16 results depend on the padding)", ge=1)
+    batch_size: int = setting(
+        64, doc="prompts per generation batch (chosen by `irlnb bench`; bfloat16 results depend on the padding)", ge=1
+    )
     sampled: bool = setting(False, doc="also evaluate sampled continuations (rlhf.top_k, rlhf.temperature)")
     perplexity_texts: int = setting(100, doc="held-out human non-toxic texts for the perplexity (fluency) check", ge=1)
     bootstrap_samples: int = setting(1000, doc="bootstrap resamples for 95% intervals of the metrics", ge=100)
@@ -392,7 +401,10 @@ class IrlSettings:
     batch_size: int = setting(32, doc="demonstration pairs per optimiser step", ge=1)
     seeds: int = setting(10, doc="repeats with other head initialisation and data order (non-identifiability)", ge=1)
     inference_batch_size: int = setting(
-        32, doc="prompts or texts per forward pass when generating demonstrations and reading features", ge=1
+        64,
+        doc="prompts per batch when generating demonstrations (each with its samples: 128 sequences decoded together, "
+        "chosen by `irlnb bench`) and texts per forward pass when reading features",
+        ge=1,
     )
     max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
 
@@ -550,6 +562,7 @@ def parse_section(name: str, values: Any, where: str) -> Any:
     section = cls(**parsed)
     for key, problem in getattr(section, "problems", list)():
         raise ConfigError(f"{where}: {name}.{key}: {problem}")
+    section = section.resolved() if hasattr(section, "resolved") else section
     if name == "run" and not re.fullmatch(r"[A-Za-z0-9_-]+", section.name):
         raise ConfigError(f"{where}: run.name: expected letters, digits, '-' and '_' only, got {section.name!r}")
     if name == "sources":

@@ -107,6 +107,7 @@ def policy_metric(policy: str, name: str) -> str:
 SPLITS = ("train", "validation", "test")
 IRL_SEEDS = f"{IRL}seeds"
 IRL_SAVED_SEED = f"{IRL}saved_seed"  # the repeat saved as irl/reward
+IRL_TIME = f"{IRL}time."  # + part + "_s": where stage 04's time went (sampling, features, fitting, ...)
 
 
 def irl_metric(objective: str | None, split: str, name: str) -> str:
@@ -245,6 +246,7 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "irl.saved_seed": r"irl\.saved_seed",
     "irl.fits": rf"irl\.(?:{_WORD}\.)?fits",
     "irl.demos": rf"irl\.demos\.(?:{_SPLIT})\.{_WORD}",
+    "irl.time": rf"irl\.time\.{_WORD}_s",
     "irl.posterior": rf"irl\.posterior\.test\.{_WORD}",
     "irl.posterior.contraction": r"irl\.posterior\.contraction\.(?:\d+|all)\.(?:auc|std_mean)",
     "irl.chosen": rf"irl\.(?:{_SPLIT})\.{_WORD}",

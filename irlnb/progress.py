@@ -95,3 +95,21 @@ def tracked(items: Iterable[T], total: int, what: str, unit: str = "batch") -> I
             progress.update()
     finally:
         progress.close()
+
+
+class Stopwatch:
+    """Where a stage's time goes: `lap(part)` ends a part begun at the previous lap (or at the start)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, part: str) -> float:
+        now = time.perf_counter()
+        self.seconds[part] = self.seconds.get(part, 0.0) + now - self._last
+        self._last = now
+        return self.seconds[part]
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """`{prefix}{part}_s` for every part."""
+        return {f"{prefix}{part}_s": seconds for part, seconds in self.seconds.items()}

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import PARAMS, irlnb_cli, write_params
 
-from irlnb.config import SECTIONS, ConfigError, load_config, parse_config
+from irlnb.config import SECTIONS, ConfigError, load_config, parse_config, parse_section
 from irlnb.pipeline import stages
 from irlnb.pipeline.context import begin_stage
 from irlnb.pipeline.stages import (
@@ -67,7 +67,8 @@ def test_a_left_out_setting_or_section_takes_its_default_but_the_run_must_be_nam
     config = parse_config({"run": {"name": "x"}}, "p.yaml")
     for name, cls in SECTIONS.items():
         if name != "run":
-            assert getattr(config, name) == cls()  # every default is written once, in irlnb/config.py
+            # every default is written once, in irlnb/config.py ('auto' made concrete for this machine on parsing)
+            assert getattr(config, name) == cls() or getattr(config, name) == cls().resolved()
     assert (
         config.rloo.max_steps == 40
         and config.irl.layer == 26
@@ -82,7 +83,7 @@ def test_a_left_out_setting_or_section_takes_its_default_but_the_run_must_be_nam
 def test_the_default_params_file_changes_no_setting_of_the_embedded_default():
     config = load_config(PARAMS / "default.yaml")
     assert {name: getattr(config, name) for name in SECTIONS if name != "run"} == {
-        name: cls() for name, cls in SECTIONS.items() if name != "run"
+        name: parse_section(name, {}, "defaults") for name in SECTIONS if name != "run"
     }
 
 
@@ -249,3 +250,25 @@ def test_cli_run_refuses_a_bad_set_in_one_line_and_writes_nothing(tmp_path):
         f"irlnb: error: {params} with --set rloo.max_steps=0: rloo.max_steps: expected an integer >= 1, got 0"
     )
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [({"avx2", "avx512_bf16"}, "bfloat16"), ({"avx2", "amx_bf16"}, "bfloat16"), ({"avx2", "fma"}, "float32")],
+)
+def test_inference_dtype_auto_is_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch, flags, expected):
+    from irlnb import compute
+
+    monkeypatch.setattr(compute, "cpu_flags", lambda: flags)
+    assert parse_section("compute", {"device": "cpu"}, "p.yaml").inference_dtype == expected
+    chosen = parse_section("compute", {"device": "cpu", "inference_dtype": "bfloat16"}, "p.yaml")
+    assert chosen.inference_dtype == "bfloat16"  # a dtype the params name is kept
+
+
+def test_cpu_flags_are_read_from_the_flags_line(tmp_path):
+    from irlnb.compute import cpu_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\nbugs\t\t: spectre\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == set()

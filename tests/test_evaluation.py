@@ -87,3 +87,55 @@ def test_prompts_longer_than_the_context_are_cut_from_the_front(tiny):
     assert len(tokenizer(fitted[1], add_special_tokens=False)["input_ids"]) <= 50
     out = generate_continuations(model, tokenizer, [long_prompt], Decoding(max_new_tokens=3))
     assert len(out) == 1  # no position overflow: the prompt was cut to the context window
+
+
+def test_greedy_decoding_gives_the_tokens_of_transformers_generate(tiny):
+    """The package's decoding loop (one prefill, a preallocated KV cache, left padding) against `generate`."""
+    model, tokenizer = tiny
+    prompts = ["You are such a", "The council voted yesterday to approve the new", "Hi", "What a lovely"]
+    ours = generate_continuations(model, tokenizer, prompts, Decoding(max_new_tokens=8), batch_size=4)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        tokens = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert ours == tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_samples_of_a_prompt_come_from_one_prefill_are_reproducible_and_differ(tiny):
+    from irlnb.rl.generation import sample_continuations
+
+    model, tokenizer = tiny
+    prompts = ["You are", "I think that the", "The council"]
+    decoding = Decoding(max_new_tokens=6, do_sample=True, top_k=30)
+    drawn = sample_continuations(model, tokenizer, prompts, decoding, samples=3, batch_size=2, seed=1)
+    assert [len(texts) for texts in drawn] == [3, 3, 3]
+    assert drawn == sample_continuations(model, tokenizer, prompts, decoding, samples=3, batch_size=2, seed=1)
+    assert all(len(set(texts)) > 1 for texts in drawn)  # each sample has its own random numbers
+    assert drawn != sample_continuations(model, tokenizer, prompts, decoding, samples=3, batch_size=2, seed=2)
+    whole_vocabulary = Decoding(max_new_tokens=6, do_sample=True, top_k=0)
+    assert all(len(texts) == 2 for texts in sample_continuations(model, tokenizer, prompts, whole_vocabulary, 2))
+    with pytest.raises(ValueError, match="greedy decoding gives one continuation"):
+        sample_continuations(model, tokenizer, prompts, Decoding(max_new_tokens=2), samples=2)
+
+
+def test_two_models_drawing_with_one_seed_share_their_random_numbers(tiny):
+    """Common random numbers (irl.matched): a slightly changed model drawing with the expert's seed mostly picks
+    the same tokens; with another seed it agrees only by chance."""
+    import copy
+
+    from irlnb.rl.generation import sample_continuations
+
+    model, tokenizer = tiny
+    nudged = copy.deepcopy(model)
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in nudged.parameters():
+            parameter.add_(0.001 * parameter.std() * torch.randn(parameter.shape, generator=noise))
+    prompts = ["You are", "I think that the", "The council", "What a", "Hi there", "Nobody"]
+    decoding = Decoding(max_new_tokens=8, do_sample=True, top_k=30)
+
+    def agreement(seed_a, seed_b):
+        a = sample_continuations(model, tokenizer, prompts, decoding, 4, seed=seed_a)
+        b = sample_continuations(nudged, tokenizer, prompts, decoding, 4, seed=seed_b)
+        return sum(x == y for xs, ys in zip(a, b) for x, y in zip(xs, ys)) / (4 * len(prompts))
+
+    assert agreement(3, 3) > 0.5 > 0.2 > agreement(3, 4)

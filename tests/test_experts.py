@@ -12,7 +12,7 @@ import torch
 
 from irlnb.config import parse_section
 from irlnb.models.policies import embedded_policy_dir, load_policy
-from irlnb.rl.generation import Decoding
+from irlnb.rl.generation import Decoding, sample_continuations
 from irlnb.rl.rejection import continuation_batch, rejection_sampling_finetune
 from irlnb.rl.sampling import BestOfN
 
@@ -196,15 +196,15 @@ def test_a_best_of_n_expert_is_sampled_independently_and_hands_out_only_its_chos
     prompts = pd.DataFrame({"id": ["a", "b", "c", "d"], "prompt": PROMPTS, "label": [1, 0, 1, 0]})
     pairs = generate_pairs(prompts, expert, base, samples=2, batch_size=4, seed=5, matched=False)
     assert not hasattr(expert, "outputs_and_first")  # nothing hands out a rejected candidate
+    # Both samples of a prompt come from one prefill: 2 x 3 candidates of the expert, 2 of the base (its own seed).
+    candidates = sample_continuations(model, tokenizer, PROMPTS, SAMPLING, 2 * 3, batch_size=4, seed=5)
+    base_samples = sample_continuations(model, tokenizer, PROMPTS, SAMPLING, 2, batch_size=4, seed=6)
     for sample in (0, 1):
         rows = pairs[pairs["sample"] == sample]
-        seed = 5 + 2 * sample
-        assert rows["expert"].tolist() == expert.outputs(PROMPTS, 4, seed)
-        assert rows["non_expert"].tolist() == base.outputs(PROMPTS, 4, seed + 1)  # its own draw
-        candidates = expert.candidates(PROMPTS, 4, seed)
-        rejected = {
-            (p, c) for p, options, best in zip(PROMPTS, candidates, rows["expert"]) for c in options if c != best
-        }
+        options = [drawn[3 * sample : 3 * sample + 3] for drawn in candidates]
+        assert rows["expert"].tolist() == [best for best, _ in expert.choose(PROMPTS, options)]
+        assert rows["non_expert"].tolist() == [drawn[sample] for drawn in base_samples]
+        rejected = {(p, c) for p, group, best in zip(PROMPTS, options, rows["expert"]) for c in group if c != best}
         assert not rejected & set(zip(rows["prompt"], rows["non_expert"]))
     assert pairs["id"].tolist() == ["a", "b", "c", "d"] * 2
 

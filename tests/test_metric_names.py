@@ -95,3 +95,16 @@ def test_a_missing_metric_is_one_line_naming_it_and_the_stage_to_rerun():
     assert names.require({"gt.auc_human": 0.8}, "gt.auc_human", "x") == 0.8
     assert math.isnan(names.optional({}, names.posterior_metric("std_auc_wrong")))
     assert names.optional({}, names.IRL_SAVED_SEED, default=None) is None
+
+
+def test_the_stopwatch_of_a_stage_adds_its_laps_under_names_the_registry_knows(monkeypatch):
+    from irlnb import metric_names, progress
+
+    now = iter([10.0, 12.5, 13.0, 20.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(now))
+    clock = progress.Stopwatch()
+    clock.lap("sampling")
+    clock.lap("features")
+    clock.lap("sampling")  # a part timed twice adds up
+    assert clock.metrics(metric_names.IRL_TIME) == {"irl.time.sampling_s": 9.5, "irl.time.features_s": 0.5}
+    assert {metric_names.parse(key) for key in clock.metrics(metric_names.IRL_TIME)} == {"irl.time"}

@@ -101,24 +101,25 @@ def label_pairs(pairs: pd.DataFrame, split: str, r_star) -> pd.DataFrame:
 def generate_pairs(
     prompts: pd.DataFrame, expert, non_expert, samples: int, batch_size: int, seed: int, matched: bool = False
 ) -> pd.DataFrame:
-    """`samples` pairs per prompt: the expert's and the non-expert's continuation, each drawn by its own policy.
-    Each pair draws with its own seed; with `matched` both sides draw with the same one (common random numbers)."""
+    """`samples` pairs per prompt: the expert's and the non-expert's continuations, each drawn by its own policy
+    (a prompt's samples from one prefill of it). The non-expert draws with seed + 1, or with `matched` with the
+    expert's seed (common random numbers)."""
     texts = prompts["prompt"].tolist()
-    frames = []
-    for sample in range(samples):
-        expert_seed = seed + 2 * sample
-        frames.append(
-            pd.DataFrame(
-                {
-                    "id": prompts["id"].to_numpy(),
-                    "prompt": texts,
-                    "label": prompts["label"].to_numpy(),
-                    "sample": sample,
-                    "expert": expert.outputs(texts, batch_size, expert_seed),
-                    "non_expert": non_expert.outputs(texts, batch_size, expert_seed + (0 if matched else 1)),
-                }
-            )
+    expert_samples = expert.samples(texts, samples, batch_size, seed)
+    non_expert_samples = non_expert.samples(texts, samples, batch_size, seed + (0 if matched else 1))
+    frames = [
+        pd.DataFrame(
+            {
+                "id": prompts["id"].to_numpy(),
+                "prompt": texts,
+                "label": prompts["label"].to_numpy(),
+                "sample": sample,
+                "expert": [drawn[sample] for drawn in expert_samples],
+                "non_expert": [drawn[sample] for drawn in non_expert_samples],
+            }
         )
+        for sample in range(samples)
+    ]
     return pd.concat(frames, ignore_index=True)
 
 

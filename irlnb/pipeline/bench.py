@@ -22,11 +22,11 @@ from irlnb.irl import feature_sets as irl_features
 from irlnb.irl import objectives
 from irlnb.layout import REPO_ROOT, read_json, write_json_atomic
 from irlnb.models.classifiers import ToxBlockClassifier
-from irlnb.models.policies import load_policy, load_tokenizer, policy_dir
+from irlnb.models.policies import encode_prompts, load_policy, load_tokenizer, policy_dir
 from irlnb.pipeline.provenance import provenance
 from irlnb.rewards.features import decoder_blocks, random_head, reward_form, score_tolerance
 from irlnb.rewards.ground_truth import GroundTruthReward
-from irlnb.rl.generation import Decoding, generate_continuations
+from irlnb.rl.generation import Decoding, generate_continuations, sample_continuations
 from irlnb.rl.kinds import BENCH_POLICY_GRADIENT, kind_of, kind_section
 from irlnb.rl.policy_gradient import lora_config, train_policy, trl_config
 from irlnb.rl.reward_signal import Normalizer, PolicyReward, normalizer_texts
@@ -208,41 +208,65 @@ class TimedForward:
 
 
 def sampling_flops(n_params: int, prompt_tokens: int, new_tokens: int) -> float:
-    """Model FLOPs of sampling: 2N per prompt token (the prefill) and per new token (decoding with the KV cache),
-    the LM head included (N counts the tied embedding once: it is the head's matrix). Attention's own FLOPs,
-    small at these lengths, are left out."""
+    """Model FLOPs of sampling: 2N per prompt token read (the prefill: once per prompt, however many samples are
+    drawn from it) and per new token (decoding with the KV cache), the LM head included (N counts the tied
+    embedding once: it is the head's matrix). Attention's own FLOPs, small at these lengths, are left out."""
     return 2.0 * n_params * (prompt_tokens + new_tokens)
+
+
+def generate_reference(model, tokenizer, prompts: list[str], decoding: Decoding, batch_size: int, seed: int):
+    """How the package sampled before it had its own loop, kept as the bench's reference: `transformers`' `generate`
+    on length-sorted, left-padded batches, one continuation per prompt and call."""
+    encoded = encode_prompts(tokenizer, prompts)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out = [""] * len(prompts)
+    kwargs = {"max_new_tokens": decoding.max_new_tokens, "do_sample": decoding.do_sample}
+    if decoding.do_sample:
+        kwargs.update(temperature=decoding.temperature, top_k=decoding.top_k or None)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt")
+            torch.manual_seed(seed + start)
+            tokens = model.generate(**batch, **kwargs, pad_token_id=tokenizer.pad_token_id)
+            for i, text in zip(
+                index, tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            ):
+                out[i] = text
+    return out
 
 
 def bench_sampling(config: Config, n_prompts: int = 64) -> dict[str, float]:
     """Sampling on the default's demonstration shape against the matmul peak in the same dtype and thread count.
 
-    Top-k sampling of `irl.max_new_tokens` tokens per prompt, `irl.inference_batch_size` prompts a batch, in
-    `compute.inference_dtype`: `sample.tokens_per_s` (new tokens), `sample.gflops`, `sample.peak_fraction`, and
-    `sample.outside_model_share` (tokenising, padding, top-k, Python per token: the share of the wall time spent
-    outside the model's forward). Side by side in the same process: both samples of a prompt drawn by one
-    `generate` that prefills the prompt once (`num_return_sequences`) vs two calls
-    (`sample.shared_prefill_vs_separate`), twice the batch (`sample.double_batch_vs_default`), and float32 vs
-    the inference dtype (`sample.float32_vs_inference_dtype`): ratios of tokens per second, > 1 is faster.
+    `irl.samples_per_prompt` top-k continuations of `irl.max_new_tokens` tokens per prompt, `irl.inference_batch_size`
+    prompts a batch, in `compute.inference_dtype`, as notebook 04 draws them: `sample.tokens_per_s` (new tokens),
+    `sample.gflops`, `sample.peak_fraction`, and `sample.outside_model_share` (tokenising, padding, top-k, Python
+    per token: the share of the wall time spent outside the model's forward). Side by side in the same process,
+    ratios of new tokens per second (> 1: the first is faster): the package's loop vs `transformers`' `generate`
+    drawing the same number of continuations one per prompt and call, as the package did before
+    (`sample.vs_generate`); a prompt's samples from one prefill vs one call per sample
+    (`sample.shared_prefill_vs_separate`); twice the batch (`sample.double_batch_vs_default`); and bfloat16 vs
+    float32 (`sample.bfloat16_vs_float32`: the measurement behind `compute.inference_dtype: auto`).
     """
     dtype = config.compute.inference_dtype
     model, tokenizer = load_policy(config.sources.policy, dtype=dtype)
     prompts, _ = real_prompts_and_texts(n_prompts, seed=1)
-    prompts.sort(key=lambda prompt: len(tokenizer(prompt)["input_ids"]))  # as generation batches them: by length
     decoding = sampling_decoding(config.rlhf, config.irl.max_new_tokens)
-    batch = config.irl.inference_batch_size
-    generate_continuations(model, tokenizer, prompts[:4], decoding, batch_size=4)  # warm-up
+    batch, samples = config.irl.inference_batch_size, max(config.irl.samples_per_prompt, 2)
+    sample_continuations(model, tokenizer, prompts[:4], decoding, samples, batch_size=4)  # warm-up
     timer = TimedForward(model)
     started = time.perf_counter()
-    texts = generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch, seed=0)
+    drawn = sample_continuations(model, tokenizer, prompts, decoding, samples, batch_size=batch, seed=0)
     seconds = time.perf_counter() - started
     timer.remove()
-    prompt_tokens = sum(len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"])
-    new_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    prompt_tokens = sum(len(ids) for ids in encode_prompts(tokenizer, prompts))
+    new_tokens = count_tokens(tokenizer, [text for texts in drawn for text in texts])
     gflops = sampling_flops(model.num_parameters(), prompt_tokens, new_tokens) / seconds / 1e9
     peak = matmul_peak_gflops(dtype=getattr(torch, dtype))
     values = {
         "sample.seconds": seconds,
+        "sample.samples_per_prompt": float(samples),
         "sample.new_tokens": float(new_tokens),
         "sample.prompt_tokens": float(prompt_tokens),
         "sample.tokens_per_s": new_tokens / seconds,
@@ -257,36 +281,32 @@ def bench_sampling(config: Config, n_prompts: int = 64) -> dict[str, float]:
         started = time.perf_counter()
         outputs = run()
         seconds = time.perf_counter() - started  # counting the tokens is not part of the sampling
-        return sum(len(ids) for ids in tokenizer(outputs, add_special_tokens=False)["input_ids"]) / seconds
+        return count_tokens(tokenizer, [text for texts in outputs for text in texts]) / seconds
 
-    def two_calls() -> list[str]:
-        return [
-            text
-            for seed in (0, 7919)
-            for text in generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch, seed=seed)
-        ]
+    def package(model=model, samples=samples, batch=batch):
+        return lambda: sample_continuations(model, tokenizer, prompts, decoding, samples, batch_size=batch)
 
-    def one_call_two_samples() -> list[str]:
-        encoded = tokenizer.pad({"input_ids": tokenizer(prompts)["input_ids"]}, return_tensors="pt")
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(prompts), batch // 2):  # as many sequences a call as the default batch
-                part = {key: value[start : start + batch // 2] for key, value in encoded.items()}
-                tokens = model.generate(
-                    **part, **decoding.generate_kwargs(), num_return_sequences=2, pad_token_id=tokenizer.pad_token_id
-                )
-                outputs += tokenizer.batch_decode(tokens[:, part["input_ids"].shape[1] :], skip_special_tokens=True)
-        return outputs
+    def one_sample_a_call(sampler):
+        return lambda: [[text] for seed in range(samples) for text in sampler(seed)]
 
-    values["sample.shared_prefill_vs_separate"] = tokens_per_s(one_call_two_samples) / tokens_per_s(two_calls)
-    values["sample.double_batch_vs_default"] = tokens_per_s(
-        lambda: generate_continuations(model, tokenizer, prompts, decoding, batch_size=2 * batch)
-    ) / tokens_per_s(lambda: generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch))
-    model32, _ = load_policy(config.sources.policy, dtype="float32")
-    values["sample.float32_vs_inference_dtype"] = tokens_per_s(
-        lambda: generate_continuations(model32, tokenizer, prompts, decoding, batch_size=batch)
-    ) / tokens_per_s(lambda: generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch))
+    values["sample.vs_generate"] = tokens_per_s(package()) / tokens_per_s(
+        one_sample_a_call(lambda seed: generate_reference(model, tokenizer, prompts, decoding, batch, seed))
+    )
+    values["sample.shared_prefill_vs_separate"] = tokens_per_s(package()) / tokens_per_s(
+        one_sample_a_call(
+            lambda seed: generate_continuations(model, tokenizer, prompts, decoding, batch_size=batch, seed=seed)
+        )
+    )
+    values["sample.double_batch_vs_default"] = tokens_per_s(package(batch=2 * batch)) / tokens_per_s(package())
+    other = "float32" if dtype == "bfloat16" else "bfloat16"
+    other_model, _ = load_policy(config.sources.policy, dtype=other)
+    rates = {dtype: tokens_per_s(package()), other: tokens_per_s(package(model=other_model))}
+    values["sample.bfloat16_vs_float32"] = rates["bfloat16"] / rates["float32"]
     return values
+
+
+def count_tokens(tokenizer, texts: list[str]) -> int:
+    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def irl_reader(config: Config):

@@ -29,8 +29,9 @@ from transformers import AutoModelForCausalLM
 from irlnb.config import settings_digest
 from irlnb.layout import read_json, write_json_atomic
 from irlnb.models.policies import weights_sha256
+from irlnb.rl.generation import sample_continuations
 from irlnb.rl.policy_gradient import StepProgress, lora_config, resume_or_finish
-from irlnb.rl.sampling import BestOfN, sampling_decoding
+from irlnb.rl.sampling import sampling_decoding
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 PAIRS_FILE = "dpo_pairs.json"  # the pairs of a training key, kept beside its checkpoints (a resume reuses them)
@@ -91,8 +92,15 @@ def base_candidates(job: TrainingJob) -> list[list[str]]:
     if cached.is_file():
         return read_json(cached)
     model = AutoModelForCausalLM.from_pretrained(start.policy_dir, dtype=getattr(torch, job.inference_dtype))
-    sampler = BestOfN(model.to(job.device).eval(), start.tokenizer, decoding, section.n, None)
-    candidates = sampler.candidates(start.prompts, batch_size=job.rlhf.reward_batch_size * 2, seed=job.seed)
+    candidates = sample_continuations(
+        model.to(job.device),
+        start.tokenizer,
+        start.prompts,
+        decoding,
+        section.n,
+        2 * job.rlhf.reward_batch_size,
+        job.seed,
+    )
     cached.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cached, candidates)
     return candidates

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from irlnb.rl.generation import Decoding, generate_continuations
+from irlnb.rl.generation import Decoding, sample_continuations
 
 TextScorer = Callable[[list[str]], np.ndarray]
 
@@ -27,10 +27,12 @@ class ModelPolicy:
     tokenizer: object
     decoding: Decoding
 
+    def samples(self, prompts: list[str], count: int, batch_size: int, seed: int) -> list[list[str]]:
+        """`count` continuations of each prompt, drawn from one prefill of it."""
+        return sample_continuations(self.model, self.tokenizer, prompts, self.decoding, count, batch_size, seed)
+
     def outputs(self, prompts: list[str], batch_size: int, seed: int) -> list[str]:
-        return generate_continuations(
-            self.model, self.tokenizer, prompts, self.decoding, batch_size=batch_size, seed=seed
-        )
+        return [first for (first,) in self.samples(prompts, 1, batch_size, seed)]
 
 
 @dataclass
@@ -51,24 +53,24 @@ class BestOfN:
             raise ValueError(f"best-of-n needs n >= 1, got {self.n}")
 
     def candidates(self, prompts: list[str], batch_size: int, seed: int) -> list[list[str]]:
-        """n sampled continuations per prompt (candidate j of every prompt comes from seed + j)."""
-        drawn = [
-            generate_continuations(
-                self.model,
-                self.tokenizer,
-                prompts,
-                self.decoding,
-                batch_size=batch_size,
-                seed=self.seed_offset + seed + 7919 * j,
-            )
-            for j in range(self.n)
-        ]
-        return [list(column) for column in zip(*drawn)]
+        """n sampled continuations per prompt, drawn from one prefill of it."""
+        return sample_continuations(
+            self.model, self.tokenizer, prompts, self.decoding, self.n, batch_size, self.seed_offset + seed
+        )
+
+    def samples(self, prompts: list[str], count: int, batch_size: int, seed: int) -> list[list[str]]:
+        """`count` chosen continuations of each prompt, each the best of its own n candidates (rejected
+        candidates are never handed out); all `count * n` candidates of a prompt come from one prefill."""
+        drawn = sample_continuations(
+            self.model, self.tokenizer, prompts, self.decoding, count * self.n, batch_size, self.seed_offset + seed
+        )
+        groups = [options[j * self.n : (j + 1) * self.n] for options in drawn for j in range(count)]
+        chosen = [best for best, _ in self.choose([p for p in prompts for _ in range(count)], groups)]
+        return [chosen[i * count : (i + 1) * count] for i in range(len(prompts))]
 
     def outputs(self, prompts: list[str], batch_size: int, seed: int) -> list[str]:
         """The chosen continuation of each prompt (its candidates rejected are never handed out)."""
-        candidates = self.candidates(prompts, batch_size, seed)
-        return [best for best, _ in self.choose(prompts, candidates)]
+        return [first for (first,) in self.samples(prompts, 1, batch_size, seed)]
 
     def choose(self, prompts: list[str], candidates: list[list[str]]) -> list[tuple[str, float]]:
         """The highest-scoring candidate of each prompt and its score (ties: the first drawn)."""
