@@ -75,7 +75,9 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
     assert results["sample.gflops"] == approx(sample_flops / results["sample.seconds"] / 1e9)
     assert results["sample.peak_fraction"] == approx(results["sample.gflops"] / results[f"matmul.peak_gflops_{dtype}"])
     assert 0 <= results["sample.outside_model_share"] < 1 and results["sample.torch_threads"] == 1
-    for ratio in ("shared_prefill_vs_separate", "double_batch_vs_default", "float32_vs_inference_dtype"):
+    assert results["sample.samples_per_prompt"] == max(config.irl.samples_per_prompt, 2)
+    ratios = ("vs_generate", "greedy_vs_generate", "shared_prefill_vs_separate", "double_batch_vs_default")
+    for ratio in (*ratios, "bfloat16_vs_float32"):
         assert results[f"sample.{ratio}"] > 0, ratio
 
     assert json.loads(out.read_text())["rlhf_step.seconds"] == results["rlhf_step.seconds"]

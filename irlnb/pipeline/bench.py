@@ -121,7 +121,7 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
 
 def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, float]:
     """Where an RLOO step's time goes, each part timed alone on the step's shapes with the float32 policy:
-    sampling the completions (token by token, KV cache), the reference policy's forward pass, the policy's
+    sampling the completions (`generate`, as TRL does), the reference policy's forward pass, the policy's
     forward and backward passes, and the AdamW update."""
     model, tokenizer = load_policy(config.sources.policy)
     reference, _ = load_policy(config.sources.policy)
@@ -131,11 +131,11 @@ def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, fl
         for _ in range(section.num_generations)
     ]
     decoding = sampling_decoding(config.rlhf)
-    completions = generate_continuations(model, tokenizer, batch_prompts, decoding, batch_size=len(batch_prompts))
-    generation = best_seconds(
-        lambda: generate_continuations(model, tokenizer, batch_prompts, decoding, batch_size=len(batch_prompts)),
-        repeats=2,
-    )
+    def sample():  # as TRL's trainers sample their completions: `transformers`' `generate`
+        return generate_reference(model, tokenizer, batch_prompts, decoding, len(batch_prompts), seed=0)
+
+    completions = sample()
+    generation = best_seconds(sample, repeats=2)
     batch = tokenizer([p + c for p, c in zip(batch_prompts, completions)], return_tensors="pt", padding=True)
     with torch.no_grad():
         reference_s = best_seconds(lambda: reference(**batch), repeats=2)
@@ -236,7 +236,10 @@ def generate_reference(model, tokenizer, prompts: list[str], decoding: Decoding,
     return out
 
 
-def bench_sampling(config: Config, n_prompts: int = 64) -> dict[str, float]:
+REFERENCE_BATCH_SIZE = 32  # prompts per `generate` call before the package had its own loop (irl, evaluation)
+
+
+def bench_sampling(config: Config, n_prompts: int = 128) -> dict[str, float]:
     """Sampling on the default's demonstration shape against the matmul peak in the same dtype and thread count.
 
     `irl.samples_per_prompt` top-k continuations of `irl.max_new_tokens` tokens per prompt, `irl.inference_batch_size`
@@ -244,10 +247,11 @@ def bench_sampling(config: Config, n_prompts: int = 64) -> dict[str, float]:
     `sample.gflops`, `sample.peak_fraction`, and `sample.outside_model_share` (tokenising, padding, top-k, Python
     per token: the share of the wall time spent outside the model's forward). Side by side in the same process,
     ratios of new tokens per second (> 1: the first is faster): the package's loop vs `transformers`' `generate`
-    drawing the same number of continuations one per prompt and call, as the package did before
-    (`sample.vs_generate`); a prompt's samples from one prefill vs one call per sample
-    (`sample.shared_prefill_vs_separate`); twice the batch (`sample.double_batch_vs_default`); and bfloat16 vs
-    float32 (`sample.bfloat16_vs_float32`: the measurement behind `compute.inference_dtype: auto`).
+    drawing the same number of continuations one per prompt and call, 32 prompts a call, as the package did before
+    (`sample.vs_generate`; `sample.greedy_vs_generate` the same for the evaluation's greedy decoding); a prompt's
+    samples from one prefill vs one call per sample (`sample.shared_prefill_vs_separate`); twice the batch
+    (`sample.double_batch_vs_default`); and bfloat16 vs float32 (`sample.bfloat16_vs_float32`: the measurement
+    behind `compute.inference_dtype: auto`).
     """
     dtype = config.compute.inference_dtype
     model, tokenizer = load_policy(config.sources.policy, dtype=dtype)
@@ -277,11 +281,15 @@ def bench_sampling(config: Config, n_prompts: int = 64) -> dict[str, float]:
         "sample.torch_threads": float(torch.get_num_threads()),
     }
 
-    def tokens_per_s(run) -> float:
-        started = time.perf_counter()
-        outputs = run()
-        seconds = time.perf_counter() - started  # counting the tokens is not part of the sampling
-        return count_tokens(tokenizer, [text for texts in outputs for text in texts]) / seconds
+    def tokens_per_s(run, repeats: int = 2) -> float:
+        """New tokens per second of the fastest of `repeats` runs (counting the tokens is not part of the sampling)."""
+        rates = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            outputs = run()
+            seconds = time.perf_counter() - started
+            rates.append(count_tokens(tokenizer, [text for texts in outputs for text in texts]) / seconds)
+        return max(rates)
 
     def package(model=model, samples=samples, batch=batch):
         return lambda: sample_continuations(model, tokenizer, prompts, decoding, samples, batch_size=batch)
@@ -290,7 +298,17 @@ def bench_sampling(config: Config, n_prompts: int = 64) -> dict[str, float]:
         return lambda: [[text] for seed in range(samples) for text in sampler(seed)]
 
     values["sample.vs_generate"] = tokens_per_s(package()) / tokens_per_s(
-        one_sample_a_call(lambda seed: generate_reference(model, tokenizer, prompts, decoding, batch, seed))
+        one_sample_a_call(
+            lambda seed: generate_reference(model, tokenizer, prompts, decoding, REFERENCE_BATCH_SIZE, seed)
+        )
+    )
+    greedy = Decoding(config.evaluation.max_new_tokens)
+    values["sample.greedy_vs_generate"] = tokens_per_s(
+        lambda: [
+            [text] for text in generate_continuations(model, tokenizer, prompts, greedy, config.evaluation.batch_size)
+        ]
+    ) / tokens_per_s(
+        lambda: [[text] for text in generate_reference(model, tokenizer, prompts, greedy, REFERENCE_BATCH_SIZE, 0)]
     )
     values["sample.shared_prefill_vs_separate"] = tokens_per_s(package()) / tokens_per_s(
         one_sample_a_call(
