@@ -131,6 +131,7 @@ def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, fl
         for _ in range(section.num_generations)
     ]
     decoding = sampling_decoding(config.rlhf)
+
     def sample():  # as TRL's trainers sample their completions: `transformers`' `generate`
         return generate_reference(model, tokenizer, batch_prompts, decoding, len(batch_prompts), seed=0)
 
