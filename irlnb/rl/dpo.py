@@ -74,10 +74,12 @@ def draw_pairs(job: TrainingJob) -> pd.DataFrame:
 
 def base_candidates(job: TrainingJob) -> list[list[str]]:
     """`dpo.n` samples of the base policy per prompt. They depend on the base, the prompts, the decoding, the
-    seed and the dtype, never on the reward: the alignments of one run with R*, R-hat and a random reward order
-    the same samples, drawn once and cached in the run's checkpoints folder under a digest of what they depend on."""
+    seed, the dtype and the batch size, never on the reward: the alignments of one run with R*, R-hat and a random
+    reward order the same samples, drawn once and cached in the run's checkpoints folder under a digest of what
+    they depend on."""
     start, section = job.start, job.section
     decoding = sampling_decoding(job.rlhf)
+    batch_size = 2 * job.rlhf.reward_batch_size  # each batch draws with its own seed; bfloat16 depends on padding
     digest = settings_digest(
         {
             "policy": weights_sha256(start.policy_dir),
@@ -86,6 +88,7 @@ def base_candidates(job: TrainingJob) -> list[list[str]]:
             "n": section.n,
             "seed": job.seed,
             "dtype": job.inference_dtype,
+            "batch_size": batch_size,
         }
     )
     cached = job.checkpoints.parent / "dpo_base_candidates" / f"{digest}.json"
@@ -98,7 +101,7 @@ def base_candidates(job: TrainingJob) -> list[list[str]]:
         start.prompts,
         decoding,
         section.n,
-        2 * job.rlhf.reward_batch_size,
+        batch_size,
         job.seed,
     )
     cached.parent.mkdir(parents=True, exist_ok=True)
