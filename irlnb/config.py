@@ -345,6 +345,9 @@ class IrlSettings:
         ge=2,
     )
     validation_prompts: int = setting(200, doc="validation-split prompts (epoch and threshold choice)", ge=2)
+    test_prompts: int = setting(
+        0, doc="test-split prompts the test pairs are drawn on (0: every test prompt; studies draw fewer)", ge=0
+    )
     prompt_pool: str = setting(
         "all",
         doc="labels of the train and validation prompts drawn (the test pairs use every test prompt)",

@@ -178,9 +178,15 @@ def test_demonstration_prompts_follow_the_pool_and_refuse_more_than_there_are():
             "prompt": [f"p{i}" for i in range(9)],
         }
     )
-    irl = SimpleNamespace(prompt_pool="toxic", train_prompts=3, validation_prompts=1)
+    irl = SimpleNamespace(prompt_pool="toxic", train_prompts=3, validation_prompts=1, test_prompts=0)
     assert set(split_prompts(curated, irl, "train", 0)["label"]) == {1}
     assert len(split_prompts(curated, irl, "test", 0)) == 3  # every test prompt, both labels
+    fewer = SimpleNamespace(prompt_pool="toxic", test_prompts=2)
+    drawn = split_prompts(curated, fewer, "test", 0)
+    assert len(drawn) == 2 and set(drawn["id"]) < {"c6", "c7", "c8"}  # a sample of the test prompts, any label
+    assert drawn["id"].tolist() == split_prompts(curated, fewer, "test", 0)["id"].tolist()  # seeded
+    with pytest.raises(DemonstrationError, match=r"irl.test_prompts is 4, but the test split has 3 prompts$"):
+        split_prompts(curated, SimpleNamespace(prompt_pool="toxic", test_prompts=4), "test", 0)
     with pytest.raises(DemonstrationError, match="irl.train_prompts is 4, but the train split has 3 prompts"):
         split_prompts(curated, SimpleNamespace(prompt_pool="toxic", train_prompts=4), "train", 0)
 

@@ -7,10 +7,9 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import PARAMS
+from conftest import PARAMS, REPO, write_params
 
 from irlnb.config import ConfigError, load_config
-from irlnb.layout import RunLayout
 from irlnb.pipeline import recoverability
 
 
@@ -32,49 +31,103 @@ def test_a_point_with_a_bad_budget_is_refused_as_a_params_file_would_be():
         recoverability.point_config(base, recoverability.Point("rloo", 0), seed=0)
 
 
-def _fake_run(tmp_path, name, auc, reduction):
-    layout = RunLayout(tmp_path / name)
-    layout.root.mkdir(parents=True)
-    layout.record_metrics(
-        {
-            "irl.test.auc_mean": auc,
-            "irl.mean_shift.test.auc_mean": auc - 0.05,
-            "irl.supervised.test.auc_mean": 0.93,
-            "rlhf.base.toxicity_mean": 0.1,
-            "rlhf.ground_truth.toxicity_mean": 0.1 * (1 - reduction),
-            "rlhf.base.perplexity": 100.0,
-            "rlhf.ground_truth.perplexity": 105.0,
-            "irl.log_ratio.test.expert_log_ratio_mean": 0.2,
-            "irl.demos.train.sign_differs": 7,
-        }
-    )
-    return layout
+def _fake_metrics(auc, reduction, white_box=True):
+    values = {
+        "irl.demos.train.sign_differs": 7,
+        "rlhf.base.toxicity_mean": 0.1,
+        "rlhf.ground_truth.toxicity_mean": 0.1 * (1 - reduction),
+        "rlhf.base.perplexity": 100.0,
+        "rlhf.ground_truth.perplexity": 105.0,
+    }
+    methods = {"": auc, "mean_shift.": auc - 0.05, "supervised.": 0.93, "r_star_comparisons.": 0.9}
+    if white_box:
+        methods["log_ratio."] = 0.7
+        values["irl.log_ratio.test.expert_log_ratio_mean"] = 0.2
+    for method, value in methods.items():
+        values[f"irl.{method}test.auc_mean"] = value
+        values[f"irl.{method}test.spearman_mean"] = value - 0.3
+        values[f"irl.{method}test.starc_distance_mean"] = 1 - value
+    return values
 
 
 def test_the_summary_the_record_and_the_figure_read_each_runs_metrics(tmp_path):
     base = load_config(PARAMS / "default.yaml")
     rloo, bon = recoverability.Point("rloo", 40), recoverability.Point("best_of_n", 4)
 
-    def collect(point, seed, run, auc, reduction):
+    def collect(point, seed, auc, reduction):
         config = recoverability.point_config(base, point, seed)
-        return recoverability.collect(point, seed, _fake_run(tmp_path, run, auc, reduction), config)
+        values = _fake_metrics(auc, reduction, white_box=point.kind != "best_of_n")
+        return {**recoverability.collect(point.kind, point.value, seed, values, config, "test"), "design": "reduced"}
 
-    rows = pd.DataFrame(
-        [collect(rloo, 0, "a", 0.76, 0.6), collect(rloo, 1, "b", 0.78, 0.5), collect(bon, 0, "c", 0.88, 0.8)]
-    )
+    rows = pd.DataFrame([collect(rloo, 0, 0.76, 0.6), collect(rloo, 1, 0.78, 0.5), collect(bon, 0, 0.88, 0.8)])
     assert rows.loc[0, "toxicity_reduction"] == pytest.approx(0.6) and rows.loc[0, "perplexity_ratio"] == 1.05
     assert rows.loc[0, "kl"] == 0.2 and rows.loc[2, "kl"] == pytest.approx(math.log(4) - 3 / 4)  # best-of-n's bound
-    assert math.isnan(rows.loc[0, "white_box"])  # not measured: missing, not zero
+    assert rows.loc[0, "r_star_comparisons_auc"] == 0.9 and rows.loc[1, "irl_spearman"] == pytest.approx(0.48)
+    assert math.isnan(rows.loc[2, "white_box_auc"])  # not measured: missing, not zero
     record = recoverability.summarise(rows)
-    assert record["recoverability.rloo.max_steps40.irl_mean"] == pytest.approx(0.77)
-    assert (
-        record["recoverability.rloo.max_steps40.irl_min"] == 0.76
-        and record["recoverability.rloo.max_steps40.seeds"] == 2
-    )
-    assert record["recoverability.best_of_n.n4.ceiling_mean"] == 0.93
+    prefix = "recoverability.reduced.rloo.max_steps40."
+    assert record[prefix + "irl_auc_mean"] == pytest.approx(0.77)
+    assert record[prefix + "irl_auc_min"] == 0.76 and record[prefix + "seeds"] == 2
+    assert record[prefix + "white_box_starc_mean"] == pytest.approx(0.3)
+    assert record["recoverability.reduced.best_of_n.n4.ceiling_auc_mean"] == 0.93
+    assert "recoverability.reduced.best_of_n.n4.white_box_auc_mean" not in record
     from irlnb.report.plots import recoverability_figure
 
-    figure = recoverability_figure(rows)
+    calibration = recoverability.calibration_row()
+    figure = recoverability_figure(pd.concat([rows, pd.DataFrame([calibration])], ignore_index=True))
     figure.savefig(tmp_path / "recoverability.png")
     assert (tmp_path / "recoverability.png").stat().st_size > 10_000
     json.dumps(record)  # a record is plain JSON
+
+
+def test_the_default_run_is_the_full_size_point_read_from_its_record():
+    recorded = json.loads((REPO / "regress" / "default.metrics.json").read_text())
+    row = recoverability.calibration_row()
+    assert (row["design"], row["kind"], row["value"], row["seed"]) == ("full", "dpo", 400, 0)
+    assert row["irl_auc"] == recorded["metrics"]["irl.test.auc_mean"]
+    assert row["white_box_spearman"] == recorded["metrics"]["irl.log_ratio.test.spearman_mean"]
+    assert row["commit"] == recorded["git"]["commit"]
+
+
+def test_the_study_runs_on_the_smoke_params_and_goes_on_where_it_stopped(tmp_path):
+    """End to end on the smoke params: two points, one seed; a second invocation keeps both; one point lost from
+    the record (a study killed after its run finished, before the record was written) is read again from its run
+    directory, whose stages are not redone, the other kept."""
+    base = load_config(write_params(tmp_path))
+    points = (recoverability.Point("best_of_n", 2), recoverability.Point("rloo", 2))
+    record = tmp_path / "recoverability.metrics.json"
+    study = dict(
+        seeds=1, points=points, runs_dir=str(tmp_path / "study"), figures_dir=tmp_path / "figures", record=record
+    )
+    lines = []
+    table = recoverability.run_study(base, **study, calibration=None, log=lines.append)
+    assert list(table["point"]) == ["best_of_n-n2", "rloo-max_steps2"] and (table["design"] == "reduced").all()
+    assert table["irl_auc"].between(0, 1).all() and table["seconds"].gt(0).all()
+    assert math.isnan(table.loc[0, "white_box_auc"]) and not math.isnan(table.loc[1, "white_box_spearman"])
+    assert any("[2/2] rloo-max_steps2, alignment seed 0, about" in line for line in lines)  # time left
+    saved = json.loads(record.read_text())
+    assert saved["finished"] == 2 and saved["params_file"] == str(tmp_path / "params.yaml")
+    assert saved["metrics"]["recoverability.reduced.rloo.max_steps2.irl_auc_mean"] == table.loc[1, "irl_auc"]
+    assert (tmp_path / "figures" / "recoverability.png").stat().st_size > 10_000
+
+    lines.clear()
+    again = recoverability.run_study(base, **study, calibration=None, log=lines.append)
+    assert sum(": kept (commit" in line for line in lines) == 2 and not any("01_curate" in line for line in lines)
+    assert again["irl_auc"].tolist() == table["irl_auc"].tolist()
+
+    saved["rows"] = saved["rows"][:1]  # the second point's row was never written
+    record.write_text(json.dumps(saved))
+    lines.clear()
+    recoverability.run_study(base, **study, calibration=None, log=lines.append)
+    assert "kept" in lines[0] and "[2/2] rloo-max_steps2, alignment seed 0" in lines[1]
+    assert "every stage is complete with these settings; nothing to do" in lines[2]
+    assert json.loads(record.read_text())["rows"][1]["irl_auc"] == table.loc[1, "irl_auc"]
+
+
+def test_a_record_of_another_study_is_refused_not_overwritten(tmp_path):
+    record = tmp_path / "recoverability.metrics.json"
+    record.write_text(json.dumps({"params_file": "params/other.yaml", "rows": []}))
+    base = load_config(PARAMS / "recoverability.yaml")
+    with pytest.raises(recoverability.StudyError, match=r"the record of a study on params/other.yaml, not params/rec"):
+        recoverability.run_study(base, record=record, runs_dir=str(tmp_path / "study"))
+    assert json.loads(record.read_text())["params_file"] == "params/other.yaml"

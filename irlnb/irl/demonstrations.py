@@ -62,19 +62,20 @@ def demonstration_policies(layout: RunLayout, policy: str, irl, sampling, device
 def split_prompts(
     curated: pd.DataFrame, irl, split: str, seed: int, held_out: set[str] | frozenset[str] = frozenset()
 ) -> pd.DataFrame:
-    """The prompts of a split's pairs: a seeded sample of the pool (train, validation), or every test prompt;
-    never a prompt of `held_out` (the curated ids a dpo expert was trained on)."""
+    """The prompts of a split's pairs: a seeded sample of the pool (train, validation), or of every test prompt
+    (irl.test_prompts; 0: all of them); never a prompt of `held_out` (the curated ids a dpo expert was trained on)."""
     rows = curated[(curated["split"] == split) & ~curated["id"].isin(held_out)]
     if split == "test":
-        return rows.reset_index(drop=True)
-    if irl.prompt_pool == "toxic":
+        if irl.test_prompts == 0:
+            return rows.reset_index(drop=True)
+    elif irl.prompt_pool == "toxic":
         rows = rows[rows["label"] == 1]
-    count = irl.train_prompts if split == "train" else irl.validation_prompts
+    count = getattr(irl, f"{split}_prompts")  # irl.train_prompts, irl.validation_prompts, irl.test_prompts
     if count > len(rows):
         aside = f" besides the {len(held_out)} the expert was trained on" if held_out else ""
+        pool = "" if split == "test" else f" in the pool '{irl.prompt_pool}'"
         raise DemonstrationError(
-            f"irl.{split}_prompts is {count}, but the {split} split has {len(rows)} prompts "
-            f"in the pool '{irl.prompt_pool}'{aside}"
+            f"irl.{split}_prompts is {count}, but the {split} split has {len(rows)} prompts{pool}{aside}"
         )
     return rows.sample(n=count, random_state=seed).reset_index(drop=True)
 

@@ -87,9 +87,13 @@ def cmd_recoverability(args) -> int:
     from irlnb.pipeline import recoverability  # loads the runner
 
     kinds = tuple(kind_of(name.strip()).name for name in args.kinds.split(",")) if args.kinds else None
-    record = None if args.no_record else REPO_ROOT / "regress" / "recoverability.metrics.json"
-    table = recoverability.run_study(config, seeds=args.seeds, kinds=kinds, runs_dir=args.runs_dir, record=record)
-    print(table.groupby(["kind", "value"])[list(recoverability.METHODS)].mean().round(3).to_string())
+    record = None if args.no_record else recoverability.RECORD
+    stop_after = None if args.hours is None else args.hours * 3600
+    table = recoverability.run_study(
+        config, seeds=args.seeds, kinds=kinds, runs_dir=args.runs_dir, record=record, stop_after=stop_after
+    )
+    columns = [f"{method}_auc" for method in recoverability.METHODS] + ["white_box_spearman", "irl_spearman"]
+    print(table.groupby(["design", "kind", "value"])[columns].mean().round(3).to_string())
     return 0
 
 
@@ -169,13 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "params",
         nargs="?",
-        default=str(REPO_ROOT / "params" / "default.yaml"),
-        help="base params file (default params/default.yaml)",
+        default=str(REPO_ROOT / "params" / "recoverability.yaml"),
+        help="base params file: the design of a point (default params/recoverability.yaml)",
     )
     study.add_argument("--seeds", type=int, default=2, help="alignment seeds per point (default 2)")
     study.add_argument("--kinds", help="only the points of these kinds of alignment, comma-separated (e.g. rloo,rft)")
     study.add_argument("--runs-dir", default="runs/recoverability", help="where the study's runs go")
     study.add_argument("--no-record", action="store_true", help="do not write regress/recoverability.metrics.json")
+    study.add_argument(
+        "--hours", type=float, help="start no point after this many hours (run again to go on at the next point)"
+    )
     study.set_defaults(func=cmd_recoverability)
 
     readme = commands.add_parser("readme", help="check the README's measured numbers against regress/*.metrics.json")

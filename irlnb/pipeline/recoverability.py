@@ -1,17 +1,26 @@
 """`irlnb recoverability`: when can a reward be recovered? IRL fidelity against how the expert was aligned.
 
-Each point of the study aligns the base policy with R* in one way and budget (RLOO for more or
-fewer steps, best-of-n for larger n, rejection-sampling fine-tuning for more rounds), with several
-alignment seeds (`rlhf.seed`), and runs the pipeline up to IRL (stages 01 to 04) in a run
-directory of its own. Everything else is the base params file's. The study then reads each run's
-metrics: the IRL test AUC with its floor (mean shift) and ceiling (supervised), the white-box
-log-ratio where the expert has weights, and the expert's toxicity reduction, perplexity and KL.
-It writes `summary.csv`, `figures/recoverability.{png,pdf}` and a record `regress/recoverability.metrics.json`
-(the README quotes it). Opt-in: it takes hours on 2 cores.
+Each point of the study aligns the base policy with R* in one way and budget (DPO on more preference
+pairs, RLOO for more steps, best-of-n for larger n, rejection-sampling fine-tuning for more rounds),
+with several alignment seeds (`rlhf.seed`), and runs the pipeline up to IRL (stages 01 to 04) in a
+run directory of its own. Everything else is the base params file's (params/recoverability.yaml: the
+default with a reduced demonstration design, so that a point takes minutes). The study reads each
+run's metrics: IRL's test ROC-AUC, Spearman and STARC-style distance with R*, its floor (mean shift),
+ceiling (supervised) and the reference of R*'s own comparisons; the expert's white-box log-ratio
+(how far the policy learned R*: its Spearman with R*), its KL to the base, toxicity reduction and
+perplexity. The default run, recorded in regress/default.metrics.json, is the study's full-size
+point for calibration.
+
+Resumable point by point: every finished point x seed is written to the record
+`regress/recoverability.metrics.json` with the digest of its IRL stage (the runner's: the settings
+its result depends on) and its commit, and is never redone while that digest is unchanged; a killed
+point goes on from its last finished stage (the runner's resume). Opt-in: hours on 2 cores.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +28,21 @@ from typing import Any
 import pandas as pd
 
 from irlnb import metric_names as names
-from irlnb.config import Config, config_with
-from irlnb.layout import REPO_ROOT, RunLayout, write_json_atomic
+from irlnb.config import Config, config_with, parse_config
+from irlnb.errors import IrlnbError
+from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.pipeline import runner
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import git_state, provenance
 from irlnb.rl.kinds import KINDS
+
+STUDY_RUNS = "runs/recoverability"
+RECORD = REPO_ROOT / "regress" / "recoverability.metrics.json"
+CALIBRATION_RECORD = REPO_ROOT / "regress" / "default.metrics.json"  # the default run: the full-size point
+IRL_STAGE = "04_irl"
+
+
+class StudyError(IrlnbError, ValueError):
+    """A study that cannot go on as asked (its record belongs to another base params file)."""
 
 
 @dataclass(frozen=True)
@@ -48,20 +67,28 @@ class Point:
         return f"{self.kind}-{self.budget}{self.value}"
 
 
+# Each kind's budgets span 8x (rft 4x: a round samples and fine-tunes on every toxic train prompt, minutes each).
+# best_of_n n=1 is the base policy itself (KL 0): what IRL finds where nothing was aligned.
 POINTS = (
-    *(Point("dpo", prompts) for prompts in (100, 200, 400)),
-    *(Point("rloo", steps) for steps in (20, 40, 120)),
-    *(Point("best_of_n", n) for n in (2, 4, 8)),
-    *(Point("rft", rounds) for rounds in (1, 2)),
+    *(Point("dpo", prompts) for prompts in (25, 50, 200)),
+    *(Point("rloo", steps) for steps in (3, 8, 24)),
+    *(Point("best_of_n", n) for n in (1, 2, 8)),
+    *(Point("rft", rounds) for rounds in (1, 2, 4)),
 )
-STUDY_RUNS = "runs/recoverability"
-# The IRL test metrics the figure shows: the fitted reward, its floor and ceiling, and the white-box reward.
+# The IRL test metrics of each point: the fitted reward, its references, and the white-box reward.
 METHODS = {
-    "irl": names.irl_metric(None, "test", "auc_mean"),
-    "floor": names.irl_metric(names.FLOOR, "test", "auc_mean"),
-    "ceiling": names.irl_metric(names.CEILING, "test", "auc_mean"),
-    "white_box": names.irl_metric(names.WHITE_BOX, "test", "auc_mean"),
+    "irl": None,
+    "floor": names.FLOOR,
+    "ceiling": names.CEILING,
+    "r_star_comparisons": names.R_STAR_COMPARISONS,
+    "white_box": names.WHITE_BOX,
 }
+# Measured only for an expert with weights (white box), and two base samples per prompt (R*'s comparisons).
+OPTIONAL_METHODS = ("white_box", "r_star_comparisons")
+# Per method: test ROC-AUC against sign(R*), Spearman with R*, STARC-style distance to R*.
+MEASURES = {"auc": "auc_mean", "spearman": "spearman_mean", "starc": names.STARC_DISTANCE + "_mean"}
+EXPERT = ("toxicity_reduction", "perplexity_ratio", "kl")
+SUMMARISED = (*(f"{method}_{measure}" for method in METHODS for measure in MEASURES), *EXPERT)
 
 
 def point_config(base: Config, point: Point, seed: int) -> Config:
@@ -80,47 +107,71 @@ def point_config(base: Config, point: Point, seed: int) -> Config:
     return config_with(base, changes, f"recoverability point {point.name}, seed {seed}")
 
 
-def expert_kl(point: Point, config: Config, metrics: dict[str, float]) -> float:
+def point_digest(config: Config) -> str:
+    """What a point's result depends on: the runner's digest of its IRL stage (settings of stages 01 to 04)."""
+    return runner.stage_identities(config)[IRL_STAGE].digest
+
+
+def expert_kl(kind: str, config: Config, metrics: dict[str, float]) -> float:
     """KL(expert || base) of the expert's samples: known in closed form for some kinds (best-of-n), else the
     white-box mean log-ratio of its sampled continuations where it has weights."""
-    kind = KINDS[point.kind]
-    if kind.kl_to_base is not None:
-        return kind.kl_to_base(getattr(config, point.kind))
+    record = KINDS[kind]
+    if record.kl_to_base is not None:
+        return record.kl_to_base(getattr(config, kind))
     # Optional: the white-box reward is measured only for an expert with weights (and irl.white_box).
     return names.optional(metrics, names.irl_metric(names.WHITE_BOX, "test", "expert_log_ratio_mean"))
 
 
-def collect(point: Point, seed: int, layout: RunLayout, config: Config) -> dict[str, Any]:
-    values = layout.read_metrics()
-    what = f"recoverability point {point.name}, seed {seed}"
+def collect(kind: str, value: int, seed: int, values: dict[str, float], config: Config, what: str) -> dict[str, Any]:
+    """One row of the study from a run's metrics."""
 
     def read(policy: str, name: str) -> float:
         return names.require(values, names.policy_metric(policy, name), what)
 
-    row = {
-        "kind": point.kind,
-        "budget": point.budget,
-        "value": point.value,
-        "seed": seed,
-        **{
-            # Optional: the white-box reward needs an expert with weights; its points are left out of the figure.
-            method: names.optional(values, key) if method == "white_box" else names.require(values, key, what)
-            for method, key in METHODS.items()
-        },
-        "toxicity_reduction": 1 - read("ground_truth", names.TOXICITY_MEAN) / read("base", names.TOXICITY_MEAN),
-        "perplexity_ratio": read("ground_truth", names.PERPLEXITY) / read("base", names.PERPLEXITY),
-        "kl": expert_kl(point, config, values),
-        "pairs_sign_differs": names.require(values, names.demonstrations_metric("train", names.SIGN_DIFFERS), what),
-    }
+    row: dict[str, Any] = {"kind": kind, "budget": KINDS[kind].budget, "value": value, "seed": seed}
+    for method, objective in METHODS.items():
+        for measure, metric in MEASURES.items():
+            key = names.irl_metric(objective, "test", metric)
+            # Optional (OPTIONAL_METHODS): missing, not zero, where the run has none.
+            optional = method in OPTIONAL_METHODS
+            row[f"{method}_{measure}"] = names.optional(values, key) if optional else names.require(values, key, what)
+    row.update(
+        toxicity_reduction=1 - read("ground_truth", names.TOXICITY_MEAN) / read("base", names.TOXICITY_MEAN),
+        perplexity_ratio=read("ground_truth", names.PERPLEXITY) / read("base", names.PERPLEXITY),
+        kl=expert_kl(kind, config, values),
+        pairs_sign_differs=names.require(values, names.demonstrations_metric("train", names.SIGN_DIFFERS), what),
+    )
     return row
 
 
+def calibration_row(path: Path = CALIBRATION_RECORD) -> dict[str, Any] | None:
+    """A recorded run's full-size point (the default's: its kind, budget and alignment seed), read from its record
+    with the params it ran with; None when it has no record or its expert is not of a kind with a budget."""
+    record = read_json(path)
+    if record is None:
+        return None
+    default = parse_config(record["params"], str(path))
+    kind = default.rlhf.trainer
+    if kind not in KINDS or not KINDS[kind].budget:
+        return None
+    value = getattr(getattr(default, kind), KINDS[kind].budget)
+    row = collect(kind, value, default.rlhf.seed, record["metrics"], default, f"{path.name} (calibration)")
+    return {
+        **row,
+        "point": f"{kind}-{KINDS[kind].budget}{value}",
+        "design": "full",
+        "commit": (record.get("git") or {}).get("commit"),
+        "seconds": record["metrics"].get(names.TIMING + "total_s"),
+    }
+
+
 def summarise(rows: pd.DataFrame) -> dict[str, float]:
-    """The record the README quotes: each point's mean over seeds, as `recoverability.<point>.<quantity>`."""
+    """The record the README quotes: per point and design, the mean, min and max over seeds of each quantity, as
+    `recoverability.<design>.<point>.<quantity>_{mean,min,max}`, and its number of seeds."""
     record = {}
-    for (kind, budget, value), group in rows.groupby(["kind", "budget", "value"]):
-        prefix = f"recoverability.{kind}.{budget}{value}."
-        for column in (*METHODS, "toxicity_reduction", "perplexity_ratio", "kl"):
+    for (design, kind, budget, value), group in rows.groupby(["design", "kind", "budget", "value"]):
+        prefix = f"recoverability.{design}.{kind}.{budget}{value}."
+        for column in SUMMARISED:
             data = group[column].dropna()
             if len(data):
                 record[prefix + column + "_mean"] = float(data.mean())
@@ -130,6 +181,36 @@ def summarise(rows: pd.DataFrame) -> dict[str, float]:
     return record
 
 
+def params_name(config: Config) -> str:
+    """The params file a config was read from, relative to the repository where it lies in it."""
+    path = Path(config.path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else config.path
+
+
+def finished_rows(record: Path | None, base: Config) -> dict[tuple[str, int], dict[str, Any]]:
+    """The points x seeds a record already holds, by (point name, seed); refused when it is another study's."""
+    data = read_json(record) if record is not None else None
+    if not data:
+        return {}
+    if data.get("params_file") != params_name(base):
+        raise StudyError(
+            f"{record}: the record of a study on {data.get('params_file')}, not {params_name(base)}; "
+            "move it away or pass --no-record"
+        )
+    return {(row["point"], row["seed"]): row for row in data.get("rows", []) if row.get("design") == "reduced"}
+
+
+def run_seconds(root: Path, until: str = IRL_STAGE) -> float:
+    """The seconds the stages of a run up to `until` took, summed from its manifest."""
+    stages = read_json(RunLayout(root).manifest, default={}).get("stages", {})
+    return float(sum(stage["seconds"] for name, stage in stages.items() if name <= until))
+
+
+def clock(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 def run_study(
     base: Config,
     seeds: int = 2,
@@ -137,39 +218,76 @@ def run_study(
     runs_dir: str = STUDY_RUNS,
     figures_dir: Path | None = REPO_ROOT / "figures",
     record: Path | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
     points: tuple[Point, ...] | None = None,
+    calibration: Path | None = CALIBRATION_RECORD,
+    stop_after: float | None = None,
 ) -> pd.DataFrame:
-    """Every point x seed up to IRL (finished runs are kept), then the summary, the figure and the record."""
-    from irlnb.report.plots import recoverability_figure  # matplotlib loads only once the runs are done
+    """Every point x seed up to IRL, seed by seed (each seed covers every point before the next seed starts), then
+    the summary, the figure and the record, rewritten after each point. A point x seed the record holds with the
+    same digest is kept, never redone. `stop_after`: seconds after which no further point starts (the study goes
+    on at the next point when it is run again)."""
+    from irlnb.report.plots import recoverability_figure  # matplotlib loads only once the study starts
 
-    rows = []
     chosen = [point for point in (points or POINTS) if kinds is None or point.kind in kinds]
-    for number, point in enumerate(chosen, 1):
-        for seed in range(seeds):
-            config = point_config(base, point, seed)
-            log(f"recoverability [{number}/{len(chosen)}] {point.name}, alignment seed {seed}")
-            root = runner.run(config, runs_dir=runs_dir, until="04_irl", log=log)
-            rows.append(collect(point, seed, RunLayout(root), config))
-    table = pd.DataFrame(rows)
+    todo = [(point, seed) for seed in range(seeds) for point in chosen]
+    done = finished_rows(record, base)
     study_dir = REPO_ROOT / runs_dir
-    table.to_csv(study_dir / "summary.csv", index=False)
-    figure = recoverability_figure(table)
-    for folder in (study_dir, figures_dir):
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            for ext in ("png", "pdf"):
-                figure.savefig(folder / f"recoverability.{ext}", dpi=150, bbox_inches="tight")
-    if record is not None:
-        write_json_atomic(
-            record,
-            {
-                "metrics": summarise(table),
-                "params_file": base.path,
-                "points": [p.name for p in chosen],
-                "seeds": seeds,
-                "runs_dir": runs_dir,
-                **provenance(REPO_ROOT),
-            },
+    study_dir.mkdir(parents=True, exist_ok=True)
+    reference = calibration_row(calibration) if calibration is not None else None
+    rows: list[dict[str, Any]] = []
+    spent: list[float] = []  # seconds of the points run by this invocation
+    started = time.monotonic()
+
+    def publish() -> pd.DataFrame:
+        table = pd.DataFrame(rows + ([reference] if reference else []))
+        table.to_csv(study_dir / "summary.csv", index=False)
+        figure = recoverability_figure(table)
+        for folder in (study_dir, figures_dir):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                for ext in ("png", "pdf"):
+                    figure.savefig(folder / f"recoverability.{ext}", dpi=150, bbox_inches="tight")
+        if record is not None:
+            write_json_atomic(
+                record,
+                {
+                    "metrics": summarise(table),
+                    "rows": table.astype(object).where(table.notna(), None).to_dict("records"),
+                    "params_file": params_name(base),
+                    "points": [point.name for point in chosen],
+                    "seeds": seeds,
+                    "finished": len(rows),
+                    "planned": len(todo),
+                    "runs_dir": runs_dir,
+                    **provenance(REPO_ROOT),
+                },
+            )
+        return table
+
+    for number, (point, seed) in enumerate(todo, 1):
+        config = point_config(base, point, seed)
+        digest = point_digest(config)
+        earlier = done.get((point.name, seed))
+        if earlier is not None and earlier.get("digest") == digest:
+            log(f"recoverability [{number}/{len(todo)}] {point.name}, seed {seed}: kept (commit {earlier['commit']})")
+            rows.append(earlier)
+            continue
+        if stop_after is not None and time.monotonic() - started > stop_after:
+            log(f"recoverability: stopped after {clock(time.monotonic() - started)}; run again to go on")
+            break
+        left = len(todo) - number + 1
+        estimate = f", about {clock(sum(spent) / len(spent) * left)} left" if spent else ""
+        log(f"recoverability [{number}/{len(todo)}] {point.name}, alignment seed {seed}{estimate}")
+        root = runner.run(config, runs_dir=runs_dir, until=IRL_STAGE, log=log)
+        seconds = run_seconds(root)
+        spent.append(seconds)
+        values = RunLayout(root).read_metrics()
+        row = collect(point.kind, point.value, seed, values, config, f"recoverability point {point.name}, seed {seed}")
+        stages = read_json(RunLayout(root).manifest, default={}).get("stages", {})
+        commit = stages.get(IRL_STAGE, {}).get("git", git_state(REPO_ROOT)).get("commit")
+        rows.append(
+            {**row, "point": point.name, "design": "reduced", "digest": digest, "commit": commit, "seconds": seconds}
         )
-    return table
+        publish()
+    return publish()

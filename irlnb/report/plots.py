@@ -483,56 +483,85 @@ METHOD_STYLES = {
     "irl": ("IRL (saved objective)", "#4C72B0", "-"),
     "floor": ("floor: mean shift", "#8C8C8C", ":"),
     "ceiling": ("ceiling: supervised on R*", "#55A868", "--"),
+    "r_star_comparisons": ("reference: R*'s own comparisons", "#DD8452", (0, (5, 1, 1, 1))),
     "white_box": ("white-box log-ratio", "#C44E52", "-."),
 }
+KIND_COLORS = {"dpo": "#4C72B0", "rloo": "#C44E52", "grpo": "#8172B2", "rft": "#55A868", "best_of_n": "#DD8452"}
+
+
+def _spread(axis, stats: pd.DataFrame, **style) -> None:
+    """Mean with min-max bars (over alignment seeds) of a groupby().agg(["mean", "min", "max"]) frame."""
+    axis.errorbar(
+        stats.index,
+        stats["mean"],
+        yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+        capsize=3,
+        **style,
+    )
 
 
 def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
-    """IRL test AUC against the kind and budget of the expert (mean over alignment seeds, bars: min-max),
-    with the floor, the ceiling and the white-box reward; below, each expert's toxicity reduction, KL, perplexity."""
+    """Top: IRL test ROC-AUC against the kind and budget of the expert (mean over alignment seeds, bars: min-max),
+    with the floor, the ceiling, R*'s own comparisons and the white-box reward; the full-size point of the default
+    run as a star. Below: each expert's toxicity reduction, KL and perplexity. Right: IRL's Spearman with R*
+    against the white-box log-ratio's (how far the expert learned R*), one marker per point and seed."""
+    reduced = table[table["design"] == "reduced"]
+    full = table[table["design"] == "full"]
     kinds = [kind for kind in KINDS if kind in set(table["kind"])]
-    fig, axes = plt.subplots(2, len(kinds), figsize=(5.2 * len(kinds), 7.4), squeeze=False)
+    fig = plt.figure(figsize=(4.6 * (len(kinds) + 1), 7.6))
+    grid = fig.add_gridspec(2, len(kinds) + 1)
     for column, kind in enumerate(kinds):
-        rows = table[table["kind"] == kind].groupby("value")
-        top, bottom = axes[0, column], axes[1, column]
+        rows = reduced[reduced["kind"] == kind].groupby("value")
+        top, bottom = fig.add_subplot(grid[0, column]), fig.add_subplot(grid[1, column])
         for method, (label, color, style) in METHOD_STYLES.items():
-            stats = rows[method].agg(["mean", "min", "max"]).dropna()
-            if stats.empty:
-                continue
-            top.errorbar(
-                stats.index,
-                stats["mean"],
-                yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                color=color,
-                ls=style,
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-        top.axhline(0.9, color="black", lw=0.6, ls="--")
+            stats = rows[f"{method}_auc"].agg(["mean", "min", "max"]).dropna() if len(rows) else pd.DataFrame()
+            if not stats.empty:
+                _spread(top, stats, color=color, ls=style, marker="o", label=label)
+            calibration = full[full["kind"] == kind]
+            if len(calibration) and not calibration[f"{method}_auc"].isna().all():
+                top.scatter(
+                    calibration["value"], calibration[f"{method}_auc"], color=color, marker="*", s=110, zorder=3
+                )
+        top.axhline(0.5, color="black", lw=0.6, ls="--")
         top.set(title=KINDS[kind].budget_label, ylabel="test ROC-AUC vs sign(R*)", ylim=(0.45, 1.0))
         top.set_xscale("log", base=2)
         for quantity, color in (("toxicity_reduction", "#4C72B0"), ("kl", "#C44E52")):
-            stats = rows[quantity].agg(["mean", "min", "max"]).dropna()
+            stats = rows[quantity].agg(["mean", "min", "max"]).dropna() if len(rows) else pd.DataFrame()
             if len(stats):
-                bottom.errorbar(
-                    stats.index,
-                    stats["mean"],
-                    yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                    color=color,
-                    marker="o",
-                    capsize=3,
-                    label=quantity.replace("_", " "),
-                )
-        ratio = rows["perplexity_ratio"].mean().dropna()
+                _spread(bottom, stats, color=color, marker="o", label=quantity.replace("_", " "))
         twin = bottom.twinx()
-        twin.plot(ratio.index, ratio, color="#8172B2", marker="s", ls=":", label="perplexity ratio")
+        if len(rows):
+            ratio = rows["perplexity_ratio"].mean().dropna()
+            twin.plot(ratio.index, ratio, color="#8172B2", marker="s", ls=":", label="perplexity ratio")
         twin.set_ylabel("perplexity / base")
         bottom.set(xlabel=KINDS[kind].budget_label.split(": ")[1], ylabel="reduction of GT toxicity; KL (nats)")
         bottom.set_xscale("log", base=2)
-        bottom.legend(fontsize=7, loc="upper left")
-        twin.legend(fontsize=7, loc="upper right")
-    axes[0, 0].legend(fontsize=7, loc="lower right")
+        for axis, corner in ((bottom, "upper left"), (twin, "upper right")):
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=7, loc=corner)
+        if column == 0:
+            top.scatter([], [], color="black", marker="*", s=80, label="default run (full size)")
+            top.legend(fontsize=7, loc="lower right")
+    scatter = fig.add_subplot(grid[:, len(kinds)])
+    for kind in kinds:
+        for design, marker, size in (("reduced", "o", 30), ("full", "*", 140)):
+            rows = table[(table["kind"] == kind) & (table["design"] == design)].dropna(subset=["white_box_spearman"])
+            if len(rows):
+                scatter.scatter(
+                    rows["white_box_spearman"],
+                    rows["irl_spearman"],
+                    color=KIND_COLORS.get(kind, "black"),
+                    marker=marker,
+                    s=size,
+                    label=KINDS[kind].budget_label.split(":")[0] if design == "reduced" else None,
+                )
+    scatter.axline((0, 0), slope=1, color="black", lw=0.6, ls="--")
+    scatter.set(
+        xlabel="white-box log-ratio: Spearman with R* (how far the expert learned R*)",
+        ylabel="IRL reward: test Spearman with R*",
+        title="Does IRL recover what the policy learned?",
+    )
+    scatter.legend(fontsize=7, loc="lower right")
     fig.suptitle("When can the reward be recovered? IRL fidelity against how the expert was aligned")
     fig.tight_layout()
     return fig
