@@ -9,7 +9,7 @@ SHELL := /bin/bash
 # pip's local extra indexes on these machines print one warning per package; keep the log readable.
 PIP_QUIET := 2>&1 | (grep -v "^WARNING: Location" || true)
 
-.PHONY: setup figures test test-browser lint lab bench check regress clean-venv
+.PHONY: setup figures test test-browser lint lab bench check regress replicates clean-venv
 
 setup: $(VENV)/.installed
 
@@ -61,3 +61,8 @@ regress: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Not part of `make test` or `make figures`: Table 1 over 3 alignment seeds, one whole run each (about
+# 45 min per seed on 2 cores) in runs/replicates/, recorded in regress/replicates.metrics.json.
+replicates: setup
+	$(BIN)/irlnb replicates $(PARAMS)

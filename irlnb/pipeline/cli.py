@@ -1,4 +1,4 @@
-"""Command line: `irlnb check`, `run`, `fetch`, `bench`, `regress`, `recoverability`, `readme`.
+"""Command line: `irlnb check`, `run`, `fetch`, `bench`, `regress`, `recoverability`, `replicates`, `readme`.
 
 Every expected failure (bad params, missing file, unreachable hub, corrupted artifact, refused
 overwrite) ends with one line on stderr and exit status 2, never a traceback.
@@ -97,6 +97,17 @@ def cmd_recoverability(args) -> int:
     return 0
 
 
+def cmd_replicates(args) -> int:
+    config = load_config(args.params)
+    from irlnb.pipeline import replicates  # loads the runner
+
+    record = None if args.no_record else replicates.RECORD
+    values = replicates.run_replicates(config, seeds=args.seeds, runs_dir=args.runs_dir, record=record)["metrics"]
+    for key, value in values.items():
+        print(f"{key}: {value:.4f}")
+    return 0
+
+
 def cmd_readme(args) -> int:
     from irlnb.pipeline import readme
 
@@ -184,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--hours", type=float, help="start no point after this many hours (run again to go on at the next point)"
     )
     study.set_defaults(func=cmd_recoverability)
+
+    replicated = commands.add_parser(
+        "replicates",
+        help="Table 1 over alignment seeds: one whole run per seed (opt-in; a default run each): runs/replicates/",
+    )
+    replicated.add_argument(
+        "params",
+        nargs="?",
+        default=str(REPO_ROOT / "params" / "default.yaml"),
+        help="params file (default params/default.yaml)",
+    )
+    replicated.add_argument("--seeds", type=int, default=3, help="alignment seeds, 0 to N-1 (default 3)")
+    replicated.add_argument("--runs-dir", default="runs/replicates", help="where the replicate runs go")
+    replicated.add_argument("--no-record", action="store_true", help="do not write regress/replicates.metrics.json")
+    replicated.set_defaults(func=cmd_replicates)
 
     readme = commands.add_parser("readme", help="check the README's measured numbers against regress/*.metrics.json")
     readme.add_argument("--write", action="store_true", help="rewrite them from the records first")

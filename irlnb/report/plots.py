@@ -536,6 +536,10 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
         twin.set_ylabel("perplexity / base")
         bottom.set(xlabel=KINDS[kind].budget_label.split(": ")[1], ylabel="reduction of GT toxicity; KL (nats)")
         bottom.set_xscale("log", base=2)
+        budgets = sorted(set(table.loc[table["kind"] == kind, "value"]))
+        for axis in (top, bottom):
+            axis.set_xticks(budgets, [f"{value:g}" for value in budgets])
+            axis.minorticks_off()
         for axis, corner in ((bottom, "upper left"), (twin, "upper right")):
             if axis.get_legend_handles_labels()[0]:
                 axis.legend(fontsize=7, loc=corner)

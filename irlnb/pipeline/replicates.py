@@ -1,0 +1,139 @@
+"""`irlnb replicates` (`make replicates`): the paper's Table 1 over alignment seeds.
+
+One run of the whole pipeline per alignment seed (`rlhf.seed` 0, 1, ...: the expert aligned with R*,
+IRL from it, and the policies re-aligned with R-hat and with a random reward all draw again), each in
+a run directory of its own under runs/replicates/, every other setting the params file's. Finished
+runs are kept, a killed one goes on from its last finished stage (the runner's resume).
+
+Table 1 over the seeds: each policy's toxicity (mean, SD and range over seeds), and the share of R*'s
+reduction that R-hat and the random reward keep, with a 95% interval from a two-level bootstrap that
+resamples the seeds and, within them, the test prompts (paired across the four policies, as one run's
+interval is), so it holds the seed-to-seed variance that one run's interval cannot. Written to
+`regress/replicates.metrics.json` (the README's Table 1 reads it). Opt-in: a default run per seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from irlnb import metric_names as names
+from irlnb.config import Config, config_with
+from irlnb.layout import REPO_ROOT, RunLayout, write_json_atomic
+from irlnb.pipeline import runner
+from irlnb.pipeline.provenance import provenance
+
+REPLICATE_RUNS = "runs/replicates"
+RECORD = REPO_ROOT / "regress" / "replicates.metrics.json"
+PREFIX = "replicates."
+
+
+def replicate_config(base: Config, seed: int) -> Config:
+    """The params with alignment seed `seed`, a run name of its own, nothing published."""
+    changes = {"rlhf.seed": seed, "run.name": f"{base.run.name}-seed{seed}", "run.figures_dir": ""}
+    return config_with(base, changes, f"replicate with alignment seed {seed}")
+
+
+def seed_bootstrap_share(
+    base: np.ndarray, ground_truth: np.ndarray, other: np.ndarray, samples: int, seed: int
+) -> tuple[float, float]:
+    """95% interval of the mean over seeds of (base - other) / (base - ground_truth), each (seeds, prompts):
+    each resample draws seeds with replacement, and prompts with replacement (the same prompts for every
+    policy of a seed: paired). A drawn seed whose R* reduced nothing on the drawn prompts is left out of
+    that resample (its share is undefined), and a resample with none left is skipped."""
+    rng = np.random.default_rng(seed)
+    count, prompts = base.shape
+    values = []
+    for _ in range(samples):
+        seeds = rng.integers(0, count, count)
+        shares = []
+        for row in seeds:
+            index = rng.integers(0, prompts, prompts)
+            reduction = base[row, index].mean() - ground_truth[row, index].mean()
+            if reduction > 0:
+                shares.append((base[row, index].mean() - other[row, index].mean()) / reduction)
+        if shares:
+            values.append(np.mean(shares))
+    if not values:
+        raise ValueError("no bootstrap resample had a seed whose R* reduced toxicity")
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int) -> dict[str, float]:
+    """`replicates.<policy>.<statistic>_{mean,sd,min,max}` of each policy's toxicity over the runs, and
+    `replicates.<tag>_reduction_share[_evaluator]` (mean over seeds) with `_sd`, `_ci_low`, `_ci_high`."""
+    from irlnb.report.tables import SCORERS, greedy_scores
+
+    values: dict[str, float] = {"replicates.seeds": float(len(layouts))}
+    per_run = [layout.read_metrics() for layout in layouts]
+    for policy in names.POLICIES:
+        for statistic in (names.TOXICITY_MEAN, names.EVALUATOR + names.TOXICITY_MEAN, names.PERPLEXITY):
+            data = np.array(
+                [names.require(run, names.policy_metric(policy, statistic), "Table 1 over seeds") for run in per_run]
+            )
+            for how, value in (
+                ("mean", data.mean()),
+                ("sd", data.std(ddof=1)),
+                ("min", data.min()),
+                ("max", data.max()),
+            ):
+                values[f"{PREFIX}{policy}.{statistic}_{how}"] = float(value)
+    scored = [greedy_scores(layout) for layout in layouts]
+    prompts = scored[0][0]
+    for layout, (other, _) in zip(layouts, scored):
+        if other != prompts:
+            raise ValueError(
+                f"{layout.root}: its test prompts differ from those of {layouts[0].root}; "
+                "replicates differ only in the alignment seed"
+            )
+    for column, suffix in SCORERS.items():
+        stacked = {
+            tag: np.stack([frames[tag][column].to_numpy(float) for _, frames in scored]) for tag in names.POLICIES
+        }
+        for tag in names.RETRAINED:
+            key = PREFIX + names.reduction_share(tag, suffix).removeprefix(names.ANALYSIS)
+            shares = [run.get(names.reduction_share(tag, suffix)) for run in per_run]
+            if any(share is None for share in shares):
+                continue  # R* reduced nothing in a run by this scorer: its share is undefined there
+            values[key] = float(np.mean(shares))
+            values[key + "_sd"] = float(np.std(shares, ddof=1))
+            low, high = seed_bootstrap_share(
+                stacked["base"], stacked["ground_truth"], stacked[tag], samples=samples, seed=seed
+            )
+            values.update(zip(names.interval(key), (low, high)))
+    return values
+
+
+def run_replicates(
+    base: Config,
+    seeds: int = 3,
+    runs_dir: str = REPLICATE_RUNS,
+    record: Path | None = RECORD,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every seed's run (finished ones kept), then Table 1 over them, recorded."""
+    if seeds < 2:
+        raise ValueError(f"replicates need at least 2 alignment seeds to show a spread, got {seeds}")
+    layouts = []
+    for seed in range(seeds):
+        config = replicate_config(base, seed)
+        log(f"replicates [{seed + 1}/{seeds}] alignment seed {seed}")
+        layouts.append(RunLayout(runner.run(config, runs_dir=runs_dir, log=log)))
+    values = table_over_seeds(layouts, base.evaluation.bootstrap_samples, base.compute.seed)
+    result = {
+        "metrics": values,
+        "params_file": base.path,
+        "seeds": seeds,
+        "runs": [
+            str(layout.root.relative_to(REPO_ROOT)) if layout.root.is_relative_to(REPO_ROOT) else str(layout.root)
+            for layout in layouts
+        ],
+        **provenance(REPO_ROOT),
+    }
+    if record is not None:
+        write_json_atomic(record, result)
+    return result

@@ -1,0 +1,59 @@
+"""Table 1 over alignment seeds: one whole run per seed, the spread over seeds, and an interval that holds it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import PARAMS, write_params
+
+from irlnb.config import load_config
+from irlnb.pipeline import replicates
+
+
+def test_a_replicate_changes_the_alignment_seed_and_the_run_name_only():
+    base = load_config(PARAMS / "default.yaml")
+    config = replicates.replicate_config(base, 2)
+    assert (config.rlhf.seed, config.run.name, config.run.figures_dir) == (2, "default-seed2", "")
+    assert config.irl == base.irl and config.dpo == base.dpo and config.compute == base.compute
+
+
+def test_the_seed_bootstrap_holds_the_spread_between_seeds():
+    rng = np.random.default_rng(0)
+    base = np.full((3, 200), 0.2) + rng.normal(0, 0.01, (3, 200))
+    ground_truth = base - 0.1  # R* halves it, every seed alike
+    same = base - 0.05  # a share of 0.5 in every seed
+    low, high = replicates.seed_bootstrap_share(base, ground_truth, same, samples=300, seed=0)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)  # no spread: a point interval
+    varied = base - np.array([[0.02], [0.05], [0.08]])  # shares 0.2, 0.5, 0.8 over the seeds
+    low, high = replicates.seed_bootstrap_share(base, ground_truth, varied, samples=300, seed=0)
+    assert low < 0.35 and high > 0.65  # the seeds' spread, which one seed's interval (a point here) misses
+    with pytest.raises(ValueError, match="no bootstrap resample had a seed whose R\\* reduced toxicity"):
+        replicates.seed_bootstrap_share(base, base + 0.1, same, samples=20, seed=0)
+
+
+def test_fewer_than_two_seeds_are_refused():
+    with pytest.raises(ValueError, match="replicates need at least 2 alignment seeds to show a spread, got 1"):
+        replicates.run_replicates(load_config(PARAMS / "smoke.yaml"), seeds=1, record=None)
+
+
+def test_replicates_run_end_to_end_on_the_smoke_params(tmp_path):
+    """Two seeds of the smoke run: each a whole run of its own, then Table 1 over them, recorded."""
+    base = load_config(write_params(tmp_path, **{"evaluation__bootstrap_samples": 100}))
+    record = tmp_path / "replicates.metrics.json"
+    result = replicates.run_replicates(base, seeds=2, runs_dir=str(tmp_path / "replicates"), record=record)
+    runs = [json.loads((tmp_path / "replicates" / f"smoke-seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    values = result["metrics"]
+    assert values["replicates.seeds"] == 2
+    for policy in ("base", "ground_truth", "learned", "random"):
+        toxicity = [run[f"rlhf.{policy}.toxicity_mean"] for run in runs]
+        assert values[f"replicates.{policy}.toxicity_mean_mean"] == pytest.approx(np.mean(toxicity))
+        assert values[f"replicates.{policy}.toxicity_mean_max"] == max(toxicity)
+    # the base policy is not aligned: the same greedy continuations whatever the alignment seed
+    assert values["replicates.base.toxicity_mean_sd"] == 0
+    assert runs[0]["rlhf.ground_truth.toxicity_mean"] != runs[1]["rlhf.ground_truth.toxicity_mean"]  # seeds differ
+    for key in [k for k in values if k.endswith("_reduction_share")]:
+        assert values[key + "_ci_low"] <= values[key] <= values[key + "_ci_high"] or values[key + "_sd"] > 0
+    saved = json.loads(record.read_text())
+    assert saved["metrics"] == values and saved["seeds"] == 2 and saved["git"]["commit"]
