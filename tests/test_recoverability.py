@@ -25,6 +25,16 @@ def test_a_point_changes_the_expert_and_the_alignment_seed_only():
     assert recoverability.point_config(base, recoverability.Point("rloo", 120), 0).rloo.max_steps == 120
 
 
+def test_a_seed_runs_each_kinds_smallest_then_largest_budget_first():
+    order = [point.name for point in recoverability.run_order(recoverability.POINTS)]
+    assert order[:4] == ["dpo-prompts25", "rloo-max_steps3", "best_of_n-n1", "rft-rounds1"]
+    assert order[4:8] == ["dpo-prompts200", "rloo-max_steps24", "best_of_n-n8", "rft-rounds4"]
+    assert sorted(order) == sorted(point.name for point in recoverability.POINTS)
+    for kind in ("dpo", "rloo", "best_of_n", "rft"):
+        values = [point.value for point in recoverability.POINTS if point.kind == kind]
+        assert max(values) >= 8 * min(values) or kind == "rft"  # budgets span 8x (rft: 4x, README)
+
+
 def test_a_point_with_a_bad_budget_is_refused_as_a_params_file_would_be():
     base = load_config(PARAMS / "default.yaml")
     with pytest.raises(ConfigError, match=r"recoverability point rloo-max_steps0, seed 0\): rloo\.max_steps: expected"):
@@ -87,6 +97,8 @@ def test_the_default_run_is_the_full_size_point_read_from_its_record():
     assert row["irl_auc"] == recorded["metrics"]["irl.test.auc_mean"]
     assert row["white_box_spearman"] == recorded["metrics"]["irl.log_ratio.test.spearman_mean"]
     assert row["commit"] == recorded["git"]["commit"]
+    stages = ("01_curate", "02_ground_truth_rm", "03_rlhf_ground_truth", "04_irl")
+    assert row["seconds"] == pytest.approx(sum(recorded["metrics"][f"timing.{stage}_s"] for stage in stages))
 
 
 def test_the_study_runs_on_the_smoke_params_and_goes_on_where_it_stopped(tmp_path):
@@ -122,6 +134,14 @@ def test_the_study_runs_on_the_smoke_params_and_goes_on_where_it_stopped(tmp_pat
     assert "kept" in lines[0] and "[2/2] rloo-max_steps2, alignment seed 0" in lines[1]
     assert "every stage is complete with these settings; nothing to do" in lines[2]
     assert json.loads(record.read_text())["rows"][1]["irl_auc"] == table.loc[1, "irl_auc"]
+
+    saved["rows"] = saved["rows"][1:]  # the first point lost: with no time to run it, the second is still kept
+    record.write_text(json.dumps(saved))
+    lines.clear()
+    recoverability.run_study(base, **study, calibration=None, log=lines.append, stop_after=0)
+    assert "no point starts after 0 min; run again to go on" in lines[0] and ": kept (commit" in lines[1]
+    kept = json.loads(record.read_text())
+    assert (kept["finished"], kept["planned"]) == (1, 2) and kept["rows"][0]["point"] == "rloo-max_steps2"
 
 
 def test_a_record_of_another_study_is_refused_not_overwritten(tmp_path):

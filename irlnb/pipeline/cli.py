@@ -192,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--runs-dir", default="runs/recoverability", help="where the study's runs go")
     study.add_argument("--no-record", action="store_true", help="do not write regress/recoverability.metrics.json")
     study.add_argument(
-        "--hours", type=float, help="start no point after this many hours (run again to go on at the next point)"
+        "--hours",
+        type=float,
+        help="start no point after this many hours (run again to go on at the next point; 0: only redraw the "
+        "figure and the record from the points the record holds)",
     )
     study.set_defaults(func=cmd_recoverability)
 

@@ -39,6 +39,7 @@ STUDY_RUNS = "runs/recoverability"
 RECORD = REPO_ROOT / "regress" / "recoverability.metrics.json"
 CALIBRATION_RECORD = REPO_ROOT / "regress" / "default.metrics.json"  # the default run: the full-size point
 IRL_STAGE = "04_irl"
+POINT_STAGES = ("01_curate", "02_ground_truth_rm", "03_rlhf_ground_truth", IRL_STAGE)  # what a point runs
 
 
 class StudyError(IrlnbError, ValueError):
@@ -89,6 +90,18 @@ OPTIONAL_METHODS = ("white_box", "r_star_comparisons")
 MEASURES = {"auc": "auc_mean", "spearman": "spearman_mean", "starc": names.STARC_DISTANCE + "_mean"}
 EXPERT = ("toxicity_reduction", "perplexity_ratio", "kl")
 SUMMARISED = (*(f"{method}_{measure}" for method in METHODS for measure in MEASURES), *EXPERT)
+
+
+def run_order(points: tuple[Point, ...] | list[Point]) -> list[Point]:
+    """The order a seed's points run in: each kind's smallest budget, then each kind's largest, then the ones between,
+    so that a study stopped early has every kind and the widest span first."""
+    kinds = list(dict.fromkeys(point.kind for point in points))
+    spread = {}
+    for kind in kinds:
+        budgets = [point for point in points if point.kind == kind]
+        spread[kind] = budgets[:1] + budgets[-1:] + budgets[1:-1] if len(budgets) > 1 else budgets
+    depth = max(len(budgets) for budgets in spread.values())
+    return [spread[kind][rank] for rank in range(depth) for kind in kinds if rank < len(spread[kind])]
 
 
 def point_config(base: Config, point: Point, seed: int) -> Config:
@@ -161,7 +174,8 @@ def calibration_row(path: Path = CALIBRATION_RECORD) -> dict[str, Any] | None:
         "point": f"{kind}-{KINDS[kind].budget}{value}",
         "design": "full",
         "commit": (record.get("git") or {}).get("commit"),
-        "seconds": record["metrics"].get(names.TIMING + "total_s"),
+        # its stages up to IRL, as a point's seconds count them
+        "seconds": sum(record["metrics"][names.stage_seconds(stage)] for stage in POINT_STAGES),
     }
 
 
@@ -200,10 +214,10 @@ def finished_rows(record: Path | None, base: Config) -> dict[tuple[str, int], di
     return {(row["point"], row["seed"]): row for row in data.get("rows", []) if row.get("design") == "reduced"}
 
 
-def run_seconds(root: Path, until: str = IRL_STAGE) -> float:
-    """The seconds the stages of a run up to `until` took, summed from its manifest."""
+def run_seconds(root: Path) -> float:
+    """The seconds a point's stages took, summed from its run's manifest."""
     stages = read_json(RunLayout(root).manifest, default={}).get("stages", {})
-    return float(sum(stage["seconds"] for name, stage in stages.items() if name <= until))
+    return float(sum(stages[name]["seconds"] for name in POINT_STAGES))
 
 
 def clock(seconds: float) -> str:
@@ -223,14 +237,15 @@ def run_study(
     calibration: Path | None = CALIBRATION_RECORD,
     stop_after: float | None = None,
 ) -> pd.DataFrame:
-    """Every point x seed up to IRL, seed by seed (each seed covers every point before the next seed starts), then
+    """Every point x seed up to IRL, seed by seed (each seed covers every point, in `run_order`, before the next seed
+    starts), then
     the summary, the figure and the record, rewritten after each point. A point x seed the record holds with the
     same digest is kept, never redone. `stop_after`: seconds after which no further point starts (the study goes
-    on at the next point when it is run again)."""
+    on at the next point when it is run again; 0 redraws the figure and the record from the points it holds)."""
     from irlnb.report.plots import recoverability_figure  # matplotlib loads only once the study starts
 
     chosen = [point for point in (points or POINTS) if kinds is None or point.kind in kinds]
-    todo = [(point, seed) for seed in range(seeds) for point in chosen]
+    todo = [(point, seed) for seed in range(seeds) for point in run_order(chosen)]
     done = finished_rows(record, base)
     study_dir = REPO_ROOT / runs_dir
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +253,7 @@ def run_study(
     rows: list[dict[str, Any]] = []
     spent: list[float] = []  # seconds of the points run by this invocation
     started = time.monotonic()
+    stopped = False
 
     def publish() -> pd.DataFrame:
         table = pd.DataFrame(rows + ([reference] if reference else []))
@@ -273,9 +289,11 @@ def run_study(
             log(f"recoverability [{number}/{len(todo)}] {point.name}, seed {seed}: kept (commit {earlier['commit']})")
             rows.append(earlier)
             continue
-        if stop_after is not None and time.monotonic() - started > stop_after:
-            log(f"recoverability: stopped after {clock(time.monotonic() - started)}; run again to go on")
-            break
+        if stopped or (stop_after is not None and time.monotonic() - started > stop_after):
+            if not stopped:
+                log(f"recoverability: no point starts after {clock(time.monotonic() - started)}; run again to go on")
+            stopped = True
+            continue  # the points the record holds further on are still kept
         left = len(todo) - number + 1
         estimate = f", about {clock(sum(spent) / len(spent) * left)} left" if spent else ""
         log(f"recoverability [{number}/{len(todo)}] {point.name}, alignment seed {seed}{estimate}")
