@@ -89,7 +89,7 @@ OPTIONAL_METHODS = ("white_box", "r_star_comparisons")
 # Per method: test ROC-AUC against sign(R*), Spearman with R*, STARC-style distance to R*.
 MEASURES = {"auc": "auc_mean", "spearman": "spearman_mean", "starc": names.STARC_DISTANCE + "_mean"}
 EXPERT = ("toxicity_reduction", "perplexity_ratio", "kl")
-SUMMARISED = (*(f"{method}_{measure}" for method in METHODS for measure in MEASURES), *EXPERT)
+SUMMARISED = (*(f"{method}_{measure}" for method in METHODS for measure in MEASURES), *EXPERT, "seconds")
 
 
 def run_order(points: tuple[Point, ...] | list[Point]) -> list[Point]:
@@ -185,7 +185,7 @@ def summarise(rows: pd.DataFrame) -> dict[str, float]:
     record = {}
     for (design, kind, budget, value), group in rows.groupby(["design", "kind", "budget", "value"]):
         prefix = f"recoverability.{design}.{kind}.{budget}{value}."
-        for column in SUMMARISED:
+        for column in (column for column in SUMMARISED if column in group):
             data = group[column].dropna()
             if len(data):
                 record[prefix + column + "_mean"] = float(data.mean())
@@ -237,16 +237,18 @@ def run_study(
     calibration: Path | None = CALIBRATION_RECORD,
     stop_after: float | None = None,
 ) -> pd.DataFrame:
-    """Every point x seed up to IRL, seed by seed (each seed covers every point, in `run_order`, before the next seed
-    starts), then
-    the summary, the figure and the record, rewritten after each point. A point x seed the record holds with the
-    same digest is kept, never redone. `stop_after`: seconds after which no further point starts (the study goes
-    on at the next point when it is run again; 0 redraws the figure and the record from the points it holds)."""
+    """Every point x seed up to IRL, seed by seed (each seed covers every point, in `run_order`, before the next
+    seed starts); the summary, the figure and the record are rewritten after each point. A point x seed the record
+    holds with the same digest is kept, never redone. `stop_after`: seconds after which no further point starts
+    (the study goes on at the next point when it is run again; 0 redraws the figure and the record from the points
+    the record holds)."""
     from irlnb.report.plots import recoverability_figure  # matplotlib loads only once the study starts
 
     chosen = [point for point in (points or POINTS) if kinds is None or point.kind in kinds]
-    todo = [(point, seed) for seed in range(seeds) for point in run_order(chosen)]
-    done = finished_rows(record, base)
+    todo = [(point, seed, point_config(base, point, seed)) for seed in range(seeds) for point in run_order(chosen)]
+    digests = {(point.name, seed): point_digest(config) for point, seed, config in todo}
+    # a row of the record whose settings have changed since is not kept: its point runs again
+    kept = {key: row for key, row in finished_rows(record, base).items() if row.get("digest") == digests.get(key)}
     study_dir = REPO_ROOT / runs_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     reference = calibration_row(calibration) if calibration is not None else None
@@ -256,7 +258,9 @@ def run_study(
     stopped = False
 
     def publish() -> pd.DataFrame:
-        table = pd.DataFrame(rows + ([reference] if reference else []))
+        reached = {(row["point"], row["seed"]) for row in rows}
+        ahead = [row for key, row in kept.items() if key not in reached]  # kept rows this invocation has not reached
+        table = pd.DataFrame(rows + ahead + ([reference] if reference else []))
         table.to_csv(study_dir / "summary.csv", index=False)
         figure = recoverability_figure(table)
         for folder in (study_dir, figures_dir):
@@ -273,7 +277,7 @@ def run_study(
                     "params_file": params_name(base),
                     "points": [point.name for point in chosen],
                     "seeds": seeds,
-                    "finished": len(rows),
+                    "finished": len(rows) + len(ahead),
                     "planned": len(todo),
                     "runs_dir": runs_dir,
                     **provenance(REPO_ROOT),
@@ -281,11 +285,10 @@ def run_study(
             )
         return table
 
-    for number, (point, seed) in enumerate(todo, 1):
-        config = point_config(base, point, seed)
-        digest = point_digest(config)
-        earlier = done.get((point.name, seed))
-        if earlier is not None and earlier.get("digest") == digest:
+    for number, (point, seed, config) in enumerate(todo, 1):
+        digest = digests[(point.name, seed)]
+        earlier = kept.get((point.name, seed))
+        if earlier is not None:
             log(f"recoverability [{number}/{len(todo)}] {point.name}, seed {seed}: kept (commit {earlier['commit']})")
             rows.append(earlier)
             continue
@@ -294,7 +297,7 @@ def run_study(
                 log(f"recoverability: no point starts after {clock(time.monotonic() - started)}; run again to go on")
             stopped = True
             continue  # the points the record holds further on are still kept
-        left = len(todo) - number + 1
+        left = sum((later.name, later_seed) not in kept for later, later_seed, _ in todo[number - 1 :])
         estimate = f", about {clock(sum(spent) / len(spent) * left)} left" if spent else ""
         log(f"recoverability [{number}/{len(todo)}] {point.name}, alignment seed {seed}{estimate}")
         root = runner.run(config, runs_dir=runs_dir, until=IRL_STAGE, log=log)
