@@ -220,6 +220,14 @@ def run_seconds(root: Path) -> float:
     return float(sum(stages[name]["seconds"] for name in POINT_STAGES))
 
 
+def run_complete(config: Config, runs_dir: str) -> bool:
+    """A point's run holds every stage up to IRL with its settings (reading it runs nothing)."""
+    try:
+        return not runner.plan(config, RunLayout.of_run(config.run, runs_dir), None, False, IRL_STAGE)
+    except runner.RunError:  # a stage finished with other settings: running it says so
+        return False
+
+
 def clock(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
@@ -247,8 +255,13 @@ def run_study(
     chosen = [point for point in (points or POINTS) if kinds is None or point.kind in kinds]
     todo = [(point, seed, point_config(base, point, seed)) for seed in range(seeds) for point in run_order(chosen)]
     digests = {(point.name, seed): point_digest(config) for point, seed, config in todo}
-    # a row of the record whose settings have changed since is not kept: its point runs again
-    kept = {key: row for key, row in finished_rows(record, base).items() if row.get("digest") == digests.get(key)}
+    # a row of the record whose settings have changed since is not kept (its point runs again); the rows of points
+    # this invocation does not cover (other kinds, other seeds) stay as they are
+    kept = {
+        key: row
+        for key, row in finished_rows(record, base).items()
+        if key not in digests or row.get("digest") == digests[key]
+    }
     study_dir = REPO_ROOT / runs_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     reference = calibration_row(calibration) if calibration is not None else None
@@ -292,7 +305,8 @@ def run_study(
             log(f"recoverability [{number}/{len(todo)}] {point.name}, seed {seed}: kept (commit {earlier['commit']})")
             rows.append(earlier)
             continue
-        if stopped or (stop_after is not None and time.monotonic() - started > stop_after):
+        late = stopped or (stop_after is not None and time.monotonic() - started > stop_after)
+        if late and not run_complete(config, runs_dir):  # a complete run is read, whatever the time
             if not stopped:
                 log(f"recoverability: no point starts after {clock(time.monotonic() - started)}; run again to go on")
             stopped = True
