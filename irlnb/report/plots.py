@@ -565,7 +565,8 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
         ylabel="IRL reward: test Spearman with R*",
         title="Does IRL recover what the policy learned?",
     )
-    scatter.legend(fontsize=7, loc="lower right")
+    if scatter.get_legend_handles_labels()[0]:  # none where no expert has weights
+        scatter.legend(fontsize=7, loc="lower right")
     fig.suptitle("When can the reward be recovered? IRL fidelity against how the expert was aligned")
     fig.tight_layout()
     return fig
