@@ -82,6 +82,10 @@ def test_the_summary_the_record_and_the_figure_read_each_runs_metrics(tmp_path):
     assert record[prefix + "white_box_starc_mean"] == pytest.approx(0.3)
     assert record["recoverability.reduced.best_of_n.n4.ceiling_auc_mean"] == 0.93
     assert "recoverability.reduced.best_of_n.n4.white_box_auc_mean" not in record
+    assert "recoverability.irl_vs_white_box_spearman" not in record  # 2 experts with weights: too few to rank
+    more = pd.concat([rows, pd.DataFrame([collect(rloo, 2, 0.80, 0.7)])], ignore_index=True)
+    more.loc[:, "white_box_spearman"] = [0.1, 0.3, float("nan"), 0.2]  # IRL's: 0.46, 0.48, -, 0.50
+    assert recoverability.summarise(more)["recoverability.irl_vs_white_box_spearman"] == pytest.approx(0.5)
     from irlnb.report.plots import recoverability_figure
 
     calibration = recoverability.calibration_row()

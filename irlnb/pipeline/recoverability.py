@@ -181,7 +181,8 @@ def calibration_row(path: Path = CALIBRATION_RECORD) -> dict[str, Any] | None:
 
 def summarise(rows: pd.DataFrame) -> dict[str, float]:
     """The record the README quotes: per point and design, the mean, min and max over seeds of each quantity, as
-    `recoverability.<design>.<point>.<quantity>_{mean,min,max}`, and its number of seeds."""
+    `recoverability.<design>.<point>.<quantity>_{mean,min,max}`, and its number of seeds; over every point x seed
+    whose expert has weights, the rank correlation of IRL's Spearman with R* and the white-box one's."""
     record = {}
     for (design, kind, budget, value), group in rows.groupby(["design", "kind", "budget", "value"]):
         prefix = f"recoverability.{design}.{kind}.{budget}{value}."
@@ -192,6 +193,12 @@ def summarise(rows: pd.DataFrame) -> dict[str, float]:
                 record[prefix + column + "_min"] = float(data.min())
                 record[prefix + column + "_max"] = float(data.max())
         record[prefix + "seeds"] = float(group["seed"].nunique())
+    learned = rows.dropna(subset=["white_box_spearman", "irl_spearman"])
+    if len(learned) >= 3:  # does IRL recover the reward as far as the policies learned it? (rank correlation)
+        record["recoverability.irl_vs_white_box_spearman"] = float(
+            learned["irl_spearman"].corr(learned["white_box_spearman"], method="spearman")
+        )
+        record["recoverability.points_with_weights"] = float(len(learned))
     return record
 
 
