@@ -213,6 +213,12 @@ def build_folder_atomic(target: str | Path, build: Callable[[Path], None]) -> Pa
     return target
 
 
+def repo_relative(path: str | Path) -> str:
+    """A path as records name it: relative to the repository where it lies in it, else as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
+
+
 def read_json(path: str | Path, default: Any = None) -> Any:
     path = Path(path)
     if not path.is_file():

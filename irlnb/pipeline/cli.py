@@ -130,6 +130,20 @@ def add_set_option(command: argparse.ArgumentParser) -> None:
     )
 
 
+def add_opt_in_arguments(parser: argparse.ArgumentParser, name: str, params: str, seeds: int, what: str) -> None:
+    """The arguments every opt-in study over alignment seeds takes: its params file, its seeds, where its runs go,
+    and whether it writes its record regress/<name>.metrics.json."""
+    parser.add_argument(
+        "params",
+        nargs="?",
+        default=str(REPO_ROOT / "params" / f"{params}.yaml"),
+        help=f"params file: {what} (default params/{params}.yaml)",
+    )
+    parser.add_argument("--seeds", type=int, default=seeds, help=f"alignment seeds 0 to N-1 (default {seeds})")
+    parser.add_argument("--runs-dir", default=f"runs/{name}", help=f"where its runs go (default runs/{name})")
+    parser.add_argument("--no-record", action="store_true", help=f"do not write regress/{name}.metrics.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="irlnb", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,16 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="IRL fidelity against the kind and budget of the expert "
         "(opt-in; hours): runs/recoverability/, figures/recoverability.*",
     )
-    study.add_argument(
-        "params",
-        nargs="?",
-        default=str(REPO_ROOT / "params" / "recoverability.yaml"),
-        help="base params file: the design of a point (default params/recoverability.yaml)",
-    )
-    study.add_argument("--seeds", type=int, default=2, help="alignment seeds per point (default 2)")
+    add_opt_in_arguments(study, "recoverability", "recoverability", seeds=2, what="the design of a point")
     study.add_argument("--kinds", help="only the points of these kinds of alignment, comma-separated (e.g. rloo,rft)")
-    study.add_argument("--runs-dir", default="runs/recoverability", help="where the study's runs go")
-    study.add_argument("--no-record", action="store_true", help="do not write regress/recoverability.metrics.json")
     study.add_argument(
         "--hours",
         type=float,
@@ -203,15 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "replicates",
         help="Table 1 over alignment seeds: one whole run per seed (opt-in; a default run each): runs/replicates/",
     )
-    replicated.add_argument(
-        "params",
-        nargs="?",
-        default=str(REPO_ROOT / "params" / "default.yaml"),
-        help="params file (default params/default.yaml)",
-    )
-    replicated.add_argument("--seeds", type=int, default=3, help="alignment seeds, 0 to N-1 (default 3)")
-    replicated.add_argument("--runs-dir", default="runs/replicates", help="where the replicate runs go")
-    replicated.add_argument("--no-record", action="store_true", help="do not write regress/replicates.metrics.json")
+    add_opt_in_arguments(replicated, "replicates", "default", seeds=3, what="the run replicated")
     replicated.set_defaults(func=cmd_replicates)
 
     readme = commands.add_parser("readme", help="check the README's measured numbers against regress/*.metrics.json")

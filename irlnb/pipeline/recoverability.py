@@ -30,9 +30,9 @@ import pandas as pd
 from irlnb import metric_names as names
 from irlnb.config import Config, config_with, parse_config
 from irlnb.errors import IrlnbError
-from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
+from irlnb.layout import REPO_ROOT, RunLayout, read_json, repo_relative, write_json_atomic
 from irlnb.pipeline import runner
-from irlnb.pipeline.provenance import git_state, provenance
+from irlnb.pipeline.provenance import provenance
 from irlnb.rl.kinds import KINDS
 
 STUDY_RUNS = "runs/recoverability"
@@ -202,29 +202,23 @@ def summarise(rows: pd.DataFrame) -> dict[str, float]:
     return record
 
 
-def params_name(config: Config) -> str:
-    """The params file a config was read from, relative to the repository where it lies in it."""
-    path = Path(config.path).resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else config.path
-
-
 def finished_rows(record: Path | None, base: Config) -> dict[tuple[str, int], dict[str, Any]]:
     """The points x seeds a record already holds, by (point name, seed); refused when it is another study's."""
     data = read_json(record) if record is not None else None
     if not data:
         return {}
-    if data.get("params_file") != params_name(base):
+    if data.get("params_file") != repo_relative(base.path):
         raise StudyError(
-            f"{record}: the record of a study on {data.get('params_file')}, not {params_name(base)}; "
+            f"{record}: the record of a study on {data.get('params_file')}, not {repo_relative(base.path)}; "
             "move it away or pass --no-record"
         )
     return {(row["point"], row["seed"]): row for row in data.get("rows", []) if row.get("design") == "reduced"}
 
 
-def run_seconds(root: Path) -> float:
-    """The seconds a point's stages took, summed from its run's manifest."""
-    stages = read_json(RunLayout(root).manifest, default={}).get("stages", {})
-    return float(sum(stages[name]["seconds"] for name in POINT_STAGES))
+def run_timing(root: Path) -> tuple[float, str | None]:
+    """The seconds a point's stages took and the commit its IRL stage ran at, from its run's manifest."""
+    stages = read_json(RunLayout(root).manifest, default={})["stages"]
+    return float(sum(stages[name]["seconds"] for name in POINT_STAGES)), stages[IRL_STAGE]["git"]["commit"]
 
 
 def run_complete(config: Config, runs_dir: str) -> bool:
@@ -294,7 +288,7 @@ def run_study(
                 {
                     "metrics": summarise(table),
                     "rows": table.astype(object).where(table.notna(), None).to_dict("records"),
-                    "params_file": params_name(base),
+                    "params_file": repo_relative(base.path),
                     "points": [point.name for point in chosen],
                     "seeds": seeds,
                     "finished": len(rows) + len(ahead),
@@ -322,12 +316,10 @@ def run_study(
         estimate = f", about {clock(sum(spent) / len(spent) * left)} left" if spent else ""
         log(f"recoverability [{number}/{len(todo)}] {point.name}, alignment seed {seed}{estimate}")
         root = runner.run(config, runs_dir=runs_dir, until=IRL_STAGE, log=log)
-        seconds = run_seconds(root)
+        seconds, commit = run_timing(root)
         spent.append(seconds)
         values = RunLayout(root).read_metrics()
         row = collect(point.kind, point.value, seed, values, config, f"recoverability point {point.name}, seed {seed}")
-        stages = read_json(RunLayout(root).manifest, default={}).get("stages", {})
-        commit = stages.get(IRL_STAGE, {}).get("git", git_state(REPO_ROOT)).get("commit")
         rows.append(
             {**row, "point": point.name, "design": "reduced", "digest": digest, "commit": commit, "seconds": seconds}
         )

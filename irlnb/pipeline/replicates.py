@@ -22,7 +22,7 @@ import numpy as np
 
 from irlnb import metric_names as names
 from irlnb.config import Config, config_with
-from irlnb.layout import REPO_ROOT, RunLayout, write_json_atomic
+from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
 
@@ -126,12 +126,9 @@ def run_replicates(
     values = table_over_seeds(layouts, base.evaluation.bootstrap_samples, base.compute.seed)
     result = {
         "metrics": values,
-        "params_file": base.path,
+        "params_file": repo_relative(base.path),
         "seeds": seeds,
-        "runs": [
-            str(layout.root.relative_to(REPO_ROOT)) if layout.root.is_relative_to(REPO_ROOT) else str(layout.root)
-            for layout in layouts
-        ],
+        "runs": [repo_relative(layout.root) for layout in layouts],
         **provenance(REPO_ROOT),
     }
     if record is not None:
