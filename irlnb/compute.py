@@ -1,14 +1,22 @@
-"""The compute settings applied: seeds, CPU threads, and which torch device a model goes to."""
+"""The compute settings applied: seeds, CPU threads, and which torch device a model goes to; and what a frozen
+model computed, kept so that no run computes it twice."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from irlnb.errors import IrlnbError
+from irlnb.layout import write_atomic
+
+Value = TypeVar("Value")
 
 
 class DeviceError(IrlnbError, RuntimeError):
@@ -54,3 +62,25 @@ def resolve_inference_dtype(dtype: str, device: str) -> str:
     else:
         native = bool(NATIVE_BFLOAT16_FLAGS & cpu_flags())
     return "bfloat16" if native else "float32"
+
+
+def frozen_cached(
+    directory: Path, kind: str, key: object, compute: Callable[[], Value], usable: Callable[[Value], bool]
+) -> Value:
+    """`compute()`, or what it returned before for the same `key`: everything the value depends on (JSON; for a
+    model, its weights' sha256, never only its name), to which torch's version is added. A frozen model's features,
+    samples and log-probabilities are kept this way in a cache that the runs of one runs directory share
+    (`RunLayout.cache`). A kept file that a kill cut short, that is damaged or that `usable` refuses is recomputed.
+    """
+    identity = json.dumps({"torch": torch.__version__, "key": key}, sort_keys=True, default=str)
+    path = Path(directory) / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
+    if path.is_file():
+        try:
+            kept = torch.load(path, weights_only=True)
+            if usable(kept):
+                return kept
+        except Exception:  # noqa: BLE001 - any unreadable cache file is recomputed
+            pass
+    value = compute()
+    write_atomic(path, lambda tmp: torch.save(value, tmp))
+    return value

@@ -65,8 +65,9 @@ class RunLayout:
 
     @property
     def cache(self) -> Path:
-        """Frozen-backbone features, keyed by what they are computed from (safe to delete)."""
-        return self.root / "cache"
+        """What frozen models computed (the backbone's features, the base's samples and log-probabilities), keyed
+        by what each depends on, so shared by the runs of one runs directory (safe to delete)."""
+        return self.root.parent / ".frozen-cache"
 
     def marker(self, stage: str) -> Path:
         """Written when a stage finishes: its digest, key and time. No marker, no finished stage."""

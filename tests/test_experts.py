@@ -215,6 +215,33 @@ def test_a_best_of_n_expert_is_sampled_independently_and_hands_out_only_its_chos
     assert pairs["id"].tolist() == ["a", "b", "c", "d"] * 2
 
 
+def test_the_base_samples_are_drawn_once_and_kept_for_every_run_beside(tiny, tmp_path):
+    """The base is frozen: the runs of one runs directory that draw the same prompts with the same seed (the
+    points of a study) read its samples from the shared cache, and anything else draws anew."""
+    from irlnb.layout import RunLayout
+    from irlnb.rl.sampling import KeptSamples, ModelPolicy
+
+    model, tokenizer = tiny
+    shared = RunLayout(tmp_path / "runs" / "a").cache
+    assert shared == RunLayout(tmp_path / "runs" / "b").cache != RunLayout(tmp_path / "other" / "a").cache
+    drawn = []
+
+    class Counted(ModelPolicy):
+        def samples(self, prompts, count, batch_size, seed):
+            drawn.append(seed)
+            return super().samples(prompts, count, batch_size, seed)
+
+    kept = KeptSamples(Counted(model, tokenizer, SAMPLING), shared, {"weights_sha256": "w0", "dtype": "float32"})
+    first = kept.samples(PROMPTS, 2, batch_size=4, seed=5)
+    assert first == sample_continuations(model, tokenizer, PROMPTS, SAMPLING, 2, batch_size=4, seed=5)
+    assert kept.samples(PROMPTS, 2, batch_size=4, seed=5) == first and drawn == [5]  # read, not drawn
+    kept.samples(PROMPTS, 2, batch_size=4, seed=6)
+    kept.samples(PROMPTS[:2], 2, batch_size=4, seed=5)
+    other_weights = KeptSamples(kept.policy, shared, {"weights_sha256": "w1", "dtype": "float32"})
+    other_weights.samples(PROMPTS, 2, batch_size=4, seed=5)
+    assert drawn == [5, 6, 5, 5]  # another seed, other prompts, another model: drawn anew
+
+
 def test_matched_demonstrations_of_a_best_of_n_expert_are_refused(tmp_path, monkeypatch):
     from irlnb.irl import demonstrations
     from irlnb.layout import RunLayout

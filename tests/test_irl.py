@@ -456,6 +456,37 @@ def test_the_log_ratio_reward_is_the_difference_of_the_two_models_log_likelihood
     )  # load_reward reads it like any reward
 
 
+def test_the_base_side_of_the_log_ratio_is_read_once_and_kept(tmp_path):
+    from irlnb.models.policies import load_policy
+    from irlnb.rewards.likelihood import LogRatioReward
+
+    expert, tokenizer = load_policy(BACKBONE)
+    with torch.no_grad():
+        for parameter in expert.get_output_embeddings().parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    expert.save_pretrained(tmp_path / "expert")
+    tokenizer.save_pretrained(tmp_path / "expert")
+    reward = LogRatioReward.from_sources(f"local:{tmp_path / 'expert'}", BACKBONE)
+    prompts, continuations = ["You are such a", "What a"], [" kind person", " day it was, honestly"]
+    fresh = reward.gaps(prompts, continuations, batch_size=2)
+    kept = reward.gaps(prompts, continuations, batch_size=2, cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(kept, fresh, atol=1e-9)
+    (cache_file,) = (tmp_path / "cache").glob("base-log-likelihoods-*.pt")
+
+    read = []
+    real = reward.log_likelihoods
+    reward.log_likelihoods = lambda model, *args: read.append(model) or real(model, *args)
+    again = reward.gaps(prompts, continuations, batch_size=2, cache_dir=tmp_path / "cache")
+    assert read == [reward.expert]  # the base's side came from the cache, the expert's was read
+    np.testing.assert_array_equal(again, kept)
+    reward.gaps(prompts[:1], continuations[:1], batch_size=2, cache_dir=tmp_path / "cache")
+    assert read[1:] == [reward.base, reward.expert]  # other texts: the base is read
+    cache_file.write_bytes(b"cut short")
+    read.clear()
+    np.testing.assert_allclose(reward.gaps(prompts, continuations, 2, tmp_path / "cache"), fresh, atol=1e-9)
+    assert read == [reward.base, reward.expert]  # a damaged cache file is recomputed
+
+
 def test_a_log_ratio_over_models_with_other_tokenizers_is_refused():
     from irlnb.rewards.likelihood import LogRatioReward, TokenizerMismatch
 

@@ -16,15 +16,17 @@ expert trained on preference pairs of some train prompts; those prompts are neve
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pandas as pd
 
 from irlnb import metric_names
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
-from irlnb.models.policies import load_policy
+from irlnb.models.policies import load_policy, policy_dir, weights_sha256
 from irlnb.rl.generation import Decoding
 from irlnb.rl.policy_card import PolicyCard, load_stage_policy
-from irlnb.rl.sampling import BestOfN, ModelPolicy, sampling_decoding
+from irlnb.rl.sampling import BestOfN, KeptSamples, ModelPolicy, sampling_decoding
 
 
 class DemonstrationError(IrlnbError, ValueError):
@@ -37,7 +39,9 @@ SPLIT_SEED = {"train": 0, "validation": 1, "test": 2}  # each split samples with
 
 
 def demonstration_policies(layout: RunLayout, policy: str, irl, sampling, device: str, dtype: str):
-    """The expert (stage 03's policy aligned with R*) and the non-expert (the base), decoded as the design says."""
+    """The expert (stage 03's policy aligned with R*) and the non-expert (the base), decoded as the design says.
+    The base is frozen: its samples are kept in the runs' shared cache, so the points of a study that draw the
+    same prompts with the same seed read them once."""
     if irl.decoding == "greedy":
         decoding = Decoding(irl.max_new_tokens)
     else:
@@ -54,9 +58,13 @@ def demonstration_policies(layout: RunLayout, policy: str, irl, sampling, device
                 "irl.matched is true, but the expert is a best-of-n policy: it has no model of its own, so its "
                 "samples cannot share the base's random numbers; set irl.matched: false"
             )
-        return expert, BestOfN(expert.model, expert.tokenizer, expert.decoding, 1, None, expert.seed_offset)
-    model, tokenizer = load_policy(policy, device=device, dtype=dtype)
-    return expert, ModelPolicy(model, tokenizer, decoding)
+        base = BestOfN(expert.model, expert.tokenizer, expert.decoding, 1, None, expert.seed_offset)
+        drawing = {"policy": "best_of_1", "decoding": asdict(expert.decoding), "seed_offset": expert.seed_offset}
+    else:
+        model, tokenizer = load_policy(policy, device=device, dtype=dtype)
+        base, drawing = ModelPolicy(model, tokenizer, decoding), {"policy": "model", "decoding": asdict(decoding)}
+    identity = {"weights_sha256": weights_sha256(policy_dir(policy)), "dtype": dtype, "device": device, **drawing}
+    return expert, KeptSamples(base, layout.cache, identity)
 
 
 def split_prompts(

@@ -9,8 +9,6 @@ a plain linear head on raw features.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,8 +17,8 @@ import pandas as pd
 import torch
 
 from irlnb import metric_names
+from irlnb.compute import frozen_cached
 from irlnb.irl.demonstrations import SPLITS, pair_texts, used_pairs
-from irlnb.layout import write_atomic
 from irlnb.rewards.features import FeatureReward, HeadPosterior
 
 
@@ -110,22 +108,15 @@ class Standardizer:
 
 
 def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, batch_size: int) -> torch.Tensor:
-    """Features of `texts`, read from a cache keyed by the reward form and the texts when possible.
-
-    A cache file that a kill cut short, or that is damaged, is recomputed.
-    """
-    key = hashlib.sha256(json.dumps([asdict(reader.spec), texts]).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"features-{key}.pt"
-    if path.is_file():
-        try:
-            features = torch.load(path, weights_only=True)
-            if features.shape == (len(texts), reader.head.in_features):
-                return features
-        except Exception:  # noqa: BLE001 - any unreadable cache file is recomputed
-            pass
-    features = reader.features(texts, batch_size=batch_size)
-    write_atomic(path, lambda tmp: torch.save(features, tmp))
-    return features
+    """Features of `texts`, kept in `cache_dir` under the reward form (its backbone's sha256 among them) and the
+    texts (`frozen_cached`)."""
+    return frozen_cached(
+        cache_dir,
+        "features",
+        [asdict(reader.spec), texts],
+        lambda: reader.features(texts, batch_size=batch_size),
+        lambda kept: isinstance(kept, torch.Tensor) and kept.shape == (len(texts), reader.head.in_features),
+    )
 
 
 @dataclass
@@ -143,7 +134,7 @@ class FeatureSets:
 def build_feature_sets(
     reader: FeatureReward, demonstrations: pd.DataFrame, scores: pd.DataFrame, cache_dir: Path, batch_size: int
 ) -> FeatureSets:
-    """Standardised features of every text the study reads, from one batched pass over the backbone."""
+    """Standardised features of every text the study reads, a batched pass over the backbone per block of texts."""
     blocks: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
     split_pairs = {}
     for split in SPLITS:
@@ -160,12 +151,11 @@ def build_feature_sets(
     for split in ("validation", "test"):
         human = scores[scores["split"] == split]
         blocks[f"{split}_human"] = (human["text"].tolist(), human["reward"].to_numpy(), human["label"].to_numpy())
-    texts = [text for block in blocks.values() for text in block[0]]
-    features = cached_features(reader, texts, cache_dir, batch_size)
-    sets, start = {}, 0
-    for name, (block_texts, r_star, labels) in blocks.items():
-        sets[name] = (features[start : start + len(block_texts)], r_star, labels)
-        start += len(block_texts)
+    # block by block, so that a block another run read (the human texts, the base's samples) comes from the cache
+    sets = {
+        name: (cached_features(reader, block_texts, cache_dir, batch_size), r_star, labels)
+        for name, (block_texts, r_star, labels) in blocks.items()
+    }
     standardizer = Standardizer.fit(torch.cat([sets["train_expert"][0], sets["train_non_expert"][0]]))
     text_set = {name: TextSet(standardizer(f), r, lab) for name, (f, r, lab) in sets.items()}
 

@@ -306,17 +306,29 @@ def check_saved_reward(folder: Path, scores: pd.DataFrame, device: str = "cpu", 
 
 
 def white_box_rows(
-    reward, demonstrations: pd.DataFrame, curated: pd.DataFrame, scores: pd.DataFrame, batch_size: int
+    reward,
+    demonstrations: pd.DataFrame,
+    curated: pd.DataFrame,
+    scores: pd.DataFrame,
+    batch_size: int,
+    cache_dir: Path | None = None,
 ) -> list[dict]:
     """The white-box log-ratio reward judged like the fitted heads: given the prompt (`log_ratio`) and on whole
-    texts (`log_ratio_whole`), its threshold fitted on validation human texts. Its test scores are not saved."""
+    texts (`log_ratio_whole`), its threshold fitted on validation human texts. Its test scores are not saved.
+    Read block by block (human texts, the expert's samples, the base's), the base's side kept in `cache_dir`."""
     sets = {}
     for split in ("validation", "test"):
         human = curated[curated["split"] == split].merge(scores[["id", "reward"]], on="id")
         pairs = used_pairs(demonstrations, split)
-        prompts = human["prompt"].tolist() + pairs["prompt"].tolist() * 2
-        continuations = human["continuation"].tolist() + pairs["expert"].tolist() + pairs["non_expert"].tolist()
-        whole, given = reward.gaps(prompts, continuations, batch_size)
+        blocks = [
+            reward.gaps(prompts.tolist(), continuations.tolist(), batch_size, cache_dir)
+            for prompts, continuations in (
+                (human["prompt"], human["continuation"]),
+                (pairs["prompt"], pairs["expert"]),
+                (pairs["prompt"], pairs["non_expert"]),
+            )
+        ]
+        whole, given = (np.concatenate(values) for values in zip(*blocks))
         human_set = TextSet(torch.zeros(len(human), 0), human["reward"].to_numpy(), human["label"].to_numpy())
         pair_set = PairSet(
             TextSet(torch.zeros(len(pairs), 0), pairs["expert_r_star"].to_numpy(), -np.ones(len(pairs))),

@@ -261,7 +261,7 @@ def run_dirs(layout: RunLayout, compare_runs: str) -> dict[str, RunLayout]:
         other = RunLayout(parent / name)
         for file in (other.metrics, other.manifest):
             if not file.is_file():
-                known = ", ".join(sorted(p.name for p in parent.iterdir() if p.is_dir()))
+                known = ", ".join(sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")))
                 raise FileNotFoundError(
                     f"analysis.compare_runs: run {name!r} has no {file}; runs under {parent}: {known}"
                 )

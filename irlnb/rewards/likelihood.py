@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from irlnb.compute import frozen_cached
 from irlnb.errors import IrlnbError
 from irlnb.models.policies import encode_prompts, load_policy, policy_dir, weights_sha256
 from irlnb.progress import tracked
@@ -104,17 +105,44 @@ class LogRatioReward:
             scored = torch.tensor([rows[i][1] + [0] * (width - len(rows[i][1])) for i in index])
             yield index, ids, mask, scored
 
-    def gaps(self, prompts: list[str], continuations: list[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-        """From one pass of both models: the log-ratio of each whole text (every token after the first) and of
-        its continuation given its prompt."""
-        whole, given = np.zeros(len(prompts)), np.zeros(len(prompts))
-        device = next(self.expert.parameters()).device
+    def log_likelihoods(self, model, prompts: list[str], continuations: list[str], batch_size: int) -> torch.Tensor:
+        """[2, n]: one model's log-likelihood of each whole text (every token after the first) and of its
+        continuation given its prompt, summed in float64."""
+        out = torch.zeros(2, len(prompts), dtype=torch.float64)
+        device = next(model.parameters()).device
         with torch.inference_mode():
             for index, ids, mask, scored in self._batches(prompts, continuations, batch_size):
-                ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
-                gap = token_log_probs(self.expert, ids, mask) - token_log_probs(self.base, ids, mask)
-                whole[index] = gap.sum(dim=1).double().cpu().numpy()
-                given[index] = (gap * scored[:, 1:]).sum(dim=1).double().cpu().numpy()
+                log_probs = token_log_probs(model, ids.to(device), mask.to(device)).double().cpu()
+                out[0, index] = log_probs.sum(dim=1)
+                out[1, index] = (log_probs * scored[:, 1:]).sum(dim=1)
+        return out
+
+    def gaps(
+        self, prompts: list[str], continuations: list[str], batch_size: int = 16, cache_dir: Path | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The log-ratio of each whole text (every token after the first) and of its continuation given its prompt.
+        With `cache_dir` the base's log-likelihoods are kept there (`frozen_cached`): the base is frozen, so the
+        texts every expert is judged on (human texts, the base's own samples) are read through it once."""
+
+        def base() -> torch.Tensor:
+            return self.log_likelihoods(self.base, prompts, continuations, batch_size)
+
+        if cache_dir is not None:
+            key = {
+                "base_sha256": self.spec.base_sha256,
+                "dtype": self.spec.dtype,
+                "max_length": self.spec.max_length,
+                "device": next(self.base.parameters()).device.type,
+                "batch_size": batch_size,
+                "prompts": list(prompts),
+                "continuations": list(continuations),
+            }
+            base_values = frozen_cached(
+                cache_dir, "base-log-likelihoods", key, base, lambda kept: kept.shape == (2, len(prompts))
+            )
+        else:
+            base_values = base()
+        whole, given = (self.log_likelihoods(self.expert, prompts, continuations, batch_size) - base_values).numpy()
         return whole, given
 
     def score_pairs(self, prompts: list[str], continuations: list[str], batch_size: int = 16) -> np.ndarray:

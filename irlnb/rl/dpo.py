@@ -26,7 +26,7 @@ import torch
 import trl
 from transformers import AutoModelForCausalLM
 
-from irlnb.config import settings_digest
+from irlnb.compute import frozen_cached
 from irlnb.layout import read_json, write_json_atomic
 from irlnb.models.policies import weights_sha256
 from irlnb.rl.generation import sample_continuations
@@ -76,37 +76,33 @@ def base_candidates(job: TrainingJob) -> list[list[str]]:
     """`dpo.n` samples of the base policy per prompt. They depend on the base, the prompts, the decoding, the
     seed, the dtype and the batch size, never on the reward: the alignments of one run with R*, R-hat and a random
     reward order the same samples, drawn once and cached in the run's checkpoints folder under a digest of what
-    they depend on."""
+    they depend on (`frozen_cached`)."""
     start, section = job.start, job.section
     decoding = sampling_decoding(job.rlhf)
     batch_size = 2 * job.rlhf.reward_batch_size  # each batch draws with its own seed; bfloat16 depends on padding
-    digest = settings_digest(
-        {
-            "policy": weights_sha256(start.policy_dir),
-            "prompts": settings_digest(start.prompts),
-            "decoding": asdict(decoding),
-            "n": section.n,
-            "seed": job.seed,
-            "dtype": job.inference_dtype,
-            "batch_size": batch_size,
-        }
+    key = {
+        "policy": weights_sha256(start.policy_dir),
+        "prompts": start.prompts,
+        "decoding": asdict(decoding),
+        "n": section.n,
+        "seed": job.seed,
+        "dtype": job.inference_dtype,
+        "batch_size": batch_size,
+    }
+
+    def draw() -> list[list[str]]:
+        model = AutoModelForCausalLM.from_pretrained(start.policy_dir, dtype=getattr(torch, job.inference_dtype))
+        return sample_continuations(
+            model.to(job.device), start.tokenizer, start.prompts, decoding, section.n, batch_size, job.seed
+        )
+
+    return frozen_cached(
+        job.checkpoints.parent / "dpo_base_candidates",
+        "samples",
+        key,
+        draw,
+        lambda kept: len(kept) == len(start.prompts) and all(len(drawn) == section.n for drawn in kept),
     )
-    cached = job.checkpoints.parent / "dpo_base_candidates" / f"{digest}.json"
-    if cached.is_file():
-        return read_json(cached)
-    model = AutoModelForCausalLM.from_pretrained(start.policy_dir, dtype=getattr(torch, job.inference_dtype))
-    candidates = sample_continuations(
-        model.to(job.device),
-        start.tokenizer,
-        start.prompts,
-        decoding,
-        section.n,
-        batch_size,
-        job.seed,
-    )
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cached, candidates)
-    return candidates
 
 
 def dpo_config(output_dir: Path, section, rlhf, seed: int, use_cpu: bool, max_steps: int):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from irlnb.compute import frozen_cached
 from irlnb.rl.generation import Decoding, sample_continuations
 
 TextScorer = Callable[[list[str]], np.ndarray]
@@ -80,6 +82,27 @@ class BestOfN:
         scores = np.asarray(self.scorer(texts), dtype=np.float64).reshape(len(prompts), self.n)
         best = scores.argmax(axis=1)
         return [(options[j], float(scores[i, j])) for i, (options, j) in enumerate(zip(candidates, best))]
+
+
+@dataclass
+class KeptSamples:
+    """A frozen policy (the base) whose samples are kept in `cache_dir` (`frozen_cached`) under `identity` (its
+    weights' sha256, dtype, device and how it draws) and what is drawn: every run that draws the same samples of
+    it reads them once."""
+
+    policy: ModelPolicy | BestOfN
+    cache_dir: Path
+    identity: dict
+
+    def samples(self, prompts: list[str], count: int, batch_size: int, seed: int) -> list[list[str]]:
+        key = {**self.identity, "prompts": list(prompts), "count": count, "batch_size": batch_size, "seed": seed}
+        return frozen_cached(
+            self.cache_dir,
+            "samples",
+            key,
+            lambda: self.policy.samples(prompts, count, batch_size, seed),
+            lambda kept: len(kept) == len(prompts) and all(len(drawn) == count for drawn in kept),
+        )
 
 
 def sampling_decoding(rlhf, max_new_tokens: int | None = None) -> Decoding:
