@@ -106,6 +106,15 @@ def test_the_default_run_is_the_full_size_point_read_from_its_record():
     assert row["seconds"] == pytest.approx(sum(recorded["metrics"][f"timing.{stage}_s"] for stage in stages))
 
 
+def test_the_time_left_reads_each_points_own_time_at_another_seed():
+    """A point run at another seed counts its own mean time; one not run yet the mean of every run point."""
+    spent = {("rft-rounds4", 0): 2000.0, ("rft-rounds4", 1): 2200.0, ("best_of_n-n2", 0): 300.0}
+    assert recoverability.time_left(["rft-rounds4", "best_of_n-n2"], spent) == 2100.0 + 300.0
+    assert recoverability.time_left(["dpo-prompts50"], spent) == pytest.approx(4500.0 / 3)
+    assert recoverability.time_left([], spent) == 0.0
+    assert recoverability.time_left(["dpo-prompts50"], {}) is None
+
+
 def test_the_study_runs_on_the_smoke_params_and_goes_on_where_it_stopped(tmp_path):
     """End to end on the smoke params: two points, one seed; a second invocation keeps both; one point lost from
     the record (a study killed after its run finished, before the record was written) is read again from its run

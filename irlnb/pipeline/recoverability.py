@@ -229,6 +229,19 @@ def run_complete(config: Config, runs_dir: str) -> bool:
         return False
 
 
+def time_left(points: list[str], seconds: dict[tuple[str, int], float]) -> float | None:
+    """Seconds the named points (one entry per point x seed still to run) will take: each point's mean over the
+    seeds it ran at, a point not yet run at any seed the mean of every run point x seed (a budget's time differs
+    tenfold between kinds, so the mean alone misleads); None before anything ran."""
+    if not seconds:
+        return None
+    overall = sum(seconds.values()) / len(seconds)
+    by_point: dict[str, list[float]] = {}
+    for (name, _), value in seconds.items():
+        by_point.setdefault(name, []).append(value)
+    return sum(sum(by_point[name]) / len(by_point[name]) if name in by_point else overall for name in points)
+
+
 def clock(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
@@ -267,7 +280,8 @@ def run_study(
     study_dir.mkdir(parents=True, exist_ok=True)
     reference = calibration_row(calibration) if calibration is not None else None
     rows: list[dict[str, Any]] = []
-    spent: list[float] = []  # seconds of the points run by this invocation
+    # the seconds every finished point x seed took, kept or run now: what the time left is estimated from
+    spent = {key: float(row["seconds"]) for key, row in kept.items() if row.get("seconds") is not None}
     started = time.monotonic()
     stopped = False
 
@@ -312,12 +326,13 @@ def run_study(
                 log(f"recoverability: no point starts after {clock(time.monotonic() - started)}; run again to go on")
             stopped = True
             continue  # the points the record holds further on are still kept
-        left = sum((later.name, later_seed) not in kept for later, later_seed, _ in todo[number - 1 :])
-        estimate = f", about {clock(sum(spent) / len(spent) * left)} left" if spent else ""
+        to_run = [later.name for later, later_seed, _ in todo[number - 1 :] if (later.name, later_seed) not in kept]
+        seconds_left = time_left(to_run, spent)
+        estimate = f", about {clock(seconds_left)} left" if seconds_left is not None else ""
         log(f"recoverability [{number}/{len(todo)}] {point.name}, alignment seed {seed}{estimate}")
         root = runner.run(config, runs_dir=runs_dir, until=IRL_STAGE, log=log)
         seconds, commit = run_timing(root)
-        spent.append(seconds)
+        spent[(point.name, seed)] = seconds
         values = RunLayout(root).read_metrics()
         row = collect(point.kind, point.value, seed, values, config, f"recoverability point {point.name}, seed {seed}")
         rows.append(

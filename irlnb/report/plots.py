@@ -504,7 +504,8 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
     """Top: IRL test ROC-AUC against the kind and budget of the expert (mean over alignment seeds, bars: min-max),
     with the floor, the ceiling, R*'s own comparisons and the white-box reward; the full-size point of the default
     run as a star. Below: each expert's toxicity reduction, KL and perplexity. Right: IRL's Spearman with R*
-    against the white-box log-ratio's (how far the expert learned R*), one marker per point and seed."""
+    against the white-box log-ratio's (how far the expert learned R*), one marker per point and seed, a point's seeds
+    joined by a line."""
     reduced = table[table["design"] == "reduced"]
     full = table[table["design"] == "full"]
     kinds = [kind for kind in KINDS if kind in set(table["kind"])]
@@ -540,12 +541,14 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
         for axis in (top, bottom):
             axis.set_xticks(budgets, [f"{value:g}" for value in budgets])
             axis.minorticks_off()
-        for axis, corner in ((bottom, "upper left"), (twin, "upper right")):
-            if axis.get_legend_handles_labels()[0]:
-                axis.legend(fontsize=7, loc=corner)
-        if column == 0:
+        handles, labels = (
+            sum(pair, []) for pair in zip(bottom.get_legend_handles_labels(), twin.get_legend_handles_labels())
+        )
+        if handles:  # one legend for both axes, drawn on the twin so that no line crosses it
+            twin.legend(handles, labels, fontsize=7, loc="upper left")
+        if column == 0:  # one legend for every top panel, above them, where it hides no point
             top.scatter([], [], color="black", marker="*", s=80, label="default run (full size)")
-            top.legend(fontsize=7, loc="lower right")
+            fig.legend(*top.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=6)
     scatter = fig.add_subplot(grid[:, len(kinds)])
     for kind in kinds:
         for design, marker, size in (("reduced", "o", 30), ("full", "*", 140)):
@@ -559,6 +562,15 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
                     s=size,
                     label=KINDS[kind].budget_label.split(":")[0] if design == "reduced" else None,
                 )
+            if design == "reduced":  # a point's alignment seeds joined, so that its seed spread shows
+                for _, seeds in rows.groupby("value"):
+                    scatter.plot(
+                        seeds["white_box_spearman"],
+                        seeds["irl_spearman"],
+                        color=KIND_COLORS.get(kind, "black"),
+                        lw=0.6,
+                        alpha=0.5,
+                    )
     scatter.axline((0, 0), slope=1, color="black", lw=0.6, ls="--")
     scatter.set(
         xlabel="white-box log-ratio: Spearman with R* (how far the expert learned R*)",
@@ -567,8 +579,8 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
     )
     if scatter.get_legend_handles_labels()[0]:  # none where no expert has weights
         scatter.legend(fontsize=7, loc="lower right")
-    fig.suptitle("When can the reward be recovered? IRL fidelity against how the expert was aligned")
-    fig.tight_layout()
+    fig.suptitle("When can the reward be recovered? IRL fidelity against how the expert was aligned", y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 
