@@ -63,6 +63,6 @@ clean-venv:
 	rm -rf $(VENV)
 
 # Not part of `make test` or `make figures`: Table 1 over 3 alignment seeds, one whole run each (about
-# 45 min per seed on 2 cores) in runs/replicates/, recorded in regress/replicates.metrics.json.
+# 30 min per seed on 2 cores) in runs/replicates/, recorded in regress/replicates.metrics.json.
 replicates: setup
 	$(BIN)/irlnb replicates $(PARAMS)
