@@ -1,4 +1,4 @@
-"""Command line: `irlnb check`, `run`, `fetch`, `bench`, `regress`, `recoverability`, `replicates`, `readme`.
+"""Command line: `irlnb check`, `run`, `fetch`, `bench`, `regress`, `recoverability`, `replicates`, `layers`, `readme`.
 
 Every expected failure (bad params, missing file, unreachable hub, corrupted artifact, refused
 overwrite) ends with one line on stderr and exit status 2, never a traceback.
@@ -108,6 +108,19 @@ def cmd_replicates(args) -> int:
     return 0
 
 
+def cmd_layers(args) -> int:
+    config = load_config(args.params, args.set)
+    from irlnb.pipeline import layers  # loads the models stack
+
+    chosen = [int(layer) for layer in args.layers.split(",")] if args.layers else None
+    record = None if args.no_record else layers.record_path(config.run.name)
+    result = layers.choose_layer(config, chosen, seeds=args.seeds, record=record, runs_dir=args.runs_dir)
+    print(result["table"].round(4).to_string(index=False))
+    best = int(result["metrics"]["layers.chosen"])
+    print(f"chosen on validation pair accuracy: irl.layer = {best} (the run read irl.layer = {config.irl.layer})")
+    return 0
+
+
 def cmd_readme(args) -> int:
     from irlnb.pipeline import readme
 
@@ -211,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_opt_in_arguments(replicated, "replicates", "default", seeds=3, what="the run replicated")
     replicated.set_defaults(func=cmd_replicates)
+
+    layer = commands.add_parser(
+        "layers",
+        help="choose irl.layer on validation from a finished run's demonstrations (after 04_irl): "
+        "<run>/layer_choice.csv, regress/layers-<run name>.metrics.json",
+    )
+    layer.add_argument("params", help="params YAML file of the finished run")
+    layer.add_argument("--layers", help="blocks to compare, comma-separated, -1 the final state (default: a sweep)")
+    layer.add_argument("--seeds", type=int, default=3, help="head seeds per layer (default 3)")
+    layer.add_argument("--runs-dir", help="override run.runs_dir")
+    layer.add_argument("--no-record", action="store_true", help="do not write regress/layers-<run name>.metrics.json")
+    add_set_option(layer)
+    layer.set_defaults(func=cmd_layers)
 
     readme = commands.add_parser("readme", help="check the README's measured numbers against regress/*.metrics.json")
     readme.add_argument("--write", action="store_true", help="rewrite them from the records first")

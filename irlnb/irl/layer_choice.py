@@ -1,0 +1,151 @@
+"""Which hidden-state layer the IRL reward reads (`irl.layer`), chosen on validation from a run's demonstrations.
+
+For each candidate layer the IRL-train and validation pairs of a finished 04_irl are read through the frozen
+backbone at that layer (cached as 04 caches them), standardised on the train texts, and the objective whose
+epochs 04 fits (`objectives.epochs_loss`) is fitted over seeds exactly as 04 fits it; each fit's epoch is chosen by
+validation pair accuracy, the study's selection metric, which needs no R*. The layer with the highest mean over
+seeds is chosen. The validation ROC-AUC against R* (human texts) is reported beside it for reading, never for the
+choice. No test text is read, so the choice leaves the test split untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoConfig
+
+from irlnb.errors import IrlnbError
+from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
+from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, cached_features
+from irlnb.irl.objectives import Objective, epochs_loss, fit_head
+from irlnb.irl.study import SELECTION_METRIC, judge
+from irlnb.layout import RunLayout
+from irlnb.models.policies import policy_dir
+from irlnb.rewards.features import FeatureReward, reward_form
+from irlnb.rewards.ground_truth import load_scores
+
+
+class LayerChoiceError(IrlnbError, ValueError):
+    """Layers the backbone does not have, or a run without enough demonstrations to choose on."""
+
+
+def candidate_layers(depth: int) -> list[int]:
+    """Blocks at a quarter, half, three quarters and seven eighths of the depth, the last block, and -1 (the final
+    normed state): a coarse sweep whose upper half is denser, where reward-like features were found (README)."""
+    blocks = {max(1, round(depth * share)) for share in (0.25, 0.5, 0.75, 0.875)} | {depth}
+    return [*sorted(blocks), -1]
+
+
+def validation_sets(
+    reader: FeatureReward, pairs: dict[str, pd.DataFrame], human: pd.DataFrame, cache: Path, batch_size: int
+) -> tuple[PairSet, PairSet, TextSet]:
+    """IRL-train pairs, validation pairs and validation human texts read by `reader`, standardised on train."""
+
+    def features(texts: list[str]) -> torch.Tensor:
+        return cached_features(reader, texts, cache, batch_size)
+
+    raw = {split: [features(side) for side in pair_texts(rows)] for split, rows in pairs.items()}
+    standardizer = Standardizer.fit(torch.cat(raw["train"]))
+
+    def pair_set(split: str) -> PairSet:
+        (expert, non_expert), rows = raw[split], pairs[split]
+        no_labels = np.full(len(rows), -1)
+        return PairSet(
+            TextSet(standardizer(expert), rows["expert_r_star"].to_numpy(), no_labels),
+            TextSet(standardizer(non_expert), rows["non_expert_r_star"].to_numpy(), no_labels),
+        )
+
+    human_features = standardizer(features(human["text"].tolist()))
+    return (
+        pair_set("train"),
+        pair_set("validation"),
+        TextSet(human_features, human["reward"].to_numpy(), human["label"].to_numpy()),
+    )
+
+
+def layer_rows(
+    layout: RunLayout, irl, policy: str, layers: list[int] | None, seeds: int, dtype: str, device: str
+) -> pd.DataFrame:
+    """One row per (layer, seed): the chosen epoch's validation pair accuracy and ROC-AUC against R*.
+
+    `layers` None: `candidate_layers` of the backbone. Refuses a layer the backbone does not have before any
+    features are read.
+    """
+    demonstrations = load_demonstrations(layout)
+    scores = load_scores(layout)
+    human = scores[scores["split"] == "validation"]
+    pairs = {split: used_pairs(demonstrations, split) for split in ("train", "validation")}
+    for split, split_pairs in pairs.items():
+        if len(split_pairs) < 2:
+            raise LayerChoiceError(f"{layout.demonstrations}: only {len(split_pairs)} usable {split} pairs")
+    depth = AutoConfig.from_pretrained(policy_dir(policy)).num_hidden_layers  # checked before weights load
+    layers = layers or candidate_layers(depth)
+    unknown = [layer for layer in layers if not (layer == -1 or 1 <= layer <= depth)]
+    if unknown:
+        raise LayerChoiceError(
+            f"layers {unknown} do not exist: {policy} has blocks 1..{depth} (or -1, the final normed state)"
+        )
+    objective = Objective.from_settings(irl, epochs_loss(irl.loss))
+    final = reward_form(policy, irl.pooling, -1, irl.max_length, dtype=dtype, device=device)  # loaded once
+    rows = []
+    for layer in layers:
+        reader = FeatureReward(replace(final.spec, layer=layer), final.backbone, final.tokenizer, final.head)
+        train, validation, validation_human = validation_sets(
+            reader, pairs, human, layout.cache, irl.inference_batch_size
+        )
+
+        def on_validation(epoch: int, head: torch.nn.Linear, validation=validation, human=validation_human) -> dict:
+            return judge(head, human, validation, 0.0)
+
+        for seed in range(seeds):
+            history, _ = fit_head(train, objective, seed, on_validation)
+            epoch = max(range(1, len(history)), key=lambda e, history=history: (history[e][SELECTION_METRIC], -e))
+            rows.append(
+                {
+                    "layer": layer,
+                    "seed": seed,
+                    "epoch": epoch,
+                    f"validation_{SELECTION_METRIC}": history[epoch][SELECTION_METRIC],
+                    "validation_auc": history[epoch]["human_auc"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def layer_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and SD over seeds per layer, best first by validation pair accuracy (ties: the shallower, cheaper one)."""
+    table = rows.groupby("layer")[[f"validation_{SELECTION_METRIC}", "validation_auc"]].agg(["mean", "std"])
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table = table.reset_index()
+    depth_order = table["layer"].where(table["layer"] != -1, np.inf)
+    return (
+        table.assign(_depth=depth_order)
+        .sort_values([f"validation_{SELECTION_METRIC}_mean", "_depth"], ascending=[False, True])
+        .drop(columns="_depth")
+        .reset_index(drop=True)
+    )
+
+
+def chosen_layer(table: pd.DataFrame) -> int:
+    return int(table["layer"].iloc[0])
+
+
+def layer_name(layer: int) -> str:
+    """A layer as a metric key part: its block number, or 'final' for -1."""
+    return "final" if layer == -1 else str(layer)
+
+
+def layer_metrics(table: pd.DataFrame, seeds: int) -> dict[str, float]:
+    """The choice as flat metrics: layers.<layer>.<metric>_{mean,std}, layers.chosen, layers.seeds."""
+    values = {
+        f"layers.{layer_name(int(row['layer']))}.{column}": float(row[column])
+        for _, row in table.iterrows()
+        for column in table.columns
+        if column != "layer"
+    }
+    chosen = chosen_layer(table)
+    return {**values, "layers.chosen": float(chosen), "layers.seeds": float(seeds)}

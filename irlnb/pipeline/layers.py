@@ -1,0 +1,44 @@
+"""`irlnb layers`: choose the IRL reward's layer on validation from a finished run (`irlnb.irl.layer_choice`),
+written into the run directory (layer_choice.csv) and recorded in regress/layers-<run name>.metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from irlnb.compute import resolve_device, resolve_inference_dtype, seed_everything
+from irlnb.config import Config
+from irlnb.irl import layer_choice
+from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_atomic, write_json_atomic
+from irlnb.pipeline.provenance import provenance
+
+
+def record_path(run_name: str) -> Path:
+    return REPO_ROOT / "regress" / f"layers-{run_name}.metrics.json"
+
+
+def choose_layer(
+    config: Config,
+    layers: list[int] | None = None,
+    seeds: int = 3,
+    record: Path | None = None,
+    runs_dir: str | None = None,
+) -> dict[str, Any]:
+    """Sweep the layers on the run's validation split; the table best first, its metrics, and its provenance."""
+    layout = RunLayout.of_run(config.run, runs_dir)
+    seed_everything(config.compute.seed, config.compute.torch_threads)
+    device = resolve_device(config.compute.device)
+    dtype = resolve_inference_dtype(config.compute.inference_dtype, device)
+    rows = layer_choice.layer_rows(layout, config.irl, config.sources.policy, layers, seeds, dtype, device)
+    table = layer_choice.layer_table(rows)
+    write_atomic(layout.root / "layer_choice.csv", lambda path: table.to_csv(path, index=False))
+    result = {
+        "metrics": layer_choice.layer_metrics(table, seeds),
+        "params_file": repo_relative(config.path),
+        "run": repo_relative(layout.root),
+        "irl_layer_of_the_run": config.irl.layer,
+        **provenance(REPO_ROOT),
+    }
+    if record is not None:
+        write_json_atomic(record, result)
+    return {"table": table, **result}

@@ -1,0 +1,64 @@
+"""`irlnb layers`: irl.layer chosen on validation pair accuracy from a finished run's demonstrations."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from irlnb.config import load_config
+from irlnb.irl import layer_choice
+from irlnb.pipeline import layers
+from tests.conftest import irlnb_cli
+
+
+def test_the_default_sweep_spans_the_depth_and_ends_at_the_final_state():
+    assert layer_choice.candidate_layers(18) == [4, 9, 14, 16, 18, -1]  # Gemma-3-270M: 16, the carried-over one
+    assert layer_choice.candidate_layers(30) == [8, 15, 22, 26, 30, -1]  # SmolLM2-135M: 26, the default's
+    assert layer_choice.candidate_layers(2) == [1, 2, -1]
+
+
+def test_the_best_mean_validation_pair_accuracy_wins_and_a_tie_goes_to_the_shallower_layer():
+    rows = pd.DataFrame(
+        {
+            "layer": [-1, -1, 4, 4, 9, 9],
+            "seed": [0, 1] * 3,
+            "epoch": [1] * 6,
+            "validation_pair_accuracy": [0.70, 0.74, 0.60, 0.62, 0.72, 0.72],
+            "validation_auc": [0.9, 0.9, 0.5, 0.5, 0.6, 0.6],
+        }
+    )
+    table = layer_choice.layer_table(rows)
+    assert table["layer"].tolist() == [9, -1, 4]  # 0.72 ties with -1's mean: the shallower block is chosen
+    assert table["validation_pair_accuracy_mean"].tolist() == pytest.approx([0.72, 0.72, 0.61])
+    assert table["validation_pair_accuracy_std"].iloc[0] == 0.0
+    assert layer_choice.chosen_layer(table) == 9
+    values = layer_choice.layer_metrics(table, seeds=2)
+    assert values["layers.chosen"] == 9 and values["layers.seeds"] == 2
+    assert values["layers.final.validation_auc_mean"] == pytest.approx(0.9)  # R*'s view, reported, never chosen on
+
+
+def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_path):
+    params = smoke_run.parent.parent / "params.yaml"
+    metrics_before = (smoke_run / "metrics.json").read_bytes()
+    record = tmp_path / "layers-smoke.metrics.json"
+    result = layers.choose_layer(load_config(params), [1, -1], seeds=2, record=record)
+    table = result["table"]
+    assert sorted(table["layer"]) == [-1, 1]
+    assert table.filter(like="_mean").apply(lambda column: column.between(0, 1)).all().all()
+    saved = json.loads(record.read_text())
+    assert saved["metrics"]["layers.chosen"] == table["layer"].iloc[0]
+    assert saved["metrics"]["layers.seeds"] == 2 and saved["git"]["commit"] and saved["irl_layer_of_the_run"] == 1
+    assert pd.read_csv(smoke_run / "layer_choice.csv")["layer"].tolist() == table["layer"].tolist()
+    assert (smoke_run / "metrics.json").read_bytes() == metrics_before
+
+
+def test_a_layer_the_backbone_lacks_is_refused_in_one_line(smoke_run):
+    done = irlnb_cli("layers", str(smoke_run.parent.parent / "params.yaml"), "--layers", "1,99", "--no-record")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "irlnb: error: layers [99] do not exist: "
+        f"{load_config(smoke_run.parent.parent / 'params.yaml').sources.policy} has blocks 1..2 "
+        "(or -1, the final normed state)"
+    ]
