@@ -173,7 +173,7 @@ GEMMA3_NON_TEXT_TOKENS = ("<start_of_image>", "<end_of_image>", "[multimodal]")
 def _convert_gemma3(out: Path) -> None:
     model, tokenizer = load_gemma3_from_gguf()
     markers = [token for token in GEMMA3_NON_TEXT_TOKENS if token in tokenizer.get_vocab()]
-    tokenizer.add_special_tokens({"additional_special_tokens": markers}, replace_additional_special_tokens=False)
+    tokenizer.add_special_tokens({"extra_special_tokens": markers}, replace_extra_special_tokens=False)
     _save_converted(model, tokenizer, out, "embedded:gemma3-270m")
     # the Gemma Terms of Use travel with the converted weights
     (out / GEMMA3_TERMS_FILE).write_bytes((gemma3_gguf().parent / GEMMA3_TERMS_FILE).read_bytes())
