@@ -173,6 +173,19 @@ def stage_seconds(stage: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# The layer choice, written by `irlnb layers` (irlnb.irl.layer_choice) into regress/layers-<run>.metrics.json
+
+LAYERS = "layers."
+LAYERS_CHOSEN = f"{LAYERS}chosen"
+LAYERS_SEEDS = f"{LAYERS}seeds"
+
+
+def layer_metric(layer: int, name: str) -> str:
+    """`layers.<block>.<name>`, `layers.final.<name>` for -1 (the final normed state)."""
+    return f"{LAYERS}{'final' if layer == -1 else layer}.{name}"
+
+
+# --------------------------------------------------------------------------------------------
 # Reading
 
 
@@ -252,6 +265,8 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "irl.chosen": rf"irl\.(?:{_SPLIT})\.{_WORD}",
     "irl.objective": rf"irl\.{_WORD}\.(?:{_SPLIT})\.{_WORD}",
     "analysis.reduction_share": rf"analysis\.(?:{'|'.join(RETRAINED)})_reduction_share(?:{_SCORERS}){_INTERVAL}",
+    "layers.chosen": r"layers\.(?:chosen|seeds)",
+    "layers.layer": rf"layers\.(?:\d+|final)\.{_WORD}",
     "timing.total": r"timing\.total_s",
     "timing.stage": rf"timing\.{_WORD}_s",
 }

@@ -31,6 +31,8 @@ def test_the_builders_spell_the_keys_the_records_hold():
     assert names.irl_fits("laplace") == "irl.laplace.fits" and names.irl_fits(None) == "irl.fits"
     assert names.parse("irl.r_star_comparisons.fits") == names.parse("irl.fits") == "irl.fits"
     assert names.parse(names.irl_metric("laplace", "test", f"{names.STARC_DISTANCE}_mean")) == "irl.objective"
+    assert names.layer_metric(-1, "validation_auc_mean") == "layers.final.validation_auc_mean"
+    assert names.parse(names.layer_metric(9, "validation_pair_accuracy_std")) == "layers.layer"
     assert names.parse("rlhf.ground_truth.sampled.evaluator_toxicity_ratio_ci_low") == "rlhf.policy.decoding"
     for unknown in ("rlhf.nobody.toxicity_mean", "rlhf.base.toxicity_median", "irl.test", "analysis.x", "gt."):
         with pytest.raises(ValueError, match="is not a name irlnb.metric_names knows"):

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from transformers import AutoConfig
 
+from irlnb import metric_names
 from irlnb.errors import IrlnbError
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
 from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, cached_features
@@ -134,18 +135,12 @@ def chosen_layer(table: pd.DataFrame) -> int:
     return int(table["layer"].iloc[0])
 
 
-def layer_name(layer: int) -> str:
-    """A layer as a metric key part: its block number, or 'final' for -1."""
-    return "final" if layer == -1 else str(layer)
-
-
 def layer_metrics(table: pd.DataFrame, seeds: int) -> dict[str, float]:
-    """The choice as flat metrics: layers.<layer>.<metric>_{mean,std}, layers.chosen, layers.seeds."""
+    """The choice as flat metrics: layers.<block or final>.<metric>_{mean,std}, layers.chosen, layers.seeds."""
     values = {
-        f"layers.{layer_name(int(row['layer']))}.{column}": float(row[column])
+        metric_names.layer_metric(int(row["layer"]), column): float(row[column])
         for _, row in table.iterrows()
         for column in table.columns
         if column != "layer"
     }
-    chosen = chosen_layer(table)
-    return {**values, "layers.chosen": float(chosen), "layers.seeds": float(seeds)}
+    return {**values, metric_names.LAYERS_CHOSEN: float(chosen_layer(table)), metric_names.LAYERS_SEEDS: float(seeds)}

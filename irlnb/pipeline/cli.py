@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from irlnb import metric_names
 from irlnb.config import describe_settings, load_config
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT
@@ -116,7 +117,7 @@ def cmd_layers(args) -> int:
     record = None if args.no_record else layers.record_path(config.run.name)
     result = layers.choose_layer(config, chosen, seeds=args.seeds, record=record, runs_dir=args.runs_dir)
     print(result["table"].round(4).to_string(index=False))
-    best = int(result["metrics"]["layers.chosen"])
+    best = int(result["metrics"][metric_names.LAYERS_CHOSEN])
     print(f"chosen on validation pair accuracy: irl.layer = {best} (the run read irl.layer = {config.irl.layer})")
     return 0
 
