@@ -1,13 +1,17 @@
-"""One typed config for every run, validated before anything is loaded.
+"""The settings of every run: one typed section per step, each declared once, as a field of `Config`.
 
 Each setting is a typed field with a one-line description (units included), a range or a set of
 choices where it has one, and its default. **The defaults are the embedded default run**: a params
 file lists only what it changes (and says why), so every default is written once, here.
-`irlnb check --describe` prints them all.
+`irlnb check --describe` prints them all. Reading, validating, overriding and describing a params
+file is `irlnb.params_file`'s job.
 
-Unknown keys, wrong types, out-of-range values, missing local files and malformed YAML are refused
-with one line that names the file, the key and what was expected. The same checks run on the
-values of a notebook's `parameters` cell when it is run by hand.
+A section is a frozen dataclass of `setting()` fields; `SECTIONS` (the params file's order) is read
+from `Config`'s fields. A section may define
+- `problems()`: the rules within itself, as (key, message) pairs, checked when it is parsed;
+- `cross_problems(config)`: the rules that read other sections, as ('section.key', message) pairs,
+  defined on the section that owns the rule and checked once every section is parsed;
+- `resolved()`: itself with 'auto' made concrete for this machine, once it is valid.
 
 A setting marked `result=False` (a device, a thread count, a checkpoint interval, the batch size of
 an exact computation) never changes a result: stage digests leave it out, so changing it never
@@ -17,17 +21,13 @@ makes a finished stage look stale.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, get_type_hints
 
 from irlnb.errors import IrlnbError
+from irlnb.objectives import OBJECTIVES, objective_of
 from irlnb.sources import SourceError, parse_source
 
 
@@ -62,6 +62,11 @@ class RunSettings:
     name: str = setting(doc="run directory name under runs_dir (letters, digits, - and _)")
     runs_dir: str = setting("runs", doc="directory holding run directories, relative to the repo root")
     figures_dir: str = setting("", doc="directory the run's figures are published to when it completes (empty: none)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
+            return [("name", f"expected letters, digits, '-' and '_' only, got {self.name!r}")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,16 @@ class SourcesSettings:
         doc="an aligned model to audit, with sources.policy as its base (local:PATH or hub:ORG/NAME): stage 03 "
         "takes it instead of aligning the policy with R* itself (empty: align here)",
     )
+
+    def problems(self) -> list[tuple[str, str]]:
+        for key, spec in dataclasses.asdict(self).items():
+            if key == "expert" and not spec:
+                continue  # no model brought: stage 03 aligns the policy itself
+            try:
+                parse_source(spec, role=key, base_dir=Path.cwd())
+            except SourceError as err:
+                return [(key, str(err))]
+        return []
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,12 @@ class GroundTruthSettings:
 ALIGNMENT_KINDS = ("dpo", "rloo", "grpo", "rft", "best_of_n")
 
 
+def _aligns_the_expert(config: Config, kind: str) -> bool:
+    """Whether stage 03 aligns the expert itself (no sources.expert brought) with `kind`: only then do the
+    rules of that kind's section on other sections apply."""
+    return config.rlhf.trainer == kind and not config.sources.expert
+
+
 @dataclass(frozen=True)
 class RlhfSettings:
     """Notebook 03: what every kind of alignment shares; each kind's own settings are in its section."""
@@ -206,8 +227,10 @@ class DpoSettings:
     )
     save_steps: int = setting(20, doc="steps between resumable checkpoints", ge=1, result=False)
 
-    def expert_problems(self, config) -> list[tuple[str, str]]:
+    def cross_problems(self, config: Config) -> list[tuple[str, str]]:
         """Its prompts must fit its pool, and leave IRL's train prompts room (IRL never sees them)."""
+        if not _aligns_the_expert(config, "dpo"):
+            return []
         per_label = config.curate.train_per_label()
         pool = per_label * (1 if config.rlhf.train_prompts == "toxic" else 2)
         irl = config.irl
@@ -295,9 +318,11 @@ class BestOfNSettings:
 
     n: int = setting(2, doc="candidates sampled per prompt, of which the reward keeps one", ge=1)
 
-    def expert_problems(self, config) -> list[tuple[str, str]]:
+    def cross_problems(self, config: Config) -> list[tuple[str, str]]:
         """An expert without a model of its own cannot share the base's random numbers (IRL would see the
         candidate it rejected, R*'s own comparison)."""
+        if not _aligns_the_expert(config, "best_of_n"):
+            return []
         if config.irl.matched and config.irl.decoding == "sampled":
             return [
                 (
@@ -378,7 +403,7 @@ class IrlSettings:
     loss: str = setting(
         "laplace",
         doc="objective of the reward that is saved and studied over seeds",
-        choices=("max_margin", "paper_asymmetric", "logistic", "failure_aware", "laplace"),
+        choices=tuple(OBJECTIVES),
     )
     compare_losses: bool = setting(True, doc="also fit the other objectives over the same seeds and report them")
     posterior: bool = setting(
@@ -412,8 +437,8 @@ class IrlSettings:
     max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
 
     def problems(self) -> list[tuple[str, str]]:
-        if self.loss == "laplace" and not self.posterior:
-            return [("loss", "'laplace' is the posterior's mean: it needs irl.posterior: true")]
+        if objective_of(self.loss).needs_posterior and not self.posterior:
+            return [("loss", f"'{self.loss}' is the posterior's mean: it needs irl.posterior: true")]
         if self.decoding == "greedy" and self.samples_per_prompt > 1:
             return [
                 (
@@ -435,28 +460,9 @@ class AnalysisSettings:
     )
 
 
-SECTIONS: dict[str, type] = {
-    "run": RunSettings,
-    "compute": ComputeSettings,
-    "sources": SourcesSettings,
-    "curate": CurateSettings,
-    "ground_truth": GroundTruthSettings,
-    "rlhf": RlhfSettings,
-    "dpo": DpoSettings,
-    "rloo": RlooSettings,
-    "grpo": GrpoSettings,
-    "rft": RftSettings,
-    "best_of_n": BestOfNSettings,
-    "random_reward": RandomRewardSettings,
-    "evaluation": EvaluationSettings,
-    "irl": IrlSettings,
-    "analysis": AnalysisSettings,
-}
-
-
 @dataclass(frozen=True)
 class Config:
-    """A validated params file: every section, defaults filled in."""
+    """A validated params file: every section, defaults filled in (in the params file's order)."""
 
     run: RunSettings
     compute: ComputeSettings
@@ -484,9 +490,10 @@ class Config:
         return getattr(getattr(self, section), key)
 
 
-def settings_digest(values: Any) -> str:
-    """A stable hash of settings (and of the digests they depend on)."""
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+# Section name -> its class, in the params file's order: Config's fields whose type is a section.
+SECTIONS: dict[str, type] = {
+    name: kind for name, kind in get_type_hints(Config).items() if dataclasses.is_dataclass(kind)
+}
 
 
 def changes_result(section: str, key: str) -> bool:
@@ -496,192 +503,3 @@ def changes_result(section: str, key: str) -> bool:
 
 def doc(section: str, key: str) -> str:
     return SECTIONS[section].__dataclass_fields__[key].metadata["doc"]
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
-
-
-def _describe(meta: Mapping[str, Any], kind: type) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    if meta.get("choices"):
-        return "one of " + ", ".join(repr(c) for c in meta["choices"])
-    bounds = [
-        f"{op} {meta[key]}"
-        for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-        if meta.get(key) is not None
-    ]
-    return names[kind] + (" " + " and ".join(bounds) if bounds else "")
-
-
-def _kind(f: dataclasses.Field) -> type:
-    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
-
-
-def _check_value(where: str, value: Any, kind: type, meta: Mapping[str, Any]) -> Any:
-    ok_type = {
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-        bool: isinstance(value, bool),
-    }[kind]
-    bad = not ok_type
-    if ok_type:
-        value = float(value) if kind is float else value
-        bad = (
-            (meta.get("choices") and value not in meta["choices"])
-            or (meta.get("ge") is not None and value < meta["ge"])
-            or (meta.get("gt") is not None and value <= meta["gt"])
-            or (meta.get("le") is not None and value > meta["le"])
-            or (meta.get("lt") is not None and value >= meta["lt"])
-        )
-    if bad:
-        raise ConfigError(f"{where}: expected {_describe(meta, kind)}, got {value!r}")
-    return value
-
-
-def parse_section(name: str, values: Any, where: str) -> Any:
-    """Build one section from a mapping (missing keys take their defaults), refusing anything not exactly right.
-
-    `where` prefixes every message: the params file, or the notebook whose parameters cell was edited.
-    """
-    cls = SECTIONS[name]
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{where}: {name}: expected a mapping of settings, got {type(values).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"{where}: {name}.{key}: unknown setting; known: {', '.join(known)}")
-    parsed = {}
-    for key, f in known.items():
-        if key in values:
-            parsed[key] = _check_value(f"{where}: {name}.{key}", values[key], _kind(f), f.metadata)
-        elif f.default is dataclasses.MISSING:
-            raise ConfigError(
-                f"{where}: {name}.{key}: missing; expected {_describe(f.metadata, _kind(f))} ({f.metadata['doc']})"
-            )
-    section = cls(**parsed)
-    for key, problem in getattr(section, "problems", list)():
-        raise ConfigError(f"{where}: {name}.{key}: {problem}")
-    section = section.resolved() if hasattr(section, "resolved") else section
-    if name == "run" and not re.fullmatch(r"[A-Za-z0-9_-]+", section.name):
-        raise ConfigError(f"{where}: run.name: expected letters, digits, '-' and '_' only, got {section.name!r}")
-    if name == "sources":
-        for key, spec in dataclasses.asdict(section).items():
-            if key == "expert" and not spec:
-                continue  # no model brought: stage 03 aligns the policy itself
-            try:
-                parse_source(spec, role=key, base_dir=Path.cwd())
-            except SourceError as err:
-                raise ConfigError(f"{where}: sources.{key}: {err}") from None
-    return section
-
-
-def parse_config(data: Any, path: str) -> Config:
-    """Validate an already-parsed YAML document; sections and settings it leaves out take their defaults."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
-    for key in data:
-        if key not in SECTIONS:
-            raise ConfigError(f"{path}: {key}: unknown section; known: {', '.join(SECTIONS)}")
-    if "run" not in data:
-        raise ConfigError(f"{path}: run: missing section (every params file names its run: run.name)")
-    config = Config(**{name: parse_section(name, data.get(name), path) for name in SECTIONS}, path=path)
-    for setting_name, problem in cross_section_problems(config):
-        raise ConfigError(f"{path}: {setting_name}: {problem}")
-    return config
-
-
-def cross_section_problems(config: Config) -> list[tuple[str, str]]:
-    """Settings that are valid alone but not together: those of the kind the expert is aligned with (its
-    section's `expert_problems`), when stage 03 aligns the expert itself (no model brought)."""
-    if config.sources.expert:
-        return []
-    section = getattr(config, config.rlhf.trainer)
-    return getattr(section, "expert_problems", lambda config: [])(config)
-
-
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read and validate a params file, with `overrides` ('section.key=value', as `irlnb run --set` takes them)
-    applied before validation; raises ConfigError with one line on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such params file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
-    if not overrides:
-        return parse_config(data, str(path))
-    changes = dict(parse_override(text, str(path)) for text in overrides)
-    config = parse_config(with_changes(data, changes, str(path)), f"{path} with --set {' --set '.join(overrides)}")
-    return dataclasses.replace(config, path=str(path))
-
-
-def parse_override(text: str, where: str) -> tuple[str, Any]:
-    """'section.key=value' -> ('section.key', value), the value read as YAML reads it ('2' is 2, 'true' is True).
-
-    A float setting also takes what YAML leaves a string ('1e-5'); the value's type and range are
-    checked later, with the rest of the params, by `parse_config`.
-    """
-    dotted, equals, raw = text.partition("=")
-    section, dot, key = dotted.strip().partition(".")
-    if not (equals and dot and section and key):
-        raise ConfigError(f"{where}: --set {text!r}: expected section.key=value (e.g. rlhf.seed=1)")
-    if section not in SECTIONS:
-        raise ConfigError(f"{where}: --set {dotted}: unknown section; known: {', '.join(SECTIONS)}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    f = SECTIONS[section].__dataclass_fields__.get(key)
-    if f is not None and _kind(f) is float and isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if f is not None and _kind(f) is str and not isinstance(value, str):
-        value = raw.strip()  # a run name of digits, a 'local:...' path: a string setting takes the text as written
-    return dotted.strip(), value
-
-
-def with_changes(data: Mapping[str, Any], changes: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A copy of a params document with 'section.key' -> value changes applied (unvalidated: parse it next)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
-    changed = {name: dict(values or {}) if isinstance(values, Mapping) else values for name, values in data.items()}
-    for dotted, value in changes.items():
-        section, _, key = dotted.partition(".")
-        if section not in SECTIONS or not key:
-            raise ConfigError(f"{where}: {dotted}: unknown setting; sections: {', '.join(SECTIONS)}")
-        if not isinstance(changed.setdefault(section, {}), dict):
-            changed[section] = {}
-        changed[section][key] = value
-    return changed
-
-
-def config_with(base: Config, changes: Mapping[str, Any], why: str) -> Config:
-    """`base` with 'section.key' -> value changes, validated exactly as a params file is (one-line errors).
-
-    Every changed config (a study's point, a regression run, `irlnb run --set`) goes through here or
-    `load_config`, so a bad value is refused with the same message wherever it comes from.
-    """
-    config = parse_config(with_changes(base.to_dict(), changes, base.path), f"{base.path} ({why})")
-    return dataclasses.replace(config, path=base.path)
-
-
-def describe_settings() -> str:
-    """Every setting with its type, range, default and description (for `irlnb check --describe`)."""
-    lines = []
-    for name, cls in SECTIONS.items():
-        lines.append(f"{name}:  # {cls.__doc__.splitlines()[0]}")
-        for f in fields(cls):
-            default = "(required)" if f.default is dataclasses.MISSING else f"= {f.default!r}"
-            never = "; never changes a result" if not f.metadata["result"] else ""
-            lines.append(f"  {f.name} {default}  # {_describe(f.metadata, _kind(f))}: {f.metadata['doc']}{never}")
-    return "\n".join(lines)

@@ -20,11 +20,11 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # `run.runs_dir` is relative to it
 
-# Stage output folders inside a run directory.
-CURATE = "curate"
-GROUND_TRUTH = "ground_truth"
-IRL = "irl"
-ANALYSIS = "analysis"
+# Stage output folders inside a run directory (`_FOLDER`: not the metric prefixes of irlnb.metric_names).
+CURATE_FOLDER = "curate"
+GROUND_TRUTH_FOLDER = "ground_truth"
+IRL_FOLDER = "irl"
+ANALYSIS_FOLDER = "analysis"
 
 
 def rlhf_folder(reward: str) -> str:
@@ -83,11 +83,11 @@ class RunLayout:
     # 01 and 02
     @property
     def curated(self) -> Path:
-        return self.root / CURATE / "dataset"
+        return self.root / CURATE_FOLDER / "dataset"
 
     @property
     def ground_truth_scores(self) -> Path:
-        return self.root / GROUND_TRUTH / "scores.parquet"
+        return self.root / GROUND_TRUTH_FOLDER / "scores.parquet"
 
     # 03
     def policy(self, reward: str) -> Path:
@@ -102,46 +102,46 @@ class RunLayout:
     # 04
     @property
     def demonstrations(self) -> Path:
-        return self.root / IRL / "demonstrations.parquet"
+        return self.root / IRL_FOLDER / "demonstrations.parquet"
 
     @property
     def irl_epochs(self) -> Path:
-        return self.root / IRL / "epochs.csv"
+        return self.root / IRL_FOLDER / "epochs.csv"
 
     @property
     def irl_test_by_seed(self) -> Path:
-        return self.root / IRL / "test_by_seed.csv"
+        return self.root / IRL_FOLDER / "test_by_seed.csv"
 
     @property
     def irl_test_scores(self) -> Path:
-        return self.root / IRL / "test_scores.parquet"
+        return self.root / IRL_FOLDER / "test_scores.parquet"
 
     @property
     def learned_reward(self) -> Path:
-        return self.root / IRL / "reward"
+        return self.root / IRL_FOLDER / "reward"
 
     @property
     def white_box_reward(self) -> Path:
-        return self.root / IRL / "white_box_reward"
+        return self.root / IRL_FOLDER / "white_box_reward"
 
     @property
     def posterior_reward(self) -> Path:
         """The Laplace posterior's mean as a reward, with its covariance: `score(texts, return_std=True)`."""
-        return self.root / IRL / "posterior_reward"
+        return self.root / IRL_FOLDER / "posterior_reward"
 
     @property
     def posterior_scores(self) -> Path:
         """Posterior mean and spread of every test text (human and demonstrations)."""
-        return self.root / IRL / "posterior_scores.parquet"
+        return self.root / IRL_FOLDER / "posterior_scores.parquet"
 
     @property
     def posterior_contraction(self) -> Path:
-        return self.root / IRL / "posterior_contraction.csv"
+        return self.root / IRL_FOLDER / "posterior_contraction.csv"
 
     # 05
     @property
     def disagreements(self) -> Path:
-        return self.root / ANALYSIS / "disagreements.csv"
+        return self.root / ANALYSIS_FOLDER / "disagreements.csv"
 
     # Shared files
     def read_metrics(self) -> dict[str, float]:
@@ -167,11 +167,17 @@ class RunLayout:
 
     def save_figure(self, fig, name: str) -> list[Path]:
         """A matplotlib figure as PNG and PDF under figures/."""
-        self.figures.mkdir(parents=True, exist_ok=True)
-        paths = [self.figures / f"{name}.{ext}" for ext in ("png", "pdf")]
-        for path in paths:
-            fig.savefig(path, dpi=150, bbox_inches="tight")
-        return paths
+        return save_figure(fig, self.figures, name)
+
+
+def save_figure(fig, folder: Path, name: str) -> list[Path]:
+    """A matplotlib figure as `folder`/`name`.png and .pdf (a run's under its figures/, a study's in its runs
+    directory and the repository's figures/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
 
 
 # --------------------------------------------------------------------------------------------

@@ -104,14 +104,14 @@ def policy_metric(policy: str, name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # 04 IRL
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test")  # the curated comments' splits (stage 01), named in IRL's keys too
 IRL_SEEDS = f"{IRL}seeds"
 IRL_SAVED_SEED = f"{IRL}saved_seed"  # the repeat saved as irl/reward
 IRL_TIME = f"{IRL}time."  # + part + "_s": where stage 04's time went (sampling, features, fitting, ...)
 
 
 def irl_metric(objective: str | None, split: str, name: str) -> str:
-    """`irl.<objective>.<split>.<name>` for one objective (a loss, the floor, the ceiling, the white-box
+    """`irl.<objective>.<split>.<name>` for one objective (`irlnb.objectives`) or reference (the ceiling, the white-box
     log-ratio), or `irl.<split>.<name>` for the objective whose reward is saved (`objective` None)."""
     return f"{IRL}{split}.{name}" if objective is None else f"{IRL}{objective}.{split}.{name}"
 
@@ -143,12 +143,11 @@ SEED_SPEARMAN_MIN = irl_metric(None, "test", "seed_spearman_min")
 # STARC distance of R-hat to R* on both sides of the test pairs (0: the same up to a per-prompt shift and a
 # positive scale; 2: opposite), see irlnb.metrics.starc_distance
 STARC_DISTANCE = "starc_distance"
-# The rewards beside the fitted objectives, each one deterministic fit: the floor, the ceiling, the Laplace
-# posterior mean, the same Laplace head on R*'s own comparisons of base samples, and the white-box reward
-# (given the prompt, and on whole texts).
-FLOOR, CEILING, WHITE_BOX = "mean_shift", "supervised", "log_ratio"
-POSTERIOR_MEAN, R_STAR_COMPARISONS, WHITE_BOX_WHOLE = "laplace", "r_star_comparisons", "log_ratio_whole"
-REFERENCES = (FLOOR, CEILING, R_STAR_COMPARISONS)  # references for IRL, not IRL results
+# The references beside the IRL objectives (whose names are their records', irlnb.objectives), each one
+# deterministic fit: the ceiling, the Laplace head on R*'s own comparisons of base samples, and the white-box reward
+# (given the prompt, and on whole texts). They read R* or the expert's weights: references, not IRL results.
+CEILING, R_STAR_COMPARISONS = "supervised", "r_star_comparisons"
+WHITE_BOX, WHITE_BOX_WHOLE = "log_ratio", "log_ratio_whole"
 
 
 # --------------------------------------------------------------------------------------------

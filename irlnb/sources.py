@@ -62,37 +62,37 @@ class SourceError(IrlnbError, RuntimeError):
 @dataclass(frozen=True)
 class Source:
     role: str
-    kind: str  # "embedded", "local" or "hub"
+    scheme: str  # where it comes from: "embedded", "local" or "hub" (the part of its spec before the colon)
     name: str  # the embedded name, an absolute local path, or a hub id
 
     @property
     def spec(self) -> str:
-        return f"{self.kind}:{self.name}"
+        return f"{self.scheme}:{self.name}"
 
 
 def parse_source(spec: str, role: str, base_dir: Path | None = None) -> Source:
     """Parse and check a source string (local paths must exist) without loading anything."""
     if role not in EMBEDDED:
         raise SourceError(f"unknown source role {role!r}")
-    kind, sep, name = spec.partition(":")
+    scheme, sep, name = spec.partition(":")
     if not sep or not name:
         raise SourceError(f"expected 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME', got {spec!r}")
-    if kind == "embedded":
+    if scheme == "embedded":
         if name not in EMBEDDED[role]:
             raise SourceError(f"unknown embedded {role} {name!r}; expected one of {', '.join(EMBEDDED[role])}")
-        return Source(role, kind, name)
-    if kind == "local":
+        return Source(role, scheme, name)
+    if scheme == "local":
         path = Path(name).expanduser()
         if not path.is_absolute():
             path = (base_dir or Path.cwd()) / path
         if not path.exists():
             raise SourceError(f"local path {str(path)!r} does not exist")
-        return Source(role, kind, str(path.resolve()))
-    if kind == "hub":
+        return Source(role, scheme, str(path.resolve()))
+    if scheme == "hub":
         if name.count("/") != 1 or any(not part for part in name.split("/")):
             raise SourceError(f"expected a hub id 'ORG/NAME', got {name!r}")
-        return Source(role, kind, name)
-    raise SourceError(f"unknown source kind {kind!r}; expected 'embedded', 'local' or 'hub'")
+        return Source(role, scheme, name)
+    raise SourceError(f"unknown source kind {scheme!r}; expected 'embedded', 'local' or 'hub'")
 
 
 def hub_endpoint() -> str:
@@ -117,8 +117,8 @@ def check_hub_source(source: Source, timeout: float = HUB_PROBE_TIMEOUT_S) -> bo
     """
     offline_requested = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     if not offline_requested:
-        kind = "datasets" if HUB_REPO_TYPE.get(source.role) == "dataset" else "models"
-        url = f"{hub_endpoint()}/api/{kind}/{source.name}"
+        collection = "datasets" if HUB_REPO_TYPE.get(source.role) == "dataset" else "models"
+        url = f"{hub_endpoint()}/api/{collection}/{source.name}"
         try:
             urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
             return False

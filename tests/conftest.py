@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
+
+from irlnb.irl.feature_sets import PairSet, TextSet
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "params"
@@ -52,3 +56,18 @@ def smoke_run(tmp_path_factory) -> Path:
     done = irlnb_cli("run", str(params))
     assert done.returncode == 0, done.stderr
     return tmp / "runs" / "smoke"
+
+
+def synthetic_pairs(n: int, seed: int) -> PairSet:
+    """Expert texts lie further along a hidden direction than non-expert ones (each side its own noise);
+    R* is that direction, so the truth is known."""
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.zeros(8)
+    direction[0] = 1.0
+    base = torch.randn(n, 8, generator=generator)
+    expert = torch.randn(n, 8, generator=generator) + 2.5 * direction
+
+    def r_star(x):
+        return x[:, 0].double().numpy()
+
+    return PairSet(TextSet(expert, r_star(expert), -np.ones(n)), TextSet(base, r_star(base), -np.ones(n)))

@@ -8,7 +8,18 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "irlnb"
 # Lower layers never import higher ones: plumbing over the report over the paper's steps over the basics.
 LAYERS = (
-    ("errors", "config", "layout", "metrics", "metric_names", "sources", "compute", "progress"),
+    (
+        "errors",
+        "config",
+        "params_file",
+        "objectives",
+        "layout",
+        "metrics",
+        "metric_names",
+        "sources",
+        "compute",
+        "progress",
+    ),
     ("data",),
     ("models",),
     ("rewards",),

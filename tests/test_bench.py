@@ -10,8 +10,8 @@ import math
 import pytest
 from conftest import PARAMS
 
-from irlnb.config import load_config
 from irlnb.models.policies import load_policy
+from irlnb.params_file import load_config
 from irlnb.pipeline.bench import run_bench
 from irlnb.rewards.features import score_tolerance
 

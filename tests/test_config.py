@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import typing
 
 import pytest
 import yaml
 from conftest import PARAMS, irlnb_cli, write_params
 
-from irlnb.config import SECTIONS, ConfigError, load_config, parse_config, parse_section
+from irlnb.config import SECTIONS, Config, ConfigError
+from irlnb.objectives import OBJECTIVES
+from irlnb.params_file import describe_settings, load_config, parse_config, parse_section
 from irlnb.pipeline import stages
 from irlnb.pipeline.context import begin_stage
 from irlnb.pipeline.stages import (
@@ -85,6 +89,81 @@ def test_the_default_params_file_changes_no_setting_of_the_embedded_default():
     assert {name: getattr(config, name) for name in SECTIONS if name != "run"} == {
         name: parse_section(name, {}, "defaults") for name in SECTIONS if name != "run"
     }
+
+
+def test_every_section_is_declared_once_as_a_field_of_config_in_the_params_file_order():
+    sections = typing.get_type_hints(Config)
+    assert list(SECTIONS.items()) == [
+        (f.name, sections[f.name]) for f in dataclasses.fields(Config) if f.name != "path"
+    ]
+    assert list(SECTIONS) == [
+        "run",
+        "compute",
+        "sources",
+        "curate",
+        "ground_truth",
+        "rlhf",
+        "dpo",
+        "rloo",
+        "grpo",
+        "rft",
+        "best_of_n",
+        "random_reward",
+        "evaluation",
+        "irl",
+        "analysis",
+    ]
+    config = parse_config({"run": {"name": "x"}}, "p.yaml")
+    assert list(config.to_dict()) == list(SECTIONS)
+    assert all(isinstance(getattr(config, name), cls) for name, cls in SECTIONS.items())
+
+
+def test_a_rule_across_sections_lives_on_its_section_and_parse_config_runs_every_one(monkeypatch):
+    too_many = {"run": {"name": "x"}, "irl": {"train_prompts": 1000}}  # the default trainer is dpo, no expert brought
+    message = (
+        "irl.train_prompts: expected at most 800: IRL's 1200 train prompts of pool 'all' less the 400 that "
+        "dpo.prompts trains the expert on (IRL never sees them), got 1000"
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_config(too_many, "p.yaml")
+    assert str(err.value) == f"p.yaml: {message}"
+    ok = parse_config({"run": {"name": "x"}}, "p.yaml")
+    crowded = dataclasses.replace(ok, irl=dataclasses.replace(ok.irl, train_prompts=1000))
+    assert ok.dpo.cross_problems(crowded) == [tuple(message.split(": ", 1))]  # the rule is the dpo section's
+    # another trainer, or an expert brought instead of trained here: dpo's rule does not apply
+    assert parse_config({**too_many, "rlhf": {"trainer": "rloo"}}, "p.yaml").irl.train_prompts == 1000
+    assert parse_config({**too_many, "sources": {"expert": f"local:{PARAMS}"}}, "p.yaml").irl.train_prompts == 1000
+    best_of_n = {"run": {"name": "x"}, "rlhf": {"trainer": "best_of_n"}}
+    with pytest.raises(ConfigError, match=r"^p\.yaml: irl\.matched: a best-of-n expert has no model of its own"):
+        parse_config(best_of_n, "p.yaml")
+    assert not parse_config({**best_of_n, "irl": {"matched": False}}, "p.yaml").irl.matched
+    # parse_config asks every section, not a list of known rules
+    monkeypatch.setattr(
+        SECTIONS["analysis"], "cross_problems", lambda self, config: [("irl.layer", "made up")], raising=False
+    )
+    with pytest.raises(ConfigError, match=r"^p\.yaml: irl\.layer: made up$"):
+        parse_config({"run": {"name": "x"}}, "p.yaml")
+
+
+@pytest.mark.parametrize("loss", list(OBJECTIVES))
+def test_an_objective_that_is_the_posteriors_mean_needs_the_posterior(loss):
+    data = {"run": {"name": "x"}, "irl": {"loss": loss, "posterior": False}}
+    if not OBJECTIVES[loss].needs_posterior:
+        assert parse_config(data, "p.yaml").irl.loss == loss
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "p.yaml")
+    assert str(err.value) == f"p.yaml: irl.loss: '{loss}' is the posterior's mean: it needs irl.posterior: true"
+
+
+def test_describe_shows_each_section_description_whole():
+    lines = describe_settings().splitlines()
+    for name, cls in SECTIONS.items():
+        description = next(line for line in lines if line.startswith(f"{name}:  # ")).split("  # ", 1)[1]
+        docstring = " ".join(cls.__doc__.split())
+        assert docstring.startswith(description)
+        assert description.endswith(".") or description == docstring, f"{name}: cut mid-sentence: {description!r}"
+    assert "where TRL has one." in describe_settings()  # the dpo description, wrapped over two docstring lines
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from conftest import PARAMS
 
-from irlnb.config import load_config
 from irlnb.data.curation import CurateError, _normalise_columns, curate, split_prompt
 from irlnb.data.insults import clean_kaggle_text, read_insults
+from irlnb.params_file import load_config
 
 DEFAULT = load_config(PARAMS / "default.yaml").curate
 

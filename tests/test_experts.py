@@ -1,17 +1,18 @@
-"""The experts beyond RLOO: best-of-n (no training) and rejection-sampling fine-tuning, on the tiny offline model."""
+"""The experts beyond RLOO: best-of-n (no training), rejection-sampling fine-tuning and DPO, on the tiny offline model.
+
+The demonstrations IRL draws from them are tested in test_demonstrations.py."""
 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from irlnb.config import parse_section
 from irlnb.models.policies import embedded_policy_dir, load_policy
+from irlnb.params_file import parse_section
 from irlnb.rl.generation import Decoding, sample_continuations
 from irlnb.rl.rejection import continuation_batch, rejection_sampling_finetune
 from irlnb.rl.sampling import BestOfN
@@ -76,22 +77,27 @@ def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def fine_tune_tiny(tokenizer, checkpoints, guard_texts: list[str], scorer=length_reward, **rft_changes):
+    """Rejection-sampling fine-tuning of the tiny model on the test prompts (each twice), in float32."""
+    return rejection_sampling_finetune(
+        embedded_policy_dir("tiny-gpt-neox"),
+        tokenizer,
+        PROMPTS * 2,
+        scorer,
+        rft=rft_settings(**rft_changes),
+        rlhf=RLHF,
+        guard_texts=guard_texts,
+        checkpoints=checkpoints,
+        seed=0,
+        inference_dtype="float32",
+    )
+
+
 def test_rejection_sampling_fine_tunes_on_the_winners_and_resumes_after_its_last_round(tmp_path, tiny):
     _, tokenizer = tiny
     start = _weights(load_policy("embedded:tiny-gpt-neox")[0])
     guard = ["What a lovely day it is", "Thank you for the help"]
-    result = rejection_sampling_finetune(
-        embedded_policy_dir("tiny-gpt-neox"),
-        tokenizer,
-        PROMPTS * 2,
-        length_reward,
-        rft=rft_settings(),
-        rlhf=RLHF,
-        guard_texts=guard,
-        checkpoints=tmp_path,
-        seed=0,
-        inference_dtype="float32",
-    )
+    result = fine_tune_tiny(tokenizer, tmp_path, guard)
     assert result.rounds == 1 and result.resumed_from_round == 0 and not result.guard_tripped
     assert len(result.log) == 1 and math.isfinite(result.log.loc[0, "loss"])
     winners = result.chosen[0]
@@ -101,18 +107,7 @@ def test_rejection_sampling_fine_tunes_on_the_winners_and_resumes_after_its_last
     assert any(not torch.equal(start[k], trained[k]) for k in start), "fine-tuning did not change the policy"
     assert (tmp_path / "round-1" / "config.json").is_file()
 
-    again = rejection_sampling_finetune(
-        embedded_policy_dir("tiny-gpt-neox"),
-        tokenizer,
-        PROMPTS * 2,
-        lambda texts: pytest.fail("a finished round was redone"),
-        rft=rft_settings(),
-        rlhf=RLHF,
-        guard_texts=guard,
-        checkpoints=tmp_path,
-        seed=0,
-        inference_dtype="float32",
-    )
+    again = fine_tune_tiny(tokenizer, tmp_path, guard, scorer=lambda texts: pytest.fail("a finished round was redone"))
     assert again.resumed_from_round == 1 and again.rounds == 1
     assert all(torch.equal(trained[k], v) for k, v in _weights(again.model).items())
 
@@ -120,17 +115,8 @@ def test_rejection_sampling_fine_tunes_on_the_winners_and_resumes_after_its_last
 def test_an_epoch_that_hurts_fluency_past_the_bound_is_undone(tmp_path, tiny):
     _, tokenizer = tiny
     start = _weights(load_policy("embedded:tiny-gpt-neox")[0])
-    result = rejection_sampling_finetune(
-        embedded_policy_dir("tiny-gpt-neox"),
-        tokenizer,
-        PROMPTS * 2,
-        length_reward,
-        rft=rft_settings(max_perplexity_ratio=1.0000001, learning_rate=5e-2),
-        rlhf=RLHF,
-        guard_texts=["What a lovely day it is"],
-        checkpoints=tmp_path,
-        seed=0,
-        inference_dtype="float32",
+    result = fine_tune_tiny(
+        tokenizer, tmp_path, ["What a lovely day it is"], max_perplexity_ratio=1.0000001, learning_rate=5e-2
     )
     assert result.guard_tripped and bool(result.log.loc[0, "undone"]) and result.log.loc[0, "perplexity_ratio"] > 1
     assert all(torch.equal(start[k], v) for k, v in _weights(result.model).items())  # back where it started
@@ -143,76 +129,6 @@ def test_the_launcher_refuses_trainers_it_cannot_run(tmp_path):
 
     params = write_params(tmp_path, rlhf__trainer="rft")
     assert main([str(params)]) == 2
-
-
-def test_a_best_of_n_expert_cannot_be_demonstrated_greedily(tmp_path, monkeypatch):
-    from irlnb.irl import demonstrations
-    from irlnb.layout import RunLayout
-
-    model, tokenizer = load_policy("embedded:tiny-gpt-neox")
-    monkeypatch.setattr(
-        demonstrations,
-        "load_stage_policy",
-        lambda *args, **kwargs: BestOfN(model, tokenizer, SAMPLING, 2, length_reward),
-    )
-    irl = SimpleNamespace(decoding="greedy", max_new_tokens=6)
-    with pytest.raises(demonstrations.DemonstrationError, match="the expert is a best-of-n policy, which only samples"):
-        demonstrations.demonstration_policies(
-            RunLayout(tmp_path),
-            "embedded:tiny-gpt-neox",
-            irl,
-            SimpleNamespace(top_k=30, temperature=1.0),
-            "cpu",
-            "float32",
-        )
-
-
-def test_demonstration_prompts_follow_the_pool_and_refuse_more_than_there_are():
-    from irlnb.irl.demonstrations import DemonstrationError, split_prompts
-
-    curated = pd.DataFrame(
-        {
-            "id": [f"c{i}" for i in range(9)],
-            "split": ["train"] * 6 + ["test"] * 3,
-            "label": [1, 0, 1, 0, 1, 0, 1, 0, 1],
-            "prompt": [f"p{i}" for i in range(9)],
-        }
-    )
-    irl = SimpleNamespace(prompt_pool="toxic", train_prompts=3, validation_prompts=1, test_prompts=0)
-    assert set(split_prompts(curated, irl, "train", 0)["label"]) == {1}
-    assert len(split_prompts(curated, irl, "test", 0)) == 3  # every test prompt, both labels
-    fewer = SimpleNamespace(prompt_pool="toxic", test_prompts=2)
-    drawn = split_prompts(curated, fewer, "test", 0)
-    assert len(drawn) == 2 and set(drawn["id"]) < {"c6", "c7", "c8"}  # a sample of the test prompts, any label
-    assert drawn["id"].tolist() == split_prompts(curated, fewer, "test", 0)["id"].tolist()  # seeded
-    with pytest.raises(DemonstrationError, match=r"irl.test_prompts is 4, but the test split has 3 prompts$"):
-        split_prompts(curated, SimpleNamespace(prompt_pool="toxic", test_prompts=4), "test", 0)
-    with pytest.raises(DemonstrationError, match="irl.train_prompts is 4, but the train split has 3 prompts"):
-        split_prompts(curated, SimpleNamespace(prompt_pool="toxic", train_prompts=4), "train", 0)
-
-
-def test_a_best_of_n_expert_is_sampled_independently_and_hands_out_only_its_chosen_continuation(tiny):
-    """IRL sees what an auditor could draw: the expert's chosen sample and a base sample of its own random
-    numbers, never the candidate the expert rejected."""
-    from irlnb.irl.demonstrations import generate_pairs
-
-    model, tokenizer = tiny
-    expert = BestOfN(model, tokenizer, SAMPLING, n=3, scorer=length_reward)
-    base = BestOfN(model, tokenizer, SAMPLING, n=1, scorer=None)
-    prompts = pd.DataFrame({"id": ["a", "b", "c", "d"], "prompt": PROMPTS, "label": [1, 0, 1, 0]})
-    pairs = generate_pairs(prompts, expert, base, samples=2, batch_size=4, seed=5, matched=False)
-    assert not hasattr(expert, "outputs_and_first")  # nothing hands out a rejected candidate
-    # Both samples of a prompt come from one prefill: 2 x 3 candidates of the expert, 2 of the base (its own seed).
-    candidates = sample_continuations(model, tokenizer, PROMPTS, SAMPLING, 2 * 3, batch_size=4, seed=5)
-    base_samples = sample_continuations(model, tokenizer, PROMPTS, SAMPLING, 2, batch_size=4, seed=6)
-    for sample in (0, 1):
-        rows = pairs[pairs["sample"] == sample]
-        options = [drawn[3 * sample : 3 * sample + 3] for drawn in candidates]
-        assert rows["expert"].tolist() == [best for best, _ in expert.choose(PROMPTS, options)]
-        assert rows["non_expert"].tolist() == [drawn[sample] for drawn in base_samples]
-        rejected = {(p, c) for p, group, best in zip(PROMPTS, options, rows["expert"]) for c in group if c != best}
-        assert not rejected & set(zip(rows["prompt"], rows["non_expert"]))
-    assert pairs["id"].tolist() == ["a", "b", "c", "d"] * 2
 
 
 def test_the_base_samples_are_drawn_once_and_kept_for_every_run_beside(tiny, tmp_path):
@@ -242,46 +158,6 @@ def test_the_base_samples_are_drawn_once_and_kept_for_every_run_beside(tiny, tmp
     assert drawn == [5, 6, 5, 5]  # another seed, other prompts, another model: drawn anew
 
 
-def test_matched_demonstrations_of_a_best_of_n_expert_are_refused(tmp_path, monkeypatch):
-    from irlnb.irl import demonstrations
-    from irlnb.layout import RunLayout
-
-    model, tokenizer = load_policy("embedded:tiny-gpt-neox")
-    monkeypatch.setattr(
-        demonstrations,
-        "load_stage_policy",
-        lambda *args, **kwargs: BestOfN(model, tokenizer, SAMPLING, 2, length_reward),
-    )
-    irl = SimpleNamespace(decoding="sampled", max_new_tokens=6, matched=True)
-    with pytest.raises(demonstrations.DemonstrationError, match="irl.matched is true, but the expert is a best-of-n"):
-        demonstrations.demonstration_policies(
-            RunLayout(tmp_path),
-            "embedded:tiny-gpt-neox",
-            irl,
-            SimpleNamespace(top_k=30, temperature=1.0),
-            "cpu",
-            "float32",
-        )
-
-
-def test_demonstration_prompts_never_include_those_a_dpo_expert_was_trained_on():
-    from irlnb.irl.demonstrations import split_prompts
-
-    curated = pd.DataFrame(
-        {
-            "id": [f"c{i}" for i in range(8)],
-            "split": ["train"] * 6 + ["test"] * 2,
-            "label": [1, 0] * 4,
-            "prompt": list("abcdefgh"),
-        }
-    )
-    irl = SimpleNamespace(prompt_pool="all", train_prompts=4)
-    held_out = {"c0", "c3"}
-    assert set(split_prompts(curated, irl, "train", 0, held_out)["id"]) == {"c1", "c2", "c4", "c5"}
-    with pytest.raises(Exception, match="has 4 prompts in the pool 'all' besides the 2 the expert was trained on"):
-        split_prompts(curated, SimpleNamespace(prompt_pool="all", train_prompts=5), "train", 0, held_out)
-
-
 def test_dpo_pairs_are_the_rewards_best_against_its_worst_and_ties_carry_no_preference():
     from irlnb.rl.dpo import preference_pairs
 
@@ -305,8 +181,9 @@ def test_dpo_pairs_are_the_rewards_best_against_its_worst_and_ties_carry_no_pref
     ],
 )
 def test_expert_settings_that_would_break_irl_are_refused_in_one_line(changes, message):
-    from irlnb.config import ConfigError, config_with, load_config
+    from irlnb.config import ConfigError
     from irlnb.layout import REPO_ROOT
+    from irlnb.params_file import config_with, load_config
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as error:
         config_with(load_config(REPO_ROOT / "params/default.yaml"), changes, "test")

@@ -7,52 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import synthetic_pairs
 
 from irlnb import metrics
-from irlnb.irl import demonstrations, feature_sets, objectives, study
+from irlnb.irl import demonstrations, feature_sets, fitting, judging, references, saved_reward, study
 from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
+from irlnb.objectives import SEEDED, objective_of
 from irlnb.rewards.features import hidden_at, load_reward, random_head, reward_form
 
 BACKBONE = "embedded:tiny-gpt-neox"
-
-
-# --- objectives ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "loss, expected",
-    [
-        # advantages x = [2, -1, 0.5]
-        ("paper_asymmetric", (-2 + 2 - 0.5) / 3),  # -x if x > 0 else -2x
-        ("max_margin", (0 + 2 + 0.5) / 3),  # max(0, 1 - x)
-        ("logistic", float(np.mean(np.log1p(np.exp(-np.array([2.0, -1.0, 0.5])))))),
-    ],
-)
-def test_each_loss_value_on_hand_made_pairs(loss, expected):
-    advantage = torch.tensor([2.0, -1.0, 0.5])
-    assert float(objectives.pair_loss(loss, advantage, margin=1.0)) == pytest.approx(expected, rel=1e-6)
-
-
-@pytest.mark.parametrize("loss", objectives.LOSSES)
-def test_every_loss_pushes_the_expert_up(loss):
-    """The gradient with respect to the advantage is negative: descending it widens the expert's lead."""
-    advantage = torch.tensor([-0.5, 0.3], requires_grad=True)
-    objectives.pair_loss(loss, advantage, margin=1.0).backward()
-    assert (advantage.grad < 0).all()
-
-
-def test_the_paper_loss_doubles_the_push_on_wrong_pairs_and_the_hinge_stops_past_the_margin():
-    advantage = torch.tensor([-0.5, 0.3, 2.0], requires_grad=True)
-    objectives.pair_loss("paper_asymmetric", advantage).backward()
-    assert advantage.grad.tolist() == pytest.approx([-2 / 3, -1 / 3, -1 / 3])
-    advantage.grad = None
-    objectives.pair_loss("max_margin", advantage, margin=1.0).backward()
-    assert advantage.grad.tolist() == pytest.approx([-1 / 3, -1 / 3, 0.0])  # a pair past the margin teaches nothing
-
-
-def test_an_unknown_loss_is_refused():
-    with pytest.raises(ValueError, match="loss must be one of max_margin, paper_asymmetric, logistic"):
-        objectives.pair_loss("hinge2", torch.zeros(2))
 
 
 # --- judging ---------------------------------------------------------------------------------
@@ -86,61 +49,6 @@ def test_pair_accuracy_counts_ties_as_wrong():
 # --- fitting ---------------------------------------------------------------------------------
 
 
-def synthetic_pairs(n: int, seed: int) -> PairSet:
-    """Expert texts lie further along a hidden direction than non-expert ones (each side its own noise);
-    R* is that direction, so the truth is known."""
-    generator = torch.Generator().manual_seed(seed)
-    direction = torch.zeros(8)
-    direction[0] = 1.0
-    base = torch.randn(n, 8, generator=generator)
-    expert = torch.randn(n, 8, generator=generator) + 2.5 * direction
-
-    def r_star(x):
-        return x[:, 0].double().numpy()
-
-    return PairSet(TextSet(expert, r_star(expert), -np.ones(n)), TextSet(base, r_star(base), -np.ones(n)))
-
-
-@pytest.mark.parametrize("loss", objectives.LOSSES)
-def test_fitting_changes_the_head_and_recovers_the_direction(loss):
-    train, validation = synthetic_pairs(200, 0), synthetic_pairs(100, 1)
-    objective = objectives.Objective(loss, margin=1.0, max_head_norm=1.0, learning_rate=0.05, epochs=5, batch_size=16)
-    history, heads = objectives.fit_head(
-        train,
-        objective,
-        seed=0,
-        on_epoch=lambda epoch, head: {
-            "pair_accuracy": metrics.pair_accuracy(
-                rewards_of(head, validation.expert), rewards_of(head, validation.non_expert)
-            )
-        },
-    )
-    assert [row["epoch"] for row in history] == list(range(6))
-    assert all(np.isfinite(row["train_loss"]) for row in history[1:])
-    assert not torch.equal(heads[0].weight, heads[-1].weight)
-    assert history[-1]["pair_accuracy"] > max(0.85, history[0]["pair_accuracy"])
-
-    def alignment(head):  # cosine between the head and the hidden direction
-        weight = head.weight.detach()
-        return float(weight[0, 0] / weight.norm())
-
-    assert alignment(heads[-1]) > alignment(heads[0]) + 0.25  # fitting, not the initial head, found the direction
-    weight = heads[-1].weight.detach().flatten()
-    assert weight[0] == weight.abs().max()  # the hidden direction carries the largest weight
-    if loss == "max_margin":
-        assert float(weight.norm()) <= 1.0 + 1e-6  # the bound holds after every step
-
-
-def test_the_same_seed_gives_the_same_head_and_another_seed_another():
-    train = synthetic_pairs(64, 0)
-    objective = objectives.Objective("logistic", 1.0, 1.0, 0.05, 2, 16)
-
-    def fit(seed):
-        return objectives.fit_head(train, objective, seed, on_epoch=lambda e, h: {})[1][-1].weight
-
-    assert torch.equal(fit(3), fit(3)) and not torch.equal(fit(3), fit(4))
-
-
 def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation():
     train, validation_pairs, test_pairs = synthetic_pairs(120, 0), synthetic_pairs(60, 1), synthetic_pairs(60, 2)
 
@@ -156,13 +64,13 @@ def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation(
         "expert": [f"e{i}" for i in range(60)],
         "non_expert": [f"n{i}" for i in range(60)],
     }
-    fits = [objectives.Objective(loss, 1.0, 1.0, 0.05, 3, 16) for loss in ("max_margin", "logistic")]
+    fits = [fitting.SeededFit(objective_of(loss), 1.0, 1.0, 0.05, 3, 16) for loss in ("max_margin", "logistic")]
     result = study.fit_irl_study(
         train,
         (human(validation_pairs), validation_pairs),
         (human(test_pairs), test_pairs),
         texts,
-        objectives=fits,
+        fits=fits,
         seeds=3,
     )
     assert len(result.epochs) == 2 * 3 * 4 and len(result.test) == 6 and len(result.scores) == 6 * 240
@@ -262,7 +170,7 @@ def test_the_saved_reward_folds_the_standardisation_and_scores_like_the_study(tm
     standardizer = feature_sets.Standardizer.fit(raw)
     head = random_head(raw.shape[1], seed=0)
     expected = rewards_of(head, TextSet(standardizer(raw), np.zeros(3), -np.ones(3)))
-    study.save_learned_reward(reader, head, standardizer, tmp_path / "reward")
+    saved_reward.save_learned_reward(reader, head, standardizer, tmp_path / "reward")
     np.testing.assert_allclose(load_reward(tmp_path / "reward").score(texts), expected, atol=1e-4)
 
 
@@ -283,10 +191,10 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
         "starc_distance_mean",
     ):
         assert np.isfinite(metrics[f"irl.test.{key}"]), key
-        for loss in objectives.LOSSES:  # compare_losses is on in smoke.yaml
+        for loss in SEEDED:  # compare_losses is on in smoke.yaml
             assert f"irl.{loss}.test.{key}" in metrics
     assert metrics["irl.seeds"] == 3
-    for loss in objectives.LOSSES:  # fitted over the seeds: a spread
+    for loss in SEEDED:  # fitted over the seeds: a spread
         assert metrics[f"irl.{loss}.fits"] == 3 and np.isfinite(metrics[f"irl.{loss}.test.accuracy_sd"])
     # the saved reward is the posterior mean (smoke.yaml keeps the default loss): one fit, no spread
     assert metrics["irl.fits"] == metrics["irl.laplace.fits"] == 1 and "irl.test.accuracy_sd" not in metrics
@@ -296,8 +204,8 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
     assert {"prompt", "expert", "non_expert", "expert_r_star", "non_expert_r_star", "excluded"} <= set(demos)
     assert metrics["irl.demos.train.used"] == (demos.query("split == 'train'")["excluded"] == "").sum()
     epochs = pd.read_csv(out / "epochs.csv")
-    assert len(epochs) == len(objectives.LOSSES) * 3 * (3 + 1)  # losses x seeds x (epochs + the initial head)
-    for method in ("mean_shift", "supervised", "log_ratio", "log_ratio_whole"):  # floor, ceiling, white box
+    assert len(epochs) == len(SEEDED) * 3 * (3 + 1)  # losses x seeds x (epochs + the initial head)
+    for method in ("mean_shift", "supervised", "log_ratio", "log_ratio_whole"):  # mean shift, ceiling, white box
         assert np.isfinite(metrics[f"irl.{method}.test.auc_mean"]), method
         assert 0 <= metrics[f"irl.{method}.test.starc_distance_mean"] <= 2, method
         assert metrics[f"irl.{method}.fits"] == 1 and f"irl.{method}.test.auc_sd" not in metrics, method
@@ -315,7 +223,7 @@ def test_a_reward_read_in_bfloat16_is_loaded_in_bfloat16(tmp_path):
     texts = ["You are such an idiot", "What a lovely day"]
     raw = reader.features(texts)
     assert raw.dtype == torch.float32  # features leave the backbone as float32 whatever its dtype
-    study.save_learned_reward(
+    saved_reward.save_learned_reward(
         reader, random_head(raw.shape[1], 0), feature_sets.Standardizer.fit(raw), tmp_path / "reward"
     )
     loaded = load_reward(tmp_path / "reward")
@@ -330,43 +238,22 @@ def test_a_saved_reward_that_does_not_score_like_the_study_is_caught(smoke_run):
     scores = pd.read_parquet(smoke_run / "irl" / "test_scores.parquet")
     chosen = (scores["loss"] == saved_loss) & (scores["seed"] == saved_seed) & (scores["set"] == "human")
     saved = scores[chosen].reset_index(drop=True)
-    assert study.check_saved_reward(smoke_run / "irl" / "reward", saved) < 1e-3  # float32: the same scores
+    assert saved_reward.check_saved_reward(smoke_run / "irl" / "reward", saved) < 1e-3  # float32: the same scores
     wrong = saved.assign(r_hat=saved["r_hat"].to_numpy()[::-1])  # the scores of other texts
     with pytest.raises(ValueError, match="the saved reward differs from the study's"):
-        study.check_saved_reward(smoke_run / "irl" / "reward", wrong)
+        saved_reward.check_saved_reward(smoke_run / "irl" / "reward", wrong)
 
 
 # --- failure-aware IRL, the floor and the ceiling, the label-free threshold ----------------------
 
 
-def test_failure_aware_weights_misranked_and_nearly_tied_pairs():
-    advantage = torch.tensor([2.0, 0.3, -1.0])  # a clear win, a near tie, a misranking (near = 0.5)
-    weights = objectives.failure_weights(advantage, near=0.5, focus=3.0)
-    assert weights.tolist() == [1.0, 4.0, 4.0]
-    # the hinge max(0, 1 - x) = [0, 0.7, 2], weighted [1, 4, 4]: (0 + 2.8 + 8) / 9
-    value = objectives.pair_loss("failure_aware", advantage, margin=1.0, weights=weights)
-    assert float(value) == pytest.approx(10.8 / 9)
-    assert float(objectives.pair_loss("failure_aware", advantage, margin=1.0)) == pytest.approx(2.7 / 3)
-
-
-def test_failure_aware_fitting_counts_failures_and_respects_the_bound():
-    train = synthetic_pairs(200, 0)
-    objective = objectives.Objective("failure_aware", 1.0, 1.0, 0.05, 5, 16, failure_focus=4.0, failure_near=0.5)
-    history, heads = objectives.fit_head(train, objective, seed=0, on_epoch=lambda epoch, head: {})
-    failures = [row["train_failures"] for row in history[1:]]
-    assert all(np.isfinite(failures)) and failures[-1] < failures[0]  # the curriculum works the failures down
-    assert float(heads[-1].weight.detach().norm()) <= 1.0 + 1e-6
-
-
 def test_the_floor_and_the_ceiling_on_a_planted_direction():
-    from irlnb.irl import baselines
-
     train, validation = synthetic_pairs(300, 0), synthetic_pairs(150, 1)
-    floor = baselines.mean_shift_head(train).weight.detach().flatten()
+    floor = fitting.mean_shift_head(train).weight.detach().flatten()
     assert floor[0] == floor.abs().max() and float(floor.norm()) == pytest.approx(1.0)  # the shift is the direction
-    ceiling, c = baselines.supervised_head(train, validation)
+    ceiling, c = references.supervised_head(train, validation)
     weight = ceiling.weight.detach().flatten()
-    assert weight[0] == weight.abs().max() and c in baselines.SUPERVISED_C
+    assert weight[0] == weight.abs().max() and c in references.SUPERVISED_C
     test = synthetic_pairs(150, 2)
     texts = torch.cat([test.expert.features, test.non_expert.features])
     r_star = np.concatenate([test.expert.r_star, test.non_expert.r_star])
@@ -375,20 +262,16 @@ def test_the_floor_and_the_ceiling_on_a_planted_direction():
 
 
 def test_the_ceiling_is_refused_when_the_texts_are_all_of_one_sign():
-    from irlnb.irl import baselines
-
     train = synthetic_pairs(20, 0)
     one_sided = PairSet(
         TextSet(train.expert.features, np.ones(20), -np.ones(20)),
         TextSet(train.non_expert.features, np.ones(20), -np.ones(20)),
     )
     with pytest.raises(ValueError, match="the train demonstration texts are all non-toxic by R\\*"):
-        baselines.supervised_head(one_sided, train)
+        references.supervised_head(one_sided, train)
 
 
 def test_demonstration_evidence_on_a_hand_case():
-    from irlnb.irl.baselines import demonstration_evidence
-
     demos = pd.DataFrame(
         {
             "split": "train",
@@ -399,7 +282,7 @@ def test_demonstration_evidence_on_a_hand_case():
             "non_expert": ["a b", "c d", "e f", "x y"],
         }
     )
-    values = demonstration_evidence(demos)
+    values = references.demonstration_evidence(demos)
     # distinct-2 pooled over a side's used continuations: expert bigrams ab, bc, ab, bc, de -> 3 of 5
     assert values["irl.demos.train.expert_distinct_2"] == pytest.approx(3 / 5)
     assert values["irl.demos.train.non_expert_distinct_2"] == pytest.approx(1.0)
@@ -416,7 +299,7 @@ def test_the_label_free_threshold_separates_expert_from_non_expert_texts():
     with torch.no_grad():
         identity.weight.fill_(1.0)
         identity.bias.zero_()
-    assert 2.0 <= study.label_free_threshold(identity, PairSet(expert, non_expert)) < 3.0
+    assert 2.0 <= judging.label_free_threshold(identity, PairSet(expert, non_expert)) < 3.0
 
 
 # --- the white-box log-ratio reward --------------------------------------------------------------
@@ -527,11 +410,11 @@ def test_a_saved_posterior_reward_returns_its_spread(tmp_path):
     standard = standardizer(raw)
     pairs = PairSet(TextSet(standard[:2], np.zeros(2), -np.ones(2)), TextSet(standard[2:], np.zeros(2), -np.ones(2)))
     fit = posterior.laplace_posterior(pairs, prior_std=0.5)
-    study.save_learned_reward(reader, fit.head(), standardizer, tmp_path / "reward", fit.covariance)
+    saved_reward.save_learned_reward(reader, fit.head(), standardizer, tmp_path / "reward", fit.covariance)
     mean, std = load_reward(tmp_path / "reward").score(texts, return_std=True)
     np.testing.assert_allclose(mean, (standard.double() @ fit.mean).numpy(), atol=1e-4)
     np.testing.assert_allclose(std, fit.std(standard), rtol=1e-3)  # the folded covariance gives the same spread
-    study.save_learned_reward(reader, fit.head(), standardizer, tmp_path / "plain")
+    saved_reward.save_learned_reward(reader, fit.head(), standardizer, tmp_path / "plain")
     with pytest.raises(Exception, match="this reward has no posterior over its head"):
         load_reward(tmp_path / "plain").score(texts, return_std=True)
 
@@ -562,8 +445,6 @@ def test_a_loss_fitted_once_reports_its_mean_and_its_fit_count_but_no_spread():
 
 
 def test_the_study_judges_fixed_heads_by_their_starc_distance_on_the_test_pairs():
-    from irlnb.irl.baselines import head_of
-
     def with_prompts(pairs):  # two pairs per prompt
         return PairSet(pairs.expert, pairs.non_expert, np.arange(len(pairs.expert.r_star)) // 2)
 
@@ -579,12 +460,12 @@ def test_the_study_judges_fixed_heads_by_their_starc_distance_on_the_test_pairs(
         (human(validation_pairs), validation_pairs),
         (human(test_pairs), test_pairs),
         texts,
-        objectives=[],
+        fits=[],
         seeds=0,
         fixed_heads={
-            "truth": head_of(3 * direction, bias=1.0),
-            "opposite": head_of(-direction),
-            "other": head_of(np.eye(8)[1]),
+            "truth": fitting.head_of(3 * direction, bias=1.0),
+            "opposite": fitting.head_of(-direction),
+            "other": fitting.head_of(np.eye(8)[1]),
         },
     )
     summary = study.summary_metrics(result.test, "truth")
@@ -593,7 +474,7 @@ def test_the_study_judges_fixed_heads_by_their_starc_distance_on_the_test_pairs(
     assert 1.0 < summary["irl.other.test.starc_distance_mean"] < 1.8  # unrelated: near sqrt(2)
     assert summary["irl.other.fits"] == 1 and "irl.other.test.starc_distance_sd" not in summary
     # without prompts (synthetic pairs) the distance is not judged rather than judged on wrong groups
-    plain = study.judge_rewards(
+    plain = judging.judge_rewards(
         np.zeros(40), np.ones(40), np.zeros(40), human(test_pairs), synthetic_pairs(40, 2), threshold=0.0
     )
     assert "starc_distance" not in plain
@@ -630,9 +511,7 @@ def test_r_star_orders_the_first_two_base_samples_of_each_prompt():
     assert feature_sets.base_comparison_pairs(one_sample, base) is None  # greedy or one sample per prompt
 
 
-def test_r_star_comparisons_are_a_fixed_head_fitted_on_the_base_comparisons_only():
-    from types import SimpleNamespace
-
+def test_r_star_comparisons_are_a_reference_head_fitted_on_the_base_comparisons_only():
     train, validation = synthetic_pairs(200, 0), synthetic_pairs(100, 1)
     swap = [1, 0, *range(2, 8)]  # the comparisons' R* direction is feature 1, the demonstrations' feature 0
     comparisons = tuple(
@@ -642,12 +521,11 @@ def test_r_star_comparisons_are_a_fixed_head_fitted_on_the_base_comparisons_only
         )
         for p in (synthetic_pairs(200, 3), synthetic_pairs(100, 4))
     )
-    fits = study.reference_fits(train, validation, SimpleNamespace(posterior=False), comparisons)
-    assert list(fits.heads) == ["mean_shift", "supervised", "r_star_comparisons"] and fits.posterior is None
-    weight = fits.heads["r_star_comparisons"].weight.detach().flatten()
-    assert weight[1] == weight.abs().max() and float(fits.heads["r_star_comparisons"].bias.detach()) == 0.0
-    without = study.reference_fits(train, validation, SimpleNamespace(posterior=True))
-    assert list(without.heads) == ["mean_shift", "supervised", "laplace"]  # one sample per prompt: no row
+    heads = references.reference_heads(train, validation, comparisons)
+    assert list(heads) == ["supervised", "r_star_comparisons"]
+    weight = heads["r_star_comparisons"].weight.detach().flatten()
+    assert weight[1] == weight.abs().max() and float(heads["r_star_comparisons"].bias.detach()) == 0.0
+    assert list(references.reference_heads(train, validation)) == ["supervised"]  # one sample per prompt: no row
 
 
 def test_the_feature_sets_carry_prompts_and_the_base_comparisons_from_the_cached_features(tmp_path):

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from irlnb.config import ALIGNMENT_KINDS, SECTIONS, ConfigError, parse_config
-from irlnb.rl.kinds import BROUGHT, KINDS, alignment_label, kind_of
+from irlnb.config import ALIGNMENT_KINDS, SECTIONS, ConfigError
+from irlnb.params_file import parse_config
+from irlnb.rl.kinds import BROUGHT, KINDS, AlignmentKind, KindError, alignment_label, kind_of
 from irlnb.rl.policy_card import POLICY_CARD, PolicyCard
 
 PACKAGE = Path(__file__).resolve().parent.parent / "irlnb"
@@ -48,6 +49,29 @@ def test_no_code_outside_the_kinds_record_compares_a_kinds_name():
                 if (strings | tuples) & names:
                     found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not found, "comparisons with a kind's name outside irlnb/rl/kinds.py: " + ", ".join(found)
+
+
+def test_at_most_three_modules_spell_a_kinds_name():
+    """A kind's name is spelt where kinds are defined (its settings section, its record) and next to nowhere else:
+    other code asks the record. A docstring or comment that names a kind in prose spells no name's constant."""
+    names = {*ALIGNMENT_KINDS, BROUGHT.name}
+    spelling = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if any(
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    )
+    assert len(spelling) <= 3, "modules that spell a kind's name as a string (at most 3): " + ", ".join(spelling)
+
+
+def test_a_kind_without_weights_says_how_many_base_samples_its_policy_picks_from():
+    with pytest.raises(KindError, match="alignment kind 'x' has no weights of its own: its record must say how many"):
+        AlignmentKind("x", has_weights=False, train=lambda job: None, label=lambda section: "x")
+    config = parse_config({"run": {"name": "x"}, "best_of_n": {"n": 5}}, "p.yaml")
+    assert KINDS["best_of_n"].candidates(config.best_of_n) == 5
+    assert KINDS["rft"].budget_label == "rejection sampling: rounds"  # its panels' title in the study's figure
 
 
 def test_a_training_key_covers_its_kinds_section_and_the_shared_settings_it_reads_and_nothing_else():
@@ -125,7 +149,7 @@ def test_a_trained_kind_whose_folder_holds_no_weights_is_refused_in_one_line(tmp
 
 def test_reading_a_finished_policy_loads_no_trainer():
     code = (
-        "import sys; import irlnb.rl.policy_card, irlnb.rl.training, irlnb.report.plots; "
+        "import sys; import irlnb.rl.policy_card, irlnb.rl.training, irlnb.report.study_plots; "
         "print(sorted(m for m in ('trl', 'peft') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

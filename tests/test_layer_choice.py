@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from irlnb.config import load_config
 from irlnb.irl import layer_choice
+from irlnb.params_file import load_config
 from irlnb.pipeline import layers
 from tests.conftest import irlnb_cli
 

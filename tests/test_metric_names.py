@@ -12,7 +12,7 @@ from conftest import REPO
 
 from irlnb import metric_names as names
 from irlnb.errors import IrlnbError
-from irlnb.irl import baselines, demonstrations, study
+from irlnb.irl import demonstrations, references, study
 from irlnb.rl.evaluation import toxicity_summary
 
 
@@ -76,7 +76,7 @@ def test_the_writers_build_keys_the_module_knows():
         }
     )
     keys += demonstrations.demonstration_counts(pairs)
-    keys += baselines.demonstration_evidence(pairs)
+    keys += references.demonstration_evidence(pairs)
     assert "irl.test.auc_mean" in keys and "irl.demos.train.sign_differs" in keys and "irl.mean_shift.fits" in keys
     for key in keys:
         names.parse(key)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from conftest import PARAMS, REPO, write_params
 
-from irlnb.config import ConfigError, load_config
+from irlnb.config import ConfigError
+from irlnb.params_file import load_config
 from irlnb.pipeline import recoverability
 
 
@@ -86,7 +87,7 @@ def test_the_summary_the_record_and_the_figure_read_each_runs_metrics(tmp_path):
     more = pd.concat([rows, pd.DataFrame([collect(rloo, 2, 0.80, 0.7)])], ignore_index=True)
     more.loc[:, "white_box_spearman"] = [0.1, 0.3, float("nan"), 0.2]  # IRL's: 0.46, 0.48, -, 0.50
     assert recoverability.summarise(more)["recoverability.irl_vs_white_box_spearman"] == pytest.approx(0.5)
-    from irlnb.report.plots import recoverability_figure
+    from irlnb.report.study_plots import recoverability_figure
 
     calibration = recoverability.calibration_row()
     figure = recoverability_figure(pd.concat([rows, pd.DataFrame([calibration])], ignore_index=True))

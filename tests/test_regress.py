@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, irlnb_cli, write_params
 from test_report import make_run
 
-from irlnb.config import load_config
+from irlnb.params_file import load_config
 from irlnb.pipeline import regress
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import PARAMS, write_params
 
-from irlnb.config import load_config
+from irlnb.params_file import load_config
 from irlnb.pipeline import replicates
 
 

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from conftest import PARAMS
 
-from irlnb.config import config_with, load_config
 from irlnb.layout import RunLayout
+from irlnb.objectives import objective_of
+from irlnb.params_file import config_with, load_config
 from irlnb.pipeline.stages import check_notebook, get_stage, stage_parameters
 from irlnb.report import tables
 from irlnb.rl.policy_card import PolicyCard, save_policy
@@ -462,7 +463,7 @@ def test_the_widget_scores_a_picked_text_whole_and_says_when_there_is_nothing_to
 def test_the_explorer_shows_the_posterior_and_lists_what_it_is_least_sure_about(explored_run):
     from irlnb.irl import posterior
     from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet
-    from irlnb.irl.study import save_learned_reward
+    from irlnb.irl.saved_reward import save_learned_reward
     from irlnb.rewards.features import reward_form
 
     layout = RunLayout(explored_run)
@@ -535,7 +536,7 @@ def test_the_irl_results_table_labels_references_and_shows_one_fit_instead_of_an
     assert table.loc["supervised", "what"] == (
         "supervised head with intercept on sign(R*) of the same demonstration texts (not IRL)"
     )
-    assert table.loc["mean_shift", "what"] == "mean feature shift expert − base (no fitting)"
+    assert table.loc["mean_shift", "what"] == objective_of("mean_shift").label
     assert table.loc["laplace (saved)", "what"] == "Laplace posterior mean (one deterministic fit)"
     assert (
         table.loc["r_star_comparisons", "what"].startswith("R*'s own comparisons")
@@ -549,7 +550,7 @@ def test_the_runs_comparison_shows_a_saved_reward_fitted_once_without_an_sd(tmp_
     import matplotlib
 
     matplotlib.use("Agg")
-    from irlnb.report import plots
+    from irlnb.report import study_plots
 
     first = make_run(tmp_path, "first")
     make_run(tmp_path, "second")
@@ -561,5 +562,5 @@ def test_the_runs_comparison_shows_a_saved_reward_fitted_once_without_an_sd(tmp_
     table = tables.runs_table(tables.run_dirs(RunLayout(first), "second"))
     assert table.loc[0, "irl.fits"] == 1 and math.isnan(table.loc[0, "irl.test.accuracy_sd"])
     assert table.loc[1, "irl.test.accuracy_sd"] == 0.05 and math.isnan(table.loc[1, "irl.fits"])  # an older run
-    figure = plots.runs_comparison_figure(table)
+    figure = study_plots.runs_comparison_figure(table)
     assert [text.get_text() for text in figure.axes[1].texts] == ["one fit"]

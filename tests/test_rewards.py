@@ -33,7 +33,7 @@ def test_last_token_pooling_ignores_padding_on_either_side():
 
 
 def test_a_score_does_not_depend_on_the_batch_it_is_in():
-    reward = random_reward(BACKBONE, seed=0)
+    reward = random_reward(BACKBONE, seed=0, pooling="last", layer=-1)
     together = reward.score(TEXTS, batch_size=3)
     alone = np.array([reward.score([t])[0] for t in TEXTS])
     np.testing.assert_allclose(together, alone, atol=1e-5)
@@ -41,9 +41,13 @@ def test_a_score_does_not_depend_on_the_batch_it_is_in():
 
 def test_the_random_reward_is_fixed_by_its_seed():
     np.testing.assert_array_equal(
-        random_reward(BACKBONE, seed=3).score(TEXTS), random_reward(BACKBONE, seed=3).score(TEXTS)
+        random_reward(BACKBONE, seed=3, pooling="last", layer=-1).score(TEXTS),
+        random_reward(BACKBONE, seed=3, pooling="last", layer=-1).score(TEXTS),
     )
-    assert not np.allclose(random_reward(BACKBONE, seed=3).score(TEXTS), random_reward(BACKBONE, seed=4).score(TEXTS))
+    assert not np.allclose(
+        random_reward(BACKBONE, seed=3, pooling="last", layer=-1).score(TEXTS),
+        random_reward(BACKBONE, seed=4, pooling="last", layer=-1).score(TEXTS),
+    )
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -57,7 +61,7 @@ def test_save_and_load_round_trip(tmp_path):
 def test_a_missing_or_corrupted_or_foreign_reward_is_refused(tmp_path):
     with pytest.raises(RewardLoadError, match="not a saved reward"):
         load_reward(tmp_path / "nowhere")
-    folder = random_reward(BACKBONE, seed=0).save(tmp_path / "reward")
+    folder = random_reward(BACKBONE, seed=0, pooling="last", layer=-1).save(tmp_path / "reward")
     head = (folder / REWARD_HEAD).read_bytes()
     (folder / REWARD_HEAD).write_bytes(head[:-4] + b"XXXX")
     with pytest.raises(RewardLoadError, match="sha256 mismatch; the reward head is corrupted"):
@@ -71,8 +75,8 @@ def test_a_missing_or_corrupted_or_foreign_reward_is_refused(tmp_path):
 
 
 def test_make_scorer_gives_each_reward_source_and_what_identifies_it(tmp_path):
-    from irlnb.config import load_config
     from irlnb.layout import RunLayout
+    from irlnb.params_file import load_config
 
     config, layout = load_config("params/smoke.yaml"), RunLayout(tmp_path)
     sections = dict(sources=config.sources, ground_truth=config.ground_truth, rlhf=config.rlhf, device="cpu")
@@ -84,9 +88,13 @@ def test_make_scorer_gives_each_reward_source_and_what_identifies_it(tmp_path):
     assert np.isfinite(random(TEXTS)).all() and identity["seed"] == config.random_reward.seed
     with pytest.raises(RewardLoadError, match="not a saved reward"):
         make_scorer("learned", layout, **sections)
-    random_reward(BACKBONE, seed=9).save(layout.learned_reward)  # stands in for notebook 04's output
+    random_reward(BACKBONE, seed=9, pooling="last", layer=-1).save(
+        layout.learned_reward
+    )  # stands in for notebook 04's output
     learned, identity = make_scorer("learned", layout, **sections)
-    np.testing.assert_allclose(learned(TEXTS), random_reward(BACKBONE, seed=9).score(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(
+        learned(TEXTS), random_reward(BACKBONE, seed=9, pooling="last", layer=-1).score(TEXTS), atol=1e-6
+    )
     assert identity["head_sha256"] == json.loads((layout.learned_reward / REWARD_CONFIG).read_text())["head_sha256"]
     with pytest.raises(ValueError, match="reward must be one of ground_truth, learned, random"):
         make_scorer("oracle", layout, **sections)
@@ -96,7 +104,7 @@ def test_the_flop_count_of_a_partial_forward_counts_the_blocks_that_run():
     from irlnb.pipeline.bench import blocks_parameters
     from irlnb.rewards.features import decoder_blocks, reward_form
 
-    model = reward_form(BACKBONE, "mean", 1).backbone
+    model = reward_form(BACKBONE, "mean", 1, 128).backbone
     first, second = (sum(p.numel() for p in block.parameters()) for block in decoder_blocks(model))
     assert blocks_parameters(model, 1) == first
     assert blocks_parameters(model, -1) == first + second + model.get_output_embeddings().weight.numel()

@@ -120,7 +120,7 @@ def _stages_run(stdout: str) -> list[str]:
 
 
 def test_keys_follow_what_a_result_depends_on():
-    from irlnb.config import config_with, load_config
+    from irlnb.params_file import config_with, load_config
     from irlnb.pipeline.runner import stage_identities
 
     smoke = load_config(REPO / "params" / "smoke.yaml")

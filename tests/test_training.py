@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from irlnb.config import parse_section
 from irlnb.models.policies import embedded_policy_dir, load_policy
+from irlnb.params_file import parse_section
 from irlnb.rl.kinds import KINDS
 from irlnb.rl.policy_gradient import lora_config, train_policy, trl_config
 from irlnb.rl.reward_signal import Normalizer, PolicyReward, RewardError

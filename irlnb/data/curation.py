@@ -20,9 +20,8 @@ from irlnb.config import CurateSettings
 from irlnb.data.insults import read_insults
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
+from irlnb.metric_names import SPLITS
 from irlnb.sources import hub_snapshot, parse_source
-
-SPLITS = ("train", "validation", "test")
 
 
 class CurateError(IrlnbError, ValueError):
@@ -36,10 +35,10 @@ def load_comments(spec: str, text_column: str, label_column: str) -> pd.DataFram
     `prompt` and `original_output`) keeps its cut: the frame then also has prompt and continuation.
     """
     source = parse_source(spec, "prompts")
-    if source.kind == "embedded":
+    if source.scheme == "embedded":
         return read_insults()
     # A hub data set is read from its local snapshot: when only the cache has it, nothing goes online.
-    path = hub_snapshot(source) if source.kind == "hub" else Path(source.name)
+    path = hub_snapshot(source) if source.scheme == "hub" else Path(source.name)
     frame = _read_local_table(path)
     return _normalise_columns(frame, spec, text_column, label_column)
 

@@ -23,8 +23,10 @@ import pandas as pd
 from irlnb import metric_names
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
+from irlnb.metric_names import SPLITS
 from irlnb.models.policies import load_policy, policy_dir, weights_sha256
 from irlnb.rl.generation import Decoding
+from irlnb.rl.kinds import AlignmentKind, kind_of
 from irlnb.rl.policy_card import PolicyCard, load_stage_policy
 from irlnb.rl.sampling import BestOfN, KeptSamples, ModelPolicy, sampling_decoding
 
@@ -34,35 +36,47 @@ class DemonstrationError(IrlnbError, ValueError):
 
 
 EXPERT_REWARD = "ground_truth"  # the expert is the policy notebook 03 aligned with R*
-SPLITS = ("train", "validation", "test")
-SPLIT_SEED = {"train": 0, "validation": 1, "test": 2}  # each split samples with its own seeds
+SPLIT_SEED = {split: number for number, split in enumerate(SPLITS)}  # each split samples with its own seeds
+
+
+def expert_design_problem(kind: AlignmentKind, irl) -> str:
+    """Why the design `irl` cannot draw an expert of `kind` ('' if it can): an expert without a model of its own
+    only samples, and its samples cannot share the base's random numbers (its kind's record says which)."""
+    if kind.has_weights:
+        return ""
+    if irl.decoding == "greedy":
+        return (
+            f"irl.decoding is 'greedy', but the expert is a {kind.short_label} policy, which only "
+            "samples; use irl.decoding: sampled"
+        )
+    if irl.matched:
+        return (
+            f"irl.matched is true, but the expert is a {kind.short_label} policy: it has no model of its own, so its "
+            "samples cannot share the base's random numbers; set irl.matched: false"
+        )
+    return ""
 
 
 def demonstration_policies(layout: RunLayout, policy: str, irl, sampling, device: str, dtype: str):
     """The expert (stage 03's policy aligned with R*) and the non-expert (the base), decoded as the design says.
     The base is frozen: its samples are kept in the runs' shared cache, so the points of a study that draw the
-    same prompts with the same seed read them once."""
+    same prompts with the same seed read them once. A design the expert's kind cannot draw is refused before
+    anything loads."""
+    kind = kind_of(PolicyCard.read(layout.policy(EXPERT_REWARD)).trainer)
+    problem = expert_design_problem(kind, irl)
+    if problem:
+        raise DemonstrationError(problem)
     if irl.decoding == "greedy":
         decoding = Decoding(irl.max_new_tokens)
     else:
         decoding = sampling_decoding(sampling, irl.max_new_tokens)
     expert = load_stage_policy(layout, EXPERT_REWARD, device, dtype, decoding)
-    if isinstance(expert, BestOfN):
-        if irl.decoding == "greedy":
-            raise DemonstrationError(
-                "irl.decoding is 'greedy', but the expert is a best-of-n policy, which only "
-                "samples; use irl.decoding: sampled"
-            )
-        if irl.matched:
-            raise DemonstrationError(
-                "irl.matched is true, but the expert is a best-of-n policy: it has no model of its own, so its "
-                "samples cannot share the base's random numbers; set irl.matched: false"
-            )
-        base = BestOfN(expert.model, expert.tokenizer, expert.decoding, 1, None, expert.seed_offset)
-        drawing = {"policy": "best_of_1", "decoding": asdict(expert.decoding), "seed_offset": expert.seed_offset}
-    else:
+    if kind.has_weights:
         model, tokenizer = load_policy(policy, device=device, dtype=dtype)
         base, drawing = ModelPolicy(model, tokenizer, decoding), {"policy": "model", "decoding": asdict(decoding)}
+    else:  # the expert samples from the base model: the base is its best of 1, with the same sampling
+        base = BestOfN(expert.model, expert.tokenizer, expert.decoding, 1, None, expert.seed_offset)
+        drawing = {"policy": "best_of_1", "decoding": asdict(expert.decoding), "seed_offset": expert.seed_offset}
     identity = {"weights_sha256": weights_sha256(policy_dir(policy)), "dtype": dtype, "device": device, **drawing}
     return expert, KeptSamples(base, layout.cache, identity)
 

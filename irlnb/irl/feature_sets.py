@@ -18,7 +18,8 @@ import torch
 
 from irlnb import metric_names
 from irlnb.compute import frozen_cached
-from irlnb.irl.demonstrations import SPLITS, pair_texts, used_pairs
+from irlnb.irl.demonstrations import pair_texts, used_pairs
+from irlnb.metric_names import SPLITS
 from irlnb.rewards.features import FeatureReward, HeadPosterior
 
 

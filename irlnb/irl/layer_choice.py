@@ -2,9 +2,9 @@
 
 For each candidate layer the IRL-train and validation pairs of a finished 04_irl are read through the frozen
 backbone at that layer (cached as 04 caches them), standardised on the train texts, and the objective whose
-epochs 04 fits (`objectives.epochs_loss`) is fitted over seeds exactly as 04 fits it; each fit's epoch is chosen by
-validation pair accuracy, the study's selection metric, which needs no R*. The layer with the highest mean over
-seeds is chosen. The validation ROC-AUC against R* (human texts) is reported beside it for reading, never for the
+epochs 04 fits (`irlnb.objectives.epochs_objective`) is fitted over seeds exactly as 04 fits it; each fit's epoch is
+chosen by validation pair accuracy, the study's selection metric, which needs no R*. The layer with the highest mean
+over seeds is chosen. The validation ROC-AUC against R* (human texts) is reported beside it for reading, never for the
 choice. No test text is read, so the choice leaves the test split untouched.
 """
 
@@ -22,10 +22,11 @@ from irlnb import metric_names
 from irlnb.errors import IrlnbError
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
 from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, cached_features
-from irlnb.irl.objectives import Objective, epochs_loss, fit_head
-from irlnb.irl.study import SELECTION_METRIC, judge
+from irlnb.irl.fitting import SeededFit, fit_head
+from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge
 from irlnb.layout import RunLayout
 from irlnb.models.policies import policy_dir
+from irlnb.objectives import epochs_objective
 from irlnb.rewards.features import FeatureReward, reward_form
 from irlnb.rewards.ground_truth import load_scores
 
@@ -90,7 +91,7 @@ def layer_rows(
         raise LayerChoiceError(
             f"layers {unknown} do not exist: {policy} has blocks 1..{depth} (or -1, the final normed state)"
         )
-    objective = Objective.from_settings(irl, epochs_loss(irl.loss))
+    fit = SeededFit.from_settings(irl, epochs_objective(irl.loss))
     final = reward_form(policy, irl.pooling, -1, irl.max_length, dtype=dtype, device=device)  # loaded once
     rows = []
     for layer in layers:
@@ -103,8 +104,8 @@ def layer_rows(
             return judge(head, human, validation, 0.0)
 
         for seed in range(seeds):
-            history, _ = fit_head(train, objective, seed, on_validation)
-            epoch = max(range(1, len(history)), key=lambda e, history=history: (history[e][SELECTION_METRIC], -e))
+            history, _ = fit_head(train, fit, seed, on_validation)
+            epoch = chosen_epoch(history)
             rows.append(
                 {
                     "layer": layer,

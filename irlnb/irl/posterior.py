@@ -23,10 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
-from irlnb import metrics
+from irlnb import metric_names, metrics
 from irlnb.irl.feature_sets import PairSet, TextSet
+from irlnb.irl.judging import scored_test_texts
+from irlnb.objectives import LAPLACE
 
 PRIOR_STDS = (0.03, 0.1, 0.3, 1.0)  # prior scales tried; the one with the best validation pair log-likelihood is kept
 
@@ -126,3 +129,39 @@ def contraction(
             }
         )
     return rows
+
+
+def posterior_scores(posterior: Posterior, feature_sets) -> pd.DataFrame:
+    """Posterior mean and spread of every test text: human texts, and both sides of the test pairs."""
+    return scored_test_texts(
+        feature_sets.test,
+        feature_sets.test_texts,
+        lambda texts: {
+            "posterior_mean": (texts.features.double() @ posterior.mean).numpy(),
+            "posterior_std": posterior.std(texts.features),
+        },
+    )
+
+
+def posterior_report(
+    posterior: Posterior, feature_sets, test_by_fit: pd.DataFrame, ood: torch.Tensor
+) -> tuple[dict, list]:
+    """irl.posterior.* metrics (is the spread worth anything?) and the contraction rows, from the cached features.
+
+    `test_by_fit` is the study's test rows (`StudyResult.test`), whose posterior-mean row holds the threshold fitted
+    on validation; `ood` are raw features of out-of-domain texts (standardised here like every other text).
+    """
+    test_human = feature_sets.test[0]
+    threshold = float(test_by_fit.loc[test_by_fit["loss"] == LAPLACE.name, "threshold"].iloc[0])
+    values = uncertainty_metrics(posterior, test_human, threshold, feature_sets.standardizer(ood))
+    rows = contraction(feature_sets.train, feature_sets.validation[1], test_human)
+    metrics_out = {metric_names.posterior_metric(key): value for key, value in values.items()}
+    for row in rows:
+        size = "all" if row is rows[-1] else str(row["pairs"])
+        metrics_out.update(
+            {
+                metric_names.contraction_metric(size, "auc"): row["auc"],
+                metric_names.contraction_metric(size, "std_mean"): row["std_mean"],
+            }
+        )
+    return metrics_out, rows

@@ -1,1 +1,1 @@
-"""Sources (embedded, local, hub), the policies, and the toxicity classifiers (the tox-block port, evaluators)."""
+"""The policies (loaded from a source: `irlnb.sources`) and the toxicity classifiers (tox-block, evaluators)."""

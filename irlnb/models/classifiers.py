@@ -20,9 +20,9 @@ from irlnb.sources import SourceError, hub_snapshot, parse_source
 def load_classifier(spec: str, role: str = "toxicity_classifier", device: str = "cpu"):
     """The classifier of a source (`role`: toxicity_classifier or evaluator), with `.p_toxic(texts)`."""
     source = parse_source(spec, role)
-    if source.kind == "embedded":
+    if source.scheme == "embedded":
         return {"tox-block": ToxBlockClassifier.embedded, "profanity-check": ProfanityCheckClassifier}[source.name]()
-    path = hub_snapshot(source) if source.kind == "hub" else source.name
+    path = hub_snapshot(source) if source.scheme == "hub" else source.name
     return HFSequenceClassifier.load(str(path), name=spec, device=resolve_device(device))
 
 

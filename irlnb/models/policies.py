@@ -66,9 +66,9 @@ def encode_prompts(tokenizer, prompts: list[str], limit: int | None = None) -> l
 def policy_dir(spec: str) -> Path:
     """The local `save_pretrained` folder of a policy source (embedded: built on first use; hub: its snapshot)."""
     source = parse_source(spec, "policy")
-    if source.kind == "embedded":
+    if source.scheme == "embedded":
         return embedded_policy_dir(source.name)
-    if source.kind == "local":
+    if source.scheme == "local":
         return Path(source.name)
     return hub_snapshot(source, allow_patterns=WEIGHT_PATTERNS)
 

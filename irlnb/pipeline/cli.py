@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from irlnb import metric_names
-from irlnb.config import describe_settings, load_config
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT
+from irlnb.params_file import describe_settings, load_config
 from irlnb.pipeline.stages import STAGES, check_notebook, notebooks, write_parameters_cell
 from irlnb.rl.kinds import kind_of
 
@@ -158,10 +158,7 @@ def add_opt_in_arguments(parser: argparse.ArgumentParser, name: str, params: str
     parser.add_argument("--no-record", action="store_true", help=f"do not write regress/{name}.metrics.json")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="irlnb", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_check(commands) -> None:
     check = commands.add_parser("check", help="validate a params file and the notebooks (nothing is loaded or written)")
     check.add_argument("params", nargs="?", help="params YAML file")
     check.add_argument("--describe", action="store_true", help="list every setting with its default and description")
@@ -173,11 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(check)
     check.set_defaults(func=cmd_check)
 
+
+def add_run(commands) -> None:
     run = commands.add_parser("run", help="run the pipeline's notebooks into runs/<run.name>/")
     run.add_argument("params", help="params YAML file")
+    stage_names = ", ".join(stage.name for stage in STAGES)
     which = run.add_mutually_exclusive_group()
-    which.add_argument("--only", metavar="STAGE", help="run one stage (the stages it needs must be complete)")
-    which.add_argument("--until", metavar="STAGE", help="run the pipeline up to and including this stage")
+    which.add_argument(
+        "--only",
+        metavar="STAGE",
+        help=f"run one stage (the stages it needs must be complete); stages: {stage_names}",
+    )
+    which.add_argument(
+        "--until", metavar="STAGE", help=f"run the pipeline up to and including this stage; stages: {stage_names}"
+    )
     run.add_argument(
         "--force",
         action="store_true",
@@ -187,9 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(run)
     run.set_defaults(func=cmd_run)
 
+
+def add_fetch(commands) -> None:
     fetch = commands.add_parser("fetch", help="download, verify and cache the embedded assets")
     fetch.set_defaults(func=cmd_fetch)
 
+
+def add_regress(commands) -> None:
     regress = commands.add_parser(
         "regress",
         help="rerun the pipeline into runs/regress/ and compare its metrics with regress/<run name>.metrics.json",
@@ -204,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(regress)
     regress.set_defaults(func=cmd_regress)
 
+
+def add_recoverability(commands) -> None:
     study = commands.add_parser(
         "recoverability",
         help="IRL fidelity against the kind and budget of the expert "
@@ -219,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.set_defaults(func=cmd_recoverability)
 
+
+def add_replicates(commands) -> None:
     replicated = commands.add_parser(
         "replicates",
         help="Table 1 over alignment seeds: one whole run per seed (opt-in; a default run each): runs/replicates/",
@@ -226,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_opt_in_arguments(replicated, "replicates", "default", seeds=3, what="the run replicated")
     replicated.set_defaults(func=cmd_replicates)
 
+
+def add_layers(commands) -> None:
     layer = commands.add_parser(
         "layers",
         help="choose irl.layer on validation from a finished run's demonstrations (after 04_irl): "
@@ -239,10 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(layer)
     layer.set_defaults(func=cmd_layers)
 
+
+def add_readme(commands) -> None:
     readme = commands.add_parser("readme", help="check the README's measured numbers against regress/*.metrics.json")
     readme.add_argument("--write", action="store_true", help="rewrite them from the records first")
     readme.set_defaults(func=cmd_readme)
 
+
+def add_bench(commands) -> None:
     bench = commands.add_parser("bench", help="measure speed ratios side by side; writes runs/bench.json")
     bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     bench.add_argument("--rlhf-threads", type=int, default=2, help="torch threads for the RLHF step (default 2)")
@@ -253,6 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", default="runs/bench.json", help="where to write the results")
     bench.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="irlnb", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    # In the order `irlnb --help` lists them.
+    for add_command in (
+        add_check,
+        add_run,
+        add_fetch,
+        add_regress,
+        add_recoverability,
+        add_replicates,
+        add_layers,
+        add_readme,
+        add_bench,
+    ):
+        add_command(commands)
     return parser
 
 

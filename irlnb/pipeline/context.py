@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from irlnb.compute import resolve_device, seed_everything
-from irlnb.config import parse_section
 from irlnb.layout import RunLayout, read_json, write_json_atomic
+from irlnb.params_file import parse_section
 from irlnb.pipeline.lock import RunLock, check_free
 from irlnb.pipeline.stages import RUNNER_STAGE, Stage, StageError, get_stage, upstream
 

@@ -28,12 +28,14 @@ from typing import Any
 import pandas as pd
 
 from irlnb import metric_names as names
-from irlnb.config import Config, config_with, parse_config
+from irlnb.config import Config
 from irlnb.errors import IrlnbError
-from irlnb.layout import REPO_ROOT, RunLayout, read_json, repo_relative, write_json_atomic
+from irlnb.layout import REPO_ROOT, RunLayout, read_json, repo_relative, save_figure, write_json_atomic
+from irlnb.objectives import MEAN_SHIFT
+from irlnb.params_file import config_with, parse_config
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
-from irlnb.rl.kinds import KINDS
+from irlnb.rl.kinds import KINDS, kind_section
 
 STUDY_RUNS = "runs/recoverability"
 RECORD = REPO_ROOT / "regress" / "recoverability.metrics.json"
@@ -68,18 +70,16 @@ class Point:
         return f"{self.kind}-{self.budget}{self.value}"
 
 
-# Each kind's budgets span 8x (rft 4x: a round samples and fine-tunes on every toxic train prompt, minutes each).
-# best_of_n n=1 is the base policy itself (KL 0): what IRL finds where nothing was aligned.
-POINTS = (
-    *(Point("dpo", prompts) for prompts in (25, 50, 200)),
-    *(Point("rloo", steps) for steps in (3, 8, 24)),
-    *(Point("best_of_n", n) for n in (1, 2, 8)),
-    *(Point("rft", rounds) for rounds in (1, 2, 4)),
+# Each studied kind's budgets, from its record (irlnb.rl.kinds: `study_budgets`), the kinds in their `study_order`.
+POINTS = tuple(
+    Point(kind.name, value)
+    for kind in sorted((kind for kind in KINDS.values() if kind.study_budgets), key=lambda kind: kind.study_order)
+    for value in kind.study_budgets
 )
 # The IRL test metrics of each point: the fitted reward, its references, and the white-box reward.
 METHODS = {
     "irl": None,
-    "floor": names.FLOOR,
+    "floor": MEAN_SHIFT.name,
     "ceiling": names.CEILING,
     "r_star_comparisons": names.R_STAR_COMPARISONS,
     "white_box": names.WHITE_BOX,
@@ -130,7 +130,7 @@ def expert_kl(kind: str, config: Config, metrics: dict[str, float]) -> float:
     white-box mean log-ratio of its sampled continuations where it has weights."""
     record = KINDS[kind]
     if record.kl_to_base is not None:
-        return record.kl_to_base(getattr(config, kind))
+        return record.kl_to_base(kind_section(config, record))
     # Optional: the white-box reward is measured only for an expert with weights (and irl.white_box).
     return names.optional(metrics, names.irl_metric(names.WHITE_BOX, "test", "expert_log_ratio_mean"))
 
@@ -247,6 +247,64 @@ def clock(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
+def kept_rows(
+    record: Path | None, base: Config, digests: dict[tuple[str, int], str]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The rows of the record a study keeps: a row whose settings have changed since is not kept (its point runs
+    again); the rows of points this invocation does not cover (other kinds, other seeds) stay as they are."""
+    return {
+        key: row
+        for key, row in finished_rows(record, base).items()
+        if key not in digests or row.get("digest") == digests[key]
+    }
+
+
+def study_table(
+    rows: list[dict[str, Any]], kept: dict[tuple[str, int], dict[str, Any]], reference: dict[str, Any] | None
+) -> tuple[pd.DataFrame, int]:
+    """The study so far: the rows this invocation ran or kept, the kept rows it has not reached yet, and the
+    full-size point; with how many points x seeds it holds (the full-size point apart)."""
+    reached = {(row["point"], row["seed"]) for row in rows}
+    ahead = [row for key, row in kept.items() if key not in reached]
+    return pd.DataFrame(rows + ahead + ([reference] if reference else [])), len(rows) + len(ahead)
+
+
+@dataclass(frozen=True)
+class StudyOutputs:
+    """What a study writes after each point: its summary table and figure in its runs directory (the figure also in
+    `figures`) and its record."""
+
+    runs: Path  # the study's runs directory: a run directory per point x seed, summary.csv, the figure
+    figures: Path | None  # another folder for the figure (the repository's figures/; None: none)
+    record: Path | None  # the record (None: not written)
+    plan: dict[str, Any]  # what the record says of the study beside its rows: params file, points, seeds, ...
+
+    def publish(self, table: pd.DataFrame, finished: int) -> pd.DataFrame:
+        from irlnb.report.study_plots import recoverability_figure  # matplotlib loads only once the study publishes
+
+        table.to_csv(self.runs / "summary.csv", index=False)
+        figure = recoverability_figure(table)
+        for folder in (self.runs, self.figures):
+            if folder is not None:
+                save_figure(figure, folder, "recoverability")
+        if self.record is not None:
+            rows = table.astype(object).where(table.notna(), None).to_dict("records")
+            write_json_atomic(
+                self.record,
+                {"metrics": summarise(table), "rows": rows, "finished": finished, **self.plan, **provenance(REPO_ROOT)},
+            )
+        return table
+
+
+def run_point(point: Point, seed: int, config: Config, digest: str, runs_dir: str, log) -> dict[str, Any]:
+    """Run a point x seed up to IRL (a complete run is only read) and return its row of the study."""
+    root = runner.run(config, runs_dir=runs_dir, until=IRL_STAGE, log=log)
+    seconds, commit = run_timing(root)
+    values = RunLayout(root).read_metrics()
+    row = collect(point.kind, point.value, seed, values, config, f"recoverability point {point.name}, seed {seed}")
+    return {**row, "point": point.name, "design": "reduced", "digest": digest, "commit": commit, "seconds": seconds}
+
+
 def run_study(
     base: Config,
     seeds: int = 2,
@@ -264,61 +322,29 @@ def run_study(
     holds with the same digest is kept, never redone. `stop_after`: seconds after which no further point starts
     (the study goes on at the next point when it is run again; 0 redraws the figure and the record from the points
     the record holds)."""
-    from irlnb.report.plots import recoverability_figure  # matplotlib loads only once the study starts
-
     chosen = [point for point in (points or POINTS) if kinds is None or point.kind in kinds]
     todo = [(point, seed, point_config(base, point, seed)) for seed in range(seeds) for point in run_order(chosen)]
     digests = {(point.name, seed): point_digest(config) for point, seed, config in todo}
-    # a row of the record whose settings have changed since is not kept (its point runs again); the rows of points
-    # this invocation does not cover (other kinds, other seeds) stay as they are
-    kept = {
-        key: row
-        for key, row in finished_rows(record, base).items()
-        if key not in digests or row.get("digest") == digests[key]
+    kept = kept_rows(record, base, digests)
+    plan = {
+        "params_file": repo_relative(base.path),
+        "points": [point.name for point in chosen],
+        "seeds": seeds,
+        "planned": len(todo),
+        "runs_dir": runs_dir,
     }
-    study_dir = REPO_ROOT / runs_dir
-    study_dir.mkdir(parents=True, exist_ok=True)
+    outputs = StudyOutputs(REPO_ROOT / runs_dir, figures_dir, record, plan)
+    outputs.runs.mkdir(parents=True, exist_ok=True)
     reference = calibration_row(calibration) if calibration is not None else None
     rows: list[dict[str, Any]] = []
     # the seconds every finished point x seed took, kept or run now: what the time left is estimated from
     spent = {key: float(row["seconds"]) for key, row in kept.items() if row.get("seconds") is not None}
-    started = time.monotonic()
-    stopped = False
-
-    def publish() -> pd.DataFrame:
-        reached = {(row["point"], row["seed"]) for row in rows}
-        ahead = [row for key, row in kept.items() if key not in reached]  # kept rows this invocation has not reached
-        table = pd.DataFrame(rows + ahead + ([reference] if reference else []))
-        table.to_csv(study_dir / "summary.csv", index=False)
-        figure = recoverability_figure(table)
-        for folder in (study_dir, figures_dir):
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-                for ext in ("png", "pdf"):
-                    figure.savefig(folder / f"recoverability.{ext}", dpi=150, bbox_inches="tight")
-        if record is not None:
-            write_json_atomic(
-                record,
-                {
-                    "metrics": summarise(table),
-                    "rows": table.astype(object).where(table.notna(), None).to_dict("records"),
-                    "params_file": repo_relative(base.path),
-                    "points": [point.name for point in chosen],
-                    "seeds": seeds,
-                    "finished": len(rows) + len(ahead),
-                    "planned": len(todo),
-                    "runs_dir": runs_dir,
-                    **provenance(REPO_ROOT),
-                },
-            )
-        return table
-
+    started, stopped = time.monotonic(), False
     for number, (point, seed, config) in enumerate(todo, 1):
-        digest = digests[(point.name, seed)]
-        earlier = kept.get((point.name, seed))
-        if earlier is not None:
-            log(f"recoverability [{number}/{len(todo)}] {point.name}, seed {seed}: kept (commit {earlier['commit']})")
-            rows.append(earlier)
+        key = (point.name, seed)
+        if key in kept:
+            log(f"recoverability [{number}/{len(todo)}] {point.name}, seed {seed}: kept (commit {kept[key]['commit']})")
+            rows.append(kept[key])
             continue
         late = stopped or (stop_after is not None and time.monotonic() - started > stop_after)
         if late and not run_complete(config, runs_dir):  # a complete run is read, whatever the time
@@ -330,13 +356,8 @@ def run_study(
         seconds_left = time_left(to_run, spent)
         estimate = f", about {clock(seconds_left)} left" if seconds_left is not None else ""
         log(f"recoverability [{number}/{len(todo)}] {point.name}, alignment seed {seed}{estimate}")
-        root = runner.run(config, runs_dir=runs_dir, until=IRL_STAGE, log=log)
-        seconds, commit = run_timing(root)
-        spent[(point.name, seed)] = seconds
-        values = RunLayout(root).read_metrics()
-        row = collect(point.kind, point.value, seed, values, config, f"recoverability point {point.name}, seed {seed}")
-        rows.append(
-            {**row, "point": point.name, "design": "reduced", "digest": digest, "commit": commit, "seconds": seconds}
-        )
-        publish()
-    return publish()
+        row = run_point(point, seed, config, digests[key], runs_dir, log)
+        spent[key] = row["seconds"]
+        rows.append(row)
+        outputs.publish(*study_table(rows, kept, reference))
+    return outputs.publish(*study_table(rows, kept, reference))

@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from irlnb import metric_names
-from irlnb.config import config_with
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
+from irlnb.params_file import config_with
 from irlnb.pipeline import runner
 from irlnb.pipeline.lock import check_free
 

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from irlnb import metric_names as names
-from irlnb.config import Config, config_with
+from irlnb.config import Config
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
+from irlnb.params_file import config_with
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
 

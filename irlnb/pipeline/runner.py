@@ -31,10 +31,11 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 from irlnb import metric_names
-from irlnb.config import Config, settings_digest
+from irlnb.config import Config
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.models.policies import check_same_vocabulary
+from irlnb.params_file import settings_digest
 from irlnb.pipeline.lock import RunLock
 from irlnb.pipeline.provenance import provenance
 from irlnb.pipeline.stages import RUNNER_STAGE, STAGES, Stage, check_notebook, get_stage, stage_parameters

@@ -28,7 +28,7 @@ import nbformat
 from irlnb import metric_names
 from irlnb.config import ALIGNMENT_KINDS, SECTIONS, changes_result, doc
 from irlnb.errors import IrlnbError
-from irlnb.layout import ANALYSIS, CURATE, GROUND_TRUTH, IRL, REPO_ROOT, rlhf_folder
+from irlnb.layout import ANALYSIS_FOLDER, CURATE_FOLDER, GROUND_TRUTH_FOLDER, IRL_FOLDER, REPO_ROOT, rlhf_folder
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 EVERY_STAGE = ("compute.torch_threads", "compute.device")  # how a stage computes, never what it computes
@@ -136,12 +136,16 @@ def rlhf_stage(reward: str, needs: tuple[str, ...], metrics: tuple[str, ...], ex
 
 STAGES: tuple[Stage, ...] = (
     Stage(
-        "01_curate", "01_curate.ipynb", CURATE, (metric_names.CURATE,), ("compute.seed", "sources.prompts", "curate")
+        "01_curate",
+        "01_curate.ipynb",
+        CURATE_FOLDER,
+        (metric_names.CURATE,),
+        ("compute.seed", "sources.prompts", "curate"),
     ),
     Stage(
         "02_ground_truth_rm",
         "02_ground_truth_rm.ipynb",
-        GROUND_TRUTH,
+        GROUND_TRUTH_FOLDER,
         (metric_names.GROUND_TRUTH,),
         (
             "sources.toxicity_classifier",
@@ -164,7 +168,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "04_irl",
         "04_irl.ipynb",
-        IRL,
+        IRL_FOLDER,
         (metric_names.IRL,),
         (
             "compute.seed",
@@ -183,7 +187,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "05_analysis",
         "05_analysis.ipynb",
-        ANALYSIS,
+        ANALYSIS_FOLDER,
         (metric_names.ANALYSIS,),
         (
             "compute.seed",

@@ -1,4 +1,5 @@
-"""Figures, drawn only from saved artifacts (data frames read back from the run directory)."""
+"""A run's figures, drawn only from saved artifacts (data frames read back from the run directory); the figures
+across runs (the runs compared, the recoverability study) are irlnb.report.study_plots'."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from irlnb import metric_names, metrics
 from irlnb.metric_names import optional, policy_metric, reduction_share, require
-from irlnb.rl.kinds import KINDS
 
 LABEL_NAMES = {0: "non-toxic", 1: "toxic"}
 LABEL = "human label"
@@ -115,7 +115,7 @@ def rlhf_training_figure(log: pd.DataFrame, title: str) -> plt.Figure:
 
 
 # --------------------------------------------------------------------------------------------
-# Notebook 05: the paper's overview, RLHF dynamics, Table 1 and the comparison of runs
+# Notebook 05: the paper's overview, RLHF dynamics and Table 1 (its comparison of runs: irlnb.report.study_plots)
 
 POLICY_COLORS = {"base": "#8C8C8C", "ground_truth": "#4C72B0", "learned": "#55A868", "random": "#DD8452"}
 POLICY_LABELS = {
@@ -140,31 +140,45 @@ def _aligned_again(values, policy: str) -> str:
     return toxicity + ("\nno reduction by R* to share" if math.isnan(share) else f"\n{share:.0%} of R*'s reduction")
 
 
-def pipeline_figure(values, alignment: str = "RLHF") -> plt.Figure:
-    """The paper's pipeline overview, drawn as boxes and arrows, annotated with this run's numbers when present
-    (`alignment`: how the run aligned its policies, irlnb.rl.kinds' label of the expert's card)."""
-    m = values
-    boxes = {  # name: (x, y, title, measured line)
+STEP_BOX = (0.8, 0.62)  # width and height of a step's box in the pipeline figure (axis units: a step is 1 apart)
+# Each step that aligns a policy takes the colour of its policy elsewhere; the other steps are grey.
+STEP_COLORS = {
+    "rlhf": POLICY_COLORS["ground_truth"],
+    "learned": POLICY_COLORS["learned"],
+    "random": POLICY_COLORS["random"],
+}
+# What each step hands over to the next: (from, to, label of the arrow).
+HANDOVERS = (
+    ("curate", "gt", "labelled texts"),
+    ("gt", "rlhf", "reward"),
+    ("rlhf", "irl", "demonstrations"),
+    ("irl", "learned", "learned reward"),
+)
+
+
+def _pipeline_steps(values, alignment: str) -> dict[str, tuple[float, float, str, str]]:
+    """The steps of the pipeline figure, name: (x, y, title, what this run measured there)."""
+    return {
         "curate": (
             0.0,
             1.0,
             "1. curate comments\nprompt + continuation",
             _measured(
-                m, "{:.0f} train / {:.0f} test", metric_names.split_size("train"), metric_names.split_size("test")
+                values, "{:.0f} train / {:.0f} test", metric_names.split_size("train"), metric_names.split_size("test")
             ),
         ),
         "gt": (
             1.0,
             1.0,
             "2. ground-truth reward\nR* = -logit p_toxic",
-            _measured(m, "AUC vs humans {:.2f}", metric_names.GT_AUC_HUMAN),
+            _measured(values, "AUC vs humans {:.2f}", metric_names.GT_AUC_HUMAN),
         ),
         "rlhf": (
             2.0,
             1.0,
             f"3. align with R*: {alignment}\n(expert policy)",
             _measured(
-                m,
+                values,
                 "mean p_toxic {:.3f} → {:.3f}",
                 policy_metric("base", metric_names.TOXICITY_MEAN),
                 policy_metric("ground_truth", metric_names.TOXICITY_MEAN),
@@ -175,7 +189,7 @@ def pipeline_figure(values, alignment: str = "RLHF") -> plt.Figure:
             1.0,
             "4. IRL: learn $\\hat{R}$ from\nexpert vs base continuations",
             _measured(
-                m,
+                values,
                 "test accuracy {:.2f}, AUC {:.2f}",
                 metric_names.irl_metric(None, "test", "accuracy_mean"),
                 metric_names.irl_metric(None, "test", "auc_mean"),
@@ -185,58 +199,64 @@ def pipeline_figure(values, alignment: str = "RLHF") -> plt.Figure:
             3.0,
             0.0,
             "5. align with learned $\\hat{R}$",
-            _aligned_again(m, "learned"),
+            _aligned_again(values, "learned"),
         ),
         "random": (
             2.0,
             0.0,
             "control: align with\na random reward",
-            _aligned_again(m, "random"),
+            _aligned_again(values, "random"),
         ),
     }
+
+
+def _draw_step(ax, x: float, y: float, title: str, measured: str, color: str) -> None:
+    """A step as a rounded box centred on (x, y): its title in bold, what the run measured below it in italics."""
+    width, height = STEP_BOX
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - width / 2, y - height / 2),
+            width,
+            height,
+            boxstyle="round,pad=0.02",
+            facecolor=color,
+            alpha=0.25,
+            edgecolor=color,
+            lw=1.5,
+        )
+    )
+    ax.text(x, y + 0.08, title, ha="center", va="center", fontsize=10, weight="bold")
+    if measured:
+        ax.text(x, y - 0.18, measured, ha="center", va="center", fontsize=9, style="italic")
+
+
+def _draw_handover(ax, start: tuple[float, float], end: tuple[float, float], label: str) -> None:
+    """A labelled arrow from the box centred on `start` to the box centred on `end` (beside it or below it)."""
+    width, height = STEP_BOX
+    (x0, y0), (x1, y1) = start, end
+    horizontal = y0 == y1
+    begin = (x0 + width / 2, y0) if horizontal else (x0, y0 - height / 2)
+    finish = (x1 - width / 2, y1) if horizontal else (x1, y1 + height / 2)
+    ax.add_patch(FancyArrowPatch(begin, finish, arrowstyle="-|>", mutation_scale=16, color="black", lw=1.2))
+    ax.text(
+        (begin[0] + finish[0]) / 2 + (0 if horizontal else 0.05),
+        (begin[1] + finish[1]) / 2 + (0.06 if horizontal else 0),
+        label,
+        ha="center" if horizontal else "left",
+        va="bottom" if horizontal else "center",
+        fontsize=8,
+    )
+
+
+def pipeline_figure(values, alignment: str = "RLHF") -> plt.Figure:
+    """The paper's pipeline overview, drawn as boxes and arrows, annotated with this run's numbers when present
+    (`alignment`: how the run aligned its policies, irlnb.rl.kinds' label of the expert's card)."""
+    steps = _pipeline_steps(values, alignment)
     fig, ax = plt.subplots(figsize=(13, 4.6))
-    width, height = 0.8, 0.62
-    for name, (x, y, title, measured) in boxes.items():
-        color = {
-            "learned": POLICY_COLORS["learned"],
-            "random": POLICY_COLORS["random"],
-            "rlhf": POLICY_COLORS["ground_truth"],
-        }.get(name, "#B0B0B0")
-        ax.add_patch(
-            FancyBboxPatch(
-                (x - width / 2, y - height / 2),
-                width,
-                height,
-                boxstyle="round,pad=0.02",
-                facecolor=color,
-                alpha=0.25,
-                edgecolor=color,
-                lw=1.5,
-            )
-        )
-        ax.text(x, y + 0.08, title, ha="center", va="center", fontsize=10, weight="bold")
-        if measured:
-            ax.text(x, y - 0.18, measured, ha="center", va="center", fontsize=9, style="italic")
-    arrows = [
-        ("curate", "gt", "labelled texts"),
-        ("gt", "rlhf", "reward"),
-        ("rlhf", "irl", "demonstrations"),
-        ("irl", "learned", "learned reward"),
-    ]
-    for start, end, label in arrows:
-        (x0, y0), (x1, y1) = boxes[start][:2], boxes[end][:2]
-        horizontal = y0 == y1
-        begin = (x0 + width / 2, y0) if horizontal else (x0, y0 - height / 2)
-        finish = (x1 - width / 2, y1) if horizontal else (x1, y1 + height / 2)
-        ax.add_patch(FancyArrowPatch(begin, finish, arrowstyle="-|>", mutation_scale=16, color="black", lw=1.2))
-        ax.text(
-            (begin[0] + finish[0]) / 2 + (0 if horizontal else 0.05),
-            (begin[1] + finish[1]) / 2 + (0.06 if horizontal else 0),
-            label,
-            ha="center" if horizontal else "left",
-            va="bottom" if horizontal else "center",
-            fontsize=8,
-        )
+    for name, (x, y, title, measured) in steps.items():
+        _draw_step(ax, x, y, title, measured, STEP_COLORS.get(name, "#B0B0B0"))
+    for start, end, label in HANDOVERS:
+        _draw_handover(ax, steps[start][:2], steps[end][:2], label)
     ax.text(
         0.5,
         0.0,
@@ -313,87 +333,6 @@ def toxicity_table_figure(table: pd.DataFrame) -> plt.Figure:
         ax.set(title=title, ylim=(0, None), xlabel="policy (aligned with which reward)")
         ax.title.set_fontsize(9)
     fig.suptitle("Toxicity of test continuations by policy (greedy; best-of-n samples), 95% bootstrap intervals")
-    fig.tight_layout()
-    return fig
-
-
-def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
-    """Several runs side by side (the paper's model-size comparison): the learned reward's test accuracy, F1 and
-    ROC-AUC (± SD over seeds; no bar where the saved reward is one deterministic fit) with its floor, ceiling and
-    R*'s own comparisons; how much the seeds agree; Table 1; the reduction shares."""
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.0))
-    x = np.arange(len(table))
-    labels = [f"{run}\n{policy}" for run, policy in zip(table["run"], table["policy"])]
-    width = 0.26
-
-    def column(name: str) -> pd.Series:
-        """A column of the runs table (`irlnb.report.tables.runs_table`); NaN where a run lacks an optional metric."""
-        return require(table, name, "the runs comparison figure")
-
-    for offset, (name, label, color) in zip(
-        (-width, 0.0, width),
-        (("accuracy", "accuracy", "#4C72B0"), ("f1", "F1 (toxic)", "#CCB974"), ("auc", "ROC-AUC", "#55A868")),
-    ):
-        # NaN where the saved objective was fitted once (no SD over seeds): no error bar
-        errors = column(metric_names.irl_metric(None, "test", f"{name}_sd")).fillna(0)
-        axes[0].bar(
-            x + offset,
-            column(metric_names.irl_metric(None, "test", f"{name}_mean")),
-            width,
-            yerr=errors,
-            capsize=3,
-            label=label,
-            color=color,
-        )
-    for objective, color, label in (
-        (metric_names.FLOOR, "black", "floor (mean shift), AUC"),
-        (metric_names.CEILING, "#C44E52", "ceiling (supervised on sign(R*), not IRL), AUC"),
-        (metric_names.R_STAR_COMPARISONS, "#55A868", "R*'s own comparisons (reference, not IRL), AUC"),
-    ):
-        key = metric_names.irl_metric(objective, "test", "auc_mean")
-        axes[0].scatter(x + width, column(key), marker="_", s=400, color=color, label=label, zorder=3)
-    axes[0].axhline(0.5, color="black", lw=0.6, ls="--")
-    axes[0].set(title="learned reward vs R* on held-out test texts", ylim=(0, 1))
-    axes[1].bar(
-        x - width / 2,
-        column(metric_names.SEED_SPEARMAN_MEDIAN),
-        width,
-        color="#8172B2",
-        label="median Spearman between seeds' rewards",
-    )
-    accuracy_sd = column(metric_names.irl_metric(None, "test", "accuracy_sd"))
-    axes[1].bar(x + width / 2, accuracy_sd * 10, width, color="#937860", label="SD of test accuracy over seeds (x10)")
-    for position, fits in zip(x, column(metric_names.irl_fits(None))):
-        if fits == 1:  # the saved reward is one deterministic fit: there is no SD to draw
-            axes[1].text(position + width / 2, 0.02, "one fit", rotation=90, ha="center", va="bottom", fontsize=7)
-    axes[1].set(title="non-identifiability: how much the seeds agree", ylim=(0, 1.05))
-    tags = list(POLICY_COLORS)
-    step = 0.8 / len(tags)
-    for i, tag in enumerate(tags):
-        axes[2].bar(
-            x - 0.4 + step * (i + 0.5),
-            column(policy_metric(tag, metric_names.TOXICITY_MEAN)),
-            step,
-            color=POLICY_COLORS[tag],
-            label=POLICY_LABELS[tag],
-        )
-    axes[2].set(title="Table 1: mean p_toxic of test continuations")
-    for offset, tag in ((-width / 2, "learned"), (width / 2, "random")):
-        axes[3].bar(
-            x + offset,
-            column(reduction_share(tag)),
-            width,
-            color=POLICY_COLORS[tag],
-            label=POLICY_LABELS[tag],
-        )
-    axes[3].axhline(1.0, color=POLICY_COLORS["ground_truth"], lw=1, ls="--", label="R*'s own reduction")
-    axes[3].axhline(0.0, color="black", lw=0.8)
-    axes[3].set(title="share of R*'s toxicity reduction (GT classifier)")
-    for ax in axes:
-        ax.set_xticks(x, labels, fontsize=8)
-        ax.set_xlim(-0.6, len(table) - 0.4)  # a run without a value keeps its slot
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
-    fig.suptitle("Runs compared (model sizes, or any runs named in analysis.compare_runs)")
     fig.tight_layout()
     return fig
 
@@ -476,111 +415,6 @@ def non_identifiability_figure(epochs: pd.DataFrame, correlations: pd.DataFrame,
     )
     axes[3].set(title=f"{loss}: Spearman between\nseeds' rewards (test texts)", xlabel="seed", ylabel="seed")
     fig.tight_layout()
-    return fig
-
-
-METHOD_STYLES = {
-    "irl": ("IRL (saved objective)", "#4C72B0", "-"),
-    "floor": ("floor: mean shift", "#8C8C8C", ":"),
-    "ceiling": ("ceiling: supervised on R*", "#55A868", "--"),
-    "r_star_comparisons": ("reference: R*'s own comparisons", "#DD8452", (0, (5, 1, 1, 1))),
-    "white_box": ("white-box log-ratio", "#C44E52", "-."),
-}
-KIND_COLORS = {"dpo": "#4C72B0", "rloo": "#C44E52", "grpo": "#8172B2", "rft": "#55A868", "best_of_n": "#DD8452"}
-
-
-def _spread(axis, stats: pd.DataFrame, **style) -> None:
-    """Mean with min-max bars (over alignment seeds) of a groupby().agg(["mean", "min", "max"]) frame."""
-    axis.errorbar(
-        stats.index,
-        stats["mean"],
-        yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-        capsize=3,
-        **style,
-    )
-
-
-def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
-    """Top: IRL test ROC-AUC against the kind and budget of the expert (mean over alignment seeds, bars: min-max),
-    with the floor, the ceiling, R*'s own comparisons and the white-box reward; the full-size point of the default
-    run as a star. Below: each expert's toxicity reduction, KL and perplexity. Right: IRL's Spearman with R*
-    against the white-box log-ratio's (how far the expert learned R*), one marker per point and seed, a point's seeds
-    joined by a line."""
-    reduced = table[table["design"] == "reduced"]
-    full = table[table["design"] == "full"]
-    kinds = [kind for kind in KINDS if kind in set(table["kind"])]
-    fig = plt.figure(figsize=(4.6 * (len(kinds) + 1), 7.6))
-    grid = fig.add_gridspec(2, len(kinds) + 1)
-    for column, kind in enumerate(kinds):
-        rows = reduced[reduced["kind"] == kind].groupby("value")
-        top, bottom = fig.add_subplot(grid[0, column]), fig.add_subplot(grid[1, column])
-        for method, (label, color, style) in METHOD_STYLES.items():
-            stats = rows[f"{method}_auc"].agg(["mean", "min", "max"]).dropna() if len(rows) else pd.DataFrame()
-            if not stats.empty:
-                _spread(top, stats, color=color, ls=style, marker="o", label=label)
-            calibration = full[full["kind"] == kind]
-            if len(calibration) and not calibration[f"{method}_auc"].isna().all():
-                top.scatter(
-                    calibration["value"], calibration[f"{method}_auc"], color=color, marker="*", s=110, zorder=3
-                )
-        top.axhline(0.5, color="black", lw=0.6, ls="--")
-        top.set(title=KINDS[kind].budget_label, ylabel="test ROC-AUC vs sign(R*)", ylim=(0.45, 1.0))
-        top.set_xscale("log", base=2)
-        for quantity, color in (("toxicity_reduction", "#4C72B0"), ("kl", "#C44E52")):
-            stats = rows[quantity].agg(["mean", "min", "max"]).dropna() if len(rows) else pd.DataFrame()
-            if len(stats):
-                _spread(bottom, stats, color=color, marker="o", label=quantity.replace("_", " "))
-        twin = bottom.twinx()
-        if len(rows):
-            ratio = rows["perplexity_ratio"].mean().dropna()
-            twin.plot(ratio.index, ratio, color="#8172B2", marker="s", ls=":", label="perplexity ratio")
-        twin.set_ylabel("perplexity / base")
-        bottom.set(xlabel=KINDS[kind].budget_label.split(": ")[1], ylabel="reduction of GT toxicity; KL (nats)")
-        bottom.set_xscale("log", base=2)
-        budgets = sorted(set(table.loc[table["kind"] == kind, "value"]))
-        for axis in (top, bottom):
-            axis.set_xticks(budgets, [f"{value:g}" for value in budgets])
-            axis.minorticks_off()
-        handles, labels = (
-            sum(pair, []) for pair in zip(bottom.get_legend_handles_labels(), twin.get_legend_handles_labels())
-        )
-        if handles:  # one legend for both axes, drawn on the twin so that no line crosses it
-            twin.legend(handles, labels, fontsize=7, loc="upper left")
-        if column == 0:  # one legend for every top panel, above them, where it hides no point
-            top.scatter([], [], color="black", marker="*", s=80, label="default run (full size)")
-            fig.legend(*top.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=6)
-    scatter = fig.add_subplot(grid[:, len(kinds)])
-    for kind in kinds:
-        for design, marker, size in (("reduced", "o", 30), ("full", "*", 140)):
-            rows = table[(table["kind"] == kind) & (table["design"] == design)].dropna(subset=["white_box_spearman"])
-            if len(rows):
-                scatter.scatter(
-                    rows["white_box_spearman"],
-                    rows["irl_spearman"],
-                    color=KIND_COLORS.get(kind, "black"),
-                    marker=marker,
-                    s=size,
-                    label=KINDS[kind].budget_label.split(":")[0] if design == "reduced" else None,
-                )
-            if design == "reduced":  # a point's alignment seeds joined, so that its seed spread shows
-                for _, seeds in rows.groupby("value"):
-                    scatter.plot(
-                        seeds["white_box_spearman"],
-                        seeds["irl_spearman"],
-                        color=KIND_COLORS.get(kind, "black"),
-                        lw=0.6,
-                        alpha=0.5,
-                    )
-    scatter.axline((0, 0), slope=1, color="black", lw=0.6, ls="--")
-    scatter.set(
-        xlabel="white-box log-ratio: Spearman with R* (how far the expert learned R*)",
-        ylabel="IRL reward: test Spearman with R*",
-        title="Does IRL recover what the policy learned?",
-    )
-    if scatter.get_legend_handles_labels()[0]:  # none where no expert has weights
-        scatter.legend(fontsize=7, loc="lower right")
-    fig.suptitle("When can the reward be recovered? IRL fidelity against how the expert was aligned", y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 

@@ -18,9 +18,9 @@ import pandas as pd
 
 from irlnb import metric_names, metrics
 from irlnb.config import ALIGNMENT_KINDS, SECTIONS, doc
-from irlnb.irl.objectives import LOSSES
 from irlnb.layout import RunLayout, read_json
 from irlnb.metric_names import optional, policy_metric, reduction_share, require
+from irlnb.objectives import MEAN_SHIFT, OBJECTIVES
 from irlnb.rl.evaluation import policy_outputs
 
 # Policies in the order the paper's Table 1 lists them; `base` is evaluated in the ground-truth run.
@@ -107,11 +107,10 @@ def save_table(table: pd.DataFrame, layout: RunLayout, name: str) -> list[Path]:
 # The IRL study on held-out test data
 
 
-# What each row of the IRL results table is, in the order it lists them after the fitted objectives: said
-# plainly, since the floor, the ceiling and R*'s own comparisons are references for IRL, not IRL results.
-IRL_ROW_LABELS = {
-    metric_names.POSTERIOR_MEAN: "Laplace posterior mean (one deterministic fit)",
-    metric_names.FLOOR: "mean feature shift expert − base (no fitting)",
+# What each reference row of the IRL results table is, in the order it lists them after the objectives (whose labels
+# are their records', irlnb.objectives): said plainly, since they read R* or the expert's weights: references for
+# IRL, not IRL results.
+REFERENCE_LABELS = {
     metric_names.CEILING: "supervised head with intercept on sign(R*) of the same demonstration texts (not IRL)",
     metric_names.R_STAR_COMPARISONS: (
         "R*'s own comparisons: the same Laplace head on R*-ordered pairs of base samples (reference, not IRL)"
@@ -135,9 +134,9 @@ ONE_FIT = "one fit"  # the SD cell of a reward fitted once: there is no spread o
 
 
 def irl_results_table(values: Mapping[str, float], saved: str | None = None) -> pd.DataFrame:
-    """The IRL study on held-out test data: one row per reward in metrics.json, the fitted objectives first
-    (mean over their seeds), then the posterior mean, the floor, the ceiling, R*'s own comparisons and the
-    white-box reward, each labelled with what it is.
+    """The IRL study on held-out test data: one row per reward in metrics.json, the objectives first (those fitted
+    by gradient steps: mean over their seeds; then those fitted once), then the ceiling, R*'s own comparisons and
+    the white-box reward, each labelled with what it is.
 
     `fits` is how many fits a row's means average; an SD column reads "one fit" where there was one (a
     deterministic fit has no spread over seeds; an SD of 0 would claim one was measured). `saved` marks the
@@ -145,14 +144,16 @@ def irl_results_table(values: Mapping[str, float], saved: str | None = None) -> 
     before it existed, the AUC of a split of one class).
     """
     rows = []
-    for loss in [*LOSSES, *IRL_ROW_LABELS]:
+    labels = {name: f"{o.label}{', fitted per seed' if o.seeded else ''}" for name, o in OBJECTIVES.items()}
+    labels.update(REFERENCE_LABELS)
+    for loss in labels:
         if metric_names.irl_metric(loss, "test", "auc_mean") not in values:
             continue  # not studied in this run (compare_losses off, no posterior, an expert without weights)
         # Optional: runs recorded before irl.<loss>.fits existed wrote an SD for every loss.
         fits = optional(values, metric_names.irl_fits(loss))
         row = {
             "reward": f"{loss} (saved)" if loss == saved else loss,
-            "what": IRL_ROW_LABELS.get(loss, "IRL objective, fitted per seed (mean over seeds)"),
+            "what": labels[loss],
             "fits": fits,
         }
         for statistic in IRL_TABLE_STATISTICS:
@@ -327,7 +328,7 @@ HEADLINE_METRICS = (
     metric_names.irl_fits(None),
     metric_names.irl_metric(None, "test", f"{metric_names.STARC_DISTANCE}_mean"),
     metric_names.SEED_SPEARMAN_MEDIAN,
-    metric_names.irl_metric(metric_names.FLOOR, "test", "auc_mean"),
+    metric_names.irl_metric(MEAN_SHIFT.name, "test", "auc_mean"),
     metric_names.irl_metric(metric_names.CEILING, "test", "auc_mean"),
     metric_names.irl_metric(metric_names.R_STAR_COMPARISONS, "test", "auc_mean"),
     metric_names.irl_metric(metric_names.WHITE_BOX, "test", "auc_mean"),

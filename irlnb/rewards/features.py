@@ -39,11 +39,11 @@ class RewardSpec:
 
     backbone: str  # a source spec, e.g. "embedded:smollm2-135m-instruct"
     backbone_sha256: str
-    pooling: str = "last"
-    layer: int = -1  # output of decoder block `layer` (1-based); -1 = the final, normed hidden state
-    max_length: int = 128
-    kind: str = "learned"  # "learned" or "random"
-    dtype: str = "float32"  # the backbone's dtype when the features were read (the head is float32)
+    pooling: str  # irl.pooling or random_reward.pooling
+    layer: int  # output of decoder block `layer` (1-based); -1 = the final, normed hidden state
+    max_length: int  # longest text read, in tokens
+    kind: str  # "learned" or "random" (the name is kept: saved rewards and the random policy's training key hold it)
+    dtype: str  # the backbone's dtype when the features were read (the head is float32)
 
 
 def score_tolerance(dtype: str, spread: float) -> float:
@@ -222,7 +222,7 @@ def reward_form(
     backbone: str,
     pooling: str,
     layer: int,
-    max_length: int = 128,
+    max_length: int,
     kind: str = "learned",
     dtype: str = "float32",
     device: str = "cpu",
@@ -236,11 +236,12 @@ def reward_form(
     return FeatureReward(spec, model, tokenizer, head.to(model.device))
 
 
-def random_reward(
-    backbone: str, seed: int, pooling: str = "last", layer: int = -1, device: str = "cpu"
-) -> FeatureReward:
+RANDOM_REWARD_MAX_LENGTH = 128  # longest text the random control reward reads, in tokens (as recorded in its key)
+
+
+def random_reward(backbone: str, seed: int, pooling: str, layer: int, device: str = "cpu") -> FeatureReward:
     """A fixed, seeded random linear reward on the backbone's features: the 'training alone' baseline."""
-    reward = reward_form(backbone, pooling, layer, kind="random", device=device)
+    reward = reward_form(backbone, pooling, layer, RANDOM_REWARD_MAX_LENGTH, kind="random", device=device)
     reward.head = random_head(reward.head.in_features, seed).to(reward.device)
     return reward
 

@@ -145,6 +145,8 @@ def evaluate_policy(
 
 def output_name(policy) -> str:
     """How a policy's own outputs are drawn: 'greedy', 'sampled', or 'best_of_<n>'."""
+    # Asks the sampler, not its kind: the name says how these outputs were drawn (`load_stage_policy(n=...)` may
+    # draw another n than the kind's setting).
     if isinstance(policy, BestOfN):
         return f"best_of_{policy.n}"
     return "sampled" if policy.decoding.do_sample else "greedy"

@@ -1,10 +1,11 @@
 """The kinds of alignment, one record each: everything the package knows about a kind lives here.
 
 A kind's record says which settings section it reads (the section of its name in irlnb/config.py,
-plus the shared `rlhf` settings it names), whether its policy has weights of its own, how figures
-name it, how it trains (or loads) a policy, which of its settings measures its budget, and whether
-it runs TRL's RL loop (so `accelerate launch` can run it). Nothing else in the package compares a
-kind's name: code asks the record.
+plus the shared `rlhf` settings it names), whether its policy has weights of its own (and, if not,
+how many base samples it picks from), how figures name and colour it, how it trains (or loads) a
+policy, which of its settings measures its budget and which budgets the recoverability study runs,
+and whether it runs TRL's RL loop (so `accelerate launch` can run it). Nothing else in the package
+compares a kind's name: code asks the record.
 
 Adding a kind: a settings section in irlnb/config.py (and its name in `ALIGNMENT_KINDS`), a train
 function, and one record below.
@@ -38,11 +39,28 @@ class AlignmentKind:
     label: Callable[[Any], str]  # its name in figures, from its settings section
     shared_settings: tuple[str, ...] = ()  # the rlhf settings it reads (its whole section counts too)
     budget: str = ""  # the setting of its section that measures how much alignment it buys
-    budget_label: str = ""  # that budget's axis label in figures
+    short_label: str = ""  # its name where figures compare kinds (a legend; the title of its budget's panels)
+    budget_axis: str = ""  # what its budget counts: the axis label of figures that grow it
+    colour: str = "black"  # its colour where figures compare kinds
+    study_budgets: tuple[int, ...] = ()  # the values of its budget the recoverability study runs (none: not studied)
+    study_order: int = 0  # its place among the studied kinds, in which each seed of the study runs them
+    candidates: Callable[[Any], int] | None = None  # without weights: how many base samples its policy picks from
     trl_classes: tuple[str, str] = ("", "")  # its TRL trainer and config class: it runs TRL's RL loop (accelerate)
     samples_in_inference_dtype: bool = False  # it samples with the inference dtype: part of its training key
     kl_to_base: Callable[[Any], float] | None = None  # KL(policy || base) known in closed form from its settings
     holds_out_prompts: bool = False  # trains on a sample of `<section>.prompts` train prompts that IRL never uses
+
+    def __post_init__(self) -> None:
+        if not self.has_weights and self.candidates is None:
+            raise KindError(
+                f"alignment kind {self.name!r} has no weights of its own: its record must say how many base samples "
+                "its policy picks from (candidates)"
+            )
+
+    @property
+    def budget_label(self) -> str:
+        """The title of its budget's panels in figures: which kind, and what its budget counts."""
+        return f"{self.short_label}: {self.budget_axis}"
 
     @property
     def policy_gradient(self) -> bool:
@@ -112,7 +130,9 @@ def _load_brought(job: TrainingJob) -> TrainingResult:
     )
 
 
-def _policy_gradient_kind(name: str, acronym: str) -> AlignmentKind:
+def _policy_gradient_kind(
+    name: str, acronym: str, colour: str, study_budgets: tuple[int, ...] = (), study_order: int = 0
+) -> AlignmentKind:
     """A kind trained by TRL's `<acronym>Trainer` with its `<acronym>Config` (RLOO, GRPO): the same settings."""
     return AlignmentKind(
         name,
@@ -121,11 +141,17 @@ def _policy_gradient_kind(name: str, acronym: str) -> AlignmentKind:
         label=lambda section: f"RLHF ({acronym})",
         shared_settings=("seed", "max_completion_length", "top_k", "temperature", "train_prompts", "reward_batch_size"),
         budget="max_steps",
-        budget_label=f"{acronym}: optimiser steps",
+        short_label=acronym,
+        budget_axis="optimiser steps",
+        colour=colour,
+        study_budgets=study_budgets,
+        study_order=study_order,
         trl_classes=(f"{acronym}Trainer", f"{acronym}Config"),
     )
 
 
+# The recoverability study's budgets span 8x for each kind (rft 4x: a round samples and fine-tunes on every toxic
+# train prompt, minutes each); it runs the kinds in `study_order`, rft, the slowest, last.
 KINDS: dict[str, AlignmentKind] = {
     kind.name: kind
     for kind in (
@@ -143,12 +169,16 @@ KINDS: dict[str, AlignmentKind] = {
                 "reward_batch_size",
             ),
             budget="prompts",
-            budget_label="DPO: preference pairs' prompts",
+            short_label="DPO",
+            budget_axis="preference pairs' prompts",
+            colour="#4C72B0",
+            study_budgets=(25, 50, 200),
+            study_order=0,
             samples_in_inference_dtype=True,
             holds_out_prompts=True,
         ),
-        _policy_gradient_kind("rloo", "RLOO"),
-        _policy_gradient_kind("grpo", "GRPO"),
+        _policy_gradient_kind("rloo", "RLOO", "#C44E52", study_budgets=(3, 8, 24), study_order=1),
+        _policy_gradient_kind("grpo", "GRPO", "#8172B2"),
         AlignmentKind(
             "rft",
             has_weights=True,
@@ -156,7 +186,11 @@ KINDS: dict[str, AlignmentKind] = {
             label=lambda section: "rejection-sampling FT",
             shared_settings=("seed", "max_completion_length", "temperature", "train_prompts", "reward_batch_size"),
             budget="rounds",
-            budget_label="rejection sampling: rounds",
+            short_label="rejection sampling",
+            budget_axis="rounds",
+            colour="#55A868",
+            study_budgets=(1, 2, 4),
+            study_order=3,
             samples_in_inference_dtype=True,
         ),
         AlignmentKind(
@@ -166,7 +200,12 @@ KINDS: dict[str, AlignmentKind] = {
             label=lambda section: f"best of {section.n}",
             shared_settings=("seed", "max_completion_length", "top_k", "temperature", "reward_batch_size"),
             budget="n",
-            budget_label="best-of-n: n",
+            short_label="best-of-n",
+            budget_axis="n",
+            colour="#DD8452",
+            study_budgets=(1, 2, 8),  # n=1 is the base policy itself (KL 0): what IRL finds where nothing was aligned
+            study_order=2,
+            candidates=lambda section: section.n,
             # KL(best-of-n || base) = log n - (n - 1) / n (Stiennon et al. 2020; exact for distinct samples)
             kl_to_base=lambda section: math.log(section.n) - (section.n - 1) / section.n,
         ),

@@ -15,18 +15,19 @@ import argparse
 import sys
 
 from irlnb.compute import resolve_device, seed_everything
-from irlnb.config import ConfigError, load_config
+from irlnb.config import ConfigError
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
+from irlnb.params_file import load_config
 from irlnb.rl.kinds import KINDS
-from irlnb.rl.reward_signal import REWARD_KINDS
+from irlnb.rl.reward_signal import ALIGNMENT_REWARDS
 from irlnb.rl.training import prepare_training, stage_kind, training_job
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="irlnb.rl.launch", description=__doc__.splitlines()[0])
     parser.add_argument("params")
-    parser.add_argument("--reward", default="ground_truth", choices=REWARD_KINDS)
+    parser.add_argument("--reward", default="ground_truth", choices=ALIGNMENT_REWARDS)
     parser.add_argument("--runs-dir")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)

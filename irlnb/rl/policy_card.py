@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from irlnb.config import ConfigError, parse_section
+from irlnb.config import ConfigError
 from irlnb.layout import RunLayout, write_json_atomic
 from irlnb.models.policies import load_policy
+from irlnb.params_file import parse_section
 from irlnb.rl.kinds import kind_of, seed_offset
 from irlnb.rl.reward_signal import make_scorer
 from irlnb.rl.sampling import BestOfN, ModelPolicy, sampling_decoding
@@ -79,16 +80,17 @@ def save_policy(result: TrainingResult, folder: Path, card: PolicyCard) -> Path:
     return folder
 
 
-def load_stage_policy(layout: RunLayout, reward_kind: str, device: str, dtype: str, decoding, n: int | None = None):
+def load_stage_policy(layout: RunLayout, reward: str, device: str, dtype: str, decoding, n: int | None = None):
     """The policy an RLHF stage made, as something that continues prompts (`.outputs(prompts, batch_size, seed)`).
 
-    A policy with weights continues with `decoding` (greedy for the paper's evaluation); a best-of-n
-    policy samples its n candidates (or `n`) from the base model and keeps the one its reward scores
-    highest.
+    A policy with weights continues with `decoding` (greedy for the paper's evaluation); a policy
+    without (best-of-n) samples its candidates (its kind's record says how many; or `n`) from the base
+    model and keeps the one its reward scores highest.
     """
-    folder = layout.policy(reward_kind)
+    folder = layout.policy(reward)
     card = PolicyCard.read(folder)
-    if card.has_weights:
+    kind = kind_of(card.trainer)
+    if kind.has_weights:
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise ConfigError(
                 f"{folder}: its card says the policy was aligned by {card.trainer}, a kind with weights of its own, "
@@ -98,16 +100,16 @@ def load_stage_policy(layout: RunLayout, reward_kind: str, device: str, dtype: s
         return ModelPolicy(model, tokenizer, decoding)
     sources, rlhf = card.section("sources"), card.section("rlhf")
     scorer, _ = make_scorer(
-        reward_kind,
+        reward,
         layout,
         sources=sources,
         ground_truth=card.section("ground_truth"),
         rlhf=rlhf,
-        random_reward=card.section("random_reward") if reward_kind == "random" else None,
+        random_reward=card.section("random_reward") if reward == "random" else None,
         device=device,
     )
     model, tokenizer = load_policy(sources.policy, device=device, dtype=dtype)
-    chosen = n or card.section(card.trainer).n
+    chosen = n or kind.candidates(card.section(kind.settings_section))
     return BestOfN(model, tokenizer, sampling_decoding(rlhf), chosen, scorer, seed_offset=seed_offset(rlhf))
 
 

@@ -135,62 +135,125 @@ def rejection_sampling_finetune(
         if guard_tripped:
             break
         started = time.perf_counter()
-        sampler = BestOfN(_inference_copy(model, inference_dtype), tokenizer, decoding, rft.n, scorer)
-        candidates = sampler.candidates(
-            prompts, batch_size=rlhf.reward_batch_size * 2, seed=seed + 104729 * round_number
-        )
-        winners = sampler.choose(prompts, candidates)
-        del sampler
-        all_scores = np.asarray(scorer([p + c for p, options in zip(prompts, candidates) for c in options]))
-        chosen = pd.DataFrame(
-            {
-                "round": round_number,
-                "prompt": prompts,
-                "continuation": [w for w, _ in winners],
-                "reward": [s for _, s in winners],
-            }
+        chosen, candidates_mean = _best_of_n_winners(
+            model,
+            tokenizer,
+            prompts,
+            scorer,
+            decoding,
+            n=rft.n,
+            batch_size=rlhf.reward_batch_size * 2,
+            seed=seed + 104729 * round_number,
+            round_number=round_number,
+            inference_dtype=inference_dtype,
         )
         chosen_frames.append(chosen)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=rft.learning_rate)
-        steps = math.ceil(len(prompts) / rft.per_device_train_batch_size)
-        progress = Progress(rft.num_train_epochs * steps, f"fine-tuning on round {round_number}'s winners", unit="step")
-        for epoch in range(1, rft.num_train_epochs + 1):
-            before = copy.deepcopy(model.state_dict())
-            loss = sft_epoch(
-                model,
-                optimizer,
-                tokenizer,
-                prompts,
-                chosen["continuation"].tolist(),
-                rft.per_device_train_batch_size,
-                rlhf.max_completion_length,
-                seed + 31 * epoch + round_number,
-                progress,
-            )
-            ratio = perplexity(model, tokenizer, guard_texts) / base_perplexity
-            undone = ratio > rft.max_perplexity_ratio
-            if undone:
-                model.load_state_dict(before)
-            rows.append(
-                {
-                    "round": round_number,
-                    "epoch": epoch,
-                    "step": len(rows) + 1,
-                    "loss": loss,
-                    "reward_chosen_mean": float(chosen["reward"].mean()),
-                    "reward_candidates_mean": float(all_scores.mean()),
-                    "perplexity_ratio": ratio,
-                    "undone": undone,
-                    "seconds": time.perf_counter() - started,
-                }
-            )
-            if undone:
-                guard_tripped = True
-                break
-        progress.close()
+        guard_tripped = _fine_tune_on_winners(
+            model,
+            tokenizer,
+            chosen,
+            candidates_mean,
+            round_number=round_number,
+            rft=rft,
+            max_new_tokens=rlhf.max_completion_length,
+            guard_texts=guard_texts,
+            base_perplexity=base_perplexity,
+            seed=seed,
+            rows=rows,
+            started=started,
+        )
         _save_round(model, checkpoints, round_number, rows, guard_tripped, base_perplexity)
         completed = round_number
     return RejectionResult(model.eval(), pd.DataFrame(rows), completed, start_round, guard_tripped, chosen_frames)
+
+
+def _best_of_n_winners(
+    model,
+    tokenizer,
+    prompts: list[str],
+    scorer,
+    decoding,
+    *,
+    n: int,
+    batch_size: int,
+    seed: int,
+    round_number: int,
+    inference_dtype: str,
+) -> tuple[pd.DataFrame, float]:
+    """A round's best-of-n: each prompt's winner and its reward (a frame), and the mean reward of all candidates."""
+    sampler = BestOfN(_inference_copy(model, inference_dtype), tokenizer, decoding, n, scorer)
+    candidates = sampler.candidates(prompts, batch_size=batch_size, seed=seed)
+    winners = sampler.choose(prompts, candidates)
+    del sampler  # frees the inference copy before the candidates are scored
+    all_scores = np.asarray(scorer([p + c for p, options in zip(prompts, candidates) for c in options]))
+    chosen = pd.DataFrame(
+        {
+            "round": round_number,
+            "prompt": prompts,
+            "continuation": [w for w, _ in winners],
+            "reward": [s for _, s in winners],
+        }
+    )
+    return chosen, float(all_scores.mean())
+
+
+def _fine_tune_on_winners(
+    model,
+    tokenizer,
+    chosen: pd.DataFrame,
+    candidates_mean: float,
+    *,
+    round_number: int,
+    rft,
+    max_new_tokens: int,
+    guard_texts: list[str],
+    base_perplexity: float,
+    seed: int,
+    rows: list[dict],
+    started: float,
+) -> bool:
+    """A round's `rft.num_train_epochs` epochs on its winners, one row each appended to `rows`; whether the guard
+    tripped (the last epoch raised held-out perplexity past the bound and was undone)."""
+    prompts = chosen["prompt"].tolist()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=rft.learning_rate)
+    steps = math.ceil(len(prompts) / rft.per_device_train_batch_size)
+    progress = Progress(rft.num_train_epochs * steps, f"fine-tuning on round {round_number}'s winners", unit="step")
+    guard_tripped = False
+    for epoch in range(1, rft.num_train_epochs + 1):
+        before = copy.deepcopy(model.state_dict())
+        loss = sft_epoch(
+            model,
+            optimizer,
+            tokenizer,
+            prompts,
+            chosen["continuation"].tolist(),
+            rft.per_device_train_batch_size,
+            max_new_tokens,
+            seed + 31 * epoch + round_number,
+            progress,
+        )
+        ratio = perplexity(model, tokenizer, guard_texts) / base_perplexity
+        undone = ratio > rft.max_perplexity_ratio
+        if undone:
+            model.load_state_dict(before)
+        rows.append(
+            {
+                "round": round_number,
+                "epoch": epoch,
+                "step": len(rows) + 1,
+                "loss": loss,
+                "reward_chosen_mean": float(chosen["reward"].mean()),
+                "reward_candidates_mean": candidates_mean,
+                "perplexity_ratio": ratio,
+                "undone": undone,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        if undone:
+            guard_tripped = True
+            break
+    progress.close()
+    return guard_tripped
 
 
 def train_rejection_sampling(job: TrainingJob) -> TrainingResult:

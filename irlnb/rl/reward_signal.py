@@ -1,6 +1,6 @@
 """The reward a policy is aligned with, as trainers read it: R*, the reward learned by IRL, or a random one.
 
-`make_scorer` builds the text reward of a kind with its identity (what its scores depend on);
+`make_scorer` builds one of these text rewards with its identity (what its scores depend on);
 `PolicyReward` adapts it to TRL's reward interface, normalises it with statistics fixed before
 training starts (never per batch, as the reference code's min-max did), and stops the run on a NaN
 or infinite reward, naming the text.
@@ -23,7 +23,7 @@ from irlnb.rewards.features import random_reward as random_head_reward
 from irlnb.rewards.ground_truth import GroundTruthReward
 
 TextScorer = Callable[[list[str]], np.ndarray]
-REWARD_KINDS = ("ground_truth", "learned", "random")
+ALIGNMENT_REWARDS = ("ground_truth", "learned", "random")  # the rewards stage 03 aligns a policy with
 NORMALIZER_TEXTS = 256  # train-split texts that fix the reward's scale before training
 
 
@@ -75,7 +75,7 @@ class PolicyReward:
 
 
 def make_scorer(
-    reward_kind: str, layout: RunLayout, *, sources, ground_truth, rlhf, random_reward=None, device: str
+    reward: str, layout: RunLayout, *, sources, ground_truth, rlhf, random_reward=None, device: str
 ) -> tuple[TextScorer, dict[str, Any]]:
     """The text reward a policy is trained with (R*, the reward learned by IRL, or a random one), and its identity.
 
@@ -83,20 +83,20 @@ def make_scorer(
     reward). The identity is what the reward's scores depend on: the classifier and clip of R*, the
     saved learned reward's config (its head's sha256 included), the random reward's settings.
     """
-    if reward_kind == "ground_truth":
+    if reward == "ground_truth":
         identity = {"classifier": sources.toxicity_classifier, "clip": ground_truth.reward_clip}
         return GroundTruthReward.load(sources, ground_truth, device), identity
-    if reward_kind == "random":
+    if reward == "random":
         r = random_reward
-        reward = random_head_reward(sources.policy, r.seed, r.pooling, r.layer, device=device)
-        identity = {**asdict(reward.spec), "seed": random_reward.seed}
-    elif reward_kind == "learned":
-        reward = load_reward(layout.learned_reward, device=device)
+        reward_model = random_head_reward(sources.policy, r.seed, r.pooling, r.layer, device=device)
+        identity = {**asdict(reward_model.spec), "seed": random_reward.seed}
+    elif reward == "learned":
+        reward_model = load_reward(layout.learned_reward, device=device)
         identity = json.loads((layout.learned_reward / REWARD_CONFIG).read_text())
     else:
-        raise ValueError(f"reward must be one of {', '.join(REWARD_KINDS)}, got {reward_kind!r}")
+        raise ValueError(f"reward must be one of {', '.join(ALIGNMENT_REWARDS)}, got {reward!r}")
     batch_size = rlhf.reward_batch_size
-    return (lambda texts: reward.score(texts, batch_size=batch_size)), identity
+    return (lambda texts: reward_model.score(texts, batch_size=batch_size)), identity
 
 
 def normalizer_texts(curated: pd.DataFrame, seed: int) -> list[str]:

@@ -16,10 +16,10 @@ from typing import Any
 import pandas as pd
 from transformers import AutoConfig
 
-from irlnb.config import settings_digest
 from irlnb.data.curation import load_curated
 from irlnb.layout import RunLayout
 from irlnb.models.policies import check_same_vocabulary, load_tokenizer, policy_dir, weights_sha256
+from irlnb.params_file import settings_digest
 from irlnb.rl.generation import context_limit, fit_prompts
 from irlnb.rl.kinds import BROUGHT, AlignmentKind, kind_of, kind_section, seed_offset
 from irlnb.rl.reward_signal import Normalizer, PolicyReward, make_scorer, normalizer_texts

@@ -1,12 +1,11 @@
-"""The floor and the ceiling beside every IRL number, on the same features and the same test texts.
+"""The references beside every IRL number, on the same features and the same test texts. They read R*, which IRL
+never does: they are references for reading IRL's numbers, not IRL results.
 
-- **floor, mean shift**: the head w = mean(expert features) - mean(non-expert features) over the
-  train pairs, unfitted. It is what "the expert moved somewhere" alone gives; IRL that does not beat
-  it has learned nothing beyond the average direction of change.
 - **ceiling, supervised**: the same reward class (a linear head on the same standardised features)
   fitted by logistic regression on sign(R*) of the same train demonstration texts, its L2 strength
-  chosen on the validation demonstration texts. It reads R*, which IRL never does: what the
-  demonstrations could teach at best.
+  chosen on the validation demonstration texts: what the demonstrations could teach at best.
+- **R*'s own comparisons**: the Laplace head fitted on pairs of two base samples of a prompt, ordered by R*
+  (`FeatureSets.base_comparisons`): what this head recovers from comparisons that follow R* exactly.
 
 And what the demonstrations carry about R* at all: per split, how many pairs differ in sign(R*),
 how often the expert's text has the higher R*, and the mean R* gap.
@@ -23,22 +22,10 @@ from sklearn.linear_model import LogisticRegression
 
 from irlnb import metric_names, metrics
 from irlnb.irl.feature_sets import PairSet
+from irlnb.irl.fitting import head_of
+from irlnb.irl.posterior import fit_posterior
 
 SUPERVISED_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strengths tried on validation
-
-
-def head_of(weight: np.ndarray, bias: float = 0.0) -> torch.nn.Linear:
-    head = torch.nn.Linear(len(weight), 1)
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(np.asarray(weight, dtype=np.float32)).view(1, -1))
-        head.bias.fill_(float(bias))
-    return head
-
-
-def mean_shift_head(train: PairSet) -> torch.nn.Linear:
-    """The unfitted floor: the mean feature difference expert - non-expert, scaled to unit norm."""
-    shift = (train.expert.features.mean(dim=0) - train.non_expert.features.mean(dim=0)).double().numpy()
-    return head_of(shift / max(np.linalg.norm(shift), 1e-12))
 
 
 def _texts(pairs: PairSet) -> tuple[np.ndarray, np.ndarray]:
@@ -86,3 +73,14 @@ def demonstration_evidence(demonstrations: pd.DataFrame) -> dict[str, float]:
         values[key("expert_distinct_2")] = metrics.distinct_n(pairs["expert"].tolist(), 2)
         values[key("non_expert_distinct_2")] = metrics.distinct_n(pairs["non_expert"].tolist(), 2)
     return values
+
+
+def reference_heads(
+    train: PairSet, validation: PairSet, base_comparisons: tuple[PairSet, PairSet] | None = None
+) -> dict[str, torch.nn.Linear]:
+    """One deterministic fit each: the ceiling, and the Laplace head on R*'s own comparisons of base samples (train,
+    validation) where there are two base samples per prompt (left out when `base_comparisons` is None)."""
+    heads = {metric_names.CEILING: supervised_head(train, validation)[0]}
+    if base_comparisons is not None:
+        heads[metric_names.R_STAR_COMPARISONS] = fit_posterior(*base_comparisons).head()
+    return heads

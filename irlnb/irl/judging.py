@@ -1,0 +1,114 @@
+"""Judging a reward on one split: every metric of its scores on human texts and on the demonstration pairs.
+
+Any reward is judged the same way: a fitted head, a deterministic fit, the white-box log-ratio. Choices are made on
+validation only, by `SELECTION_METRIC` (validation pair accuracy, which needs no R*); R-hat's threshold is fitted on
+validation human texts, or, label-free, on the validation demonstrations alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from irlnb import metric_names, metrics
+from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
+
+SELECTION_METRIC = "pair_accuracy"  # validation pair accuracy: chosen from behaviour alone, without R*
+
+
+def chosen_epoch(history: list[dict]) -> int:
+    """The epoch (never the initial head, epoch 0) with the best validation `SELECTION_METRIC`; ties: the earliest."""
+    return max(range(1, len(history)), key=lambda epoch: (history[epoch][SELECTION_METRIC], -epoch))
+
+
+def judge(head: torch.nn.Linear, human: TextSet, pairs: PairSet, threshold: float) -> dict[str, float]:
+    """Every metric of one head on one split: human texts, and the demonstrations (both sides)."""
+    return judge_rewards(
+        rewards_of(head, human),
+        rewards_of(head, pairs.expert),
+        rewards_of(head, pairs.non_expert),
+        human,
+        pairs,
+        threshold,
+    )
+
+
+def judge_rewards(
+    r_human: np.ndarray,
+    r_expert: np.ndarray,
+    r_non_expert: np.ndarray,
+    human: TextSet,
+    pairs: PairSet,
+    threshold: float,
+) -> dict[str, float]:
+    """Every metric of a reward's scores on one split (any reward: a head, the white-box log-ratio).
+
+    With the pairs' prompts known, `starc_distance` compares R-hat with R* on both sides of every pair, each
+    prompt's texts canonicalised together (`irlnb.metrics.starc_distance`).
+    """
+    values = {f"human_{k}": v for k, v in metrics.agreement(r_human, human.r_star, threshold, human.labels).items()}
+    at_zero = metrics.agreement(r_human, human.r_star, 0.0)
+    values.update({f"human_{k}_zero": at_zero[k] for k in ("accuracy", "f1")})
+    demo_r_hat = np.concatenate([r_expert, r_non_expert])
+    demo_r_star = np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star])
+    values.update({f"demos_{k}": v for k, v in metrics.agreement(demo_r_hat, demo_r_star, threshold).items()})
+    values["pair_accuracy"] = metrics.pair_accuracy(r_expert, r_non_expert)
+    if pairs.prompt_ids is not None:
+        groups = np.concatenate([pairs.prompt_ids, pairs.prompt_ids])
+        values[metric_names.STARC_DISTANCE] = metrics.starc_distance(demo_r_hat, demo_r_star, groups)
+    return values
+
+
+def label_free_threshold(head: torch.nn.Linear, validation_pairs: PairSet) -> float:
+    """A threshold from demonstrations alone: the cut that best separates the expert's validation texts
+    (read as the aligned side) from the non-expert's, by R-hat. It reads no R* and no human label."""
+    r_expert, r_non_expert = rewards_of(head, validation_pairs.expert), rewards_of(head, validation_pairs.non_expert)
+    sides = np.concatenate([np.ones(len(r_expert)), -np.ones(len(r_non_expert))])  # +1 aligned, -1 not
+    return metrics.fit_threshold(np.concatenate([r_expert, r_non_expert]), sides)
+
+
+def test_row(head: torch.nn.Linear, validation: tuple[TextSet, PairSet], test: tuple[TextSet, PairSet]) -> dict:
+    """One head's test metrics: at the validation-fitted threshold (reads R* of validation human texts), at zero,
+    and at the label-free threshold (`human_accuracy_label_free`, reads nothing but demonstrations)."""
+    validation_human, validation_pairs = validation
+    test_human, test_pairs = test
+    threshold = metrics.fit_threshold(rewards_of(head, validation_human), validation_human.r_star)
+    free = label_free_threshold(head, validation_pairs)
+    label_free = metrics.agreement(rewards_of(head, test_human), test_human.r_star, free)
+    return {
+        "threshold": threshold,
+        "threshold_label_free": free,
+        **judge(head, test_human, test_pairs, threshold),
+        "human_accuracy_label_free": label_free["accuracy"],
+        "human_f1_label_free": label_free["f1"],
+    }
+
+
+def scored_test_texts(
+    test: tuple[TextSet, PairSet],
+    texts: dict[str, list[str]],
+    scores: Callable[[TextSet], dict],
+    **leading,
+) -> pd.DataFrame:
+    """One row per test text (human, expert, non-expert): the `leading` columns (constants), its set, pair
+    (-1 for human texts), text and R*, then the columns `scores` gives for the texts of one set."""
+    human, pairs = test
+    frames = []
+    for name, text_set in (("human", human), ("expert", pairs.expert), ("non_expert", pairs.non_expert)):
+        n = len(text_set.r_star)
+        frames.append(
+            pd.DataFrame(
+                {
+                    **leading,
+                    "set": name,
+                    "pair": np.arange(n) if name != "human" else -1,
+                    "text": texts[name],
+                    "r_star": text_set.r_star,
+                    **scores(text_set),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
