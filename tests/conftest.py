@@ -13,6 +13,8 @@ import torch
 import yaml
 
 from irlnb.irl.feature_sets import PairSet, TextSet
+from irlnb.models.policies import load_policy
+from irlnb.rl.generation import Decoding
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "params"
@@ -71,3 +73,18 @@ def synthetic_pairs(n: int, seed: int) -> PairSet:
         return x[:, 0].double().numpy()
 
     return PairSet(TextSet(expert, r_star(expert), -np.ones(n)), TextSet(base, r_star(base), -np.ones(n)))
+
+
+# The tiny offline GPT-NeoX the policy tests sample from, prompts to continue and a toy reward.
+PROMPTS = ["You are such a", "The council voted to", "I really think that", "Thanks for the"]
+SAMPLING = Decoding(max_new_tokens=6, do_sample=True, top_k=30)
+
+
+def length_reward(texts):
+    """A toy reward with an obvious preference: more characters score higher."""
+    return np.array([float(len(t)) for t in texts])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_policy("embedded:tiny-gpt-neox")

@@ -3,9 +3,9 @@ out, and the designs it refuses; on the tiny offline model."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
+from conftest import PROMPTS, SAMPLING, length_reward
 
 from irlnb.config import IrlSettings, RlhfSettings
 from irlnb.irl.demonstrations import (
@@ -16,24 +16,10 @@ from irlnb.irl.demonstrations import (
     split_prompts,
 )
 from irlnb.layout import RunLayout
-from irlnb.models.policies import load_policy
-from irlnb.rl.generation import Decoding, sample_continuations
+from irlnb.rl.generation import sample_continuations
 from irlnb.rl.policy_card import PolicyCard, save_policy
 from irlnb.rl.sampling import BestOfN
 from irlnb.rl.training_job import TrainingResult
-
-PROMPTS = ["You are such a", "The council voted to", "I really think that", "Thanks for the"]
-SAMPLING = Decoding(max_new_tokens=6, do_sample=True, top_k=30)
-
-
-def length_reward(texts):
-    """A toy reward with an obvious preference: more characters score higher."""
-    return np.array([float(len(t)) for t in texts])
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_policy("embedded:tiny-gpt-neox")
 
 
 @pytest.mark.parametrize(

@@ -10,25 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import PROMPTS, SAMPLING, length_reward
 
 from irlnb.models.policies import embedded_policy_dir, load_policy
 from irlnb.params_file import parse_section
 from irlnb.rl.generation import Decoding, sample_continuations
 from irlnb.rl.rejection import continuation_batch, rejection_sampling_finetune
 from irlnb.rl.sampling import BestOfN
-
-PROMPTS = ["You are such a", "The council voted to", "I really think that", "Thanks for the"]
-SAMPLING = Decoding(max_new_tokens=6, do_sample=True, top_k=30)
-
-
-def length_reward(texts):
-    """A toy reward with an obvious preference: more characters score higher."""
-    return np.array([float(len(t)) for t in texts])
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_policy("embedded:tiny-gpt-neox")
 
 
 def test_best_of_n_keeps_the_candidate_the_reward_scores_highest(tiny):
