@@ -118,6 +118,8 @@ class SourcesSettings:
             if key == "expert" and not spec:
                 continue  # no model brought: stage 03 aligns the policy itself
             try:
+                # A params file's relative paths were made absolute against its folder when it was read
+                # (irlnb.params_file.load_config); what is still relative (a notebook's parameters cell) is the cwd's.
                 parse_source(spec, role=key, base_dir=Path.cwd())
             except SourceError as err:
                 return [(key, str(err))]
@@ -394,6 +396,12 @@ class IrlSettings:
         "best-of-n expert has no model of its own and is sampled independently (matched: false)",
     )
     max_new_tokens: int = setting(24, doc="tokens per demonstration continuation", ge=1)
+    within_prompt_samples: int = setting(
+        4,
+        doc="base samples drawn on every test prompt beside its human continuation, to judge how a reward orders one "
+        "prompt's continuations against R* (where IRL can identify a reward; 0: not judged)",
+        ge=0,
+    )
     pooling: str = setting(
         "mean",
         doc="hidden states feeding the head: last real token (the paper) or token mean",

@@ -105,6 +105,11 @@ class RunLayout:
         return self.root / IRL_FOLDER / "demonstrations.parquet"
 
     @property
+    def prompt_sets(self) -> Path:
+        """Each test prompt's base samples and human continuation with their R* (`irlnb.irl.within_prompt`)."""
+        return self.root / IRL_FOLDER / "prompt_sets.parquet"
+
+    @property
     def irl_epochs(self) -> Path:
         return self.root / IRL_FOLDER / "epochs.csv"
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from irlnb.config import SECTIONS, Config, ConfigError
+from irlnb.sources import anchored
 
 
 def settings_digest(values: Any) -> str:
@@ -130,11 +131,30 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    # A relative local path in the file is relative to the file's folder (run from anywhere, it names the same
+    # model); one typed with --set is relative to the current directory, where it was typed. Both are made
+    # absolute here, before validation, since the notebooks that load them run in notebooks/.
+    data = anchored_sources(data, path.parent)
     if not overrides:
         return parse_config(data, str(path))
-    changes = dict(parse_override(text, str(path)) for text in overrides)
+    changes = {
+        dotted: anchored(value, Path.cwd()) if dotted.startswith("sources.") and isinstance(value, str) else value
+        for dotted, value in (parse_override(text, str(path)) for text in overrides)
+    }
     config = parse_config(with_changes(data, changes, str(path)), f"{path} with --set {' --set '.join(overrides)}")
     return dataclasses.replace(config, path=str(path))
+
+
+def anchored_sources(data: Any, base_dir: Path) -> Any:
+    """A params document with its sources' relative local paths made absolute against `base_dir`
+    (`irlnb.sources.anchored`); anything malformed is left for `parse_config` to refuse."""
+    sources = data.get("sources") if isinstance(data, Mapping) else None
+    if not isinstance(sources, Mapping):
+        return data
+    return {
+        **data,
+        "sources": {key: anchored(spec, base_dir) if isinstance(spec, str) else spec for key, spec in sources.items()},
+    }
 
 
 # --------------------------------------------------------------------------------------------

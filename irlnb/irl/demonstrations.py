@@ -148,18 +148,16 @@ def generate_pairs(
 
 def build_demonstrations(
     layout: RunLayout,
+    expert,
+    non_expert,
     *,
     curated: pd.DataFrame,
     irl,
-    sampling,
-    policy: str,
     r_star,
     seed: int,
-    device: str,
-    dtype: str = "float32",
 ) -> pd.DataFrame:
-    """Pairs on IRL-train prompts (train split), validation prompts and every test prompt, labelled with R*."""
-    expert, non_expert = demonstration_policies(layout, policy, irl, sampling, device, dtype)
+    """Pairs on IRL-train prompts (train split), validation prompts and every test prompt, labelled with R*; the
+    expert and the non-expert as `demonstration_policies` gives them."""
     held_out = PolicyCard.read(layout.policy(EXPERT_REWARD)).held_out_prompt_ids
     frames = []
     for split in SPLITS:

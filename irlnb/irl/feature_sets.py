@@ -19,17 +19,20 @@ import torch
 from irlnb import metric_names
 from irlnb.compute import frozen_cached
 from irlnb.irl.demonstrations import pair_texts, used_pairs
+from irlnb.irl.within_prompt import text_statistics
 from irlnb.metric_names import SPLITS
 from irlnb.rewards.features import FeatureReward, HeadPosterior
 
 
 @dataclass
 class TextSet:
-    """Standardised features of some texts, with their R* (and human labels, -1 where there are none)."""
+    """Standardised features of some texts, with their R* (and human labels, -1 where there are none), and, for the
+    texts a reward's correlates are read on, their simple statistics (`irlnb.irl.within_prompt.text_statistics`)."""
 
     features: torch.Tensor
     r_star: np.ndarray
     labels: np.ndarray
+    statistics: pd.DataFrame | None = None
 
 
 @dataclass
@@ -130,12 +133,21 @@ class FeatureSets:
     # R*'s own comparisons of base samples (train, validation), see `base_comparison_pairs`; None when either
     # split has fewer than two (one sample per prompt)
     base_comparisons: tuple[PairSet, PairSet] | None = None
+    # The test prompts' continuations (base samples and the human one) and each one's prompt group
+    # (`irlnb.irl.within_prompt`); None when irl.within_prompt_samples is 0
+    within_prompt: tuple[TextSet, np.ndarray] | None = None
 
 
 def build_feature_sets(
-    reader: FeatureReward, demonstrations: pd.DataFrame, scores: pd.DataFrame, cache_dir: Path, batch_size: int
+    reader: FeatureReward,
+    demonstrations: pd.DataFrame,
+    scores: pd.DataFrame,
+    cache_dir: Path,
+    batch_size: int,
+    prompt_sets: pd.DataFrame | None = None,
 ) -> FeatureSets:
-    """Standardised features of every text the study reads, a batched pass over the backbone per block of texts."""
+    """Standardised features of every text the study reads, a batched pass over the backbone per block of texts
+    (with `prompt_sets`, `irlnb.irl.within_prompt.draw_prompt_sets`, the test prompts' continuations too)."""
     blocks: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
     split_pairs = {}
     for split in SPLITS:
@@ -152,6 +164,9 @@ def build_feature_sets(
     for split in ("validation", "test"):
         human = scores[scores["split"] == split]
         blocks[f"{split}_human"] = (human["text"].tolist(), human["reward"].to_numpy(), human["label"].to_numpy())
+    if prompt_sets is not None and len(prompt_sets):
+        texts = (prompt_sets["prompt"] + prompt_sets["continuation"]).tolist()
+        blocks["within_prompt"] = (texts, prompt_sets["r_star"].to_numpy(), np.full(len(texts), -1))
     # block by block, so that a block another run read (the human texts, the base's samples) comes from the cache
     sets = {
         name: (cached_features(reader, block_texts, cache_dir, batch_size), r_star, labels)
@@ -159,6 +174,7 @@ def build_feature_sets(
     }
     standardizer = Standardizer.fit(torch.cat([sets["train_expert"][0], sets["train_non_expert"][0]]))
     text_set = {name: TextSet(standardizer(f), r, lab) for name, (f, r, lab) in sets.items()}
+    text_set["test_human"].statistics = text_statistics(blocks["test_human"][0], reader.tokenizer)
 
     def pair_set(split):
         return PairSet(text_set[f"{split}_expert"], text_set[f"{split}_non_expert"], prompt_ids(split_pairs[split]))
@@ -180,4 +196,5 @@ def build_feature_sets(
         test_texts,
         standardizer,
         comparisons if enough else None,
+        (text_set["within_prompt"], prompt_sets["group"].to_numpy()) if "within_prompt" in text_set else None,
     )

@@ -15,6 +15,7 @@ import torch
 
 from irlnb import metric_names, metrics
 from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
+from irlnb.irl.within_prompt import statistic_correlations, within_prompt_metrics
 
 SELECTION_METRIC = "pair_accuracy"  # validation pair accuracy: chosen from behaviour alone, without R*
 
@@ -24,8 +25,15 @@ def chosen_epoch(history: list[dict]) -> int:
     return max(range(1, len(history)), key=lambda epoch: (history[epoch][SELECTION_METRIC], -epoch))
 
 
-def judge(head: torch.nn.Linear, human: TextSet, pairs: PairSet, threshold: float) -> dict[str, float]:
-    """Every metric of one head on one split: human texts, and the demonstrations (both sides)."""
+def judge(
+    head: torch.nn.Linear,
+    human: TextSet,
+    pairs: PairSet,
+    threshold: float,
+    within_prompt: tuple[TextSet, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Every metric of one head on one split: human texts, the demonstrations (both sides) and, where given, the
+    continuations of each test prompt (`irlnb.irl.within_prompt`)."""
     return judge_rewards(
         rewards_of(head, human),
         rewards_of(head, pairs.expert),
@@ -33,6 +41,7 @@ def judge(head: torch.nn.Linear, human: TextSet, pairs: PairSet, threshold: floa
         human,
         pairs,
         threshold,
+        None if within_prompt is None else (rewards_of(head, within_prompt[0]), *within_prompt),
     )
 
 
@@ -43,11 +52,14 @@ def judge_rewards(
     human: TextSet,
     pairs: PairSet,
     threshold: float,
+    within_prompt: tuple[np.ndarray, TextSet, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Every metric of a reward's scores on one split (any reward: a head, the white-box log-ratio).
 
     With the pairs' prompts known, `starc_distance` compares R-hat with R* on both sides of every pair, each
-    prompt's texts canonicalised together (`irlnb.metrics.starc_distance`).
+    prompt's texts canonicalised together (`irlnb.metrics.starc_distance`). With the human texts' statistics, R-hat's
+    Spearman correlation with each (`<statistic>_spearman`). With `within_prompt` (R-hat of each test prompt's
+    continuations, their text set and prompt groups), how R-hat orders a prompt's continuations against R*.
     """
     values = {f"human_{k}": v for k, v in metrics.agreement(r_human, human.r_star, threshold, human.labels).items()}
     at_zero = metrics.agreement(r_human, human.r_star, 0.0)
@@ -59,6 +71,11 @@ def judge_rewards(
     if pairs.prompt_ids is not None:
         groups = np.concatenate([pairs.prompt_ids, pairs.prompt_ids])
         values[metric_names.STARC_DISTANCE] = metrics.starc_distance(demo_r_hat, demo_r_star, groups)
+    if human.statistics is not None:
+        values.update(statistic_correlations(r_human, human.statistics))
+    if within_prompt is not None:
+        r_within, texts, groups = within_prompt
+        values.update(within_prompt_metrics(r_within, texts.r_star, groups))
     return values
 
 
@@ -70,9 +87,15 @@ def label_free_threshold(head: torch.nn.Linear, validation_pairs: PairSet) -> fl
     return metrics.fit_threshold(np.concatenate([r_expert, r_non_expert]), sides)
 
 
-def test_row(head: torch.nn.Linear, validation: tuple[TextSet, PairSet], test: tuple[TextSet, PairSet]) -> dict:
+def test_row(
+    head: torch.nn.Linear,
+    validation: tuple[TextSet, PairSet],
+    test: tuple[TextSet, PairSet],
+    within_prompt: tuple[TextSet, np.ndarray] | None = None,
+) -> dict:
     """One head's test metrics: at the validation-fitted threshold (reads R* of validation human texts), at zero,
-    and at the label-free threshold (`human_accuracy_label_free`, reads nothing but demonstrations)."""
+    and at the label-free threshold (`human_accuracy_label_free`, reads nothing but demonstrations); within the test
+    prompts where `within_prompt` is given."""
     validation_human, validation_pairs = validation
     test_human, test_pairs = test
     threshold = metrics.fit_threshold(rewards_of(head, validation_human), validation_human.r_star)
@@ -81,7 +104,7 @@ def test_row(head: torch.nn.Linear, validation: tuple[TextSet, PairSet], test: t
     return {
         "threshold": threshold,
         "threshold_label_free": free,
-        **judge(head, test_human, test_pairs, threshold),
+        **judge(head, test_human, test_pairs, threshold, within_prompt),
         "human_accuracy_label_free": label_free["accuracy"],
         "human_f1_label_free": label_free["f1"],
     }

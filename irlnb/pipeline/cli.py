@@ -34,6 +34,11 @@ def cmd_check(args) -> int:
     config = load_config(args.params, args.set)
     for notebook in notebooks():
         check_notebook(notebook)
+    # What `irlnb run` refuses about the models, from their configs and tokenizers (torch loads, no weights).
+    from irlnb.models.policies import check_models
+
+    for spec in check_models(config, on_disk_only=True):
+        print(f"{spec}: not on this machine yet, so not checked here (irlnb run checks it once fetched)")
     print(f"{args.params}: ok (run '{config.run.name}', {len(STAGES)} stages)")
     return 0
 

@@ -34,7 +34,7 @@ from irlnb import metric_names
 from irlnb.config import Config
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
-from irlnb.models.policies import check_same_vocabulary
+from irlnb.models.policies import check_models
 from irlnb.params_file import settings_digest
 from irlnb.pipeline.lock import RunLock
 from irlnb.pipeline.provenance import provenance
@@ -225,8 +225,8 @@ def run(
     todo = plan(config, layout, only, force, until)
     for source in hub_sources(config):
         check_hub_source(source)
-    if config.sources.expert and any(stage.name == "03_rlhf_ground_truth" for stage in todo):
-        check_same_vocabulary(config.sources.expert, config.sources.policy)  # before anything is written
+    if any("sources.policy" in stage.readable for stage in todo):  # a stage that loads the policy: before it runs
+        check_models(config)  # irl.layer within the policy; a brought expert that is not the base, same tokenizer
     if not todo:
         log(f"{layout.root}: every stage is complete with these settings; nothing to do (--force to redo)")
         return layout.root

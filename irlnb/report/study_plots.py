@@ -16,8 +16,8 @@ from irlnb.rl.kinds import KINDS
 
 def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
     """Several runs side by side (the paper's model-size comparison): the learned reward's test accuracy, F1 and
-    ROC-AUC (± SD over seeds; no bar where the saved reward is one deterministic fit) with its floor, ceiling and
-    R*'s own comparisons; how much the seeds agree; Table 1; the reduction shares."""
+    ROC-AUC (± SD over seeds; no bar where the saved reward is one deterministic fit) with its mean-shift baseline,
+    ceiling and R*'s own comparisons; how much the seeds agree; Table 1; the reduction shares."""
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.0))
     x = np.arange(len(table))
     labels = [f"{run}\n{policy}" for run, policy in zip(table["run"], table["policy"])]
@@ -43,7 +43,7 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
             color=color,
         )
     for objective, color, label in (
-        (MEAN_SHIFT.name, "black", "floor (mean shift), AUC"),
+        (MEAN_SHIFT.name, "black", "mean-shift baseline, AUC"),
         (metric_names.CEILING, "#C44E52", "ceiling (supervised on sign(R*), not IRL), AUC"),
         (metric_names.R_STAR_COMPARISONS, "#55A868", "R*'s own comparisons (reference, not IRL), AUC"),
     ):
@@ -97,7 +97,7 @@ def runs_comparison_figure(table: pd.DataFrame) -> plt.Figure:
 
 METHOD_STYLES = {
     "irl": ("IRL (saved objective)", "#4C72B0", "-"),
-    "floor": ("floor: mean shift", "#8C8C8C", ":"),
+    "floor": ("mean-shift baseline", "#8C8C8C", ":"),
     "ceiling": ("ceiling: supervised on R*", "#55A868", "--"),
     "r_star_comparisons": ("reference: R*'s own comparisons", "#DD8452", (0, (5, 1, 1, 1))),
     "white_box": ("white-box log-ratio", "#C44E52", "-."),
@@ -187,8 +187,8 @@ def _recovered_against_learned(scatter, table: pd.DataFrame, kinds: list[str]) -
 
 def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
     """Top: IRL test ROC-AUC against the kind and budget of the expert (mean over alignment seeds, bars: min-max),
-    with the floor, the ceiling, R*'s own comparisons and the white-box reward; the full-size point of the default
-    run as a star. Below: each expert's toxicity reduction, KL and perplexity. Right: IRL's Spearman with R*
+    with the mean-shift baseline, the ceiling, R*'s own comparisons and the white-box reward; the full-size point of
+    the default run as a star. Below: each expert's toxicity reduction, KL and perplexity. Right: IRL's Spearman with R*
     against the white-box log-ratio's (how far the expert learned R*), one marker per point and seed, a point's seeds
     joined by a line."""
     kinds = [kind for kind in KINDS if kind in set(table["kind"])]

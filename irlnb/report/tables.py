@@ -128,6 +128,8 @@ IRL_TABLE_STATISTICS = (
     "spearman",
     "pair_accuracy",
     metric_names.STARC_DISTANCE,
+    "within_prompt_spearman",  # how it orders a test prompt's continuations (irlnb.irl.within_prompt)
+    "length_tokens_spearman",  # what else it may track: its texts' length
 )
 IRL_TABLE_SPREAD = ("auc", "accuracy")
 ONE_FIT = "one fit"  # the SD cell of a reward fitted once: there is no spread over seeds to show
