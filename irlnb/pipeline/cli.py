@@ -3,8 +3,8 @@
 Every expected failure (bad params, missing file, unreachable hub, corrupted artifact, refused
 overwrite) ends with one line on stderr and exit status 2, never a traceback.
 
-Each command imports what it runs when it runs: `irlnb check` answers in a second because it
-never loads torch or transformers.
+Each command imports what it runs when it runs: `irlnb check` reads the models' configs and tokenizers (to refuse
+an expert that cannot be audited, or a layer the backbone lacks) but never their weights.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def cmd_check(args) -> int:
     from irlnb.models.policies import check_models
 
     for spec in check_models(config, on_disk_only=True):
-        print(f"{spec}: not on this machine yet, so not checked here (irlnb run checks it once fetched)")
+        print(f"{spec}: not on this machine yet (irlnb run fetches it), so not checked here")
     print(f"{args.params}: ok (run '{config.run.name}', {len(STAGES)} stages)")
     return 0
 
