@@ -19,20 +19,22 @@ def test_the_default_sweep_spans_the_depth_and_ends_at_the_final_state():
     assert layer_choice.candidate_layers(2) == [1, 2, -1]
 
 
-def test_the_best_mean_validation_pair_accuracy_wins_and_a_tie_goes_to_the_shallower_layer():
+def test_the_best_mean_validation_pair_log_likelihood_wins_and_a_tie_goes_to_the_shallower_layer():
     rows = pd.DataFrame(
         {
             "layer": [-1, -1, 4, 4, 9, 9],
             "seed": [0, 1] * 3,
             "epoch": [1] * 6,
-            "validation_pair_accuracy": [0.70, 0.74, 0.60, 0.62, 0.72, 0.72],
+            "validation_pair_log_likelihood": [-0.30, -0.26, -0.50, -0.48, -0.28, -0.28],
+            "validation_pair_accuracy": [0.99, 0.99, 0.99, 0.99, 0.98, 0.98],  # saturated: it does not decide
             "validation_auc": [0.9, 0.9, 0.5, 0.5, 0.6, 0.6],
         }
     )
     table = layer_choice.layer_table(rows)
-    assert table["layer"].tolist() == [9, -1, 4]  # 0.72 ties with -1's mean: the shallower block is chosen
-    assert table["validation_pair_accuracy_mean"].tolist() == pytest.approx([0.72, 0.72, 0.61])
-    assert table["validation_pair_accuracy_std"].iloc[0] == 0.0
+    assert table["layer"].tolist() == [9, -1, 4]  # -0.28 ties with -1's mean: the shallower block is chosen
+    assert table["validation_pair_log_likelihood_mean"].tolist() == pytest.approx([-0.28, -0.28, -0.49])
+    assert table["validation_pair_log_likelihood_std"].iloc[0] == 0.0
+    assert table["validation_pair_accuracy_mean"].tolist() == pytest.approx([0.98, 0.99, 0.99])  # shown beside it
     assert layer_choice.chosen_layer(table) == 9
     values = layer_choice.layer_metrics(table, seeds=2)
     assert values["layers.chosen"] == 9 and values["layers.seeds"] == 2

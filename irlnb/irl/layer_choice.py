@@ -4,8 +4,9 @@ For each candidate layer the IRL-train and validation pairs of a finished 04_irl
 backbone at that layer (cached as 04 caches them), standardised on the train texts, and the objective whose
 epochs 04 fits (`irlnb.objectives.epochs_objective`) is fitted over seeds exactly as 04 fits it; each fit's epoch is
 chosen by validation pair accuracy, the study's selection metric, which needs no R*. The layer with the highest mean
-over seeds is chosen. The validation ROC-AUC against R* (human texts) is reported beside it for reading, never for the
-choice. No test text is read, so the choice leaves the test split untouched.
+validation pair log-likelihood over seeds is chosen (`LAYER_CRITERION`). The validation ROC-AUC against R* (human
+texts) is reported beside it for reading, never for the choice. No test text is read, so the choice leaves the
+test split untouched.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ from irlnb.rewards.ground_truth import load_scores
 
 class LayerChoiceError(IrlnbError, ValueError):
     """Layers the backbone does not have, or a run without enough demonstrations to choose on."""
+
+
+# What layers are ranked by: each fit's validation pair log-likelihood at its best scale (irlnb.metrics), which needs
+# no R* and, unlike pair accuracy (0.94-0.995 at every block of the recorded sweeps), does not saturate. The sweeps
+# recorded before it (regress/layers-*.metrics.json) were ranked by pair accuracy.
+LAYER_CRITERION = "validation_pair_log_likelihood"
 
 
 def candidate_layers(depth: int) -> list[int]:
@@ -111,6 +118,7 @@ def layer_rows(
                     "layer": layer,
                     "seed": seed,
                     "epoch": epoch,
+                    LAYER_CRITERION: history[epoch]["pair_log_likelihood"],
                     f"validation_{SELECTION_METRIC}": history[epoch][SELECTION_METRIC],
                     "validation_auc": history[epoch]["human_auc"],
                 }
@@ -119,14 +127,17 @@ def layer_rows(
 
 
 def layer_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and SD over seeds per layer, best first by validation pair accuracy (ties: the shallower, cheaper one)."""
-    table = rows.groupby("layer")[[f"validation_{SELECTION_METRIC}", "validation_auc"]].agg(["mean", "std"])
+    """Mean and SD over seeds per layer, best first by validation pair log-likelihood (R*-free; pair accuracy, which
+    saturates near 1 at every layer, beside it; ties: the shallower, cheaper layer)."""
+    columns = [column for column in (LAYER_CRITERION, f"validation_{SELECTION_METRIC}") if column in rows]
+    criterion = columns[0]
+    table = rows.groupby("layer")[[*columns, "validation_auc"]].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table = table.reset_index()
     depth_order = table["layer"].where(table["layer"] != -1, np.inf)
     return (
         table.assign(_depth=depth_order)
-        .sort_values([f"validation_{SELECTION_METRIC}_mean", "_depth"], ascending=[False, True])
+        .sort_values([f"{criterion}_mean", "_depth"], ascending=[False, True])
         .drop(columns="_depth")
         .reset_index(drop=True)
     )
