@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,7 +49,9 @@ def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_p
     result = layers.choose_layer(load_config(params), [1, -1], seeds=2, record=record)
     table = result["table"]
     assert sorted(table["layer"]) == [-1, 1]
-    assert table.filter(like="_mean").apply(lambda column: column.between(0, 1)).all().all()
+    assert table[["validation_pair_accuracy_mean", "validation_auc_mean"]].apply(lambda c: c.between(0, 1)).all().all()
+    # at its best scale a reward's pair log-likelihood is at least that of no preference, log 0.5, and at most 0
+    assert table["validation_pair_log_likelihood_mean"].between(np.log(0.5) - 1e-9, 0).all()
     saved = json.loads(record.read_text())
     assert saved["metrics"]["layers.chosen"] == table["layer"].iloc[0]
     assert saved["metrics"]["layers.seeds"] == 2 and saved["git"]["commit"] and saved["irl_layer_of_the_run"] == 1
