@@ -1,4 +1,4 @@
-"""`irlnb layers`: irl.layer chosen on validation pair accuracy from a finished run's demonstrations."""
+"""`irlnb layers`: irl.layer chosen on validation pair log-likelihood from a finished run's demonstrations."""
 
 from __future__ import annotations
 

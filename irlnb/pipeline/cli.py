@@ -123,7 +123,7 @@ def cmd_layers(args) -> int:
     result = layers.choose_layer(config, chosen, seeds=args.seeds, record=record, runs_dir=args.runs_dir)
     print(result["table"].round(4).to_string(index=False))
     best = int(result["metrics"][metric_names.LAYERS_CHOSEN])
-    print(f"chosen on validation pair accuracy: irl.layer = {best} (the run read irl.layer = {config.irl.layer})")
+    print(f"chosen on validation pair log-likelihood (R*-free): irl.layer = {best} (the run read {config.irl.layer})")
     return 0
 
 
