@@ -190,9 +190,9 @@ def _pipeline_steps(values, alignment: str) -> dict[str, tuple[float, float, str
             "4. IRL: learn $\\hat{R}$ from\nexpert vs base continuations",
             _measured(
                 values,
-                "test accuracy {:.2f} (label-free threshold), AUC {:.2f}",
-                metric_names.irl_metric(None, "test", "accuracy_label_free_mean"),
+                "test AUC {:.2f}\naccuracy {:.2f} (label-free cut)",
                 metric_names.irl_metric(None, "test", "auc_mean"),
+                metric_names.irl_metric(None, "test", "accuracy_label_free_mean"),
             ),
         ),
         "learned": (
