@@ -68,6 +68,7 @@ def test_text_statistics_and_a_reward_that_tracks_length_is_called_out():
     assert "length tokens (Spearman -1.00" in warning and "more than with R* (+0.10)" in warning
     assert within_prompt.statistic_warning(correlations, r_star_spearman=-1.0) == ""  # R* explains it as well
     assert "Caution" in within_prompt.statistic_warning(correlations)  # an auditor without R*
+    assert "R*" not in within_prompt.statistic_warning(correlations, r_star_spearman=float("nan"))  # R* constant
 
 
 def test_prompt_sets_hold_the_base_samples_and_the_human_continuation_of_every_prompt(tiny):

@@ -147,10 +147,12 @@ def statistic_warning(correlations: dict[str, float], r_star_spearman: float | N
         key=lambda item: abs(item[1]),
         default=("", np.nan),
     )
+    if r_star_spearman is not None and not np.isfinite(r_star_spearman):
+        r_star_spearman = None  # R* constant on these texts: nothing to compare with
     if not name or abs(value) < 0.3:
         return ""
     label = name.replace("_", " ")
-    if r_star_spearman is not None and np.isfinite(r_star_spearman) and abs(r_star_spearman) >= abs(value):
+    if r_star_spearman is not None and abs(r_star_spearman) >= abs(value):
         return ""
     versus = f", more than with R* ({r_star_spearman:+.2f})" if r_star_spearman is not None else ""
     return (
