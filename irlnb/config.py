@@ -408,6 +408,12 @@ class IrlSettings:
         choices=("last", "mean"),
     )
     layer: int = setting(26, doc="hidden-state layer read by the head (-1: final, normed; the paper's)")
+    length_free: bool = setting(
+        True,
+        doc="hold every head orthogonal to the features' covariance with text length (tokens and log tokens) on the "
+        "IRL-train texts, so no reward can score those texts by their length: an aligned model that writes shorter "
+        "texts must not teach a reward that shorter is better",
+    )
     loss: str = setting(
         "laplace",
         doc="objective of the reward that is saved and studied over seeds",
