@@ -129,6 +129,15 @@ def pair_log_likelihood(r_expert, r_non_expert, steps: int = 50) -> float:
     return float(np.mean(-np.logaddexp(0.0, -scale * difference)))
 
 
+def repetition_shift(r_once, r_twice) -> float:
+    """How much a reward moves when a text says the same thing twice over (`text + " " + text`): the mean of
+    R(twice) - R(once), in units of R's standard deviation over the texts said once. 0: the reward does not pay for
+    length as such; negative: it prefers the shorter saying. NaN when R is constant on the texts."""
+    once, twice = np.asarray(r_once, dtype=np.float64), np.asarray(r_twice, dtype=np.float64)
+    spread = float(np.std(once))
+    return float(np.mean(twice - once) / spread) if spread > 0 else float("nan")
+
+
 def starc_distance(r_hat, r_star, groups) -> float:
     """STARC-style distance between two rewards on the same texts (Skalse et al. 2024, arXiv 2309.15257).
 

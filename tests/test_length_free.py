@@ -8,8 +8,10 @@ import torch
 from scipy.stats import spearmanr
 
 from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, length_covariates
-from irlnb.irl.fitting import mean_shift_head
+from irlnb.irl.fitting import head_of, mean_shift_head
+from irlnb.irl.judging import judge
 from irlnb.irl.posterior import fit_posterior
+from irlnb.metrics import repetition_shift
 from irlnb.models.policies import load_policy
 
 
@@ -95,3 +97,19 @@ def test_length_covariates_count_the_reward_tokenizer_tokens_as_read():
     covariates = length_covariates(texts, tokenizer, max_length=4)
     assert covariates[:, 0].tolist() == [min(n, 4) for n in lengths]
     assert np.allclose(covariates[:, 1], np.log(covariates[:, 0]))
+
+
+def test_the_repetition_shift_is_the_mean_change_in_units_of_the_rewards_spread():
+    assert repetition_shift([0.0, 2.0], [-1.0, 1.0]) == pytest.approx(-1.0)  # std of [0, 2] is 1; each loses 1
+    assert repetition_shift([1.0, 3.0], [1.0, 3.0]) == 0.0
+    assert np.isnan(repetition_shift([1.0, 1.0], [2.0, 2.0]))
+
+
+def test_a_head_is_judged_on_what_it_pays_for_a_text_said_twice():
+    human = TextSet(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), np.array([1.0, -1.0]), np.array([0, 1]))
+    human.repeated = human.features * 2.0  # said twice: the first feature (length-like) doubles
+    pairs = PairSet(TextSet(torch.eye(2), np.zeros(2), -np.ones(2)), TextSet(-torch.eye(2), np.zeros(2), -np.ones(2)))
+    head = head_of(np.array([1.0, 0.0]))  # reads only the first feature: rewards 0, 2 once and 0, 4 twice
+    assert judge(head, human, pairs, threshold=0.0)["repetition_shift"] == pytest.approx(1.0)
+    human.repeated = None
+    assert "repetition_shift" not in judge(head, human, pairs, threshold=0.0)

@@ -33,6 +33,13 @@ class TextSet:
     r_star: np.ndarray
     labels: np.ndarray
     statistics: pd.DataFrame | None = None
+    # For the texts a reward's length is probed on: the features of each text said twice (`repeated`)
+    repeated: torch.Tensor | None = None
+
+
+def repeated(text: str) -> str:
+    """The same text said twice over: what it says is unchanged, its length doubled."""
+    return f"{text} {text}"
 
 
 @dataclass
@@ -185,7 +192,8 @@ def build_feature_sets(
     length_free: bool,
 ) -> FeatureSets:
     """Standardised features of every text the study reads, a batched pass over the backbone per block of texts
-    (with `prompt_sets`, `irlnb.irl.within_prompt.draw_prompt_sets`, the test prompts' continuations too).
+    (with `prompt_sets`, `irlnb.irl.within_prompt.draw_prompt_sets`, the test prompts' continuations too; the test
+    human texts also said twice, `repeated`).
     `length_free`: the features lose their covariance with length on the IRL-train texts (`Standardizer`)."""
     blocks: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
     split_pairs = {}
@@ -203,6 +211,8 @@ def build_feature_sets(
     for split in ("validation", "test"):
         human = scores[scores["split"] == split]
         blocks[f"{split}_human"] = (human["text"].tolist(), human["reward"].to_numpy(), human["label"].to_numpy())
+    test_human = blocks["test_human"]
+    blocks["test_human_repeated"] = ([repeated(text) for text in test_human[0]], *test_human[1:])
     if prompt_sets is not None and len(prompt_sets):
         texts = (prompt_sets["prompt"] + prompt_sets["continuation"]).tolist()
         blocks["within_prompt"] = (texts, prompt_sets["r_star"].to_numpy(), np.full(len(texts), -1))
@@ -216,6 +226,7 @@ def build_feature_sets(
     standardizer = Standardizer.fit(torch.cat([sets["train_expert"][0], sets["train_non_expert"][0]]), covariates)
     text_set = {name: TextSet(standardizer(f), r, lab) for name, (f, r, lab) in sets.items()}
     text_set["test_human"].statistics = text_statistics(blocks["test_human"][0], reader.tokenizer)
+    text_set["test_human"].repeated = text_set.pop("test_human_repeated").features
 
     def pair_set(split):
         return PairSet(text_set[f"{split}_expert"], text_set[f"{split}_non_expert"], prompt_ids(split_pairs[split]))

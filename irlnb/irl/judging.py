@@ -33,8 +33,9 @@ def judge(
     within_prompt: tuple[TextSet, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Every metric of one head on one split: human texts, the demonstrations (both sides) and, where given, the
-    continuations of each test prompt (`irlnb.irl.within_prompt`)."""
-    return judge_rewards(
+    continuations of each test prompt (`irlnb.irl.within_prompt`). Where the human texts were also read said twice,
+    `repetition_shift` (`irlnb.metrics.repetition_shift`): what the reward pays for length alone."""
+    values = judge_rewards(
         rewards_of(head, human),
         rewards_of(head, pairs.expert),
         rewards_of(head, pairs.non_expert),
@@ -43,6 +44,11 @@ def judge(
         threshold,
         None if within_prompt is None else (rewards_of(head, within_prompt[0]), *within_prompt),
     )
+    if human.repeated is not None:
+        with torch.no_grad():
+            r_repeated = head(human.repeated).squeeze(-1).double().numpy()
+        values["repetition_shift"] = metrics.repetition_shift(rewards_of(head, human), r_repeated)
+    return values
 
 
 def judge_rewards(

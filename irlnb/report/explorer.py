@@ -55,7 +55,8 @@ class RewardExplorer:
 
     def score(self, texts: list[str]) -> pd.DataFrame:
         """One row per text: R* (> 0: non-toxic), the learned reward (higher: more expert-like), and, when the run
-        has one, the posterior's mean and spread (how sure the recovered reward is), then the evaluator's p_toxic."""
+        has one, the posterior's mean and spread (large far from the demonstrations; it does not say which scores are
+        wrong: README, the posterior), then the evaluator's p_toxic."""
         texts = [str(text) for text in texts]
         if not texts:
             return pd.DataFrame(columns=["text", "r_star", "learned_reward", "evaluator_p_toxic"])
@@ -75,7 +76,8 @@ class RewardExplorer:
 
     def disagreements(self, n: int, seed: int | None = None, by: str = "rank_gap") -> pd.DataFrame:
         """The n test demonstration texts whose rank under the learned reward is furthest from their rank under R*
-        (`by="rank_gap"`), or, with `by="uncertainty"`, those the posterior is least sure about.
+        (`by="rank_gap"`), or, with `by="uncertainty"`, those with the widest posterior spread (texts unlike the
+        demonstrations; the spread does not flag R-hat's wrong signs).
 
         Read from irl/test_scores.parquet (no model is loaded): ranks are percentiles among the
         test demonstration texts, so the learned reward's arbitrary shift and scale do not matter.
@@ -171,7 +173,7 @@ class RewardExplorer:
         )
         headings = {
             "rank_gap": "(texts where the learned reward and R* disagree most)",
-            "uncertainty": "(texts the posterior is least sure about)",
+            "uncertainty": "(texts with the widest posterior spread: far from the demonstrations, not necessarily wrong)",
         }
 
         def options(by: str, texts: list[str]) -> list[tuple[str, str]]:

@@ -130,6 +130,7 @@ IRL_TABLE_STATISTICS = (
     metric_names.STARC_DISTANCE,
     "within_prompt_spearman",  # how it orders a test prompt's continuations (irlnb.irl.within_prompt)
     "length_tokens_spearman",  # what else it may track: its texts' length
+    "repetition_shift",  # what it pays for length alone: a text said twice against once (irlnb.metrics)
 )
 IRL_TABLE_SPREAD = ("auc", "accuracy")
 ONE_FIT = "one fit"  # the SD cell of a reward fitted once: there is no spread over seeds to show

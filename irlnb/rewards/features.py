@@ -72,7 +72,8 @@ class FeatureReward:
     """A linear head on pooled backbone hidden states; `.score(texts)` returns a numpy array.
 
     With a posterior over the head (`irlnb.irl.posterior`), `.score(texts, return_std=True)` also
-    returns each text's posterior standard deviation: how sure the reward is about it.
+    returns each text's posterior standard deviation: wide where a text lies far from the demonstrations (it was
+    measured not to flag the scores whose sign is wrong).
     """
 
     def __init__(
