@@ -408,11 +408,18 @@ class IrlSettings:
         choices=("last", "mean"),
     )
     layer: int = setting(26, doc="hidden-state layer read by the head (-1: final, normed; the paper's)")
-    length_free: bool = setting(
-        True,
-        doc="hold every head orthogonal to the features' covariance with text length (tokens and log tokens) on the "
-        "IRL-train texts, so no reward can score those texts by their length: an aligned model that writes shorter "
-        "texts must not teach a reward that shorter is better",
+    length_probes: int = setting(
+        300,
+        doc="IRL-train pairs whose texts are also read said twice over: the directions their features move along then "
+        "(length, not content) are removed from what every head reads, so a reward cannot learn that the aligned "
+        "model's shorter or longer texts are better (0: nothing removed; irlnb.irl.repetition)",
+        ge=0,
+    )
+    max_repetition_shift: float = setting(
+        0.1,
+        doc="the fewest such directions are removed for which the Laplace head pays at most this for a validation "
+        "demonstration text said twice (units of its spread; read from demonstrations alone)",
+        gt=0.0,
     )
     loss: str = setting(
         "laplace",

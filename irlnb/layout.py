@@ -105,6 +105,12 @@ class RunLayout:
         return self.root / IRL_FOLDER / "demonstrations.parquet"
 
     @property
+    def length_choice(self) -> Path:
+        """How many repetition directions were removed from the features, each candidate's criterion
+        (`irlnb.irl.repetition`)."""
+        return self.root / IRL_FOLDER / "length_choice.csv"
+
+    @property
     def objective_ranking(self) -> Path:
         """The study's rewards ranked by validation pair log-likelihood, R*-free (`study.objective_ranking`)."""
         return self.root / IRL_FOLDER / "objective_ranking.csv"

@@ -108,6 +108,9 @@ SPLITS = ("train", "validation", "test")  # the curated comments' splits (stage 
 IRL_SEEDS = f"{IRL}seeds"
 IRL_SAVED_SEED = f"{IRL}saved_seed"  # the repeat saved as irl/reward
 IRL_TIME = f"{IRL}time."  # + part + "_s": where stage 04's time went (sampling, features, fitting, ...)
+IRL_LENGTH = f"{IRL}length."  # + name: the repetition directions removed (irlnb.irl.repetition)
+IRL_LENGTH_DIRECTIONS = f"{IRL_LENGTH}directions"  # how many were removed
+IRL_LENGTH_SHIFT = f"{IRL_LENGTH}validation_repetition_shift"  # what the chosen map's Laplace head pays for repetition
 
 
 def irl_metric(objective: str | None, split: str, name: str) -> str:
@@ -259,6 +262,7 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "irl.fits": rf"irl\.(?:{_WORD}\.)?fits",
     "irl.demos": rf"irl\.demos\.(?:{_SPLIT})\.{_WORD}",
     "irl.time": rf"irl\.time\.{_WORD}_s",
+    "irl.length": r"irl\.length\.(?:directions|validation_repetition_shift)",
     "irl.posterior": rf"irl\.posterior\.test\.{_WORD}",
     "irl.posterior.contraction": r"irl\.posterior\.contraction\.(?:\d+|all)\.(?:auc|std_mean)",
     "irl.chosen": rf"irl\.(?:{_SPLIT})\.{_WORD}",

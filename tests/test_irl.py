@@ -132,7 +132,7 @@ def test_too_few_usable_pairs_are_refused_before_any_fitting():
         }
     )
     with pytest.raises(ValueError, match="only 0 usable train demonstration pairs"):
-        feature_sets.build_feature_sets(None, demos, pd.DataFrame(), None, 8, length_free=True)
+        feature_sets.build_feature_sets(None, demos, pd.DataFrame(), None, 8)
 
 
 # --- features and the saved reward ---------------------------------------------------------------
@@ -549,11 +549,11 @@ def test_the_feature_sets_carry_prompts_and_the_base_comparisons_from_the_cached
         {"split": ["validation", "test"], "text": ["a human", "another"], "reward": [1.0, -1.0], "label": [0, 1]}
     )
     reader = reward_form(BACKBONE, "mean", 1, 32)
-    sets = feature_sets.build_feature_sets(reader, pd.DataFrame(rows), scores, tmp_path, batch_size=4, length_free=False)
+    sets = feature_sets.build_feature_sets(reader, pd.DataFrame(rows), scores, tmp_path, batch_size=4)
     assert sets.train.prompt_ids.tolist() == [0, 0, 1, 1] and sets.test[1].prompt_ids.tolist() == [0, 0, 1, 1]
     train_comparisons, validation_comparisons = sets.base_comparisons
     assert torch.equal(train_comparisons.expert.features, sets.train.non_expert.features[[1, 3]])
     assert torch.equal(train_comparisons.non_expert.features, sets.train.non_expert.features[[0, 2]])
     assert len(validation_comparisons.expert.r_star) == 2
     greedy = pd.DataFrame(rows).query("sample == 0")
-    assert feature_sets.build_feature_sets(reader, greedy, scores, tmp_path, batch_size=4, length_free=False).base_comparisons is None
+    assert feature_sets.build_feature_sets(reader, greedy, scores, tmp_path, batch_size=4).base_comparisons is None

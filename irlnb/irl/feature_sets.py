@@ -93,30 +93,16 @@ def rewards_of(head: torch.nn.Linear, texts: TextSet) -> np.ndarray:
 @dataclass
 class Standardizer:
     """x -> (x - mean) / std, fitted on the IRL-train texts; with a `nuisance` basis (orthonormal columns in the
-    standardised space), the part of the features along it is removed too, so no head can use it.
-
-    `length_free` builds the basis from the IRL-train texts' covariance with their length: every linear head on the
-    result then has zero covariance with length on those texts, whatever it is fitted to (the length a text is read
-    at, in tokens and in log tokens, `LENGTH_COVARIATES`).
-    """
+    standardised space), the features' part along it is removed too, so no head can read it
+    (`irlnb.irl.repetition`: the directions along which a text's features move when it is said twice over)."""
 
     mean: torch.Tensor
     std: torch.Tensor
     nuisance: torch.Tensor | None = None
 
     @classmethod
-    def fit(cls, features: torch.Tensor, covariates: np.ndarray | None = None) -> Standardizer:
-        """Mean and std of `features`; with `covariates` (one row per text, one column per nuisance), the basis of
-        the features' covariance with them."""
-        plain = cls(features.mean(dim=0), features.std(dim=0).clamp_min(1e-6))
-        if covariates is None:
-            return plain
-        standardised = plain(features).double()
-        centred = torch.from_numpy(covariates - covariates.mean(axis=0)).double()
-        covariance = standardised.T @ centred / len(centred)  # features x covariates
-        basis, triangle = torch.linalg.qr(covariance)
-        kept = triangle.diagonal().abs() > 1e-9 * max(float(triangle.diagonal().abs().max()), 1e-300)
-        return cls(plain.mean, plain.std, basis[:, kept].to(features.dtype) if kept.any() else None)
+    def fit(cls, features: torch.Tensor) -> Standardizer:
+        return cls(features.mean(dim=0), features.std(dim=0).clamp_min(1e-6))
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         standardised = (features - self.mean) / self.std
@@ -142,16 +128,6 @@ class Standardizer:
             covariance = self._without_nuisance(self._without_nuisance(covariance).T).T
         scale = 1.0 / self.std.double()
         return HeadPosterior(self.mean.double(), covariance * scale[:, None] * scale[None, :])
-
-
-# The lengths a length-free head is held orthogonal to: a text's length as read, in tokens and in log tokens
-LENGTH_COVARIATES = ("length_tokens", "log_length_tokens")
-
-
-def length_covariates(texts: list[str], tokenizer, max_length: int) -> np.ndarray:
-    """`LENGTH_COVARIATES` of each text: its length in the reward's tokens, as read (at most `max_length`)."""
-    lengths = np.minimum(text_statistics(texts, tokenizer)["length_tokens"].to_numpy(np.float64), max_length)
-    return np.column_stack([lengths, np.log(np.maximum(lengths, 1.0))])
 
 
 def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, batch_size: int) -> torch.Tensor:
@@ -188,13 +164,12 @@ def build_feature_sets(
     cache_dir: Path,
     batch_size: int,
     prompt_sets: pd.DataFrame | None = None,
-    *,
-    length_free: bool,
+    standardizer: Standardizer | None = None,
 ) -> FeatureSets:
     """Standardised features of every text the study reads, a batched pass over the backbone per block of texts
     (with `prompt_sets`, `irlnb.irl.within_prompt.draw_prompt_sets`, the test prompts' continuations too; the test
-    human texts also said twice, `repeated`).
-    `length_free`: the features lose their covariance with length on the IRL-train texts (`Standardizer`)."""
+    human texts also said twice, `repeated`). `standardizer` maps raw features to what heads read (None: standardised
+    on the IRL-train texts; `irlnb.irl.repetition.standardizer` also removes what a text said twice moves)."""
     blocks: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
     split_pairs = {}
     for split in SPLITS:
@@ -221,9 +196,7 @@ def build_feature_sets(
         name: (cached_features(reader, block_texts, cache_dir, batch_size), r_star, labels)
         for name, (block_texts, r_star, labels) in blocks.items()
     }
-    train_texts = blocks["train_expert"][0] + blocks["train_non_expert"][0]
-    covariates = length_covariates(train_texts, reader.tokenizer, reader.spec.max_length) if length_free else None
-    standardizer = Standardizer.fit(torch.cat([sets["train_expert"][0], sets["train_non_expert"][0]]), covariates)
+    standardizer = standardizer or Standardizer.fit(torch.cat([sets["train_expert"][0], sets["train_non_expert"][0]]))
     text_set = {name: TextSet(standardizer(f), r, lab) for name, (f, r, lab) in sets.items()}
     text_set["test_human"].statistics = text_statistics(blocks["test_human"][0], reader.tokenizer)
     text_set["test_human"].repeated = text_set.pop("test_human_repeated").features
