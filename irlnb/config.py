@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from irlnb.errors import IrlnbError
-from irlnb.objectives import OBJECTIVES, objective_of
+from irlnb.objectives import AUTO, LOSS_CHOICES, objective_of
 from irlnb.sources import SourceError, parse_source
 
 
@@ -418,13 +418,14 @@ class IrlSettings:
     max_repetition_shift: float = setting(
         0.1,
         doc="the fewest such directions are removed for which the Laplace head pays at most this for a validation "
-        "demonstration text said twice (units of its spread; read from demonstrations alone)",
+        "human text said twice (units of its spread; reads the texts' words, never their R*)",
         gt=0.0,
     )
     loss: str = setting(
-        "laplace",
-        doc="objective of the reward that is saved and studied over seeds",
-        choices=tuple(OBJECTIVES),
+        "auto",
+        doc="objective of the reward that is saved and studied over seeds ('auto': of those fitted, the best "
+        "validation pair log-likelihood of expert over base, chosen without R*)",
+        choices=LOSS_CHOICES,
     )
     compare_losses: bool = setting(True, doc="also fit the other objectives over the same seeds and report them")
     posterior: bool = setting(
@@ -458,7 +459,7 @@ class IrlSettings:
     max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
 
     def problems(self) -> list[tuple[str, str]]:
-        if objective_of(self.loss).needs_posterior and not self.posterior:
+        if self.loss != AUTO and objective_of(self.loss).needs_posterior and not self.posterior:
             return [("loss", f"'{self.loss}' is the posterior's mean: it needs irl.posterior: true")]
         if self.decoding == "greedy" and self.samples_per_prompt > 1:
             return [
@@ -478,6 +479,14 @@ class AnalysisSettings:
     compare_runs: str = setting("", doc="other run names under runs_dir to compare with (comma-separated)")
     explorer_texts: int = setting(
         20, doc="test demonstration texts where the learned reward and R* disagree most", ge=1
+    )
+    audit_texts: int = setting(
+        10, doc="held-out human texts the saved reward ranks highest, and as many lowest, and words that move it most",
+        ge=1,
+    )
+    audit_word_texts: int = setting(
+        10, doc="a word is listed among those that move the saved reward when at least this many held-out texts hold it",
+        ge=1,
     )
 
 

@@ -159,6 +159,16 @@ class RunLayout:
     def disagreements(self) -> Path:
         return self.root / ANALYSIS_FOLDER / "disagreements.csv"
 
+    @property
+    def audit_extremes(self) -> Path:
+        """The held-out human texts the saved reward ranks highest and lowest (`irlnb.report.audit`)."""
+        return self.root / ANALYSIS_FOLDER / "audit_extremes.csv"
+
+    @property
+    def audit_words(self) -> Path:
+        """The words whose presence moves the saved reward most on held-out human texts (`irlnb.report.audit`)."""
+        return self.root / ANALYSIS_FOLDER / "audit_words.csv"
+
     # Shared files
     def read_metrics(self) -> dict[str, float]:
         return read_json(self.metrics, default={})

@@ -101,6 +101,10 @@ OBJECTIVES: dict[str, IrlObjective] = {
     for objective in (MAX_MARGIN, PAPER_ASYMMETRIC, LOGISTIC, FAILURE_AWARE, LAPLACE, MEAN_SHIFT)
 }
 SEEDED = tuple(name for name, objective in OBJECTIVES.items() if objective.seeded)
+# irl.loss: auto saves the objective an auditor would choose: of those fitted, the best validation pair
+# log-likelihood, expert over base (`irlnb.irl.study.chosen_objective`; no R*). Its epochs are shown as laplace's are.
+AUTO = "auto"
+LOSS_CHOICES = (*OBJECTIVES, AUTO)
 
 
 def objective_of(name: str) -> IrlObjective:
@@ -112,6 +116,7 @@ def objective_of(name: str) -> IrlObjective:
 
 
 def epochs_objective(name: str) -> IrlObjective:
-    """Whose epochs the per-epoch and seed figures show for objective `name`: its own, or its stand-in."""
-    objective = objective_of(name)
+    """Whose epochs the per-epoch and seed figures show for objective `name`: its own, or its stand-in (for `AUTO`,
+    before the choice: laplace's)."""
+    objective = objective_of(LAPLACE.name if name == AUTO else name)
     return objective if objective.seeded else objective_of(objective.epochs_stand_in)

@@ -13,6 +13,7 @@ from irlnb import metrics
 from irlnb.irl import demonstrations, feature_sets, fitting, judging, references, saved_reward, study
 from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
 from irlnb.objectives import SEEDED, objective_of
+from irlnb.layout import RunLayout
 from irlnb.rewards.features import hidden_at, load_reward, random_head, reward_form
 
 BACKBONE = "embedded:tiny-gpt-neox"
@@ -234,7 +235,7 @@ def test_a_saved_reward_that_does_not_score_like_the_study_is_caught(smoke_run):
     import json
 
     saved_seed = int(json.loads((smoke_run / "metrics.json").read_text())["irl.saved_seed"])
-    saved_loss = json.loads((smoke_run / "manifest.json").read_text())["params"]["irl"]["loss"]
+    saved_loss = study.saved_objective_of(RunLayout(smoke_run))
     scores = pd.read_parquet(smoke_run / "irl" / "test_scores.parquet")
     chosen = (scores["loss"] == saved_loss) & (scores["seed"] == saved_seed) & (scores["set"] == "human")
     saved = scores[chosen].reset_index(drop=True)

@@ -6,15 +6,16 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import synthetic_pairs
 
 from irlnb import metrics
 from irlnb.config import SECTIONS, ConfigError
-from irlnb.irl import fitting
+from irlnb.irl import fitting, study
 from irlnb.irl.feature_sets import rewards_of
-from irlnb.objectives import OBJECTIVES, SEEDED, ObjectiveError, epochs_objective, objective_of
+from irlnb.objectives import AUTO, OBJECTIVES, SEEDED, ObjectiveError, epochs_objective, objective_of
 from irlnb.params_file import parse_config
 
 PACKAGE = Path(__file__).resolve().parent.parent / "irlnb"
@@ -28,7 +29,7 @@ def seeded_fit(name: str, epochs: int = 5, **schedule) -> fitting.SeededFit:
 
 
 def test_every_objective_is_a_choice_of_irl_loss_and_is_fitted_one_way():
-    assert SECTIONS["irl"].__dataclass_fields__["loss"].metadata["choices"] == tuple(OBJECTIVES)
+    assert SECTIONS["irl"].__dataclass_fields__["loss"].metadata["choices"] == (*OBJECTIVES, AUTO)
     for name, objective in OBJECTIVES.items():
         assert objective.name == name and objective.metric_prefix() == f"irl.{name}." and objective.label
         if objective.seeded:  # fitted by gradient steps: a loss per pair, no entry among the fits made once
@@ -72,8 +73,27 @@ def test_the_saved_objective_is_fitted_first_and_the_others_are_its_comparison()
     ]
     alone = parse_config({"run": {"name": "x"}, "irl": {"loss": "logistic", "compare_losses": False}}, "p.yaml").irl
     assert [fit.objective.name for fit in fitting.seeded_fits(alone)] == ["logistic"]
-    once = parse_config({"run": {"name": "x"}, "irl": {"compare_losses": False}}, "p.yaml").irl  # laplace: once
-    assert [fit.objective.name for fit in fitting.seeded_fits(once)] == list(SEEDED)
+    once = parse_config({"run": {"name": "x"}, "irl": {"loss": "laplace", "compare_losses": False}}, "p.yaml").irl
+    assert [fit.objective.name for fit in fitting.seeded_fits(once)] == list(SEEDED)  # laplace is fitted once
+    chosen = parse_config({"run": {"name": "x"}, "irl": {"compare_losses": False}}, "p.yaml").irl  # auto
+    assert [fit.objective.name for fit in fitting.seeded_fits(chosen)] == list(SEEDED)  # every candidate
+
+
+def test_auto_saves_the_candidate_with_the_best_validation_pair_log_likelihood_and_never_a_reference():
+    rows = pd.DataFrame(
+        {
+            "loss": ["logistic", "logistic", "max_margin", "laplace", "supervised"],
+            "seed": [0, 1, 0, 0, 0],
+            "validation_pair_log_likelihood": [-0.10, -0.30, -0.15, -0.19, -0.01],  # logistic's mean: -0.20
+            "validation_pair_accuracy": [0.9, 0.8, 0.9, 0.9, 0.99],
+            "validation_auc": [0.1, 0.1, 0.1, 0.99, 0.99],  # R*'s view, never read by the choice
+        }
+    )
+    assert study.saved_objective(rows, AUTO) == "max_margin"  # the ceiling ranks first but is not IRL
+    assert study.saved_objective(rows, "logistic") == "logistic"  # a named objective is saved as named
+    ranking = study.objective_ranking(rows, saved="max_margin")
+    assert ranking.index.tolist() == ["supervised", "max_margin", "laplace", "logistic"]
+    assert ranking["saved"].tolist() == [False, True, False, False] and not ranking.loc["supervised", "candidate"]
 
 
 def test_every_objective_fitted_once_is_fitted_and_the_posterior_only_when_asked():

@@ -102,9 +102,10 @@ def demonstrations() -> pd.DataFrame:
 
 def test_the_map_is_chosen_from_demonstrations_alone_and_every_candidate_is_recorded(tmp_path):
     reader = reward_form(BACKBONE, "mean", 1, 64)
-    plain, none = repetition.standardizer(reader, demonstrations(), tmp_path, 8, probes=0, max_shift=0.1)
+    check = ["a comment of a few words", "another, longer comment that goes on for a while"] * 3
+    plain, none = repetition.standardizer(reader, demonstrations(), check, tmp_path, 8, probes=0, max_shift=0.1)
     assert plain.nuisance is None and none.empty and repetition.choice_metrics(none) == {}
-    chosen, table = repetition.standardizer(reader, demonstrations(), tmp_path, 8, probes=6, max_shift=0.1)
+    chosen, table = repetition.standardizer(reader, demonstrations(), check, tmp_path, 8, probes=6, max_shift=0.1)
     assert table["directions"].tolist() == [0, 1, 2, 5, 10]  # at most 12 probe texts: no more directions exist
     assert table["chosen"].sum() == 1 and np.isfinite(table["validation_pair_log_likelihood"]).all()
     row = table[table["chosen"]].iloc[0]

@@ -91,6 +91,7 @@ def make_run(
         "curate.n_train": 72.0,
         "curate.n_test": 24.0,
         "gt.auc_human": 0.8,
+        "irl.saved_seed": 0.0,
         "irl.test.accuracy_mean": 0.7,
         "irl.test.accuracy_label_free_mean": 0.68,
         "irl.test.accuracy_sd": 0.05,
@@ -189,6 +190,11 @@ def make_run(
                 }
             ]
     pd.DataFrame(rows).to_parquet(irl / "test_scores.parquet")
+    saved = saved_loss or "max_margin"  # what stage 04 saved (with the params' auto: as if it chose max_margin)
+    pd.DataFrame(
+        {"validation_pair_log_likelihood": [-0.1, -0.2], "candidate": True, "saved": [saved == "max_margin", saved != "max_margin"]},
+        index=pd.Index(["max_margin", "logistic"], name="loss"),
+    ).to_csv(irl / "objective_ranking.csv")
     return run_dir
 
 

@@ -18,7 +18,7 @@ import torch
 
 from irlnb.irl.feature_sets import PairSet
 from irlnb.irl.posterior import Posterior, fit_posterior
-from irlnb.objectives import LAPLACE, MEAN_SHIFT, OBJECTIVES, IrlObjective, objective_of
+from irlnb.objectives import AUTO, LAPLACE, MEAN_SHIFT, OBJECTIVES, IrlObjective, objective_of
 from irlnb.rewards.features import random_head
 
 
@@ -72,9 +72,9 @@ class SeededFit:
 
 def seeded_fits(irl) -> list[SeededFit]:
     """The seeded objective of `irl.loss` (the one saved) first, then, with `irl.compare_losses` or when the saved
-    objective is fitted once, the other seeded ones (their comparison)."""
-    saved = objective_of(irl.loss)
-    first = [saved] if saved.seeded else []
+    objective is fitted once or chosen (`auto`), the other seeded ones."""
+    saved = None if irl.loss == AUTO else objective_of(irl.loss)  # auto: chosen among all of them
+    first = [saved] if saved is not None and saved.seeded else []
     others = [o for o in OBJECTIVES.values() if o.seeded and o not in first] if irl.compare_losses or not first else []
     return [SeededFit.from_settings(irl, objective) for objective in [*first, *others]]
 

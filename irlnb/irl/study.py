@@ -20,6 +20,8 @@ from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
 from irlnb.irl.fitting import SeededFit, fit_head
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge, scored_test_texts, test_row
 from irlnb.irl.within_prompt import GAP_BINS, TEXT_STATISTICS, gap_label, paired_difference
+from irlnb.layout import RunLayout, read_json
+from irlnb.objectives import AUTO, OBJECTIVES
 
 
 @dataclass
@@ -208,13 +210,36 @@ def within_prompt_against(
     return dict(zip((key, *metric_names.interval(key)), (difference, low, high)))
 
 
-def objective_ranking(test_by_fit: pd.DataFrame) -> pd.DataFrame:
+def objective_ranking(test_by_fit: pd.DataFrame, saved: str) -> pd.DataFrame:
     """Every reward of the study ranked by what an auditor can choose by: validation pair log-likelihood (R*-free,
     `irlnb.metrics.pair_log_likelihood`), mean over seeds, with validation pair accuracy beside it, and validation
-    ROC-AUC against R* (which an auditor does not have: shown for reading, never for the choice)."""
+    ROC-AUC against R* (which an auditor does not have: shown for reading, never for the choice); `saved` marks the
+    objective whose reward was saved (`saved_objective`)."""
     columns = ["validation_pair_log_likelihood", f"validation_{SELECTION_METRIC}", "validation_auc"]
     present = [column for column in columns if column in test_by_fit]
     table = test_by_fit.dropna(subset=present[:1]).groupby("loss")[present].mean()
-    return table.sort_values(present[0], ascending=False).rename(
+    table = table.sort_values(present[0], ascending=False).rename(
         columns={"validation_auc": "validation_auc (reads R*; not an auditor's)"}
     )
+    table["candidate"] = table.index.isin(list(OBJECTIVES))  # references and the white box are not IRL objectives
+    table["saved"] = table.index == saved
+    return table
+
+
+def saved_objective(test_by_fit: pd.DataFrame, loss: str) -> str:
+    """The objective whose reward is saved: `irl.loss`, or with `auto` the candidate objective ranked first by
+    validation pair log-likelihood (`objective_ranking`), a choice that reads no R*."""
+    if loss != AUTO:
+        return loss
+    ranking = objective_ranking(test_by_fit, saved="")
+    return str(ranking.index[ranking["candidate"]][0])
+
+
+def saved_objective_of(layout: RunLayout) -> str:
+    """The objective a finished stage 04 saved, read back from its objective ranking (a run older than the ranking's
+    `saved` column saved its params' irl.loss)."""
+    if layout.objective_ranking.is_file():
+        ranking = pd.read_csv(layout.objective_ranking, index_col=0)
+        if "saved" in ranking:
+            return str(ranking.index[ranking["saved"]][0])
+    return str(read_json(layout.manifest, default={})["params"]["irl"]["loss"])

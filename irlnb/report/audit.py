@@ -1,0 +1,51 @@
+"""What an auditor reads of a recovered reward without R*: the held-out texts it ranks highest and lowest, and the
+words whose presence moves it most.
+
+Both read the saved reward's scores of the held-out human texts (`irl/test_scores.parquet`) and nothing of R*. A
+word's effect is an association over those texts (the mean R-hat of the texts holding it minus that of the others,
+in units of R-hat's standard deviation), not a cause: a word common in long texts carries their length with it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+WORD = re.compile(r"[a-z']+")
+
+
+def saved_human_scores(scores: pd.DataFrame, loss: str, seed: int) -> pd.DataFrame:
+    """The saved reward's (`loss`, `seed`) scores of the held-out human texts: text and r_hat, one row per text."""
+    rows = scores[(scores["loss"] == loss) & (scores["seed"] == seed) & (scores["set"] == "human")]
+    if rows.empty:
+        raise ValueError(f"no human test scores for loss {loss!r}, seed {seed}")
+    return rows[["text", "r_hat"]].drop_duplicates("text").reset_index(drop=True)
+
+
+def extremes(human: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The `count` texts R-hat ranks highest and the `count` it ranks lowest, with their rank percentile."""
+    ranked = human.assign(percentile=human["r_hat"].rank(pct=True)).sort_values("r_hat", ascending=False)
+    top, bottom = ranked.head(count).assign(end="highest"), ranked.tail(count).assign(end="lowest")
+    return pd.concat([top, bottom], ignore_index=True)[["end", "r_hat", "percentile", "text"]]
+
+
+def word_effects(human: pd.DataFrame, min_texts: int, count: int) -> pd.DataFrame:
+    """The `count` words (lower-cased) that raise R-hat most and the `count` that lower it most, among words held by
+    at least `min_texts` texts and missed by as many: `effect` = mean R-hat with the word - mean without, over R-hat's
+    standard deviation; `texts` how many hold it."""
+    r_hat = human["r_hat"].to_numpy(dtype=np.float64)
+    spread = float(np.std(r_hat))
+    words = [set(WORD.findall(str(text).lower())) for text in human["text"]]
+    vocabulary = sorted(set().union(*words)) if words else []
+    rows = []
+    for word in vocabulary:
+        holds = np.array([word in text_words for text_words in words])
+        if min_texts <= holds.sum() <= len(holds) - min_texts and spread > 0:
+            rows.append({"word": word, "effect": (r_hat[holds].mean() - r_hat[~holds].mean()) / spread,
+                         "texts": int(holds.sum())})
+    table = pd.DataFrame(rows, columns=["word", "effect", "texts"]).sort_values("effect", ascending=False)
+    if len(table) <= 2 * count:
+        return table.reset_index(drop=True)
+    return pd.concat([table.head(count), table.tail(count)], ignore_index=True)

@@ -1,0 +1,40 @@
+"""What an auditor reads of a recovered reward without R* (`irlnb.report.audit`): its extreme held-out texts and the
+words that move it, computed from the saved reward's scores alone."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from irlnb.report import audit
+
+
+def scores() -> pd.DataFrame:
+    texts = ["thanks so much", "thanks friend", "you idiot", "idiot and fool", "plain words here", "more plain words"]
+    r_hat = [2.0, 1.0, -2.0, -3.0, 0.0, 0.5]
+    human = pd.DataFrame({"loss": "laplace", "seed": 0, "set": "human", "text": texts, "r_hat": r_hat, "r_star": 0.0})
+    other = human.assign(seed=1, r_hat=-human["r_hat"])  # another seed: never read for seed 0
+    demos = human.assign(set="expert")
+    return pd.concat([human, other, demos], ignore_index=True)
+
+
+def test_the_extremes_are_the_saved_rewards_highest_and_lowest_held_out_texts():
+    human = audit.saved_human_scores(scores(), "laplace", 0)
+    assert len(human) == 6
+    table = audit.extremes(human, 2)
+    assert table["text"].tolist() == ["thanks so much", "thanks friend", "you idiot", "idiot and fool"]
+    assert table["end"].tolist() == ["highest"] * 2 + ["lowest"] * 2
+    assert table["percentile"].tolist() == pytest.approx([1.0, 5 / 6, 2 / 6, 1 / 6])
+    with pytest.raises(ValueError, match="no human test scores for loss 'logistic', seed 0"):
+        audit.saved_human_scores(scores(), "logistic", 0)
+
+
+def test_a_words_effect_is_the_mean_reward_with_it_minus_without_it_in_units_of_the_spread():
+    human = audit.saved_human_scores(scores(), "laplace", 0)
+    table = audit.word_effects(human, min_texts=2, count=5).set_index("word")
+    r_hat = human["r_hat"].to_numpy()
+    spread = np.std(r_hat)
+    assert table.loc["thanks", "effect"] == pytest.approx((1.5 - np.mean([-2.0, -3.0, 0.0, 0.5])) / spread)
+    assert table.loc["idiot", "effect"] == pytest.approx((-2.5 - np.mean([2.0, 1.0, 0.0, 0.5])) / spread)
+    assert table.loc["thanks", "texts"] == 2 and "you" not in table.index  # held by one text: below min_texts
+    assert table["effect"].is_monotonic_decreasing
+    assert audit.word_effects(human, min_texts=2, count=1)["word"].tolist() == ["thanks", "idiot"]
