@@ -431,10 +431,12 @@ def test_a_loss_fitted_once_reports_its_mean_and_its_fit_count_but_no_spread():
             "human_accuracy": [0.6, 0.8, 0.5],
             "human_auc": [0.7, 0.9, 0.6],
             "starc_distance": [0.4, 0.6, 1.1],
+            "repetition_shift": [-0.2, -0.4, -0.1],
             "validation_auc": [0.7, 0.8, 0.6],
         }
     )
     summary = study.summary_metrics(test, "mean_shift")
+    assert summary["irl.max_margin.test.repetition_shift_mean"] == pytest.approx(-0.3)
     assert summary["irl.max_margin.fits"] == 2 and summary["irl.mean_shift.fits"] == 1 and summary["irl.fits"] == 1
     assert summary["irl.max_margin.test.accuracy_sd"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
     assert summary["irl.max_margin.test.accuracy_min"] == 0.6 and summary["irl.max_margin.test.accuracy_max"] == 0.8

@@ -129,6 +129,7 @@ HEADLINE = {
     # within the test prompts (irlnb.irl.within_prompt), and what else R-hat tracks on the human texts
     **{name: name for name in WITHIN_PROMPT_COLUMNS},
     **{f"{name}_spearman": f"{name}_spearman" for name in TEXT_STATISTICS},
+    "repetition_shift": "repetition_shift",  # what R-hat pays for a held-out text said twice (irlnb.metrics)
     "epoch": "epoch",
     "validation_auc": "validation_auc",  # what choices were made on (reads R*: never the test numbers)
     "pair_log_likelihood": "pair_log_likelihood",
