@@ -55,5 +55,9 @@ def test_replicates_run_end_to_end_on_the_smoke_params(tmp_path):
     assert runs[0]["rlhf.ground_truth.toxicity_mean"] != runs[1]["rlhf.ground_truth.toxicity_mean"]  # seeds differ
     for key in [k for k in values if k.endswith("_reduction_share")]:
         assert values[key + "_ci_low"] <= values[key] <= values[key + "_ci_high"] or values[key + "_sd"] > 0
+    for key in ("irl.test.auc_mean", "irl.test.within_prompt_spearman_mean", "irl.mean_shift.test.spearman_mean"):
+        over_seeds = [run[key] for run in runs]
+        assert values[f"replicates.{key}_mean"] == pytest.approx(np.mean(over_seeds))
+        assert values[f"replicates.{key}_sd"] == pytest.approx(np.std(over_seeds, ddof=1))
     saved = json.loads(record.read_text())
     assert saved["metrics"] == values and saved["seeds"] == 2 and saved["git"]["commit"]

@@ -64,9 +64,24 @@ def seed_bootstrap_share(
     return float(low), float(high)
 
 
+# IRL of each seed's expert, summarised over the seeds: the saved reward's (and the mean-shift baseline's and the
+# white-box log-ratio's) test numbers, across prompts and within them, and what else it tracks
+IRL_OVER_SEEDS = tuple(
+    names.irl_metric(objective, "test", f"{statistic}_mean")
+    for objective in (None, "mean_shift", names.WHITE_BOX)
+    for statistic in ("auc", "spearman", "within_prompt_spearman", "length_tokens_spearman", "repetition_shift")
+)
+
+
+def spread_over_seeds(data: np.ndarray) -> dict[str, float]:
+    """`mean`, `sd`, `min`, `max` of one metric over the seeds' runs."""
+    return {"mean": data.mean(), "sd": data.std(ddof=1), "min": data.min(), "max": data.max()}
+
+
 def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int) -> dict[str, float]:
-    """`replicates.<policy>.<statistic>_{mean,sd,min,max}` of each policy's toxicity over the runs, and
-    `replicates.<tag>_reduction_share[_evaluator]` (mean over seeds) with `_sd`, `_ci_low`, `_ci_high`."""
+    """`replicates.<policy>.<statistic>_{mean,sd,min,max}` of each policy's toxicity over the runs,
+    `replicates.<tag>_reduction_share[_evaluator]` (mean over seeds) with `_sd`, `_ci_low`, `_ci_high`, and
+    `replicates.<IRL metric>_{mean,sd,min,max}` for each of `IRL_OVER_SEEDS` every run holds."""
     from irlnb.report.tables import SCORERS, greedy_scores
 
     values: dict[str, float] = {"replicates.seeds": float(len(layouts))}
@@ -76,13 +91,12 @@ def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int) -> dict[
             data = np.array(
                 [names.require(run, names.policy_metric(policy, statistic), "Table 1 over seeds") for run in per_run]
             )
-            for how, value in (
-                ("mean", data.mean()),
-                ("sd", data.std(ddof=1)),
-                ("min", data.min()),
-                ("max", data.max()),
-            ):
+            for how, value in spread_over_seeds(data).items():
                 values[f"{PREFIX}{policy}.{statistic}_{how}"] = float(value)
+    for key in IRL_OVER_SEEDS:
+        if all(key in run for run in per_run):  # a white-box row only where the expert has weights
+            for how, value in spread_over_seeds(np.array([run[key] for run in per_run])).items():
+                values[f"{PREFIX}{key}_{how}"] = float(value)
     scored = [greedy_scores(layout) for layout in layouts]
     prompts = scored[0][0]
     for layout, (other, _) in zip(layouts, scored):
