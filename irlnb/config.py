@@ -481,11 +481,13 @@ class AnalysisSettings:
         20, doc="test demonstration texts where the learned reward and R* disagree most", ge=1
     )
     audit_texts: int = setting(
-        10, doc="held-out human texts the saved reward ranks highest, and as many lowest, and words that move it most",
+        10,
+        doc="held-out human texts the saved reward ranks highest, and as many lowest, and words that move it most",
         ge=1,
     )
     audit_word_texts: int = setting(
-        10, doc="a word is listed among those that move the saved reward when at least this many held-out texts hold it",
+        10,
+        doc="a word is listed among those that move the saved reward when at least this many held-out texts hold it",
         ge=1,
     )
 

@@ -32,8 +32,9 @@ def test_halves_agree_where_the_pairs_carry_a_reward_and_not_where_they_carry_no
     assert set(informative) == {"irl.laplace.test.split_half_spearman", "irl.mean_shift.test.split_half_spearman"}
     assert min(informative.values()) > 0.9
     noise = synthetic_pairs(400, 5)
-    same = PairSet(TextSet(noise.non_expert.features.flip(0), noise.non_expert.r_star, noise.non_expert.labels),
-                   noise.non_expert)  # both sides drawn alike: the pairs prefer nothing
+    same = PairSet(
+        TextSet(noise.non_expert.features.flip(0), noise.non_expert.r_star, noise.non_expert.labels), noise.non_expert
+    )  # both sides drawn alike: the pairs prefer nothing
     uninformative = halves.split_half_agreement(same, synthetic_pairs(100, 2), human, posterior=False, seed=0)
     assert list(uninformative) == ["irl.mean_shift.test.split_half_spearman"]
     assert uninformative["irl.mean_shift.test.split_half_spearman"] < 0.5

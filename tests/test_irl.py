@@ -12,8 +12,8 @@ from conftest import synthetic_pairs
 from irlnb import metrics
 from irlnb.irl import demonstrations, feature_sets, fitting, judging, references, saved_reward, study
 from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
-from irlnb.objectives import SEEDED, objective_of
 from irlnb.layout import RunLayout
+from irlnb.objectives import SEEDED, objective_of
 from irlnb.rewards.features import hidden_at, load_reward, random_head, reward_form
 
 BACKBONE = "embedded:tiny-gpt-neox"

@@ -192,7 +192,11 @@ def make_run(
     pd.DataFrame(rows).to_parquet(irl / "test_scores.parquet")
     saved = saved_loss or "max_margin"  # what stage 04 saved (with the params' auto: as if it chose max_margin)
     pd.DataFrame(
-        {"validation_pair_log_likelihood": [-0.1, -0.2], "candidate": True, "saved": [saved == "max_margin", saved != "max_margin"]},
+        {
+            "validation_pair_log_likelihood": [-0.1, -0.2],
+            "candidate": True,
+            "saved": [saved == "max_margin", saved != "max_margin"],
+        },
         index=pd.Index(["max_margin", "logistic"], name="loss"),
     ).to_csv(irl / "objective_ranking.csv")
     return run_dir
@@ -506,7 +510,8 @@ def test_the_explorer_shows_the_posterior_and_lists_where_its_spread_is_widest(e
     order, picks, *_ = explorer.widget(n=2).children
     assert not order.disabled
     order.value = "uncertainty"
-    assert picks.options[0][0] == "(texts with the widest posterior spread: far from the demonstrations, not necessarily wrong)" and len(picks.options) == 3
+    widest = "(texts with the widest posterior spread: far from the demonstrations, not necessarily wrong)"
+    assert picks.options[0][0] == widest and len(picks.options) == 3
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,8 +43,13 @@ def word_effects(human: pd.DataFrame, min_texts: int, count: int) -> pd.DataFram
     for word in vocabulary:
         holds = np.array([word in text_words for text_words in words])
         if min_texts <= holds.sum() <= len(holds) - min_texts and spread > 0:
-            rows.append({"word": word, "effect": (r_hat[holds].mean() - r_hat[~holds].mean()) / spread,
-                         "texts": int(holds.sum())})
+            rows.append(
+                {
+                    "word": word,
+                    "effect": (r_hat[holds].mean() - r_hat[~holds].mean()) / spread,
+                    "texts": int(holds.sum()),
+                }
+            )
     table = pd.DataFrame(rows, columns=["word", "effect", "texts"]).sort_values("effect", ascending=False)
     if len(table) <= 2 * count:
         return table.reset_index(drop=True)

@@ -173,7 +173,8 @@ class RewardExplorer:
         )
         headings = {
             "rank_gap": "(texts where the learned reward and R* disagree most)",
-            "uncertainty": "(texts with the widest posterior spread: far from the demonstrations, not necessarily wrong)",
+            "uncertainty": "(texts with the widest posterior spread: far from the demonstrations, not necessarily "
+            "wrong)",
         }
 
         def options(by: str, texts: list[str]) -> list[tuple[str, str]]:
