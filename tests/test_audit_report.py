@@ -38,3 +38,20 @@ def test_a_words_effect_is_the_mean_reward_with_it_minus_without_it_in_units_of_
     assert table.loc["thanks", "texts"] == 2 and "you" not in table.index  # held by one text: below min_texts
     assert table["effect"].is_monotonic_decreasing
     assert audit.word_effects(human, min_texts=2, count=1)["word"].tolist() == ["thanks", "idiot"]
+
+
+def test_the_caution_says_when_length_explains_the_reward_or_repetition_moves_it():
+    quiet = {
+        "irl.test.length_tokens_spearman_mean": -0.07,
+        "irl.test.newline_share_spearman_mean": 0.01,
+        "irl.test.punctuation_share_spearman_mean": 0.05,
+        "irl.test.spearman_mean": 0.6,
+        "irl.test.repetition_shift_mean": -0.05,
+    }
+    assert audit.caution(quiet).startswith("No simple text statistic tracks the recovered reward")
+    long = {**quiet, "irl.test.length_tokens_spearman_mean": -0.78, "irl.test.spearman_mean": 0.11}
+    assert "tracks the texts' length tokens (Spearman -0.78" in audit.caution(long)
+    repeated = {**quiet, "irl.test.repetition_shift_mean": -0.5}
+    assert "said twice over 0.50 of its spread less than the text said once" in audit.caution(repeated)
+    without_r_star = {k: v for k, v in long.items() if k != "irl.test.spearman_mean"}
+    assert "Caution" in audit.caution(without_r_star) and "R*" not in audit.caution(without_r_star)

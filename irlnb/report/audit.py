@@ -9,9 +9,13 @@ in units of R-hat's standard deviation), not a cause: a word common in long text
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+
+from irlnb import metric_names
+from irlnb.irl.within_prompt import TEXT_STATISTICS, statistic_warning
 
 WORD = re.compile(r"[a-z']+")
 
@@ -54,3 +58,26 @@ def word_effects(human: pd.DataFrame, min_texts: int, count: int) -> pd.DataFram
     if len(table) <= 2 * count:
         return table.reset_index(drop=True)
     return pd.concat([table.head(count), table.tail(count)], ignore_index=True)
+
+
+def caution(metrics: Mapping[str, float], tolerance: float = 0.1) -> str:
+    """What a text statistic explains of the saved reward, in plain words, from the run's metrics: the sentence notebook
+    04 prints when a statistic tracks R-hat more than R* does (`statistic_warning`; without R* in the metrics, more
+    than |0.3|), and one when R-hat pays more than `tolerance` of its spread for a held-out text said twice."""
+
+    def saved(name: str) -> float:
+        return metrics.get(metric_names.irl_metric(None, "test", f"{name}_mean"), float("nan"))
+
+    correlations = {f"{name}_spearman": saved(f"{name}_spearman") for name in TEXT_STATISTICS}
+    r_star = saved("spearman")
+    sentences = [statistic_warning(correlations, r_star if np.isfinite(r_star) else None)]
+    shift = saved("repetition_shift")
+    if np.isfinite(shift) and abs(shift) > tolerance:
+        side = "more" if shift > 0 else "less"
+        sentences.append(
+            f"Caution: the recovered reward scores a held-out text said twice over {abs(shift):.2f} of its spread "
+            f"{side} than the text said once: it pays for length as such."
+        )
+    said = " ".join(sentence for sentence in sentences if sentence)
+    nothing = "No simple text statistic tracks the recovered reward more than R* does"
+    return said or f"{nothing}, and repeating a text barely moves it."
