@@ -55,3 +55,10 @@ def test_the_caution_says_when_length_explains_the_reward_or_repetition_moves_it
     assert "said twice over 0.50 of its spread less than the text said once" in audit.caution(repeated)
     without_r_star = {k: v for k, v in long.items() if k != "irl.test.spearman_mean"}
     assert "Caution" in audit.caution(without_r_star) and "R*" not in audit.caution(without_r_star)
+
+
+def test_the_length_figure_shows_the_rewards_spearman_with_length_in_words():
+    human = pd.DataFrame({"text": ["a", "a b", "a b c d", "a b c d e f g h"], "r_hat": [4.0, 3.0, 1.0, -2.0]})
+    figure = audit.length_figure(human)
+    assert figure.axes[0].get_title() == "The saved reward against length: Spearman -1.00"
+    assert len(figure.axes[0].collections[0].get_offsets()) == 4

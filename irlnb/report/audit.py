@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from irlnb import metric_names
 from irlnb.irl.within_prompt import TEXT_STATISTICS, statistic_warning
@@ -81,3 +82,19 @@ def caution(metrics: Mapping[str, float], tolerance: float = 0.1) -> str:
     said = " ".join(sentence for sentence in sentences if sentence)
     nothing = "No simple text statistic tracks the recovered reward more than R* does"
     return said or f"{nothing}, and repeating a text barely moves it."
+
+
+def length_figure(human: pd.DataFrame):
+    """The saved reward against the length of each held-out human text (words), its Spearman correlation
+    in the title: a reward that follows this line learned length (no R* is read)."""
+    import matplotlib.pyplot as plt
+
+    words = human["text"].str.split().str.len().clip(lower=1)
+    rho = spearmanr(words, human["r_hat"]).statistic
+    figure, axes = plt.subplots(figsize=(6, 3.8))
+    axes.scatter(words, human["r_hat"], s=8, alpha=0.5)
+    axes.set_xlabel("length of the held-out human text (words)")
+    axes.set_ylabel("recovered reward R̂")
+    axes.set_title(f"The saved reward against length: Spearman {rho:+.2f}")
+    figure.tight_layout()
+    return figure
