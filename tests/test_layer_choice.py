@@ -7,10 +7,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from irlnb.irl import layer_choice
+from irlnb.irl import layer_choice, repetition
+from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
+from irlnb.irl.feature_sets import cached_features
+from irlnb.layout import RunLayout
 from irlnb.params_file import load_config
 from irlnb.pipeline import layers
+from irlnb.rewards.features import reward_form
+from irlnb.rewards.ground_truth import load_scores
 from tests.conftest import irlnb_cli
 
 
@@ -67,3 +73,18 @@ def test_a_layer_the_backbone_lacks_is_refused_in_one_line(smoke_run):
         f"{load_config(smoke_run.parent.parent / 'params.yaml').sources.policy} has blocks 1..2 "
         "(or -1, the final normed state)"
     ]
+
+
+def test_the_sweep_reads_the_features_as_stage_04_maps_them(smoke_run):
+    irl = load_config(smoke_run.parent.parent / "params.yaml").irl
+    layout = RunLayout(smoke_run)
+    demos, human = load_demonstrations(layout), load_scores(layout).query("split == 'validation'")
+    reader = reward_form(load_config(smoke_run.parent.parent / "params.yaml").sources.policy, irl.pooling, 1, 64)
+    train, _, _ = layer_choice.validation_sets(reader, demos, human, layout.cache, irl)
+    expected, _ = repetition.standardizer(
+        reader, demos, human["text"].tolist(), layout.cache, 8, irl.length_probes, irl.max_repetition_shift
+    )
+    raw = cached_features(reader, pair_texts(used_pairs(demos, "train"))[0], layout.cache, 8)
+    assert torch.allclose(train.expert.features, expected(raw))
+    if expected.nuisance is not None:  # what repetition moves is gone from what the sweep fits on
+        assert torch.allclose(train.expert.features @ expected.nuisance, torch.zeros(1), atol=1e-4)

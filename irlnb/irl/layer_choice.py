@@ -1,7 +1,8 @@
 """Which hidden-state layer the IRL reward reads (`irl.layer`), chosen on validation from a run's demonstrations.
 
 For each candidate layer the IRL-train and validation pairs of a finished 04_irl are read through the frozen
-backbone at that layer (cached as 04 caches them), standardised on the train texts, and the objective whose
+backbone at that layer (cached as 04 caches them), mapped as 04 maps them (standardised on the train texts, what a
+text said twice moves removed: `irlnb.irl.repetition`), and the objective whose
 epochs 04 fits (`irlnb.objectives.epochs_objective`) is fitted over seeds exactly as 04 fits it; each fit's epoch is
 chosen by validation pair accuracy, the study's selection metric, which needs no R*. The layer with the highest mean
 validation pair log-likelihood over seeds is chosen (`LAYER_CRITERION`). The validation ROC-AUC against R* (human
@@ -21,8 +22,9 @@ from transformers import AutoConfig
 
 from irlnb import metric_names
 from irlnb.errors import IrlnbError
+from irlnb.irl import repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, cached_features
+from irlnb.irl.feature_sets import PairSet, TextSet, cached_features
 from irlnb.irl.fitting import SeededFit, fit_head
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge
 from irlnb.layout import RunLayout
@@ -50,15 +52,25 @@ def candidate_layers(depth: int) -> list[int]:
 
 
 def validation_sets(
-    reader: FeatureReward, pairs: dict[str, pd.DataFrame], human: pd.DataFrame, cache: Path, batch_size: int
+    reader: FeatureReward, demonstrations: pd.DataFrame, human: pd.DataFrame, cache: Path, irl
 ) -> tuple[PairSet, PairSet, TextSet]:
-    """IRL-train pairs, validation pairs and validation human texts read by `reader`, standardised on train."""
+    """IRL-train pairs, validation pairs and validation human texts read by `reader`, mapped as 04 maps them
+    (`irlnb.irl.repetition.standardizer`: standardised on train, what repetition moves removed)."""
+    pairs = {split: used_pairs(demonstrations, split) for split in ("train", "validation")}
 
     def features(texts: list[str]) -> torch.Tensor:
-        return cached_features(reader, texts, cache, batch_size)
+        return cached_features(reader, texts, cache, irl.inference_batch_size)
 
     raw = {split: [features(side) for side in pair_texts(rows)] for split, rows in pairs.items()}
-    standardizer = Standardizer.fit(torch.cat(raw["train"]))
+    standardizer, _ = repetition.standardizer(
+        reader,
+        demonstrations,
+        human["text"].tolist(),
+        cache,
+        irl.inference_batch_size,
+        irl.length_probes,
+        irl.max_repetition_shift,
+    )
 
     def pair_set(split: str) -> PairSet:
         (expert, non_expert), rows = raw[split], pairs[split]
@@ -103,9 +115,7 @@ def layer_rows(
     rows = []
     for layer in layers:
         reader = FeatureReward(replace(final.spec, layer=layer), final.backbone, final.tokenizer, final.head)
-        train, validation, validation_human = validation_sets(
-            reader, pairs, human, layout.cache, irl.inference_batch_size
-        )
+        train, validation, validation_human = validation_sets(reader, demonstrations, human, layout.cache, irl)
 
         def on_validation(epoch: int, head: torch.nn.Linear, validation=validation, human=validation_human) -> dict:
             return judge(head, human, validation, 0.0)
