@@ -86,8 +86,13 @@ def base_comparison_pairs(pairs: pd.DataFrame, base: TextSet) -> PairSet | None:
 
 
 def rewards_of(head: torch.nn.Linear, texts: TextSet) -> np.ndarray:
+    return head_scores(head, texts.features)
+
+
+def head_scores(head: torch.nn.Linear, features: torch.Tensor) -> np.ndarray:
+    """A head's reward of each row of `features`, as float64."""
     with torch.no_grad():
-        return head(texts.features).squeeze(-1).double().numpy()
+        return head(features).squeeze(-1).double().numpy()
 
 
 @dataclass

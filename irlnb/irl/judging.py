@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from irlnb import metric_names, metrics
-from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
+from irlnb.irl.feature_sets import PairSet, TextSet, head_scores, rewards_of
 from irlnb.irl.within_prompt import statistic_correlations, within_prompt_metrics
 
 SELECTION_METRIC = "pair_accuracy"  # validation pair accuracy: chosen from behaviour alone, without R*
@@ -35,8 +35,9 @@ def judge(
     """Every metric of one head on one split: human texts, the demonstrations (both sides) and, where given, the
     continuations of each test prompt (`irlnb.irl.within_prompt`). Where the human texts were also read said twice,
     `repetition_shift` (`irlnb.metrics.repetition_shift`): what the reward pays for length alone."""
+    r_human = rewards_of(head, human)
     values = judge_rewards(
-        rewards_of(head, human),
+        r_human,
         rewards_of(head, pairs.expert),
         rewards_of(head, pairs.non_expert),
         human,
@@ -45,9 +46,7 @@ def judge(
         None if within_prompt is None else (rewards_of(head, within_prompt[0]), *within_prompt),
     )
     if human.repeated is not None:
-        with torch.no_grad():
-            r_repeated = head(human.repeated).squeeze(-1).double().numpy()
-        values["repetition_shift"] = metrics.repetition_shift(rewards_of(head, human), r_repeated)
+        values["repetition_shift"] = metrics.repetition_shift(r_human, head_scores(head, human.repeated))
     return values
 
 

@@ -27,7 +27,7 @@ import torch
 
 from irlnb import metric_names
 from irlnb.irl.demonstrations import pair_texts, used_pairs
-from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, cached_features, repeated
+from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, cached_features, head_scores, repeated
 from irlnb.irl.posterior import fit_posterior
 from irlnb.metrics import pair_log_likelihood, repetition_shift
 
@@ -65,9 +65,8 @@ def standardizer(
     for count in (k for k in DIRECTIONS if k <= directions.shape[0]):
         candidate = Standardizer(plain.mean, plain.std, directions[:count].T.to(plain.mean.dtype) if count else None)
         head = fit_posterior(*(pairs_of(candidate, sides_features) for sides_features in (train, validation))).head()
-        with torch.no_grad():
-            once, twice = (head(candidate(f)).squeeze(-1).double().numpy() for f in (check_once, check_twice))
-            expert, other = (head(candidate(f)).squeeze(-1).double().numpy() for f in validation)
+        once, twice = (head_scores(head, candidate(f)) for f in (check_once, check_twice))
+        expert, other = (head_scores(head, candidate(f)) for f in validation)
         shift = repetition_shift(once, twice)
         rows.append(
             {
