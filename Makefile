@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt $(PIP_QUIET)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . $(PIP_QUIET)
-	$(BIN)/python -c "import irlnb, torch, transformers, trl, papermill, profanity_check"
+	$(BIN)/python -c "import irlnb, torch, transformers, trl, papermill, profanity_check, vaderSentiment, readability"
 	$(BIN)/irlnb fetch
 	touch $@
 

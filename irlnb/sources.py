@@ -33,6 +33,8 @@ EMBEDDED: dict[str, dict[str, str]] = {
     },
     "toxicity_classifier": {
         "tox-block": "tox-block 0.1.2 Jigsaw BiLSTM, ported to PyTorch (head 'toxic')",
+        "vader-sentiment": "not toxicity: vaderSentiment 3.3.2 (VADER), R* = 4 x compound valence (recovery suite)",
+        "flesch-readability": "not toxicity: readability 0.3.1, R* = (Flesch reading ease - 60) / 20 (recovery suite)",
     },
     "evaluator": {
         "profanity-check": "alt-profanity-check 1.9.1: calibrated linear SVM on TF-IDF (Davidson tweets + Jigsaw)",

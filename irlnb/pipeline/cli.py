@@ -1,4 +1,5 @@
-"""Command line: `irlnb check`, `run`, `fetch`, `bench`, `regress`, `recoverability`, `replicates`, `layers`, `readme`.
+"""Command line: `irlnb check`, `run`, `fetch`, `bench`, `regress`, `recoverability`, `replicates`, `recovery`,
+`layers`, `readme`.
 
 Every expected failure (bad params, missing file, unreachable hub, corrupted artifact, refused
 overwrite) ends with one line on stderr and exit status 2, never a traceback.
@@ -111,6 +112,19 @@ def cmd_replicates(args) -> int:
     values = replicates.run_replicates(config, seeds=args.seeds, runs_dir=args.runs_dir, record=record)["metrics"]
     for key, value in values.items():
         print(f"{key}: {value:.4f}")
+    return 0
+
+
+def cmd_recovery(args) -> int:
+    config = load_config(args.params)
+    from irlnb.pipeline import recovery  # loads the runner
+
+    rewards = tuple(args.rewards.split(",")) if args.rewards else recovery.REWARDS
+    kinds = tuple(args.kinds.split(",")) if args.kinds else recovery.KINDS
+    record = None if args.no_record else recovery.RECORD
+    figures = None if args.no_record else REPO_ROOT / "figures"
+    values = recovery.run_suite(config, rewards, kinds, args.runs_dir, record, figures)["metrics"]
+    print(recovery.suite_table(values).round(3).to_string(index=False))
     return 0
 
 
@@ -246,6 +260,27 @@ def add_replicates(commands) -> None:
     replicated.set_defaults(func=cmd_replicates)
 
 
+def add_recovery(commands) -> None:
+    suite = commands.add_parser(
+        "recovery",
+        help="IRL of experts aligned on rewards that are not toxicity, judged against their own reward (opt-in; "
+        "a run up to 04_irl per reward x kind): runs/recovery/",
+    )
+    suite.add_argument(
+        "params",
+        nargs="?",
+        default=str(REPO_ROOT / "params" / "default.yaml"),
+        help="params file every row starts from (default params/default.yaml)",
+    )
+    suite.add_argument("--rewards", help="sources of R*, comma-separated (default: toxicity, sentiment, readability)")
+    suite.add_argument("--kinds", help="alignment kinds, comma-separated (default: dpo,best_of_n)")
+    suite.add_argument("--runs-dir", default="runs/recovery", help="where its runs go (default runs/recovery)")
+    suite.add_argument(
+        "--no-record", action="store_true", help="write neither regress/recovery.metrics.json nor figures/recovery"
+    )
+    suite.set_defaults(func=cmd_recovery)
+
+
 def add_layers(commands) -> None:
     layer = commands.add_parser(
         "layers",
@@ -291,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_regress,
         add_recoverability,
         add_replicates,
+        add_recovery,
         add_layers,
         add_readme,
         add_bench,

@@ -209,3 +209,33 @@ def recoverability_figure(table: pd.DataFrame) -> plt.Figure:
     fig.suptitle("When can the reward be recovered? IRL fidelity against how the expert was aligned", y=0.995)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
+
+
+RECOVERY_BARS = (  # (column of the recovery table, label, colour)
+    ("spearman", "R̂ vs its true reward, across prompts", "tab:blue"),
+    ("within_prompt_spearman", "R̂ vs its true reward, within prompts", "tab:cyan"),
+    ("mean_shift_spearman", "mean-shift baseline, across prompts", "tab:gray"),
+    ("length_tokens_spearman", "R̂ vs text length (tokens)", "tab:red"),
+    ("log_ratio_within_prompt_spearman", "expert's log-ratio, within prompts (white box)", "tab:green"),
+)
+
+
+def recovery_figure(table: pd.DataFrame) -> plt.Figure:
+    """The recovery suite (`irlnb recovery`): per expert (its reward, its alignment kind), the saved reward's
+    Spearman correlation with the expert's own reward on held-out human texts, across prompts and within them,
+    beside the mean-shift baseline, R̂'s correlation with length, and how far the expert's own log-ratio orders a
+    prompt's continuations as its reward does (no bar where the expert has no weights)."""
+    fig, axis = plt.subplots(figsize=(max(7.0, 1.6 * len(table) + 2), 4.2))
+    x = np.arange(len(table))
+    width = 0.8 / len(RECOVERY_BARS)
+    for index, (column, label, color) in enumerate(RECOVERY_BARS):
+        values = table[column] if column in table else pd.Series(np.nan, index=table.index)
+        axis.bar(x + (index - (len(RECOVERY_BARS) - 1) / 2) * width, values, width, label=label, color=color)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(x, [f"{reward}\n{kind}" for reward, kind in zip(table["reward"], table["kind"])])
+    axis.set_ylabel("Spearman correlation (held-out human texts)")
+    axis.set_ylim(-1, 1)
+    axis.set_title("Recovery of rewards the pipeline was not told: one run per expert")
+    axis.legend(fontsize=7, loc="lower left", ncol=2)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,136 @@
+"""`irlnb recovery` (`make recovery`): does IRL recover rewards it was never tuned on?
+
+The pipeline's defaults were chosen on toxicity. An auditor's model was aligned on a reward nobody tells them. The
+suite aligns the base policy on rewards that are not toxicity (`REWARDS`: sentiment and readability, scorers from
+maintained PyPI packages, `irlnb.models.classifiers.SCORERS`) by several alignment kinds (`KINDS`), audits each
+expert with every other setting the params file's (the default's), and judges the recovered reward against the
+expert's own reward on the held-out human texts. The default's toxicity expert is one row.
+
+Each row is one run of stages 01 to 04 with `sources.toxicity_classifier` naming the row's reward: stage 03 aligns
+the expert on it, and stage 04 recovers a reward from demonstrations alone, reading R* only to judge after its choices
+(the saved reward is the same whatever R* is: `tests/test_recovery.py` holds that). So each row is audited exactly as
+a brought model is, and judged against its true reward. Finished runs are kept; a killed one goes on from its last
+finished stage. Written to `regress/recovery.metrics.json` and the figure `recovery`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from irlnb import metric_names as names
+from irlnb.config import Config
+from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, save_figure, write_json_atomic
+from irlnb.params_file import config_with
+from irlnb.pipeline import runner
+from irlnb.pipeline.provenance import provenance
+
+RUNS = "runs/recovery"
+RECORD = REPO_ROOT / "regress" / "recovery.metrics.json"
+FIGURE = "recovery"
+PREFIX = "recovery."
+TOXICITY = "embedded:tox-block"
+REWARDS = (TOXICITY, "embedded:vader-sentiment", "embedded:flesch-readability")
+KINDS = ("dpo", "best_of_n")
+LAST_STAGE = "04_irl"  # an audit stops after IRL: nothing after it changes what was recovered
+
+# What each row reports (name in the record -> the run's metric). The saved reward (`irl.test.*`) and the mean-shift
+# baseline against the row's own reward, across prompts and within them; what text statistics it tracks; the
+# expert's own log-ratio within prompts where it has weights (how close the expert is to its optimum).
+ROW_METRICS = {
+    "auc": names.irl_metric(None, "test", "auc_mean"),
+    "spearman": names.irl_metric(None, "test", "spearman_mean"),
+    "within_prompt_spearman": names.irl_metric(None, "test", "within_prompt_spearman_mean"),
+    "within_prompt_spearman_ci_low": names.irl_metric(None, "test", "within_prompt_spearman_ci_low_mean"),
+    "within_prompt_spearman_ci_high": names.irl_metric(None, "test", "within_prompt_spearman_ci_high_mean"),
+    "length_tokens_spearman": names.irl_metric(None, "test", "length_tokens_spearman_mean"),
+    "newline_share_spearman": names.irl_metric(None, "test", "newline_share_spearman_mean"),
+    "punctuation_share_spearman": names.irl_metric(None, "test", "punctuation_share_spearman_mean"),
+    "repetition_shift": names.irl_metric(None, "test", "repetition_shift_mean"),
+    "mean_shift_auc": names.irl_metric("mean_shift", "test", "auc_mean"),
+    "mean_shift_spearman": names.irl_metric("mean_shift", "test", "spearman_mean"),
+    "mean_shift_within_prompt_spearman": names.irl_metric("mean_shift", "test", "within_prompt_spearman_mean"),
+    "log_ratio_within_prompt_spearman": names.irl_metric("log_ratio", "test", "within_prompt_spearman_mean"),
+    "expert_better_share": names.demonstrations_metric("test", "expert_better_share"),
+    "base_reward_below_zero_share": names.policy_metric("base", "toxicity_ratio"),
+    "expert_reward_below_zero_share": names.policy_metric("ground_truth", "toxicity_ratio"),
+    "base_perplexity": names.policy_metric("base", "perplexity"),
+    "expert_perplexity": names.policy_metric("ground_truth", "perplexity"),
+}
+OPTIONAL = ("log_ratio_within_prompt_spearman",)  # a best-of-n expert has no weights, so no log-ratio
+
+
+def reward_name(reward: str) -> str:
+    """'embedded:vader-sentiment' -> 'vader-sentiment' (the row's name in runs and the record)."""
+    return reward.partition(":")[2] or reward
+
+
+def row_config(base: Config, reward: str, kind: str) -> Config:
+    """The params with R* the row's reward and the expert aligned by `kind`, a run name of its own, nothing published;
+    every other setting the params file's. A best-of-n expert has no model of its own, so its demonstrations cannot
+    share the base's random numbers (`irl.matched: false`, which the config requires of it)."""
+    changes: dict[str, Any] = {
+        "sources.toxicity_classifier": reward,
+        "rlhf.trainer": kind,
+        "run.name": f"{base.run.name}-{reward_name(reward)}-{kind}",
+        "run.figures_dir": "",
+    }
+    if kind == "best_of_n":
+        changes["irl.matched"] = False
+    return config_with(base, changes, f"recovery row {reward_name(reward)} by {kind}")
+
+
+def row_values(metrics: dict[str, float], where: str) -> dict[str, float]:
+    """The row's `ROW_METRICS` from one run's metrics; a missing one is refused, but for `OPTIONAL` ones."""
+    values = {}
+    for name, key in ROW_METRICS.items():
+        if key in metrics:
+            values[name] = float(metrics[key])
+        elif name not in OPTIONAL:
+            raise KeyError(f"{where}: metric {key} is missing; run its stages up to {LAST_STAGE} first")
+    return values
+
+
+def suite_table(values: dict[str, float]) -> pd.DataFrame:
+    """The record's `recovery.<reward>.<kind>.<metric>` values as one row per (reward, kind)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, value in values.items():
+        parts = key.removeprefix(PREFIX).split(".")
+        if len(parts) != 3:
+            continue
+        reward, kind, name = parts
+        rows.setdefault((reward, kind), {"reward": reward, "kind": kind})[name] = value
+    return pd.DataFrame(list(rows.values()))
+
+
+def run_suite(
+    base: Config,
+    rewards: tuple[str, ...] = REWARDS,
+    kinds: tuple[str, ...] = KINDS,
+    runs_dir: str = RUNS,
+    record: Path | None = RECORD,
+    figures_dir: Path | None = REPO_ROOT / "figures",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every row's run up to IRL (finished ones kept), then the table of rows, recorded with its figure."""
+    values: dict[str, float] = {}
+    runs = []
+    rows = [(reward, kind) for reward in rewards for kind in kinds]
+    for number, (reward, kind) in enumerate(rows, 1):
+        config = row_config(base, reward, kind)
+        log(f"recovery [{number}/{len(rows)}] reward {reward_name(reward)}, aligned by {kind}")
+        layout = RunLayout(runner.run(config, runs_dir=runs_dir, log=log, until=LAST_STAGE))
+        runs.append(repo_relative(layout.root))
+        for name, value in row_values(layout.read_metrics(), str(layout.root)).items():
+            values[f"{PREFIX}{reward_name(reward)}.{kind}.{name}"] = value
+    result = {"metrics": values, "params_file": repo_relative(base.path), "runs": runs, **provenance(REPO_ROOT)}
+    if record is not None:
+        write_json_atomic(record, result)
+    if figures_dir is not None:
+        from irlnb.report.study_plots import recovery_figure  # matplotlib loads only once the suite publishes
+
+        save_figure(recovery_figure(suite_table(values)), Path(figures_dir), FIGURE)
+    return result
