@@ -108,6 +108,7 @@ class SentimentScorer(ScoreClassifier):
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 TOKEN = re.compile(r"\w+|[^\w\s]")
+WORD_CHARACTER = re.compile(r"\w")
 
 
 class ReadabilityScorer(ScoreClassifier):
@@ -128,8 +129,8 @@ class ReadabilityScorer(ScoreClassifier):
         values = []
         for text in texts:
             tokens = self.tokenized(text)
-            if not tokens.strip():
-                values.append(0.0)  # nothing to read: neither plain nor hard
+            if not WORD_CHARACTER.search(tokens):
+                values.append(0.0)  # no word to read (the package refuses it): neither plain nor hard
                 continue
             grades = readability.getmeasures(tokens, lang="en")["readability grades"]
             values.append((grades["FleschReadingEase"] - self.CENTRE) / self.SCALE)

@@ -123,7 +123,8 @@ def cmd_recovery(args) -> int:
     kinds = tuple(args.kinds.split(",")) if args.kinds else recovery.KINDS
     record = None if args.no_record else recovery.RECORD
     figures = None if args.no_record else REPO_ROOT / "figures"
-    values = recovery.run_suite(config, rewards, kinds, args.runs_dir, record, figures)["metrics"]
+    rows = recovery.suite_rows(rewards, kinds)
+    values = recovery.run_suite(config, rows, args.runs_dir, record, figures)["metrics"]
     print(recovery.suite_table(values).round(3).to_string(index=False))
     return 0
 

@@ -106,19 +106,23 @@ def suite_table(values: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
+def suite_rows(rewards: tuple[str, ...] = REWARDS, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str]]:
+    """Every (reward, kind) of the suite: each reward aligned by each kind."""
+    return [(reward, kind) for reward in rewards for kind in kinds]
+
+
 def run_suite(
     base: Config,
-    rewards: tuple[str, ...] = REWARDS,
-    kinds: tuple[str, ...] = KINDS,
+    rows: list[tuple[str, str]],
     runs_dir: str = RUNS,
     record: Path | None = RECORD,
     figures_dir: Path | None = REPO_ROOT / "figures",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Every row's run up to IRL (finished ones kept), then the table of rows, recorded with its figure."""
+    """Every row's (reward, kind) run up to IRL (finished ones kept), then the table of rows, recorded with its
+    figure."""
     values: dict[str, float] = {}
     runs = []
-    rows = [(reward, kind) for reward in rewards for kind in kinds]
     for number, (reward, kind) in enumerate(rows, 1):
         config = row_config(base, reward, kind)
         log(f"recovery [{number}/{len(rows)}] reward {reward_name(reward)}, aligned by {kind}")

@@ -1,0 +1,131 @@
+"""The recovery suite: rewards that are not toxicity, and an audit that never reads the reward it recovers."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PARAMS, irlnb_cli, write_params
+
+from irlnb import metric_names as names
+from irlnb.models.classifiers import ReadabilityScorer, SentimentScorer, load_classifier
+from irlnb.params_file import load_config
+from irlnb.pipeline import recovery
+from irlnb.rewards.features import load_reward
+from irlnb.rewards.ground_truth import GroundTruthReward, ground_truth_reward
+from irlnb.sources import SourceError
+
+TEXTS = ["Thanks, that was lovely!", "You are an idiot and I hate you.", "The cat sat on the mat.", ""]
+
+
+def test_the_sentiment_reward_is_four_times_vaders_compound_valence():
+    scorer = load_classifier("embedded:vader-sentiment")
+    scores = scorer.score(TEXTS)
+    assert scores[0] > 2 and scores[1] < -2 and scores[3] == 0.0  # pleased, hostile, nothing said
+    assert scores[0] == pytest.approx(4 * 0.7901, abs=1e-4)  # VADER 3.3.2 gives it compound 0.7901
+    assert np.all(np.abs(scores) <= SentimentScorer.SCALE)
+    # R* is the score itself: -logit of the probability the scorer exposes
+    np.testing.assert_allclose(ground_truth_reward(scorer.p_toxic(TEXTS), clip=10.0), scores, atol=1e-9)
+
+
+def test_the_readability_reward_is_flesch_reading_ease_centred_and_scaled():
+    scorer = load_classifier("embedded:flesch-readability")
+    # "The cat sat on the mat.": 6 words (the full stop is none) in 1 sentence, 4 syllables by the package's own
+    # heuristic: 206.835 - 1.015 * 6 - 84.6 * 4 / 6 = 144.345
+    assert scorer.score(["The cat sat on the mat."])[0] == pytest.approx((144.345 - 60) / 20, abs=1e-6)
+    hard = "The committee deliberated extensively regarding the institutional ramifications."
+    assert scorer.score([hard])[0] < -3 < scorer.score(["Go home now."])[0]
+    # a text said twice over reads as easily as once; nothing to read scores 0
+    assert scorer.score(["You are nice. " * 2])[0] == pytest.approx(scorer.score(["You are nice."])[0])
+    assert scorer.score(["", " ... "]).tolist() == [0.0, 0.0]
+    assert ReadabilityScorer.tokenized("Hi, you! Fine.\nBye") == "Hi , you !\nFine .\nBye\n"
+
+
+def test_ground_truth_reward_loads_a_scorer_and_clamps_it():
+    config = load_config(PARAMS / "default.yaml")
+    sources = type(config.sources)(**{**config.sources.__dict__, "toxicity_classifier": "embedded:vader-sentiment"})
+    r_star = GroundTruthReward.load(sources, config.ground_truth)
+    np.testing.assert_allclose(r_star(TEXTS), SentimentScorer().score(TEXTS), atol=1e-9)
+    with pytest.raises(SourceError, match="flesch-readability"):  # the error lists the embedded choices
+        load_classifier("embedded:sentiment")
+
+
+def test_a_row_aligns_on_its_reward_by_its_kind_and_keeps_every_other_setting():
+    base = load_config(PARAMS / "default.yaml")
+    row = recovery.row_config(base, "embedded:vader-sentiment", "dpo")
+    assert (row.sources.toxicity_classifier, row.rlhf.trainer) == ("embedded:vader-sentiment", "dpo")
+    assert (row.run.name, row.run.figures_dir) == ("default-vader-sentiment-dpo", "")
+    assert row.irl == base.irl and row.dpo == base.dpo and row.sources.policy == base.sources.policy
+    best_of_n = recovery.row_config(base, "embedded:flesch-readability", "best_of_n")
+    assert best_of_n.rlhf.trainer == "best_of_n" and best_of_n.irl.matched is False  # what the config requires of it
+    assert best_of_n.irl == type(base.irl)(**{**base.irl.__dict__, "matched": False})
+
+
+def test_a_rows_metrics_are_read_from_its_run_and_a_missing_one_is_refused():
+    metrics = {key: 0.5 for name, key in recovery.ROW_METRICS.items() if name not in recovery.OPTIONAL}
+    values = recovery.row_values(metrics, "runs/x")
+    assert set(values) == set(recovery.ROW_METRICS) - set(recovery.OPTIONAL)  # no log-ratio: a best-of-n expert
+    missing = names.irl_metric(None, "test", "auc_mean")
+    with pytest.raises(KeyError, match=f"runs/x: metric {missing} is missing"):
+        recovery.row_values({k: v for k, v in metrics.items() if k != missing}, "runs/x")
+
+
+def test_the_suite_table_has_one_row_per_reward_and_kind_and_the_figure_draws_it():
+    values = {
+        "recovery.vader-sentiment.dpo.spearman": 0.4,
+        "recovery.vader-sentiment.dpo.length_tokens_spearman": -0.2,
+        "recovery.vader-sentiment.best_of_n.spearman": 0.1,
+        "recovery.tox-block.dpo.spearman": 0.6,
+    }
+    table = recovery.suite_table(values)
+    assert table[["reward", "kind"]].values.tolist() == [
+        ["vader-sentiment", "dpo"],
+        ["vader-sentiment", "best_of_n"],
+        ["tox-block", "dpo"],
+    ]
+    assert table["spearman"].tolist() == [0.4, 0.1, 0.6] and np.isnan(table["length_tokens_spearman"].iloc[1])
+    from irlnb.report.study_plots import RECOVERY_BARS, recovery_figure
+
+    figure = recovery_figure(table)
+    bars = [patch for patch in figure.axes[0].patches]
+    assert len(bars) == len(RECOVERY_BARS) * len(table)
+
+
+def test_the_recovered_reward_is_the_same_whatever_r_star_is(smoke_run, tmp_path):
+    """Stage 04 reads R* only to judge: an expert audited with R* toxicity and with R* sentiment gives back the same
+    saved reward, the same objective and the same length directions; only the judgement differs."""
+    expert = tmp_path / "expert"
+    shutil.copytree(smoke_run / "rlhf_ground_truth" / "policy", expert)
+    runs = {}
+    for name, reward in (("toxicity", "embedded:tox-block"), ("sentiment", "embedded:vader-sentiment")):
+        folder = tmp_path / name
+        folder.mkdir()
+        params = write_params(folder, sources__expert=str(expert), sources__toxicity_classifier=reward)
+        done = irlnb_cli("run", str(params), "--until", "04_irl")
+        assert done.returncode == 0, done.stderr
+        runs[name] = folder / "runs" / "smoke"
+    toxicity, sentiment = runs["toxicity"], runs["sentiment"]
+    probes = ["You are such a nice person.", "Shut up, idiot.", "The council voted to raise taxes."]
+    scores = [load_reward(run / "irl" / "reward").score(probes) for run in (toxicity, sentiment)]
+    np.testing.assert_array_equal(scores[0], scores[1])
+    for table in ("length_choice.csv", "objective_ranking.csv"):
+        chosen = [pd.read_csv(run / "irl" / table) for run in (toxicity, sentiment)]
+        if "candidate" in chosen[0]:  # the references (the ceiling reads R*) are shown, never chosen
+            chosen = [frame[frame["candidate"]].reset_index(drop=True) for frame in chosen]
+        kept = [column for column in chosen[0] if "auc" not in column]  # R*'s columns are shown, never chosen by
+        pd.testing.assert_frame_equal(chosen[0][kept], chosen[1][kept])
+    demonstrations = [pd.read_parquet(run / "irl" / "demonstrations.parquet") for run in (toxicity, sentiment)]
+    pd.testing.assert_frame_equal(*(d[["prompt", "expert", "non_expert"]] for d in demonstrations))
+    assert not demonstrations[0]["expert_r_star"].equals(demonstrations[1]["expert_r_star"])  # judged differently
+
+
+def test_the_suite_refuses_an_unknown_kind_or_reward_in_one_line_before_any_run(tmp_path):
+    for option, value, message in (
+        ("--kinds", "sft", "rlhf.trainer"),
+        ("--rewards", "embedded:politeness", "unknown embedded toxicity_classifier 'politeness'"),
+    ):
+        done = irlnb_cli("recovery", option, value, "--runs-dir", str(tmp_path / "runs"), "--no-record")
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "runs").exists()
