@@ -9,7 +9,7 @@ SHELL := /bin/bash
 # pip's local extra indexes on these machines print one warning per package; keep the log readable.
 PIP_QUIET := 2>&1 | (grep -v "^WARNING: Location" || true)
 
-.PHONY: setup figures test test-browser lint lab bench check regress replicates clean-venv
+.PHONY: setup figures test test-browser lint lab bench check regress replicates recovery clean-venv
 
 setup: $(VENV)/.installed
 
@@ -66,3 +66,6 @@ clean-venv:
 # 30 min per seed on 2 cores) in runs/replicates/, recorded in regress/replicates.metrics.json.
 replicates: setup
 	$(BIN)/irlnb replicates $(PARAMS)
+
+recovery: setup
+	$(BIN)/irlnb recovery $(PARAMS)

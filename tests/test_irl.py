@@ -401,6 +401,25 @@ def test_the_laplace_posterior_recovers_a_planted_direction_and_contracts_with_m
     assert rows[-1]["std_mean"] < rows[0]["std_mean"]
 
 
+def test_the_uncertainty_metrics_rank_wrong_signs_by_spread_by_other_side_probability_and_by_nearness():
+    from irlnb.irl import posterior
+    from irlnb.irl.feature_sets import TextSet
+
+    # A 2-feature posterior: R-hat = x0, std = |x1| (covariance diag(0, 1)). Threshold 0; R* > 0 is non-toxic.
+    covariance = torch.diag(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    fit = posterior.Posterior(torch.tensor([1.0, 0.0], dtype=torch.float64), covariance, 1.0)
+    features = torch.tensor([[3.0, 1.0], [-3.0, 1.0], [0.5, 2.0], [-0.5, 0.5], [2.0, 4.0]])
+    r_star = np.array([1.0, -1.0, -1.0, 1.0, 1.0])  # the 3rd and 4th are on the wrong side of R-hat's threshold
+    values = posterior.uncertainty_metrics(fit, TextSet(features, r_star, -np.ones(5)), 0.0, features)
+    assert values["wrong_share"] == pytest.approx(0.4)
+    # std 1, 1, 2, 0.5, 4: the wrong texts' stds (2, 0.5) are above the right ones' in 2 of the 6 pairs
+    assert values["std_auc_wrong"] == pytest.approx(2 / 6)
+    # |mean| / std = 3, 3, 0.25, 1, 0.5: the wrong ones are nearest in posterior sds but for 1 vs 0.5
+    assert values["other_side_probability_auc_wrong"] == pytest.approx(5 / 6)
+    # |mean| = 3, 3, 0.5, 0.5, 2: the wrong ones are the nearest (no spread in it)
+    assert values["nearness_auc_wrong"] == pytest.approx(1.0)
+
+
 def test_a_saved_posterior_reward_returns_its_spread(tmp_path):
     from irlnb.irl import posterior
 

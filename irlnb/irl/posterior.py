@@ -97,8 +97,12 @@ def subset(pairs: PairSet, count: int, seed: int) -> PairSet:
 
 
 def uncertainty_metrics(posterior: Posterior, human: TextSet, threshold: float, ood: torch.Tensor) -> dict[str, float]:
-    """Is the spread worth anything? On held-out human texts: ROC-AUC of the std for 'the posterior mean
-    disagrees with sign(R*)' (at the validation threshold); mean std there and on out-of-domain texts."""
+    """Is the spread worth anything? On held-out human texts, for 'the posterior mean disagrees with sign(R*)' (at
+    the validation threshold): the ROC-AUC of the std (`std_auc_wrong`), of the posterior probability that the
+    text's reward lies on the other side of the threshold, Phi(-|mean - threshold| / std)
+    (`other_side_probability_auc_wrong`), and of the plain nearness of the mean to the threshold, with no spread in
+    it (`nearness_auc_wrong`: what the posterior must beat to add anything); mean std there and on out-of-domain
+    texts."""
     r_hat = (human.features.double() @ posterior.mean).numpy()
     std = posterior.std(human.features)
     wrong = (r_hat <= threshold) != metrics.toxic_by_reward(human.r_star)
@@ -108,7 +112,14 @@ def uncertainty_metrics(posterior: Posterior, human: TextSet, threshold: float, 
         "wrong_share": float(wrong.mean()),
         "prior_std": posterior.prior_std,
     }
-    values["std_auc_wrong"] = metrics.roc_auc(wrong, std) if 0 < wrong.sum() < len(wrong) else float("nan")
+    distance = np.abs(r_hat - threshold)
+    flags = {
+        "std_auc_wrong": std,
+        "other_side_probability_auc_wrong": -distance / std,  # Phi(-z) is monotone in -z: the same ranking
+        "nearness_auc_wrong": -distance,
+    }
+    for name, flag in flags.items():
+        values[name] = metrics.roc_auc(wrong, flag) if 0 < wrong.sum() < len(wrong) else float("nan")
     return values
 
 
