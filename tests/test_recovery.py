@@ -10,6 +10,7 @@ import pytest
 from conftest import PARAMS, irlnb_cli, write_params
 
 from irlnb import metric_names as names
+from irlnb.metric_names import MissingMetricError
 from irlnb.models.classifiers import ReadabilityScorer, SentimentScorer, load_classifier
 from irlnb.params_file import load_config
 from irlnb.pipeline import recovery
@@ -68,7 +69,7 @@ def test_a_rows_metrics_are_read_from_its_run_and_a_missing_one_is_refused():
     values = recovery.row_values(metrics, "runs/x")
     assert set(values) == set(recovery.ROW_METRICS) - set(recovery.OPTIONAL)  # no log-ratio: a best-of-n expert
     missing = names.irl_metric(None, "test", "auc_mean")
-    with pytest.raises(KeyError, match=f"runs/x: metric {missing} is missing"):
+    with pytest.raises(MissingMetricError, match=f"runs/x: metric '{missing}' is missing from metrics.json; rerun"):
         recovery.row_values({k: v for k, v in metrics.items() if k != missing}, "runs/x")
 
 

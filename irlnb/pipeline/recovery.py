@@ -50,17 +50,29 @@ ROW_METRICS = {
     "newline_share_spearman": names.irl_metric(None, "test", "newline_share_spearman_mean"),
     "punctuation_share_spearman": names.irl_metric(None, "test", "punctuation_share_spearman_mean"),
     "repetition_shift": names.irl_metric(None, "test", "repetition_shift_mean"),
+    "length_directions_removed": names.IRL_LENGTH_DIRECTIONS,
     "mean_shift_auc": names.irl_metric("mean_shift", "test", "auc_mean"),
     "mean_shift_spearman": names.irl_metric("mean_shift", "test", "spearman_mean"),
     "mean_shift_within_prompt_spearman": names.irl_metric("mean_shift", "test", "within_prompt_spearman_mean"),
     "log_ratio_within_prompt_spearman": names.irl_metric("log_ratio", "test", "within_prompt_spearman_mean"),
+    # references, not IRL: the same head fitted on the row's reward (its sign on the demonstration texts; R*'s own
+    # ordering of pairs of base samples): how much of that reward the features carry at all
+    "ceiling_spearman": names.irl_metric(names.CEILING, "test", "spearman_mean"),
+    "r_star_comparisons_spearman": names.irl_metric(names.R_STAR_COMPARISONS, "test", "spearman_mean"),
     "expert_better_share": names.demonstrations_metric("test", "expert_better_share"),
     "base_reward_below_zero_share": names.policy_metric("base", "toxicity_ratio"),
     "expert_reward_below_zero_share": names.policy_metric("ground_truth", "toxicity_ratio"),
     "base_perplexity": names.policy_metric("base", "perplexity"),
     "expert_perplexity": names.policy_metric("ground_truth", "perplexity"),
 }
-OPTIONAL = ("log_ratio_within_prompt_spearman",)  # a best-of-n expert has no weights, so no log-ratio
+# A best-of-n expert has no weights, so no log-ratio; a statistic constant over the held-out texts (no text with a
+# line break) has no correlation, which the run leaves out of its metrics; R*'s own comparisons need two base samples per prompt.
+OPTIONAL = (
+    "log_ratio_within_prompt_spearman",
+    "newline_share_spearman",
+    "punctuation_share_spearman",
+    "r_star_comparisons_spearman",
+)
 
 
 def reward_name(reward: str) -> str:
@@ -84,13 +96,15 @@ def row_config(base: Config, reward: str, kind: str) -> Config:
 
 
 def row_values(metrics: dict[str, float], where: str) -> dict[str, float]:
-    """The row's `ROW_METRICS` from one run's metrics; a missing one is refused, but for `OPTIONAL` ones."""
+    """The row's `ROW_METRICS` from one run's metrics; a missing one is refused in one line, but for `OPTIONAL` ones
+    (left out of the row)."""
     values = {}
     for name, key in ROW_METRICS.items():
-        if key in metrics:
-            values[name] = float(metrics[key])
-        elif name not in OPTIONAL:
-            raise KeyError(f"{where}: metric {key} is missing; run its stages up to {LAST_STAGE} first")
+        if name in OPTIONAL:
+            if key in metrics:
+                values[name] = float(metrics[key])
+        else:
+            values[name] = float(names.require(metrics, key, f"the recovery row of {where}"))
     return values
 
 

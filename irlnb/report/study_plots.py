@@ -215,6 +215,7 @@ RECOVERY_BARS = (  # (column of the recovery table, label, colour)
     ("spearman", "R̂ vs its true reward, across prompts", "tab:blue"),
     ("within_prompt_spearman", "R̂ vs its true reward, within prompts", "tab:cyan"),
     ("mean_shift_spearman", "mean-shift baseline, across prompts", "tab:gray"),
+    ("ceiling_spearman", "ceiling: the head fitted on the true reward (not IRL)", "tab:olive"),
     ("length_tokens_spearman", "R̂ vs text length (tokens)", "tab:red"),
     ("log_ratio_within_prompt_spearman", "expert's log-ratio, within prompts (white box)", "tab:green"),
 )
