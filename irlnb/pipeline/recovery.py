@@ -66,7 +66,8 @@ ROW_METRICS = {
     "expert_perplexity": names.policy_metric("ground_truth", "perplexity"),
 }
 # A best-of-n expert has no weights, so no log-ratio; a statistic constant over the held-out texts (no text with a
-# line break) has no correlation, which the run leaves out of its metrics; R*'s own comparisons need two base samples per prompt.
+# line break) has no correlation, which the run leaves out of its metrics; R*'s own comparisons need two base
+# samples per prompt.
 OPTIONAL = (
     "log_ratio_within_prompt_spearman",
     "newline_share_spearman",
