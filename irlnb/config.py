@@ -102,7 +102,11 @@ class SourcesSettings:
     """Models and data: 'embedded:NAME' (from PyPI, offline), 'local:PATH' or 'hub:ORG/NAME'."""
 
     policy: str = setting("embedded:smollm2-135m-instruct", doc="base policy (causal LM) to be aligned and audited")
-    toxicity_classifier: str = setting("embedded:tox-block", doc="ground-truth toxicity classifier behind R*")
+    toxicity_classifier: str = setting(
+        "embedded:tox-block",
+        doc="ground-truth classifier behind R* (toxicity; embedded:vader-sentiment and embedded:flesch-readability "
+        "score other properties, for the recovery suite)",
+    )
     evaluator: str = setting(
         "embedded:profanity-check", doc="independent toxicity evaluator (a second opinion, never trained against)"
     )
