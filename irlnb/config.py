@@ -461,6 +461,16 @@ class IrlSettings:
         ge=1,
     )
     max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
+    audit_texts: int = setting(
+        10,
+        doc="the audit report: held-out human texts the saved reward ranks highest, and as many lowest, and words that move it most",
+        ge=1,
+    )
+    audit_word_texts: int = setting(
+        10,
+        doc="the audit report: a word is listed among those that move the saved reward when at least this many held-out texts hold it",
+        ge=1,
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         if self.loss != AUTO and objective_of(self.loss).needs_posterior and not self.posterior:
@@ -483,16 +493,6 @@ class AnalysisSettings:
     compare_runs: str = setting("", doc="other run names under runs_dir to compare with (comma-separated)")
     explorer_texts: int = setting(
         20, doc="test demonstration texts where the learned reward and R* disagree most", ge=1
-    )
-    audit_texts: int = setting(
-        10,
-        doc="held-out human texts the saved reward ranks highest, and as many lowest, and words that move it most",
-        ge=1,
-    )
-    audit_word_texts: int = setting(
-        10,
-        doc="a word is listed among those that move the saved reward when at least this many held-out texts hold it",
-        ge=1,
     )
 
 

@@ -154,20 +154,20 @@ class RunLayout:
     def posterior_contraction(self) -> Path:
         return self.root / IRL_FOLDER / "posterior_contraction.csv"
 
-    # 05
-    @property
-    def disagreements(self) -> Path:
-        return self.root / ANALYSIS_FOLDER / "disagreements.csv"
-
     @property
     def audit_extremes(self) -> Path:
         """The held-out human texts the saved reward ranks highest and lowest (`irlnb.report.audit`)."""
-        return self.root / ANALYSIS_FOLDER / "audit_extremes.csv"
+        return self.root / IRL_FOLDER / "audit_extremes.csv"
 
     @property
     def audit_words(self) -> Path:
         """The words whose presence moves the saved reward most on held-out human texts (`irlnb.report.audit`)."""
-        return self.root / ANALYSIS_FOLDER / "audit_words.csv"
+        return self.root / IRL_FOLDER / "audit_words.csv"
+
+    # 05
+    @property
+    def disagreements(self) -> Path:
+        return self.root / ANALYSIS_FOLDER / "disagreements.csv"
 
     # Shared files
     def read_metrics(self) -> dict[str, float]:

@@ -180,6 +180,7 @@ STAGES: tuple[Stage, ...] = (
             "rlhf.temperature",
             "irl",
         ),
+        reports=("irl.audit_texts", "irl.audit_word_texts"),  # how long the audit report's lists are
         needs=("01_curate", "02_ground_truth_rm", "03_rlhf_ground_truth"),
     ),
     rlhf_stage("learned", ("01_curate", "04_irl"), (metric_names.policy_prefix("learned"),)),
