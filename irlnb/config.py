@@ -463,12 +463,14 @@ class IrlSettings:
     max_length: int = setting(128, doc="longest text the reward reads, in tokens (longer ones keep their start)", ge=2)
     audit_texts: int = setting(
         10,
-        doc="the audit report: held-out human texts the saved reward ranks highest, and as many lowest, and words that move it most",
+        doc="the audit report: held-out human texts the saved reward ranks highest, and as many lowest, and words "
+        "that move it most",
         ge=1,
     )
     audit_word_texts: int = setting(
         10,
-        doc="the audit report: a word is listed among those that move the saved reward when at least this many held-out texts hold it",
+        doc="the audit report: a word is listed among those that move the saved reward when at least this many "
+        "held-out texts hold it",
         ge=1,
     )
 
