@@ -124,7 +124,7 @@ def test_the_recovered_reward_is_the_same_whatever_r_star_is(smoke_run, tmp_path
 
 def test_the_suite_refuses_an_unknown_kind_or_reward_in_one_line_before_any_run(tmp_path):
     for option, value, message in (
-        ("--kinds", "sft", "rlhf.trainer"),
+        ("--kinds", "sft", "unknown alignment kind 'sft'"),
         ("--rewards", "embedded:politeness", "unknown embedded toxicity_classifier 'politeness'"),
     ):
         done = irlnb_cli("recovery", option, value, "--runs-dir", str(tmp_path / "runs"), "--no-record")

@@ -27,6 +27,7 @@ from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, save_figure, write
 from irlnb.params_file import config_with
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
+from irlnb.rl.kinds import kind_of
 
 RUNS = "runs/recovery"
 RECORD = REPO_ROOT / "regress" / "recovery.metrics.json"
@@ -83,15 +84,15 @@ def reward_name(reward: str) -> str:
 
 def row_config(base: Config, reward: str, kind: str) -> Config:
     """The params with R* the row's reward and the expert aligned by `kind`, a run name of its own, nothing published;
-    every other setting the params file's. A best-of-n expert has no model of its own, so its demonstrations cannot
-    share the base's random numbers (`irl.matched: false`, which the config requires of it)."""
+    every other setting the params file's. An expert with no model of its own (best-of-n) cannot share the base's random
+    numbers in its demonstrations (`irl.matched: false`, which the config requires of it)."""
     changes: dict[str, Any] = {
         "sources.toxicity_classifier": reward,
         "rlhf.trainer": kind,
         "run.name": f"{base.run.name}-{reward_name(reward)}-{kind}",
         "run.figures_dir": "",
     }
-    if kind == "best_of_n":
+    if not kind_of(kind).has_weights:
         changes["irl.matched"] = False
     return config_with(base, changes, f"recovery row {reward_name(reward)} by {kind}")
 
