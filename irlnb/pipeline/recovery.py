@@ -24,6 +24,7 @@ import pandas as pd
 from irlnb import metric_names as names
 from irlnb.config import Config
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, save_figure, write_json_atomic
+from irlnb.objectives import MEAN_SHIFT
 from irlnb.params_file import config_with
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
@@ -52,10 +53,10 @@ ROW_METRICS = {
     "punctuation_share_spearman": names.irl_metric(None, "test", "punctuation_share_spearman_mean"),
     "repetition_shift": names.irl_metric(None, "test", "repetition_shift_mean"),
     "length_directions_removed": names.IRL_LENGTH_DIRECTIONS,
-    "mean_shift_auc": names.irl_metric("mean_shift", "test", "auc_mean"),
-    "mean_shift_spearman": names.irl_metric("mean_shift", "test", "spearman_mean"),
-    "mean_shift_within_prompt_spearman": names.irl_metric("mean_shift", "test", "within_prompt_spearman_mean"),
-    "log_ratio_within_prompt_spearman": names.irl_metric("log_ratio", "test", "within_prompt_spearman_mean"),
+    "mean_shift_auc": names.irl_metric(MEAN_SHIFT.name, "test", "auc_mean"),
+    "mean_shift_spearman": names.irl_metric(MEAN_SHIFT.name, "test", "spearman_mean"),
+    "mean_shift_within_prompt_spearman": names.irl_metric(MEAN_SHIFT.name, "test", "within_prompt_spearman_mean"),
+    "log_ratio_within_prompt_spearman": names.irl_metric(names.WHITE_BOX, "test", "within_prompt_spearman_mean"),
     # references, not IRL: the same head fitted on the row's reward (its sign on the demonstration texts; R*'s own
     # ordering of pairs of base samples): how much of that reward the features carry at all
     "ceiling_spearman": names.irl_metric(names.CEILING, "test", "spearman_mean"),

@@ -23,6 +23,7 @@ import numpy as np
 from irlnb import metric_names as names
 from irlnb.config import Config
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
+from irlnb.objectives import MEAN_SHIFT
 from irlnb.params_file import config_with
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
@@ -68,7 +69,7 @@ def seed_bootstrap_share(
 # white-box log-ratio's) test numbers, across prompts and within them, and what else it tracks
 IRL_OVER_SEEDS = tuple(
     names.irl_metric(objective, "test", f"{statistic}_mean")
-    for objective in (None, "mean_shift", names.WHITE_BOX)
+    for objective in (None, MEAN_SHIFT.name, names.WHITE_BOX)
     for statistic in ("auc", "spearman", "within_prompt_spearman", "length_tokens_spearman", "repetition_shift")
 )
 
