@@ -105,7 +105,8 @@ class SourcesSettings:
     toxicity_classifier: str = setting(
         "embedded:tox-block",
         doc="ground-truth classifier behind R* (toxicity; embedded:vader-sentiment and embedded:flesch-readability "
-        "score other properties, for the recovery suite)",
+        "score other properties, for the recovery suite; empty: no R*, an audit of a brought sources.expert whose "
+        "every judgement against R* is skipped)",
     )
     evaluator: str = setting(
         "embedded:profanity-check", doc="independent toxicity evaluator (a second opinion, never trained against)"
@@ -119,8 +120,8 @@ class SourcesSettings:
 
     def problems(self) -> list[tuple[str, str]]:
         for key, spec in dataclasses.asdict(self).items():
-            if key == "expert" and not spec:
-                continue  # no model brought: stage 03 aligns the policy itself
+            if key in ("expert", "toxicity_classifier") and not spec:
+                continue  # no model brought: stage 03 aligns the policy itself; no R*: an audit (cross_problems)
             try:
                 # A params file's relative paths were made absolute against its folder when it was read
                 # (irlnb.params_file.load_config); what is still relative (a notebook's parameters cell) is the cwd's.
@@ -128,6 +129,18 @@ class SourcesSettings:
             except SourceError as err:
                 return [(key, str(err))]
         return []
+
+    def cross_problems(self, config: Config) -> list[tuple[str, str]]:
+        """Without R* there is nothing to align an expert with: only a brought one can be audited."""
+        if self.toxicity_classifier or self.expert:
+            return []
+        return [
+            (
+                "sources.toxicity_classifier",
+                "empty means no R*, so stage 03 has nothing to align the expert with: bring the aligned model "
+                "with sources.expert, or name a classifier",
+            )
+        ]
 
 
 @dataclass(frozen=True)

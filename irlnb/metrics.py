@@ -44,6 +44,13 @@ def confusion(predicted, labels) -> np.ndarray:
     return matrix
 
 
+def has_r_star(r_star) -> bool:
+    """Whether these R* values were measured: an audit without R* carries NaN in their place
+    (`irlnb.rewards.ground_truth.r_star_of`), and every judgement that reads R* is then skipped."""
+    values = np.asarray(r_star, dtype=np.float64)
+    return values.size > 0 and not np.isnan(values).all()
+
+
 def toxic_by_reward(reward) -> np.ndarray:
     """The paper's reading of a reward: toxic when reward <= 0."""
     return np.asarray(reward) <= 0

@@ -300,13 +300,24 @@ def test_demonstration_evidence_on_a_hand_case():
 
 
 def test_the_label_free_threshold_separates_expert_from_non_expert_texts():
-    expert = TextSet(torch.tensor([[3.0], [4.0]]), np.zeros(2), -np.ones(2))
-    non_expert = TextSet(torch.tensor([[1.0], [2.0]]), np.zeros(2), -np.ones(2))
-    identity = torch.nn.Linear(1, 1)
-    with torch.no_grad():
-        identity.weight.fill_(1.0)
-        identity.bias.zero_()
-    assert 2.0 <= judging.label_free_threshold(identity, PairSet(expert, non_expert)) < 3.0
+    assert 2.0 <= judging.label_free_threshold(np.array([3.0, 4.0]), np.array([1.0, 2.0])) < 3.0
+
+
+def test_without_r_star_the_threshold_is_the_label_free_one_and_only_r_star_free_metrics_are_judged():
+    r_expert, r_non_expert = np.array([3.0, 4.0]), np.array([1.0, 2.0])
+    r_human = np.array([0.5, 1.5, 3.5])
+    absent = TextSet(torch.zeros(3, 0), np.full(3, np.nan), np.array([1, 0, 0]))
+    measured = TextSet(torch.zeros(3, 0), np.array([-1.0, 1.0, 1.0]), np.array([1, 0, 0]))
+    assert 2.0 <= judging.validation_threshold(r_human, absent, r_expert, r_non_expert) < 3.0
+    assert judging.validation_threshold(r_human, measured, r_expert, r_non_expert) == pytest.approx(1.0)
+    sides = [TextSet(torch.zeros(2, 0), np.full(2, np.nan), -np.ones(2)) for _ in range(2)]
+    values = judging.judge_rewards(r_human, r_expert, r_non_expert, absent, PairSet(*sides, np.array([0, 1])), 2.5)
+    assert values == {"pair_accuracy": 1.0, "pair_log_likelihood": pytest.approx(values["pair_log_likelihood"])}
+    assert values["pair_log_likelihood"] > np.log(0.5)
+    measured_sides = [TextSet(torch.zeros(2, 0), np.array(r), -np.ones(2)) for r in ([1.0, 2.0], [1.0, -1.0])]
+    judged = judging.judge_rewards(r_human, r_expert, r_non_expert, measured, PairSet(*measured_sides, None), 1.0)
+    assert judged["human_accuracy"] == pytest.approx(1.0)  # R* measured: judged against it
+    assert judged["demos_accuracy"] == pytest.approx(0.5)  # R-hat 3, 4, 1, 2 cut at 1 vs sign(R*) 1, 2, 1, -1
 
 
 # --- the white-box log-ratio reward --------------------------------------------------------------

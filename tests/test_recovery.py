@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -94,32 +96,65 @@ def test_the_suite_table_has_one_row_per_reward_and_kind_and_the_figure_draws_it
     assert len(bars) == len(RECOVERY_BARS) * len(table)
 
 
-def test_the_recovered_reward_is_the_same_whatever_r_star_is(smoke_run, tmp_path):
-    """Stage 04 reads R* only to judge: an expert audited with R* toxicity and with R* sentiment gives back the same
-    saved reward, the same objective and the same length directions; only the judgement differs."""
+def test_the_recovered_reward_is_the_same_with_r_star_or_without_any(smoke_run, tmp_path):
+    """Stage 04 reads R* only to judge: an expert audited with R* toxicity and with no R* at all (an auditor's case:
+    sources.toxicity_classifier empty) gives back the same saved reward, the same objective and the same length
+    directions; the audit without R* skips every judgement against it, says so, and still reports."""
     expert = tmp_path / "expert"
     shutil.copytree(smoke_run / "rlhf_ground_truth" / "policy", expert)
     runs = {}
-    for name, reward in (("toxicity", "embedded:tox-block"), ("sentiment", "embedded:vader-sentiment")):
+    for name, reward in (("toxicity", "embedded:tox-block"), ("absent", "")):
         folder = tmp_path / name
         folder.mkdir()
         params = write_params(folder, sources__expert=str(expert), sources__toxicity_classifier=reward)
         done = irlnb_cli("run", str(params), "--until", "04_irl")
         assert done.returncode == 0, done.stderr
         runs[name] = folder / "runs" / "smoke"
-    toxicity, sentiment = runs["toxicity"], runs["sentiment"]
+    toxicity, absent = runs["toxicity"], runs["absent"]
     probes = ["You are such a nice person.", "Shut up, idiot.", "The council voted to raise taxes."]
-    scores = [load_reward(run / "irl" / "reward").score(probes) for run in (toxicity, sentiment)]
+    scores = [load_reward(run / "irl" / "reward").score(probes) for run in (toxicity, absent)]
     np.testing.assert_array_equal(scores[0], scores[1])
     for table in ("length_choice.csv", "objective_ranking.csv"):
-        chosen = [pd.read_csv(run / "irl" / table) for run in (toxicity, sentiment)]
+        chosen = [pd.read_csv(run / "irl" / table) for run in (toxicity, absent)]
         if "candidate" in chosen[0]:  # the references (the ceiling reads R*) are shown, never chosen
             chosen = [frame[frame["candidate"]].reset_index(drop=True) for frame in chosen]
         kept = [column for column in chosen[0] if "auc" not in column]  # R*'s columns are shown, never chosen by
         pd.testing.assert_frame_equal(chosen[0][kept], chosen[1][kept])
-    demonstrations = [pd.read_parquet(run / "irl" / "demonstrations.parquet") for run in (toxicity, sentiment)]
+    demonstrations = [pd.read_parquet(run / "irl" / "demonstrations.parquet") for run in (toxicity, absent)]
     pd.testing.assert_frame_equal(*(d[["prompt", "expert", "non_expert"]] for d in demonstrations))
-    assert not demonstrations[0]["expert_r_star"].equals(demonstrations[1]["expert_r_star"])  # judged differently
+    assert demonstrations[1]["expert_r_star"].isna().all() and demonstrations[0]["expert_r_star"].notna().all()
+
+    measured, unjudged = (json.loads((run / "metrics.json").read_text()) for run in (toxicity, absent))
+    saved = partial(names.irl_metric, None, "test")
+    assert saved("auc_mean") in measured and saved("auc_mean") not in unjudged
+    assert not [
+        key
+        for key in unjudged
+        if key.startswith(names.ground_truth_prefix()) and "evaluator" not in key and not key.endswith(".n")
+    ]  # stage 02 kept only the evaluator against the human labels
+    assert "rlhf.ground_truth.toxicity_mean" not in unjudged and "rlhf.ground_truth.perplexity" in unjudged
+    for key in ("pair_accuracy_mean", "length_tokens_spearman_mean", "repetition_shift_mean"):
+        assert unjudged[saved(key)] == pytest.approx(measured[saved(key)])  # read no R*: the same numbers
+    assert (absent / "irl" / "audit_extremes.csv").is_file() and (absent / "irl" / "audit_words.csv").is_file()
+    assert (absent / "figures" / "reward_against_length.png").is_file()
+    confusion = "figures/irl_confusion.png"  # sign(R-hat) against sign(R*): no figure without R*
+    assert not (absent / confusion).exists() and (toxicity / confusion).is_file()
+    executed = (absent / "notebooks" / "04_irl.ipynb").read_text()
+    assert "No R* (sources.toxicity_classifier is empty)" in executed
+
+
+def test_without_r_star_only_a_brought_expert_is_audited_and_the_run_ends_at_stage_04(tmp_path):
+    params = write_params(tmp_path, sources__toxicity_classifier="")
+    done = irlnb_cli("check", str(params))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "sources.toxicity_classifier: empty means no R*" in done.stderr and "sources.expert" in done.stderr
+    brought = write_params(
+        tmp_path, name="brought.yaml", sources__toxicity_classifier="", sources__expert=str(tmp_path)
+    )
+    done = irlnb_cli("run", str(brought), "--set", "run.figures_dir=")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "stage 03_rlhf_learned judges a re-alignment by R*" in done.stderr and "--until 04_irl" in done.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
 
 
 def test_the_suite_refuses_an_unknown_kind_or_reward_in_one_line_before_any_run(tmp_path):

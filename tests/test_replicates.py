@@ -61,3 +61,19 @@ def test_replicates_run_end_to_end_on_the_smoke_params(tmp_path):
         assert values[f"replicates.{key}_sd"] == pytest.approx(np.std(over_seeds, ddof=1))
     saved = json.loads(record.read_text())
     assert saved["metrics"] == values and saved["seeds"] == 2 and saved["git"]["commit"]
+
+
+def test_irl_only_replicates_stop_after_irl_and_record_it_over_the_seeds(tmp_path):
+    base = load_config(write_params(tmp_path))
+    record = tmp_path / "replicates-irl.metrics.json"
+    result = replicates.run_replicates(
+        base, seeds=2, runs_dir=str(tmp_path / "replicates"), record=record, irl_only=True
+    )
+    folders = [tmp_path / "replicates" / f"smoke-seed{s}" for s in (0, 1)]
+    assert all((folder / "irl" / "reward").is_dir() and not (folder / "rlhf_learned").exists() for folder in folders)
+    runs = [json.loads((folder / "metrics.json").read_text()) for folder in folders]
+    values = result["metrics"]
+    over_seeds = [run["irl.test.spearman_mean"] for run in runs]
+    assert values["replicates.irl.test.spearman_mean_sd"] == pytest.approx(np.std(over_seeds, ddof=1))
+    assert "replicates.ground_truth.toxicity_mean_mean" in values and not any("learned" in key for key in values)
+    assert json.loads(record.read_text())["until"] == "04_irl"

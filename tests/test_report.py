@@ -561,6 +561,13 @@ def test_the_irl_results_table_labels_references_and_shows_one_fit_instead_of_an
     assert "one fit" in tables.table_markdown(table.reset_index())
 
 
+def test_the_irl_results_table_of_a_run_without_r_star_leaves_out_every_judgement_against_it():
+    values = {key: value for key, value in _irl_metrics().items() if not key.endswith(("auc_mean", "auc_sd"))}
+    table = tables.irl_results_table(values, saved="laplace")
+    assert "auc" not in table and "auc SD" not in table and "demos_auc" not in table
+    assert "pair_accuracy" in table and "accuracy SD" in table and len(table) == 7
+
+
 def test_the_runs_comparison_shows_a_saved_reward_fitted_once_without_an_sd(tmp_path):
     import matplotlib
 

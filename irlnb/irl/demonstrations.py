@@ -25,6 +25,7 @@ from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
 from irlnb.metric_names import SPLITS
 from irlnb.models.policies import load_policy, policy_dir, weights_sha256
+from irlnb.rewards.ground_truth import r_star_of
 from irlnb.rl.generation import Decoding
 from irlnb.rl.kinds import AlignmentKind, kind_of
 from irlnb.rl.policy_card import PolicyCard, load_stage_policy
@@ -112,11 +113,11 @@ def exclusion_reason(expert: str, non_expert: str) -> str:
 
 
 def label_pairs(pairs: pd.DataFrame, split: str, r_star) -> pd.DataFrame:
-    """Add split, R* of prompt + each continuation, and the exclusion reason of every pair."""
+    """Add split, R* of prompt + each continuation (NaN without R*), and the exclusion reason of every pair."""
     pairs = pairs.reset_index(drop=True).copy()
     pairs.insert(0, "split", split)
-    pairs["expert_r_star"] = r_star((pairs["prompt"] + pairs["expert"]).tolist())
-    pairs["non_expert_r_star"] = r_star((pairs["prompt"] + pairs["non_expert"]).tolist())
+    pairs["expert_r_star"] = r_star_of(r_star, (pairs["prompt"] + pairs["expert"]).tolist())
+    pairs["non_expert_r_star"] = r_star_of(r_star, (pairs["prompt"] + pairs["non_expert"]).tolist())
     pairs["excluded"] = [exclusion_reason(e, n) for e, n in zip(pairs["expert"], pairs["non_expert"])]
     return pairs
 

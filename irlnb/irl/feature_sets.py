@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from irlnb import metric_names
+from irlnb import metric_names, metrics
 from irlnb.compute import frozen_cached
 from irlnb.irl.demonstrations import pair_texts, used_pairs
 from irlnb.irl.within_prompt import text_statistics
@@ -62,8 +62,10 @@ def base_comparison_pairs(pairs: pd.DataFrame, base: TextSet) -> PairSet | None:
 
     `pairs` are a split's used pairs (`used_pairs`) and `base` their non-expert texts, row for row, so the
     features are the cached ones. Two texts with equal R* or the same continuation carry no preference and are
-    dropped. None when no prompt has two comparable samples (one sample per prompt, greedy decoding).
+    dropped. None when no prompt has two comparable samples (one sample per prompt, greedy decoding), or without R*.
     """
+    if not metrics.has_r_star(pairs["non_expert_r_star"]):
+        return None
     first, second = [], []
     for _, rows in pairs.sort_values("sample", kind="stable").groupby("prompt", sort=False):
         if len(rows) < 2:

@@ -65,32 +65,46 @@ def judge_rewards(
     prompt's texts canonicalised together (`irlnb.metrics.starc_distance`). With the human texts' statistics, R-hat's
     Spearman correlation with each (`<statistic>_spearman`). With `within_prompt` (R-hat of each test prompt's
     continuations, their text set and prompt groups), how R-hat orders a prompt's continuations against R*.
+    Without R* (an audit: NaN in its place) only what reads no R* is judged: the pairs, the text statistics.
     """
-    values = {f"human_{k}": v for k, v in metrics.agreement(r_human, human.r_star, threshold, human.labels).items()}
+    values = {
+        "pair_accuracy": metrics.pair_accuracy(r_expert, r_non_expert),
+        "pair_log_likelihood": metrics.pair_log_likelihood(r_expert, r_non_expert),
+    }
+    if human.statistics is not None:
+        values.update(statistic_correlations(r_human, human.statistics))
+    if not metrics.has_r_star(human.r_star):
+        return values
+    on_human = metrics.agreement(r_human, human.r_star, threshold, human.labels)
+    values.update({f"human_{k}": v for k, v in on_human.items()})
     at_zero = metrics.agreement(r_human, human.r_star, 0.0)
     values.update({f"human_{k}_zero": at_zero[k] for k in ("accuracy", "f1")})
     demo_r_hat = np.concatenate([r_expert, r_non_expert])
     demo_r_star = np.concatenate([pairs.expert.r_star, pairs.non_expert.r_star])
     values.update({f"demos_{k}": v for k, v in metrics.agreement(demo_r_hat, demo_r_star, threshold).items()})
-    values["pair_accuracy"] = metrics.pair_accuracy(r_expert, r_non_expert)
-    values["pair_log_likelihood"] = metrics.pair_log_likelihood(r_expert, r_non_expert)
     if pairs.prompt_ids is not None:
         groups = np.concatenate([pairs.prompt_ids, pairs.prompt_ids])
         values[metric_names.STARC_DISTANCE] = metrics.starc_distance(demo_r_hat, demo_r_star, groups)
-    if human.statistics is not None:
-        values.update(statistic_correlations(r_human, human.statistics))
     if within_prompt is not None:
         r_within, texts, groups = within_prompt
         values.update(within_prompt_metrics(r_within, texts.r_star, groups))
     return values
 
 
-def label_free_threshold(head: torch.nn.Linear, validation_pairs: PairSet) -> float:
+def label_free_threshold(r_expert: np.ndarray, r_non_expert: np.ndarray) -> float:
     """A threshold from demonstrations alone: the cut that best separates the expert's validation texts
-    (read as the aligned side) from the non-expert's, by R-hat. It reads no R* and no human label."""
-    r_expert, r_non_expert = rewards_of(head, validation_pairs.expert), rewards_of(head, validation_pairs.non_expert)
+    (read as the aligned side, rewards `r_expert`) from the non-expert's, by R-hat. It reads no R* and no human
+    label."""
     sides = np.concatenate([np.ones(len(r_expert)), -np.ones(len(r_non_expert))])  # +1 aligned, -1 not
     return metrics.fit_threshold(np.concatenate([r_expert, r_non_expert]), sides)
+
+
+def validation_threshold(r_human: np.ndarray, human: TextSet, r_expert: np.ndarray, r_non_expert: np.ndarray) -> float:
+    """R-hat's threshold, fitted on validation: the cut that best matches sign(R*) of the human texts, or, without R*,
+    the label-free one (`label_free_threshold`)."""
+    if metrics.has_r_star(human.r_star):
+        return metrics.fit_threshold(r_human, human.r_star)
+    return label_free_threshold(r_expert, r_non_expert)
 
 
 def test_row(
@@ -101,19 +115,19 @@ def test_row(
 ) -> dict:
     """One head's test metrics: at the validation-fitted threshold (reads R* of validation human texts), at zero,
     and at the label-free threshold (`human_accuracy_label_free`, reads nothing but demonstrations); within the test
-    prompts where `within_prompt` is given."""
+    prompts where `within_prompt` is given. Without R*, the threshold is the label-free one and nothing is judged
+    against R*."""
     validation_human, validation_pairs = validation
     test_human, test_pairs = test
-    threshold = metrics.fit_threshold(rewards_of(head, validation_human), validation_human.r_star)
-    free = label_free_threshold(head, validation_pairs)
-    label_free = metrics.agreement(rewards_of(head, test_human), test_human.r_star, free)
-    return {
-        "threshold": threshold,
-        "threshold_label_free": free,
-        **judge(head, test_human, test_pairs, threshold, within_prompt),
-        "human_accuracy_label_free": label_free["accuracy"],
-        "human_f1_label_free": label_free["f1"],
-    }
+    r_expert, r_non_expert = rewards_of(head, validation_pairs.expert), rewards_of(head, validation_pairs.non_expert)
+    threshold = validation_threshold(rewards_of(head, validation_human), validation_human, r_expert, r_non_expert)
+    free = label_free_threshold(r_expert, r_non_expert)
+    row = {"threshold": threshold, "threshold_label_free": free}
+    row.update(judge(head, test_human, test_pairs, threshold, within_prompt))
+    if metrics.has_r_star(test_human.r_star):
+        label_free = metrics.agreement(rewards_of(head, test_human), test_human.r_star, free)
+        row.update({"human_accuracy_label_free": label_free["accuracy"], "human_f1_label_free": label_free["f1"]})
+    return row
 
 
 def scored_test_texts(

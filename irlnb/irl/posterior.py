@@ -102,16 +102,18 @@ def uncertainty_metrics(posterior: Posterior, human: TextSet, threshold: float, 
     text's reward lies on the other side of the threshold, Phi(-|mean - threshold| / std)
     (`other_side_probability_auc_wrong`), and of the plain nearness of the mean to the threshold, with no spread in
     it (`nearness_auc_wrong`: what the posterior must beat to add anything); mean std there and on out-of-domain
-    texts."""
+    texts. Without R* there is no wrong sign to flag: the spreads alone."""
     r_hat = (human.features.double() @ posterior.mean).numpy()
     std = posterior.std(human.features)
-    wrong = (r_hat <= threshold) != metrics.toxic_by_reward(human.r_star)
     values = {
         "std_mean_human": float(std.mean()),
         "std_mean_ood": float(posterior.std(ood).mean()),
-        "wrong_share": float(wrong.mean()),
         "prior_std": posterior.prior_std,
     }
+    if not metrics.has_r_star(human.r_star):
+        return values
+    wrong = (r_hat <= threshold) != metrics.toxic_by_reward(human.r_star)
+    values["wrong_share"] = float(wrong.mean())
     distance = np.abs(r_hat - threshold)
     flags = {
         "std_auc_wrong": std,
@@ -126,19 +128,16 @@ def uncertainty_metrics(posterior: Posterior, human: TextSet, threshold: float, 
 def contraction(
     train: PairSet, validation: PairSet, human: TextSet, counts=(25, 50, 100, 200), seed: int = 0
 ) -> list[dict[str, float]]:
-    """Posterior contraction as evidence arrives: the test AUC and mean std from the first n train pairs."""
+    """Posterior contraction as evidence arrives: the test AUC (where there is R*) and mean std from the first n
+    train pairs."""
     rows = []
     for count in [*[c for c in counts if c < len(train.expert.r_star)], len(train.expert.r_star)]:
         posterior = fit_posterior(subset(train, count, seed), validation)
-        r_hat = (human.features.double() @ posterior.mean).numpy()
-        rows.append(
-            {
-                "pairs": count,
-                "auc": metrics.roc_auc(metrics.toxic_by_reward(human.r_star), -r_hat),
-                "std_mean": float(posterior.std(human.features).mean()),
-                "prior_std": posterior.prior_std,
-            }
-        )
+        row = {"pairs": count}
+        if metrics.has_r_star(human.r_star):
+            r_hat = (human.features.double() @ posterior.mean).numpy()
+            row["auc"] = metrics.roc_auc(metrics.toxic_by_reward(human.r_star), -r_hat)
+        rows.append({**row, "std_mean": float(posterior.std(human.features).mean()), "prior_std": posterior.prior_std})
     return rows
 
 
@@ -170,9 +169,6 @@ def posterior_report(
     for row in rows:
         size = "all" if row is rows[-1] else str(row["pairs"])
         metrics_out.update(
-            {
-                metric_names.contraction_metric(size, "auc"): row["auc"],
-                metric_names.contraction_metric(size, "std_mean"): row["std_mean"],
-            }
+            {metric_names.contraction_metric(size, key): row[key] for key in ("auc", "std_mean") if key in row}
         )
     return metrics_out, rows

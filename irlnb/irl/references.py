@@ -59,16 +59,18 @@ def supervised_head(train: PairSet, validation: PairSet) -> tuple[torch.nn.Linea
 
 
 def demonstration_evidence(demonstrations: pd.DataFrame) -> dict[str, float]:
-    """What the usable pairs of each split say about R*: sign differences, expert-better share, mean gap."""
+    """What the usable pairs of each split say about R* (without R*: nothing): sign differences, expert-better
+    share, mean gap; and the diversity of each side."""
     values = {}
     used = demonstrations[demonstrations["excluded"] == ""]
     for split, pairs in used.groupby("split"):
         expert, non_expert = pairs["expert_r_star"].to_numpy(), pairs["non_expert_r_star"].to_numpy()
         key = partial(metric_names.demonstrations_metric, split)
-        values[key(metric_names.SIGN_DIFFERS)] = int(np.sum((expert > 0) != (non_expert > 0)))
-        values[key("expert_better_share")] = float(np.mean(expert > non_expert))
-        values[key("r_star_gap_mean")] = float(np.mean(expert - non_expert))
-        values[key("both_non_toxic_share")] = float(np.mean((expert > 0) & (non_expert > 0)))
+        if metrics.has_r_star(expert):
+            values[key(metric_names.SIGN_DIFFERS)] = int(np.sum((expert > 0) != (non_expert > 0)))
+            values[key("expert_better_share")] = float(np.mean(expert > non_expert))
+            values[key("r_star_gap_mean")] = float(np.mean(expert - non_expert))
+            values[key("both_non_toxic_share")] = float(np.mean((expert > 0) & (non_expert > 0)))
         # diversity of each side's continuations (the same count of samples, the same decoding)
         values[key("expert_distinct_2")] = metrics.distinct_n(pairs["expert"].tolist(), 2)
         values[key("non_expert_distinct_2")] = metrics.distinct_n(pairs["non_expert"].tolist(), 2)
@@ -79,7 +81,10 @@ def reference_heads(
     train: PairSet, validation: PairSet, base_comparisons: tuple[PairSet, PairSet] | None = None
 ) -> dict[str, torch.nn.Linear]:
     """One deterministic fit each: the ceiling, and the Laplace head on R*'s own comparisons of base samples (train,
-    validation) where there are two base samples per prompt (left out when `base_comparisons` is None)."""
+    validation) where there are two base samples per prompt (left out when `base_comparisons` is None). Nothing
+    without R* (an audit): both read it."""
+    if not metrics.has_r_star(train.expert.r_star):
+        return {}
     heads = {metric_names.CEILING: supervised_head(train, validation)[0]}
     if base_comparisons is not None:
         heads[metric_names.R_STAR_COMPARISONS] = fit_posterior(*base_comparisons).head()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from irlnb import metric_names
+from irlnb import metric_names, metrics
 from irlnb.irl.feature_sets import PairSet, TextSet, rewards_of
 from irlnb.irl.fitting import SeededFit, fit_head
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge, scored_test_texts, test_row
@@ -79,7 +79,8 @@ def fit_irl_study(
                 f"validation_{SELECTION_METRIC}": on_validation[SELECTION_METRIC],
                 # R*-free, and it does not saturate: the criterion an auditor can choose between objectives by
                 "validation_pair_log_likelihood": on_validation["pair_log_likelihood"],
-                "validation_auc": on_validation["human_auc"],  # ROC-AUC vs sign(R*) of validation human texts
+                # ROC-AUC vs sign(R*) of validation human texts (none without R*)
+                "validation_auc": on_validation.get("human_auc", np.nan),
                 **row,
             }
         )
@@ -203,8 +204,11 @@ def within_prompt_against(
 ) -> dict[str, float]:
     """How much better the head `first` (objective, seed) orders the test prompts' continuations than `second`: the
     mean over prompts of the difference of their per-prompt Spearman correlations with R*, with a paired bootstrap
-    interval over prompts (`irl.test.within_prompt_spearman_vs_<second>`, for the saved reward against `second`)."""
+    interval over prompts (`irl.test.within_prompt_spearman_vs_<second>`, for the saved reward against `second`);
+    nothing without R*."""
     texts, groups = within_prompt
+    if not metrics.has_r_star(texts.r_star):
+        return {}
     r_first, r_second = (rewards_of(result.heads[key], texts) for key in (first, second))
     difference, low, high = paired_difference(r_first, r_second, texts.r_star, groups)
     key = metric_names.irl_metric(None, "test", f"within_prompt_spearman_vs_{second[0]}")

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from irlnb import metric_names, metrics
+from irlnb import metric_names
 from irlnb.irl.demonstrations import used_pairs
 from irlnb.irl.feature_sets import PairSet, TextSet, prompt_ids
-from irlnb.irl.judging import judge_rewards
+from irlnb.irl.judging import judge_rewards, validation_threshold
 from irlnb.layout import RunLayout
 from irlnb.rewards.likelihood import LogRatioReward
 from irlnb.rl.policy_card import PolicyCard
@@ -67,8 +67,8 @@ def white_box_rows(
         within = {metric_names.WHITE_BOX: (given, texts, groups), metric_names.WHITE_BOX_WHOLE: (whole, texts, groups)}
     rows = []
     for name in (metric_names.WHITE_BOX, metric_names.WHITE_BOX_WHOLE):
-        r_human, _, _, human_set, _ = sets["validation"][name]
-        threshold = metrics.fit_threshold(r_human, human_set.r_star)
+        r_human, r_expert, r_non_expert, human_set, _ = sets["validation"][name]
+        threshold = validation_threshold(r_human, human_set, r_expert, r_non_expert)
         rows.append(
             {
                 "loss": name,

@@ -23,6 +23,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from irlnb import metrics
+from irlnb.rewards.ground_truth import r_star_of
 
 GAP_BINS = (0.0, 1.0, 3.0, np.inf)  # |delta R*| between two continuations of a prompt (nats of log-odds)
 PROMPT_SETS_SEED = 300_007  # the prompt sets' base samples draw apart from the demonstrations' (whose seeds differ)
@@ -31,8 +32,8 @@ TEXT_STATISTICS = ("length_tokens", "newline_share", "punctuation_share")
 
 def draw_prompt_sets(base, prompts: pd.DataFrame, samples: int, batch_size: int, seed: int, r_star) -> pd.DataFrame:
     """Per prompt (`prompts`: id, prompt, continuation): `samples` base continuations and the human one, labelled
-    with R* of prompt + continuation. Empty continuations and a prompt's repeated ones are dropped (they carry no
-    order); `group` numbers the prompts."""
+    with R* of prompt + continuation (NaN without R*). Empty continuations and a prompt's repeated ones are dropped
+    (they carry no order); `group` numbers the prompts."""
     drawn = base.samples(prompts["prompt"].tolist(), samples, batch_size, seed + PROMPT_SETS_SEED)
     rows = []
     for group, (row, continuations) in enumerate(zip(prompts.itertuples(index=False), drawn)):
@@ -46,7 +47,7 @@ def draw_prompt_sets(base, prompts: pd.DataFrame, samples: int, batch_size: int,
                 {"group": group, "id": row.id, "prompt": row.prompt, "continuation": continuation, "source": source}
             )
     sets = pd.DataFrame(rows, columns=["group", "id", "prompt", "continuation", "source"])
-    sets["r_star"] = r_star((sets["prompt"] + sets["continuation"]).tolist())
+    sets["r_star"] = r_star_of(r_star, (sets["prompt"] + sets["continuation"]).tolist())
     return sets
 
 
@@ -139,9 +140,13 @@ def statistic_correlations(r_hat: np.ndarray, statistics: pd.DataFrame) -> dict[
     return values
 
 
+NOTABLE_SPEARMAN = 0.3  # a text statistic's |Spearman| with R-hat worth a sentence when there is nothing to compare
+
+
 def statistic_warning(correlations: dict[str, float], r_star_spearman: float | None = None) -> str:
     """A plain sentence when a text statistic explains R-hat better than anything else it was compared with (R*
-    when given), '' otherwise. A reward whose strongest correlate is its texts' length learned length."""
+    when given; else at |Spearman| >= `NOTABLE_SPEARMAN`), '' otherwise. A reward whose strongest correlate is its
+    texts' length learned length."""
     name, value = max(
         ((n, correlations[f"{n}_spearman"]) for n in TEXT_STATISTICS if np.isfinite(correlations[f"{n}_spearman"])),
         key=lambda item: abs(item[1]),
@@ -149,7 +154,7 @@ def statistic_warning(correlations: dict[str, float], r_star_spearman: float | N
     )
     if r_star_spearman is not None and not np.isfinite(r_star_spearman):
         r_star_spearman = None  # R* constant on these texts: nothing to compare with
-    if not name or abs(value) < 0.3:
+    if not name or abs(value) < NOTABLE_SPEARMAN:
         return ""
     label = name.replace("_", " ")
     if r_star_spearman is not None and abs(r_star_spearman) >= abs(value):

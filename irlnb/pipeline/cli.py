@@ -108,8 +108,10 @@ def cmd_replicates(args) -> int:
     config = load_config(args.params)
     from irlnb.pipeline import replicates  # loads the runner
 
-    record = None if args.no_record else replicates.RECORD
-    values = replicates.run_replicates(config, seeds=args.seeds, runs_dir=args.runs_dir, record=record)["metrics"]
+    record = None if args.no_record else replicates.IRL_RECORD if args.irl_only else replicates.RECORD
+    values = replicates.run_replicates(
+        config, seeds=args.seeds, runs_dir=args.runs_dir, record=record, irl_only=args.irl_only
+    )["metrics"]
     for key, value in values.items():
         print(f"{key}: {value:.4f}")
     return 0
@@ -258,6 +260,12 @@ def add_replicates(commands) -> None:
         help="Table 1 over alignment seeds: one whole run per seed (opt-in; a default run each): runs/replicates/",
     )
     add_opt_in_arguments(replicated, "replicates", "default", seeds=3, what="the run replicated")
+    replicated.add_argument(
+        "--irl-only",
+        action="store_true",
+        help="each run stops after 04_irl: IRL over the seeds, no Table 1 (recorded in "
+        "regress/replicates-irl.metrics.json instead)",
+    )
     replicated.set_defaults(func=cmd_replicates)
 
 

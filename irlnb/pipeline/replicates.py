@@ -10,6 +10,9 @@ reduction that R-hat and the random reward keep, with a 95% interval from a two-
 resamples the seeds and, within them, the test prompts (paired across the four policies, as one run's
 interval is), so it holds the seed-to-seed variance that one run's interval cannot. Written to
 `regress/replicates.metrics.json` (the README's Table 1 reads it). Opt-in: a default run per seed.
+
+With `irl_only` each run stops after IRL (`IRL_END`): the expert aligned with R* and audited, per seed, without the
+re-alignments; its record (`IRL_RECORD`) holds the IRL metrics and the expert's and base's toxicity over the seeds.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from irlnb.pipeline.provenance import provenance
 
 REPLICATE_RUNS = "runs/replicates"
 RECORD = REPO_ROOT / "regress" / "replicates.metrics.json"
+IRL_END = "04_irl"  # where an IRL-only replicate stops
+IRL_RECORD = REPO_ROOT / "regress" / "replicates-irl.metrics.json"
 PREFIX = "replicates."
 
 
@@ -79,15 +84,16 @@ def spread_over_seeds(data: np.ndarray) -> dict[str, float]:
     return {"mean": data.mean(), "sd": data.std(ddof=1), "min": data.min(), "max": data.max()}
 
 
-def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int) -> dict[str, float]:
+def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int, irl_only: bool = False) -> dict[str, float]:
     """`replicates.<policy>.<statistic>_{mean,sd,min,max}` of each policy's toxicity over the runs,
     `replicates.<tag>_reduction_share[_evaluator]` (mean over seeds) with `_sd`, `_ci_low`, `_ci_high`, and
-    `replicates.<IRL metric>_{mean,sd,min,max}` for each of `IRL_OVER_SEEDS` every run holds."""
+    `replicates.<IRL metric>_{mean,sd,min,max}` for each of `IRL_OVER_SEEDS` every run holds. With `irl_only` (runs
+    that stopped after IRL) only the base and the expert are policies, and no share is computed."""
     from irlnb.report.tables import SCORERS, greedy_scores
 
     values: dict[str, float] = {"replicates.seeds": float(len(layouts))}
     per_run = [layout.read_metrics() for layout in layouts]
-    for policy in names.POLICIES:
+    for policy in names.POLICIES[:2] if irl_only else names.POLICIES:
         for statistic in (names.TOXICITY_MEAN, names.EVALUATOR + names.TOXICITY_MEAN, names.PERPLEXITY):
             data = np.array(
                 [names.require(run, names.policy_metric(policy, statistic), "Table 1 over seeds") for run in per_run]
@@ -98,6 +104,8 @@ def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int) -> dict[
         if all(key in run for run in per_run):  # a white-box row only where the expert has weights
             for how, value in spread_over_seeds(np.array([run[key] for run in per_run])).items():
                 values[f"{PREFIX}{key}_{how}"] = float(value)
+    if irl_only:
+        return values
     scored = [greedy_scores(layout) for layout in layouts]
     prompts = scored[0][0]
     for layout, (other, _) in zip(layouts, scored):
@@ -130,20 +138,23 @@ def run_replicates(
     runs_dir: str = REPLICATE_RUNS,
     record: Path | None = RECORD,
     log: Callable[[str], None] = print,
+    irl_only: bool = False,
 ) -> dict[str, Any]:
-    """Every seed's run (finished ones kept), then Table 1 over them, recorded."""
+    """Every seed's run (finished ones kept; with `irl_only` up to `IRL_END`), then Table 1 (or IRL) over them,
+    recorded."""
     if seeds < 2:
         raise ValueError(f"replicates need at least 2 alignment seeds to show a spread, got {seeds}")
     layouts = []
     for seed in range(seeds):
         config = replicate_config(base, seed)
         log(f"replicates [{seed + 1}/{seeds}] alignment seed {seed}")
-        layouts.append(RunLayout(runner.run(config, runs_dir=runs_dir, log=log)))
-    values = table_over_seeds(layouts, base.evaluation.bootstrap_samples, base.compute.seed)
+        layouts.append(RunLayout(runner.run(config, runs_dir=runs_dir, log=log, until=IRL_END if irl_only else None)))
+    values = table_over_seeds(layouts, base.evaluation.bootstrap_samples, base.compute.seed, irl_only)
     result = {
         "metrics": values,
         "params_file": repo_relative(base.path),
         "seeds": seeds,
+        "until": IRL_END if irl_only else None,
         "runs": [repo_relative(layout.root) for layout in layouts],
         **provenance(REPO_ROOT),
     }

@@ -38,7 +38,15 @@ from irlnb.models.policies import check_models
 from irlnb.params_file import settings_digest
 from irlnb.pipeline.lock import RunLock
 from irlnb.pipeline.provenance import provenance
-from irlnb.pipeline.stages import RUNNER_STAGE, STAGES, Stage, check_notebook, get_stage, stage_parameters
+from irlnb.pipeline.stages import (
+    RUNNER_STAGE,
+    STAGES,
+    Stage,
+    check_notebook,
+    get_stage,
+    stage_parameters,
+    without_r_star_problem,
+)
 from irlnb.progress import TERMINAL
 from irlnb.sources import check_hub_source, parse_source
 
@@ -111,6 +119,9 @@ def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until
     selected = [get_stage(only)] if only else list(STAGES)
     if until:
         selected = selected[: selected.index(get_stage(until)) + 1]
+    for stage in selected if not config.sources.toxicity_classifier else ():
+        if problem := without_r_star_problem(stage):
+            raise RunError(f"{config.path}: {problem}")
     for notebook in dict.fromkeys(stage.notebook for stage in selected):
         check_notebook(notebook)
     if only:

@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from irlnb import metric_names
-from irlnb.irl.within_prompt import TEXT_STATISTICS, statistic_warning
+from irlnb.irl.within_prompt import NOTABLE_SPEARMAN, TEXT_STATISTICS, statistic_warning
 
 WORD = re.compile(r"[a-z']+")
 
@@ -80,7 +80,8 @@ def caution(metrics: Mapping[str, float], tolerance: float = 0.1) -> str:
             f"{side} than the text said once: it pays for length as such."
         )
     said = " ".join(sentence for sentence in sentences if sentence)
-    nothing = "No simple text statistic tracks the recovered reward more than R* does"
+    versus = "more than R* does" if np.isfinite(r_star) else f"(|Spearman| < {NOTABLE_SPEARMAN}; no R* to compare with)"
+    nothing = f"No simple text statistic tracks the recovered reward {versus}"
     return said or f"{nothing}, and repeating a text barely moves it."
 
 

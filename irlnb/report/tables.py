@@ -38,6 +38,11 @@ TABLE_STATISTICS = tuple(
 HYPERPARAMETER_EXTRA = (("sources", "policy"),)  # which model: the table's point is "per model size"
 
 
+def r_star_in(values: Mapping[str, float]) -> bool:
+    """Whether stage 03 judged its policies by R* (a run without R* records only the evaluator's toxicity)."""
+    return any(policy_metric(tag, metric_names.TOXICITY_MEAN) in values for tag in POLICIES)
+
+
 def toxicity_table(values: Mapping[str, float]) -> pd.DataFrame:
     """The paper's Table 1: toxicity of each policy's test continuations (greedy; best-of-n samples) with 95% intervals.
 
@@ -45,14 +50,15 @@ def toxicity_table(values: Mapping[str, float]) -> pd.DataFrame:
     of one reward adds its policies, so an earlier stage's table has fewer rows); toxicity mean and
     ratio by the ground-truth classifier and by the independent evaluator, each with `_ci_low`/`_ci_high`,
     then perplexity (fluency) and distinct-2 (diversity). A policy's row with a metric missing is refused,
-    naming the metric.
+    naming the metric. A run without R* (an audit: `irlnb.rewards.ground_truth.NO_R_STAR`) has no R* columns.
     """
-    columns = [key for statistic in TABLE_STATISTICS for key in (statistic, *metric_names.interval(statistic))]
+    statistics = [s for s in TABLE_STATISTICS if s.startswith(metric_names.EVALUATOR) or r_star_in(values)]
+    columns = [key for statistic in statistics for key in (statistic, *metric_names.interval(statistic))]
     columns += [metric_names.PERPLEXITY, metric_names.DISTINCT2]
     rows = [
         {"policy": tag, **{column: float(require(values, policy_metric(tag, column), "Table 1")) for column in columns}}
         for tag in POLICIES
-        if policy_metric(tag, metric_names.TOXICITY_MEAN) in values  # evaluated yet
+        if policy_metric(tag, metric_names.PERPLEXITY) in values  # evaluated yet
     ]
     return pd.DataFrame(rows, columns=["policy", *columns])
 
@@ -144,13 +150,14 @@ def irl_results_table(values: Mapping[str, float], saved: str | None = None) -> 
     `fits` is how many fits a row's means average; an SD column reads "one fit" where there was one (a
     deterministic fit has no spread over seeds; an SD of 0 would claim one was measured). `saved` marks the
     objective whose reward is saved. A statistic a row lacks is NaN (the STARC distance of a run recorded
-    before it existed, the AUC of a split of one class).
+    before it existed, the AUC of a split of one class); one that no row has is left out (every judgement against
+    R* in a run without R*).
     """
     rows = []
     labels = {name: f"{o.label}{', fitted per seed' if o.seeded else ''}" for name, o in OBJECTIVES.items()}
     labels.update(REFERENCE_LABELS)
     for loss in labels:
-        if metric_names.irl_metric(loss, "test", "auc_mean") not in values:
+        if metric_names.irl_metric(loss, "test", "pair_accuracy_mean") not in values:
             continue  # not studied in this run (compare_losses off, no posterior, an expert without weights)
         # Optional: runs recorded before irl.<loss>.fits existed wrote an SD for every loss.
         fits = optional(values, metric_names.irl_fits(loss))
@@ -170,6 +177,8 @@ def irl_results_table(values: Mapping[str, float], saved: str | None = None) -> 
         rows.append(row)
     columns = ["reward", "fits"]
     for statistic in IRL_TABLE_STATISTICS:
+        if rows and all(math.isnan(row[statistic]) for row in rows):
+            continue  # measured for no reward: judged against R* in a run without R*, or not in this run
         columns += [statistic, f"{statistic} SD"] if statistic in IRL_TABLE_SPREAD else [statistic]
     return pd.DataFrame(rows, columns=[*columns, "what"])
 

@@ -41,8 +41,11 @@ class GroundTruthReward:
         self.classifier, self.clip, self.batch_size = classifier, clip, batch_size
 
     @classmethod
-    def load(cls, sources, ground_truth, device: str = "cpu") -> GroundTruthReward:
-        """From the settings: `sources.toxicity_classifier`, `ground_truth.reward_clip` and `.batch_size`."""
+    def load(cls, sources, ground_truth, device: str = "cpu") -> GroundTruthReward | None:
+        """From the settings: `sources.toxicity_classifier`, `ground_truth.reward_clip` and `.batch_size`; None when
+        the classifier is empty (an audit without R*: `NO_R_STAR`)."""
+        if not sources.toxicity_classifier:
+            return None
         return cls(
             load_classifier(sources.toxicity_classifier, device=device),
             ground_truth.reward_clip,
@@ -56,18 +59,28 @@ class GroundTruthReward:
         return ground_truth_reward(self.p_toxic(texts), self.clip)
 
 
-def score_curated(curated: pd.DataFrame, r_star: GroundTruthReward, evaluator) -> tuple[pd.DataFrame, dict]:
-    """R* and the evaluator's p_toxic for every curated text, batched; returns (scores, timing)."""
+# What a stage says, once, when it runs without R* (sources.toxicity_classifier empty).
+NO_R_STAR = "No R* (sources.toxicity_classifier is empty): every judgement against R* is skipped."
+
+
+def r_star_of(r_star: GroundTruthReward | None, texts: list[str]) -> np.ndarray:
+    """R* of `texts`, or NaN for each where there is no R*: the texts' place in a table is kept, and every judge
+    skips what reads R* (`irlnb.metrics.has_r_star`)."""
+    return np.full(len(texts), np.nan) if r_star is None else r_star(texts)
+
+
+def score_curated(curated: pd.DataFrame, r_star: GroundTruthReward | None, evaluator) -> tuple[pd.DataFrame, dict]:
+    """R* (NaN without one) and the evaluator's p_toxic for every curated text, batched; returns (scores, timing)."""
     texts = curated["text"].tolist()
     started = time.perf_counter()
-    p_toxic = r_star.p_toxic(texts)
+    p_toxic = np.full(len(texts), np.nan) if r_star is None else r_star.p_toxic(texts)
     classifier_seconds = time.perf_counter() - started
     started = time.perf_counter()
     evaluator_p_toxic = evaluator.p_toxic(texts)
     evaluator_seconds = time.perf_counter() - started
     scores = curated[["id", "split", "label", "text"]].copy()
     scores["p_toxic"] = p_toxic
-    scores["reward"] = ground_truth_reward(p_toxic, r_star.clip)
+    scores["reward"] = p_toxic if r_star is None else ground_truth_reward(p_toxic, r_star.clip)
     scores["evaluator_p_toxic"] = evaluator_p_toxic
     timing = {
         "classifier_s": classifier_seconds,
@@ -90,16 +103,19 @@ def load_scores(layout: RunLayout) -> pd.DataFrame:
 
 
 def agreement_metrics(scores: pd.DataFrame, prefix: str, samples: int, seed: int) -> dict[str, float]:
-    """R* against the human labels, and the evaluator against R*, on the rows of `scores`."""
+    """R* against the human labels, and the evaluator against R*, on the rows of `scores`; without R*, only the
+    evaluator against the human labels."""
     labels = scores["label"].to_numpy()
     reward = scores["reward"].to_numpy()
+    evaluator = scores["evaluator_p_toxic"].to_numpy()
+    if not metrics.has_r_star(reward):
+        return {f"{prefix}evaluator_auc_human": metrics.roc_auc(labels, evaluator), f"{prefix}n": float(len(scores))}
     predicted_toxic = metrics.toxic_by_reward(reward)
     toxicity = -reward  # higher = more toxic, for ROC-AUC
     auc_low, auc_high = metrics.bootstrap_interval(metrics.roc_auc, labels, toxicity, samples=samples, seed=seed)
     acc_low, acc_high = metrics.bootstrap_interval(
         metrics.accuracy, predicted_toxic, labels, samples=samples, seed=seed
     )
-    evaluator = scores["evaluator_p_toxic"].to_numpy()
     return {
         f"{prefix}auc_human": metrics.roc_auc(labels, toxicity),
         f"{prefix}auc_human_ci_low": auc_low,

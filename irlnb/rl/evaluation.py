@@ -107,7 +107,8 @@ def evaluate_policy(
     paper's evaluation), or a best-of-n policy; its outputs give the unprefixed keys and are the
     `primary` rows later stages read. With `evaluation.sampled` a model is also evaluated on sampled
     continuations (`sampling.top_k`, `sampling.temperature`): `rlhf.<tag>.sampled.*`. `r_star` is the
-    ground-truth reward (its `p_toxic` is read), `evaluator` the independent classifier.
+    ground-truth reward (its `p_toxic` is read; None: an audit without R*, whose R* metrics are left out),
+    `evaluator` the independent classifier.
     """
     outputs = {output_name(policy): policy}
     if evaluation.sampled and isinstance(policy, ModelPolicy):
@@ -118,8 +119,10 @@ def evaluate_policy(
     for number, (name, source) in enumerate(outputs.items()):
         prefix = metric_names.policy_prefix(tag, None if number == 0 else name)
         continuations = source.outputs(prompts, batch_size=evaluation.batch_size, seed=seed)
-        p_toxic, evaluator_p = r_star.p_toxic(continuations), evaluator.p_toxic(continuations)
-        values.update(toxicity_summary(p_toxic, prefix, samples, seed))
+        evaluator_p = evaluator.p_toxic(continuations)
+        p_toxic = np.full(len(continuations), np.nan) if r_star is None else r_star.p_toxic(continuations)
+        if r_star is not None:
+            values.update(toxicity_summary(p_toxic, prefix, samples, seed))
         values.update(toxicity_summary(evaluator_p, prefix + metric_names.EVALUATOR, samples, seed))
         values[prefix + metric_names.DISTINCT2] = metrics.distinct_n(continuations, 2)
         values[prefix + metric_names.EMPTY_SHARE] = float(np.mean([not c.strip() for c in continuations]))

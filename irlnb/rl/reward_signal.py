@@ -76,12 +76,14 @@ class PolicyReward:
 
 def make_scorer(
     reward: str, layout: RunLayout, *, sources, ground_truth, rlhf, random_reward=None, device: str
-) -> tuple[TextScorer, dict[str, Any]]:
+) -> tuple[TextScorer | None, dict[str, Any]]:
     """The text reward a policy is trained with (R*, the reward learned by IRL, or a random one), and its identity.
 
     The settings are the typed sections of irlnb/config.py (`random_reward` only for the random
     reward). The identity is what the reward's scores depend on: the classifier and clip of R*, the
-    saved learned reward's config (its head's sha256 included), the random reward's settings.
+    saved learned reward's config (its head's sha256 included), the random reward's settings. The scorer is None
+    for R* where there is none (sources.toxicity_classifier empty: an audit of a brought expert, which no stage
+    trains).
     """
     if reward == "ground_truth":
         identity = {"classifier": sources.toxicity_classifier, "clip": ground_truth.reward_clip}

@@ -108,7 +108,9 @@ def prepare_training(layout: RunLayout, reward_kind: str, kind: AlignmentKind, s
         device=device,
     )
     scale_texts = normalizer_texts(curated, settings.compute.seed)
-    reward = PolicyReward(scorer, Normalizer.fit(scorer(scale_texts)), name=reward_kind)
+    # No scorer: R* of an audit without R* (only a brought expert, never trained: the config refuses the rest).
+    normalizer = Normalizer(0.0, 1.0) if scorer is None else Normalizer.fit(scorer(scale_texts))
+    reward = PolicyReward(scorer, normalizer, name=reward_kind)
     folder = policy_dir(settings.sources.policy)
     tokenizer = load_tokenizer(settings.sources.policy)
     limit = context_limit(AutoConfig.from_pretrained(folder), settings.rlhf.max_completion_length)
