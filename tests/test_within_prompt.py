@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import PROMPTS, SAMPLING
 
-from irlnb.irl import within_prompt
+from irlnb.irl import feature_sets, within_prompt
+from irlnb.rewards.features import FeatureReward, RewardSpec
 from irlnb.rl.sampling import ModelPolicy
 
 
@@ -69,6 +71,33 @@ def test_text_statistics_and_a_reward_that_tracks_length_is_called_out():
     assert within_prompt.statistic_warning(correlations, r_star_spearman=-1.0) == ""  # R* explains it as well
     assert "Caution" in within_prompt.statistic_warning(correlations)  # an auditor without R*
     assert "R*" not in within_prompt.statistic_warning(correlations, r_star_spearman=float("nan"))  # R* constant
+    assert np.isnan(correlations["base_log_likelihood_spearman"])  # not measured: no correlation
+    likely = within_prompt.text_statistics(texts, Words(), base_log_likelihood=np.array([-1.0, -2.0, -3.0, -4.0]))
+    odd = within_prompt.statistic_correlations(np.array([4.0, 3.0, 2.0, 1.0]), likely)
+    assert odd["base_log_likelihood_spearman"] == pytest.approx(1.0)
+    assert "base log likelihood (Spearman +1.00" in within_prompt.statistic_warning(odd, r_star_spearman=0.2)
+
+
+def test_the_base_log_likelihood_is_the_mean_log_probability_of_a_texts_tokens_whatever_the_padding(tiny):
+    model, tokenizer = tiny
+    reader = FeatureReward(
+        RewardSpec("tiny", "sha", "mean", 1, 64, "learned", "float32"), model, tokenizer, torch.nn.Linear(8, 1)
+    )
+    texts = ["You are such a kind person", "Thanks for that"]
+    by_hand = []
+    for text in texts:  # each text alone, no padding
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), dim=-1)
+        by_hand.append(log_probs.gather(-1, ids[0, 1:, None]).mean().item())
+    kept = tokenizer.padding_side  # the fixture is shared: generation needs it left
+    try:
+        for side in ("left", "right"):
+            tokenizer.padding_side = side
+            both = feature_sets.mean_log_likelihood(reader, texts, batch_size=2)  # padded beside the short text
+            np.testing.assert_allclose(both.numpy(), by_hand, atol=1e-4)
+    finally:
+        tokenizer.padding_side = kept
 
 
 def test_prompt_sets_hold_the_base_samples_and_the_human_continuation_of_every_prompt(tiny):

@@ -21,7 +21,9 @@ from irlnb.compute import frozen_cached
 from irlnb.irl.demonstrations import pair_texts, used_pairs
 from irlnb.irl.within_prompt import text_statistics
 from irlnb.metric_names import SPLITS
+from irlnb.progress import tracked
 from irlnb.rewards.features import FeatureReward, HeadPosterior
+from irlnb.rewards.likelihood import token_log_probs
 
 
 @dataclass
@@ -149,6 +151,35 @@ def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, ba
     )
 
 
+def mean_log_likelihood(reader: FeatureReward, texts: list[str], batch_size: int) -> torch.Tensor:
+    """The reward's backbone (the base model) read as a language model: the mean log-probability of each text's
+    tokens after its first (as the reward tokenizes it, up to its max_length), float64 [n]."""
+    out = torch.zeros(len(texts), dtype=torch.float64)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    starts = range(0, len(texts), batch_size)
+    with torch.inference_mode():
+        for start in tracked(starts, len(starts), f"base log-likelihood of {len(texts)} texts"):
+            index = order[start : start + batch_size]
+            batch = reader.tokenize([texts[i] for i in index])
+            mask = batch["attention_mask"]
+            log_probs = token_log_probs(reader.backbone, batch["input_ids"], mask).double().cpu()
+            counted = (mask[:, 1:] * mask[:, :-1]).cpu()  # a token after a real one (either padding side)
+            out[torch.as_tensor(index)] = (log_probs * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
+    return out
+
+
+def cached_log_likelihood(reader: FeatureReward, texts: list[str], cache_dir: Path, batch_size: int) -> torch.Tensor:
+    """`mean_log_likelihood`, kept in `cache_dir` under the backbone's sha256, its dtype and the texts."""
+    spec = reader.spec
+    return frozen_cached(
+        cache_dir,
+        "log_likelihood",
+        [spec.backbone_sha256, spec.dtype, spec.max_length, texts],
+        lambda: mean_log_likelihood(reader, texts, batch_size),
+        lambda kept: isinstance(kept, torch.Tensor) and kept.shape == (len(texts),),
+    )
+
+
 @dataclass
 class FeatureSets:
     train: PairSet
@@ -205,7 +236,9 @@ def build_feature_sets(
     }
     standardizer = standardizer or Standardizer.fit(torch.cat([sets["train_expert"][0], sets["train_non_expert"][0]]))
     text_set = {name: TextSet(standardizer(f), r, lab) for name, (f, r, lab) in sets.items()}
-    text_set["test_human"].statistics = text_statistics(blocks["test_human"][0], reader.tokenizer)
+    test_texts = blocks["test_human"][0]
+    likelihood = cached_log_likelihood(reader, test_texts, cache_dir, batch_size)
+    text_set["test_human"].statistics = text_statistics(test_texts, reader.tokenizer, likelihood.numpy())
     text_set["test_human"].repeated = text_set.pop("test_human_repeated").features
 
     def pair_set(split):

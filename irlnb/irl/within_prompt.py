@@ -27,7 +27,9 @@ from irlnb.rewards.ground_truth import r_star_of
 
 GAP_BINS = (0.0, 1.0, 3.0, np.inf)  # |delta R*| between two continuations of a prompt (nats of log-odds)
 PROMPT_SETS_SEED = 300_007  # the prompt sets' base samples draw apart from the demonstrations' (whose seeds differ)
-TEXT_STATISTICS = ("length_tokens", "newline_share", "punctuation_share")
+# What else a reward may track: a text's length, its share of newlines and of punctuation, and how likely the base
+# model finds it (the mean log-probability of its tokens: fluent, typical text against odd text)
+TEXT_STATISTICS = ("length_tokens", "newline_share", "punctuation_share", "base_log_likelihood")
 
 
 def draw_prompt_sets(base, prompts: pd.DataFrame, samples: int, batch_size: int, seed: int, r_star) -> pd.DataFrame:
@@ -116,9 +118,9 @@ def paired_difference(
     return float(difference.mean()), low, high
 
 
-def text_statistics(texts: list[str], tokenizer) -> pd.DataFrame:
-    """Simple statistics of each text: its length in tokens (the reward's tokenizer), and its share of newline and
-    of punctuation characters."""
+def text_statistics(texts: list[str], tokenizer, base_log_likelihood: np.ndarray | None = None) -> pd.DataFrame:
+    """Simple statistics of each text: its length in tokens (the reward's tokenizer), its share of newline and of
+    punctuation characters, and the base model's mean log-probability per token of it where given (else NaN)."""
     lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     punctuation = set(string.punctuation)
     return pd.DataFrame(
@@ -126,17 +128,19 @@ def text_statistics(texts: list[str], tokenizer) -> pd.DataFrame:
             "length_tokens": lengths,
             "newline_share": [t.count("\n") / max(len(t), 1) for t in texts],
             "punctuation_share": [sum(c in punctuation for c in t) / max(len(t), 1) for t in texts],
+            "base_log_likelihood": np.full(len(texts), np.nan) if base_log_likelihood is None else base_log_likelihood,
         }
     )
 
 
 def statistic_correlations(r_hat: np.ndarray, statistics: pd.DataFrame) -> dict[str, float]:
-    """`<statistic>_spearman`: R-hat's Spearman correlation with each text statistic (NaN where one is constant)."""
+    """`<statistic>_spearman`: R-hat's Spearman correlation with each text statistic (NaN where one is constant or
+    was not measured)."""
     values = {}
     for name in TEXT_STATISTICS:
         column = statistics[name].to_numpy(dtype=np.float64)
-        constant = np.ptp(column) == 0 or np.ptp(r_hat) == 0
-        values[f"{name}_spearman"] = np.nan if constant else float(spearmanr(r_hat, column).statistic)
+        unknown = np.isnan(column).any() or np.ptp(column) == 0 or np.ptp(r_hat) == 0
+        values[f"{name}_spearman"] = np.nan if unknown else float(spearmanr(r_hat, column).statistic)
     return values
 
 

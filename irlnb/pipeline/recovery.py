@@ -51,6 +51,7 @@ ROW_METRICS = {
     "length_tokens_spearman": names.irl_metric(None, "test", "length_tokens_spearman_mean"),
     "newline_share_spearman": names.irl_metric(None, "test", "newline_share_spearman_mean"),
     "punctuation_share_spearman": names.irl_metric(None, "test", "punctuation_share_spearman_mean"),
+    "base_log_likelihood_spearman": names.irl_metric(None, "test", "base_log_likelihood_spearman_mean"),
     "repetition_shift": names.irl_metric(None, "test", "repetition_shift_mean"),
     "length_directions_removed": names.IRL_LENGTH_DIRECTIONS,
     "mean_shift_auc": names.irl_metric(MEAN_SHIFT.name, "test", "auc_mean"),
@@ -69,8 +70,9 @@ ROW_METRICS = {
 }
 # A best-of-n expert has no weights, so no log-ratio; a statistic constant over the held-out texts (no text with a
 # line break) has no correlation, which the run leaves out of its metrics; R*'s own comparisons need two base
-# samples per prompt.
+# samples per prompt; the base's log-likelihood of a text is measured since this suite's first record.
 OPTIONAL = (
+    "base_log_likelihood_spearman",
     "log_ratio_within_prompt_spearman",
     "newline_share_spearman",
     "punctuation_share_spearman",
