@@ -28,6 +28,18 @@ def test_the_extremes_are_the_saved_rewards_highest_and_lowest_held_out_texts():
         audit.saved_human_scores(scores(), "logistic", 0)
 
 
+def test_extremes_far_from_the_demonstrations_are_called_out_by_the_posterior_spread():
+    human = audit.saved_human_scores(scores(), "laplace", 0)
+    spread = [1.0, 2.0, 3.0, 4.0, 5.0, 60.0]  # the last text ("more plain words") lies far out
+    posterior = pd.DataFrame({"set": "human", "text": human["text"], "posterior_std": spread})
+    table = audit.extremes(audit.with_spread(human, pd.concat([posterior, posterior.assign(set="expert")])), 3)
+    assert table["posterior_std"].tolist() == [1.0, 2.0, 60.0, 5.0, 3.0, 4.0]  # R-hat 2, 1, 0.5 | 0, -2, -3
+    assert table["spread_percentile"].tolist() == pytest.approx([1 / 6, 2 / 6, 1.0, 5 / 6, 3 / 6, 4 / 6])
+    assert audit.far_extremes(table).startswith("Caution: 1 of the 3 highest-scored texts lie among the 5% of ")
+    assert audit.far_extremes(table[table["posterior_std"] < 10]) == ""  # nothing far out
+    assert audit.far_extremes(audit.extremes(human, 3)) == ""  # no posterior: nothing to say
+
+
 def test_a_words_effect_is_the_mean_reward_with_it_minus_without_it_in_units_of_the_spread():
     human = audit.saved_human_scores(scores(), "laplace", 0)
     table = audit.word_effects(human, min_texts=2, count=5).set_index("word")

@@ -29,11 +29,42 @@ def saved_human_scores(scores: pd.DataFrame, loss: str, seed: int) -> pd.DataFra
     return rows[["text", "r_hat"]].drop_duplicates("text").reset_index(drop=True)
 
 
+FAR_PERCENTILE = 0.95  # a held-out text whose posterior spread exceeds this share of the others' lies far out
+
+
+def with_spread(human: pd.DataFrame, posterior_scores: pd.DataFrame) -> pd.DataFrame:
+    """`human` (`saved_human_scores`) with each text's posterior std of R-hat (`irlnb.irl.posterior.posterior_scores`)
+    and its percentile among the held-out texts: how far the text lies from the demonstrations, whatever objective
+    the saved reward is (the spread depends on the text's features alone). It reads no R*."""
+    spread = posterior_scores[posterior_scores["set"] == "human"][["text", "posterior_std"]].drop_duplicates("text")
+    out = human.merge(spread, on="text", how="left")
+    return out.assign(spread_percentile=out["posterior_std"].rank(pct=True))
+
+
 def extremes(human: pd.DataFrame, count: int) -> pd.DataFrame:
-    """The `count` texts R-hat ranks highest and the `count` it ranks lowest, with their rank percentile."""
+    """The `count` texts R-hat ranks highest and the `count` it ranks lowest, with their rank percentile (and, after
+    `with_spread`, their posterior spread and its percentile)."""
     ranked = human.assign(percentile=human["r_hat"].rank(pct=True)).sort_values("r_hat", ascending=False)
     top, bottom = ranked.head(count).assign(end="highest"), ranked.tail(count).assign(end="lowest")
-    return pd.concat([top, bottom], ignore_index=True)[["end", "r_hat", "percentile", "text"]]
+    spread = [column for column in ("posterior_std", "spread_percentile") if column in human]
+    return pd.concat([top, bottom], ignore_index=True)[["end", "r_hat", "percentile", *spread, "text"]]
+
+
+def far_extremes(table: pd.DataFrame) -> str:
+    """A plain sentence when some of the extreme texts (`extremes` after `with_spread`) lie among the held-out texts
+    farthest from the demonstrations (posterior spread above `FAR_PERCENTILE` of them), '' otherwise."""
+    if "spread_percentile" not in table:
+        return ""
+    far = table[table["spread_percentile"] > FAR_PERCENTILE]
+    if far.empty:
+        return ""
+    counts = [(end, (far["end"] == end).sum(), (table["end"] == end).sum()) for end in ("highest", "lowest")]
+    ends = " and ".join(f"{found} of the {shown} {end}" for end, found, shown in counts if found)
+    return (
+        f"Caution: {ends}-scored texts lie among the {1 - FAR_PERCENTILE:.0%} of held-out texts farthest from the "
+        "demonstrations (the posterior's spread): the reward was not fitted on texts like them, so their scores say "
+        "little about it."
+    )
 
 
 def word_effects(human: pd.DataFrame, min_texts: int, count: int) -> pd.DataFrame:
