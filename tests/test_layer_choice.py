@@ -46,6 +46,10 @@ def test_the_best_mean_validation_pair_log_likelihood_wins_and_a_tie_goes_to_the
     values = layer_choice.layer_metrics(table, seeds=2)
     assert values["layers.chosen"] == 9 and values["layers.seeds"] == 2
     assert values["layers.final.validation_auc_mean"] == pytest.approx(0.9)  # R*'s view, reported, never chosen on
+    without_r_star = layer_choice.layer_table(rows.assign(validation_auc=np.nan))  # an audit with no R*
+    assert layer_choice.chosen_layer(without_r_star) == 9  # the same choice: it never read R*
+    unjudged = layer_choice.layer_metrics(without_r_star, seeds=2)
+    assert not [key for key in unjudged if "auc" in key] and unjudged["layers.9.validation_pair_accuracy_mean"] == 0.98
 
 
 def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_path):

@@ -130,7 +130,7 @@ def layer_rows(
                     "epoch": epoch,
                     LAYER_CRITERION: history[epoch]["pair_log_likelihood"],
                     f"validation_{SELECTION_METRIC}": history[epoch][SELECTION_METRIC],
-                    "validation_auc": history[epoch]["human_auc"],
+                    "validation_auc": history[epoch].get("human_auc", np.nan),  # none in a run without R*
                 }
             )
     return pd.DataFrame(rows)
@@ -158,11 +158,12 @@ def chosen_layer(table: pd.DataFrame) -> int:
 
 
 def layer_metrics(table: pd.DataFrame, seeds: int) -> dict[str, float]:
-    """The choice as flat metrics: layers.<block or final>.<metric>_{mean,std}, layers.chosen, layers.seeds."""
+    """The choice as flat metrics: layers.<block or final>.<metric>_{mean,std}, layers.chosen, layers.seeds (a
+    metric not measured, the validation ROC-AUC of a run without R*, is left out)."""
     values = {
         metric_names.layer_metric(int(row["layer"]), column): float(row[column])
         for _, row in table.iterrows()
         for column in table.columns
-        if column != "layer"
+        if column != "layer" and not pd.isna(row[column])
     }
     return {**values, metric_names.LAYERS_CHOSEN: float(chosen_layer(table)), metric_names.LAYERS_SEEDS: float(seeds)}
