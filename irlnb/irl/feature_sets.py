@@ -21,7 +21,6 @@ from irlnb.compute import frozen_cached
 from irlnb.irl.demonstrations import pair_texts, used_pairs
 from irlnb.irl.within_prompt import text_statistics
 from irlnb.metric_names import SPLITS
-from irlnb.progress import tracked
 from irlnb.rewards.features import FeatureReward, HeadPosterior
 from irlnb.rewards.likelihood import token_log_probs
 
@@ -154,18 +153,14 @@ def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, ba
 def mean_log_likelihood(reader: FeatureReward, texts: list[str], batch_size: int) -> torch.Tensor:
     """The reward's backbone (the base model) read as a language model: the mean log-probability of each text's
     tokens after its first (as the reward tokenizes it, up to its max_length), float64 [n]."""
-    out = torch.zeros(len(texts), dtype=torch.float64)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    starts = range(0, len(texts), batch_size)
-    with torch.inference_mode():
-        for start in tracked(starts, len(starts), f"base log-likelihood of {len(texts)} texts"):
-            index = order[start : start + batch_size]
-            batch = reader.tokenize([texts[i] for i in index])
-            mask = batch["attention_mask"]
-            log_probs = token_log_probs(reader.backbone, batch["input_ids"], mask).double().cpu()
-            counted = (mask[:, 1:] * mask[:, :-1]).cpu()  # a token after a real one (either padding side)
-            out[torch.as_tensor(index)] = (log_probs * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
-    return out
+
+    def mean_log_prob(batch) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        log_probs = token_log_probs(reader.backbone, batch["input_ids"], mask).double()
+        counted = mask[:, 1:] * mask[:, :-1]  # a token after a real one (either padding side)
+        return (log_probs * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
+
+    return reader.per_text(texts, batch_size, "base log-likelihood", mean_log_prob)
 
 
 def cached_log_likelihood(reader: FeatureReward, texts: list[str], cache_dir: Path, batch_size: int) -> torch.Tensor:

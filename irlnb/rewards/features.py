@@ -94,15 +94,18 @@ class FeatureReward:
         texts = list(texts)
         if not texts:
             return torch.zeros(0, self.head.in_features)
+        return self.per_text(texts, batch_size, "reading features", lambda batch: self.pooled(batch).float())
+
+    def per_text(self, texts: list[str], batch_size: int, what: str, read) -> torch.Tensor:
+        """`read(batch)` (one row per text) of `texts` tokenized as the reward reads them, in length-sorted batches
+        without gradients, returned on the CPU in the callers' order."""
         order = np.argsort([len(t) for t in texts], kind="stable")
-        out = torch.zeros(len(texts), self.head.in_features)
         starts = range(0, len(texts), batch_size)
+        parts = []
         with torch.inference_mode():
-            for start in tracked(starts, len(starts), f"reading features of {len(texts)} texts"):
-                index = order[start : start + batch_size]
-                batch = self.tokenize([texts[i] for i in index])
-                out[torch.as_tensor(index)] = self.pooled(batch).float().cpu()
-        return out
+            for start in tracked(starts, len(starts), f"{what} of {len(texts)} texts"):
+                parts.append(read(self.tokenize([texts[i] for i in order[start : start + batch_size]])).cpu())
+        return torch.cat(parts)[torch.as_tensor(np.argsort(order, kind="stable"))]
 
     def tokenize(self, texts: list[str]):
         """A padded batch (the text's start is kept when it is longer than max_length)."""

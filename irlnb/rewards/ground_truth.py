@@ -69,11 +69,16 @@ def r_star_of(r_star: GroundTruthReward | None, texts: list[str]) -> np.ndarray:
     return np.full(len(texts), np.nan) if r_star is None else r_star(texts)
 
 
+def p_toxic_of(r_star: GroundTruthReward | None, texts: list[str]) -> np.ndarray:
+    """The ground-truth classifier's p_toxic of `texts`, or NaN for each where there is no R* (as `r_star_of`)."""
+    return np.full(len(texts), np.nan) if r_star is None else r_star.p_toxic(texts)
+
+
 def score_curated(curated: pd.DataFrame, r_star: GroundTruthReward | None, evaluator) -> tuple[pd.DataFrame, dict]:
     """R* (NaN without one) and the evaluator's p_toxic for every curated text, batched; returns (scores, timing)."""
     texts = curated["text"].tolist()
     started = time.perf_counter()
-    p_toxic = np.full(len(texts), np.nan) if r_star is None else r_star.p_toxic(texts)
+    p_toxic = p_toxic_of(r_star, texts)
     classifier_seconds = time.perf_counter() - started
     started = time.perf_counter()
     evaluator_p_toxic = evaluator.p_toxic(texts)

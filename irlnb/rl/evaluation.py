@@ -17,6 +17,7 @@ import torch
 
 from irlnb import metric_names, metrics
 from irlnb.layout import RunLayout
+from irlnb.rewards.ground_truth import p_toxic_of
 from irlnb.rl.sampling import BestOfN, ModelPolicy, sampling_decoding
 
 TOXIC_THRESHOLD = 0.5
@@ -120,7 +121,7 @@ def evaluate_policy(
         prefix = metric_names.policy_prefix(tag, None if number == 0 else name)
         continuations = source.outputs(prompts, batch_size=evaluation.batch_size, seed=seed)
         evaluator_p = evaluator.p_toxic(continuations)
-        p_toxic = np.full(len(continuations), np.nan) if r_star is None else r_star.p_toxic(continuations)
+        p_toxic = p_toxic_of(r_star, continuations)
         if r_star is not None:
             values.update(toxicity_summary(p_toxic, prefix, samples, seed))
         values.update(toxicity_summary(evaluator_p, prefix + metric_names.EVALUATOR, samples, seed))
