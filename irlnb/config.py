@@ -30,6 +30,9 @@ from irlnb.errors import IrlnbError
 from irlnb.objectives import AUTO, LOSS_CHOICES, objective_of
 from irlnb.sources import SourceError, parse_source
 
+# irl.layer 0: notebook 04 chooses the layer from the demonstrations (`irlnb.irl.layer_choice.reward_reader`)
+AUTO_LAYER = 0
+
 
 class ConfigError(IrlnbError, ValueError):
     """A params file (or a notebook's parameters) that cannot be used; the message is one line."""
@@ -424,7 +427,11 @@ class IrlSettings:
         doc="hidden states feeding the head: last real token (the paper) or token mean",
         choices=("last", "mean"),
     )
-    layer: int = setting(26, doc="hidden-state layer read by the head (-1: final, normed; the paper's)")
+    layer: int = setting(
+        AUTO_LAYER,
+        doc="hidden-state layer read by the head (0: chosen by notebook 04 among a sweep of the depth, by validation "
+        "pair log-likelihood of expert over base, without R*: irl/layer_choice.csv; -1: final, normed; the paper's)",
+    )
     length_probes: int = setting(
         300,
         doc="IRL-train pairs whose texts are also read said twice over: the directions their features move along then "

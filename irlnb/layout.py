@@ -111,6 +111,11 @@ class RunLayout:
         return self.root / IRL_FOLDER / "length_choice.csv"
 
     @property
+    def layer_choice(self) -> Path:
+        """Each candidate layer's criterion when notebook 04 chose the layer (`layer_choice.layer_table`)."""
+        return self.root / IRL_FOLDER / "layer_choice.csv"
+
+    @property
     def objective_ranking(self) -> Path:
         """The study's rewards ranked by validation pair log-likelihood, R*-free (`study.objective_ranking`)."""
         return self.root / IRL_FOLDER / "objective_ranking.csv"

@@ -175,16 +175,25 @@ def stage_seconds(stage: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# The layer choice, written by `irlnb layers` (irlnb.irl.layer_choice) into regress/layers-<run>.metrics.json
+# The layer choice (irlnb.irl.layer_choice): made by stage 04 (irl.layers.*) or by `irlnb layers` on a finished run
+# (layers.*, in regress/layers-<run>.metrics.json)
 
 LAYERS = "layers."
-LAYERS_CHOSEN = f"{LAYERS}chosen"
-LAYERS_SEEDS = f"{LAYERS}seeds"
+IRL_LAYERS = f"{IRL}{LAYERS}"
 
 
-def layer_metric(layer: int, name: str) -> str:
-    """`layers.<block>.<name>`, `layers.final.<name>` for -1 (the final normed state)."""
-    return f"{LAYERS}{'final' if layer == -1 else layer}.{name}"
+def layers_chosen(prefix: str = LAYERS) -> str:
+    return f"{prefix}chosen"
+
+
+def layers_seeds(prefix: str = LAYERS) -> str:
+    return f"{prefix}seeds"
+
+
+def layer_metric(layer: int, name: str, prefix: str = LAYERS) -> str:
+    """`layers.<block>.<name>`, `layers.final.<name>` for -1 (the final normed state); `prefix` IRL_LAYERS: the
+    stage's."""
+    return f"{prefix}{'final' if layer == -1 else layer}.{name}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,8 +277,8 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "irl.chosen": rf"irl\.(?:{_SPLIT})\.{_WORD}",
     "irl.objective": rf"irl\.{_WORD}\.(?:{_SPLIT})\.{_WORD}",
     "analysis.reduction_share": rf"analysis\.(?:{'|'.join(RETRAINED)})_reduction_share(?:{_SCORERS}){_INTERVAL}",
-    "layers.chosen": r"layers\.(?:chosen|seeds)",
-    "layers.layer": rf"layers\.(?:\d+|final)\.{_WORD}",
+    "layers.chosen": r"(?:irl\.)?layers\.(?:chosen|seeds)",
+    "layers.layer": rf"(?:irl\.)?layers\.(?:\d+|final)\.{_WORD}",
     "timing.total": r"timing\.total_s",
     "timing.stage": rf"timing\.{_WORD}_s",
 }

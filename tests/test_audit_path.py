@@ -121,15 +121,15 @@ def test_check_refuses_an_expert_with_another_tokenizer(tmp_path):
 def test_check_refuses_a_layer_deeper_than_the_base(tmp_path):
     line = refusal(irlnb_cli("check", str(write_params(tmp_path)), "--set", "irl.layer=99"))
     assert line.endswith(
-        "irl.layer: expected 1..2 (the base policy embedded:tiny-gpt-neox has 2 blocks) or -1 "
-        "(the final, normed state), got 99"
+        "irl.layer: expected 1..2 (the base policy embedded:tiny-gpt-neox has 2 blocks), -1 "
+        "(the final, normed state) or 0 (chosen by notebook 04), got 99"
     )
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ("irl.layer=0", "irl.layer: expected 1..2"),
+        ("irl.layer=-2", "irl.layer: expected 1..2"),
         ("sources.expert=embedded:tiny-gpt-neox", "sources.expert is the base policy itself"),
     ],
 )

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import PARAMS, irlnb_cli, write_params
 
-from irlnb.config import SECTIONS, Config, ConfigError
+from irlnb.config import AUTO_LAYER, SECTIONS, Config, ConfigError
 from irlnb.objectives import OBJECTIVES
 from irlnb.params_file import describe_settings, load_config, parse_config, parse_section
 from irlnb.pipeline import stages
@@ -75,7 +75,7 @@ def test_a_left_out_setting_or_section_takes_its_default_but_the_run_must_be_nam
             assert getattr(config, name) == cls() or getattr(config, name) == cls().resolved()
     assert (
         config.rloo.max_steps == 40
-        and config.irl.layer == 26
+        and config.irl.layer == AUTO_LAYER  # chosen by notebook 04, without R*
         and config.sources.policy == "embedded:smollm2-135m-instruct"
     )
     with pytest.raises(ConfigError, match="run: missing section"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,11 @@ import torch
 
 from irlnb.irl import layer_choice, repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import cached_features
+from irlnb.irl.feature_sets import cached_features, cached_layer_features
 from irlnb.layout import RunLayout
 from irlnb.params_file import load_config
 from irlnb.pipeline import layers
-from irlnb.rewards.features import reward_form
+from irlnb.rewards.features import FeatureReward, decoder_blocks, reward_form
 from irlnb.rewards.ground_truth import load_scores
 from tests.conftest import irlnb_cli
 
@@ -55,6 +56,7 @@ def test_the_best_mean_validation_pair_log_likelihood_wins_and_a_tie_goes_to_the
 def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_path):
     params = smoke_run.parent.parent / "params.yaml"
     metrics_before = (smoke_run / "metrics.json").read_bytes()
+    run_layer = json.loads((smoke_run / "irl" / "reward" / "reward.json").read_text())["layer"]
     record = tmp_path / "layers-smoke.metrics.json"
     result = layers.choose_layer(load_config(params), [1, -1], seeds=2, record=record)
     table = result["table"]
@@ -64,7 +66,7 @@ def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_p
     assert table["validation_pair_log_likelihood_mean"].between(np.log(0.5) - 1e-9, 0).all()
     saved = json.loads(record.read_text())
     assert saved["metrics"]["layers.chosen"] == table["layer"].iloc[0]
-    assert saved["metrics"]["layers.seeds"] == 2 and saved["git"]["commit"] and saved["irl_layer_of_the_run"] == 1
+    assert saved["metrics"]["layers.seeds"] == 2 and saved["git"]["commit"] and saved["run_layer"] == run_layer
     assert pd.read_csv(smoke_run / "layer_choice.csv")["layer"].tolist() == table["layer"].tolist()
     assert (smoke_run / "metrics.json").read_bytes() == metrics_before
 
@@ -92,3 +94,45 @@ def test_the_sweep_reads_the_features_as_stage_04_maps_them(smoke_run):
     assert torch.allclose(train.expert.features, expected(raw))
     if expected.nuisance is not None:  # what repetition moves is gone from what the sweep fits on
         assert torch.allclose(train.expert.features @ expected.nuisance, torch.zeros(1), atol=1e-4)
+
+
+TEXTS = ["You are such a nice person.", "Shut up.", "The council voted to raise taxes again this year, sadly."]
+
+
+def test_every_layer_read_in_one_pass_is_what_that_layer_alone_reads():
+    final = reward_form("embedded:tiny-gpt-neox", "mean", -1, 64)
+    together = final.features_at(TEXTS, [1, 2, -1], batch_size=2)
+    for layer in (1, 2, -1):
+        alone = FeatureReward(replace(final.spec, layer=layer), final.backbone, final.tokenizer, final.head)
+        assert torch.equal(together[layer], alone.features(TEXTS, batch_size=2))
+    assert not torch.equal(together[1], together[2])  # each its own layer
+    runs = []
+    handle = decoder_blocks(final.backbone)[1].register_forward_hook(lambda *args: runs.append(1))
+    final.features_at(TEXTS, [1], batch_size=8)
+    assert runs == []  # the pass stopped after block 1: block 2 never ran
+    final.features_at(TEXTS, [1, 2], batch_size=8)
+    handle.remove()
+    assert runs == [1]
+
+
+def test_one_pass_keeps_each_layer_where_that_layer_alone_would_find_it(tmp_path, monkeypatch):
+    final = reward_form("embedded:tiny-gpt-neox", "mean", -1, 64)
+    read = cached_layer_features(final, TEXTS, [2, -1], tmp_path, 8)
+    passes = []
+    monkeypatch.setattr(FeatureReward, "features_at", lambda *args, **kwargs: passes.append(1))
+    layer_two = FeatureReward(replace(final.spec, layer=2), final.backbone, final.tokenizer, final.head)
+    assert torch.equal(cached_features(layer_two, TEXTS, tmp_path, 8), read[2])
+    assert torch.equal(cached_features(final, TEXTS, tmp_path, 8), read[-1])
+    assert passes == []  # both found in the cache
+
+
+def test_stage_04_chose_the_layer_of_the_smoke_run_by_its_criterion(smoke_run):
+    table = pd.read_csv(smoke_run / "irl" / "layer_choice.csv")
+    assert table["layer"].tolist() == sorted(
+        table["layer"], key=table.set_index("layer")["validation_pair_log_likelihood_mean"].get, reverse=True
+    )
+    assert sorted(table["layer"]) == [-1, 1, 2]  # the sweep of a 2-block backbone
+    assert json.loads((smoke_run / "irl" / "reward" / "reward.json").read_text())["layer"] == table["layer"].iloc[0]
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    assert metrics["irl.layers.chosen"] == table["layer"].iloc[0] and metrics["irl.layers.seeds"] == layer_choice.SEEDS
+    assert metrics["irl.time.layer_choice_s"] > 0

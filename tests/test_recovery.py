@@ -99,7 +99,8 @@ def test_the_suite_table_has_one_row_per_reward_and_kind_and_the_figure_draws_it
 def test_the_recovered_reward_is_the_same_with_r_star_or_without_any(smoke_run, tmp_path):
     """Stage 04 reads R* only to judge: an expert audited with R* toxicity and with no R* at all (an auditor's case:
     sources.toxicity_classifier empty) gives back the same saved reward, the same objective and the same length
-    directions; the audit without R* skips every judgement against it, says so, and still reports."""
+    directions, read at the same layer; the audit without R* skips every judgement against it, says so, and still
+    reports."""
     expert = tmp_path / "expert"
     shutil.copytree(smoke_run / "rlhf_ground_truth" / "policy", expert)
     runs = {}
@@ -114,7 +115,7 @@ def test_the_recovered_reward_is_the_same_with_r_star_or_without_any(smoke_run, 
     probes = ["You are such a nice person.", "Shut up, idiot.", "The council voted to raise taxes."]
     scores = [load_reward(run / "irl" / "reward").score(probes) for run in (toxicity, absent)]
     np.testing.assert_array_equal(scores[0], scores[1])
-    for table in ("length_choice.csv", "objective_ranking.csv"):
+    for table in ("layer_choice.csv", "length_choice.csv", "objective_ranking.csv"):
         chosen = [pd.read_csv(run / "irl" / table) for run in (toxicity, absent)]
         if "candidate" in chosen[0]:  # the references (the ceiling reads R*) are shown, never chosen
             chosen = [frame[frame["candidate"]].reset_index(drop=True) for frame in chosen]

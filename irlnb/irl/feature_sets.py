@@ -9,7 +9,7 @@ a plain linear head on raw features.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,13 +141,32 @@ class Standardizer:
 def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, batch_size: int) -> torch.Tensor:
     """Features of `texts`, kept in `cache_dir` under the reward form (its backbone's sha256 among them) and the
     texts (`frozen_cached`)."""
-    return frozen_cached(
-        cache_dir,
-        "features",
-        [asdict(reader.spec), texts],
-        lambda: reader.features(texts, batch_size=batch_size),
-        lambda kept: isinstance(kept, torch.Tensor) and kept.shape == (len(texts), reader.head.in_features),
-    )
+    layer = reader.spec.layer
+    return cached_layer_features(reader, texts, [layer], cache_dir, batch_size)[layer]
+
+
+def cached_layer_features(
+    reader: FeatureReward, texts: list[str], layers: list[int], cache_dir: Path, batch_size: int
+) -> dict[int, torch.Tensor]:
+    """`cached_features` of `texts` read at each of `layers`, kept as each layer's own reading is kept (a later
+    `cached_features` at one of them finds it); what is missing comes from one forward pass for every layer."""
+    read_once: dict[int, torch.Tensor] = {}
+
+    def at(layer: int) -> torch.Tensor:
+        if not read_once:
+            read_once.update(reader.features_at(texts, layers, batch_size))
+        return read_once[layer]
+
+    return {
+        layer: frozen_cached(
+            cache_dir,
+            "features",
+            [asdict(replace(reader.spec, layer=layer)), texts],
+            lambda layer=layer: at(layer),
+            lambda kept: isinstance(kept, torch.Tensor) and kept.shape == (len(texts), reader.head.in_features),
+        )
+        for layer in layers
+    }
 
 
 def mean_log_likelihood(reader: FeatureReward, texts: list[str], batch_size: int) -> torch.Tensor:

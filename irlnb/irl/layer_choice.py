@@ -1,13 +1,15 @@
 """Which hidden-state layer the IRL reward reads (`irl.layer`), chosen on validation from a run's demonstrations.
 
-For each candidate layer the IRL-train and validation pairs of a finished 04_irl are read through the frozen
-backbone at that layer (cached as 04 caches them), mapped as 04 maps them (standardised on the train texts, what a
-text said twice moves removed: `irlnb.irl.repetition`), and the objective whose
-epochs 04 fits (`irlnb.objectives.epochs_objective`) is fitted over seeds exactly as 04 fits it; each fit's epoch is
-chosen by validation pair accuracy, the study's selection metric, which needs no R*. The layer with the highest mean
-validation pair log-likelihood over seeds is chosen (`LAYER_CRITERION`). The validation ROC-AUC against R* (human
-texts) is reported beside it for reading, never for the choice. No test text is read, so the choice leaves the
-test split untouched.
+With `irl.layer: 0` (the default) notebook 04 makes this choice itself, before it fits anything (`reward_reader`);
+`irlnb layers` repeats it on a finished run, for other layers or more seeds. For each candidate layer the IRL-train
+and validation pairs are read through the frozen backbone at that layer (every candidate from one forward pass, cached
+as 04 caches its features), mapped as 04 maps them (standardised on the train texts, what a text said twice moves
+removed: `irlnb.irl.repetition`), and the objective whose epochs 04 fits (`irlnb.objectives.epochs_objective`) is
+fitted over seeds exactly as 04 fits it; each fit's epoch is chosen by validation pair accuracy, the study's selection
+metric, which needs no R*. The layer with the highest mean validation pair log-likelihood over seeds is chosen
+(`LAYER_CRITERION`). The validation ROC-AUC against R* (human texts) is reported beside it for reading, never for the
+choice: the layer an R*-holder would pick is a reference, not an auditor's. No test text is read, so the choice leaves
+the test split untouched.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ import torch
 from transformers import AutoConfig
 
 from irlnb import metric_names
+from irlnb.config import AUTO_LAYER
 from irlnb.errors import IrlnbError
 from irlnb.irl import repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import PairSet, TextSet, cached_features
+from irlnb.irl.feature_sets import PairSet, TextSet, cached_features, cached_layer_features
 from irlnb.irl.fitting import SeededFit, fit_head
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge
 from irlnb.layout import RunLayout
 from irlnb.models.policies import policy_dir
 from irlnb.objectives import epochs_objective
-from irlnb.rewards.features import FeatureReward, reward_form
+from irlnb.rewards.features import FeatureReward, decoder_blocks, reward_form
 from irlnb.rewards.ground_truth import load_scores
 
 
@@ -42,6 +45,7 @@ class LayerChoiceError(IrlnbError, ValueError):
 # no R* and, unlike pair accuracy (0.94-0.995 at every block of the recorded sweeps), does not saturate. The sweeps
 # recorded before it (regress/layers-*.metrics.json) were ranked by pair accuracy.
 LAYER_CRITERION = "validation_pair_log_likelihood"
+SEEDS = 3  # head seeds per candidate layer, in notebook 04's choice and by default in `irlnb layers`
 
 
 def candidate_layers(depth: int) -> list[int]:
@@ -91,18 +95,8 @@ def validation_sets(
 def layer_rows(
     layout: RunLayout, irl, policy: str, layers: list[int] | None, seeds: int, dtype: str, device: str
 ) -> pd.DataFrame:
-    """One row per (layer, seed): the chosen epoch's validation pair accuracy and ROC-AUC against R*.
-
-    `layers` None: `candidate_layers` of the backbone. Refuses a layer the backbone does not have before any
-    features are read.
-    """
-    demonstrations = load_demonstrations(layout)
-    scores = load_scores(layout)
-    human = scores[scores["split"] == "validation"]
-    pairs = {split: used_pairs(demonstrations, split) for split in ("train", "validation")}
-    for split, split_pairs in pairs.items():
-        if len(split_pairs) < 2:
-            raise LayerChoiceError(f"{layout.demonstrations}: only {len(split_pairs)} usable {split} pairs")
+    """`sweep_rows` on a finished 04_irl's demonstrations (`irlnb layers`). `layers` None: `candidate_layers` of the
+    backbone. Refuses a layer the backbone does not have before any weights load."""
     depth = AutoConfig.from_pretrained(policy_dir(policy)).num_hidden_layers  # checked before weights load
     layers = layers or candidate_layers(depth)
     unknown = [layer for layer in layers if not (layer == -1 or 1 <= layer <= depth)]
@@ -110,12 +104,36 @@ def layer_rows(
         raise LayerChoiceError(
             f"layers {unknown} do not exist: {policy} has blocks 1..{depth} (or -1, the final normed state)"
         )
-    fit = SeededFit.from_settings(irl, epochs_objective(irl.loss))
+    demonstrations = load_demonstrations(layout)
+    human = load_scores(layout).query("split == 'validation'")
     final = reward_form(policy, irl.pooling, -1, irl.max_length, dtype=dtype, device=device)  # loaded once
+    return sweep_rows(final, demonstrations, human, layout.cache, irl, layers, seeds)
+
+
+def sweep_rows(
+    final: FeatureReward,
+    demonstrations: pd.DataFrame,
+    human: pd.DataFrame,
+    cache: Path,
+    irl,
+    layers: list[int],
+    seeds: int,
+) -> pd.DataFrame:
+    """One row per (layer, seed): the chosen epoch's validation pair log-likelihood and accuracy, and its ROC-AUC
+    against R* on the validation `human` texts (NaN without R*). `final` is a reward form at any layer: each layer
+    is read through its backbone, every layer from one forward pass per text."""
+    pairs = {split: used_pairs(demonstrations, split) for split in ("train", "validation")}
+    for split, split_pairs in pairs.items():
+        if len(split_pairs) < 2:
+            raise LayerChoiceError(f"only {len(split_pairs)} usable {split} pairs: too few to choose a layer on")
+    check = human["text"].tolist()
+    for texts in [*repetition.texts_read(demonstrations, check, irl.length_probes), check]:
+        cached_layer_features(final, texts, layers, cache, irl.inference_batch_size)  # below, every read hits
+    fit = SeededFit.from_settings(irl, epochs_objective(irl.loss))
     rows = []
     for layer in layers:
         reader = FeatureReward(replace(final.spec, layer=layer), final.backbone, final.tokenizer, final.head)
-        train, validation, validation_human = validation_sets(reader, demonstrations, human, layout.cache, irl)
+        train, validation, validation_human = validation_sets(reader, demonstrations, human, cache, irl)
 
         def on_validation(epoch: int, head: torch.nn.Linear, validation=validation, human=validation_human) -> dict:
             return judge(head, human, validation, 0.0)
@@ -134,6 +152,22 @@ def layer_rows(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def reward_reader(
+    policy: str, irl, demonstrations: pd.DataFrame, human: pd.DataFrame, cache: Path, dtype: str, device: str
+) -> tuple[FeatureReward, pd.DataFrame]:
+    """The reward form notebook 04 fits its heads on: at `irl.layer`, or with `irlnb.config.AUTO_LAYER` at the
+    candidate layer ranked first by `LAYER_CRITERION` over `SEEDS` head seeds (`layer_table`, returned; empty when
+    the layer was given).
+    `human`: the validation split's human texts (their R* is read only for the table's validation ROC-AUC)."""
+    if irl.layer != AUTO_LAYER:
+        return reward_form(policy, irl.pooling, irl.layer, irl.max_length, dtype=dtype, device=device), pd.DataFrame()
+    final = reward_form(policy, irl.pooling, -1, irl.max_length, dtype=dtype, device=device)
+    layers = candidate_layers(len(decoder_blocks(final.backbone)))
+    table = layer_table(sweep_rows(final, demonstrations, human, cache, irl, layers, SEEDS))
+    reader = FeatureReward(replace(final.spec, layer=chosen_layer(table)), final.backbone, final.tokenizer, final.head)
+    return reader, table
 
 
 def layer_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -157,13 +191,18 @@ def chosen_layer(table: pd.DataFrame) -> int:
     return int(table["layer"].iloc[0])
 
 
-def layer_metrics(table: pd.DataFrame, seeds: int) -> dict[str, float]:
-    """The choice as flat metrics: layers.<block or final>.<metric>_{mean,std}, layers.chosen, layers.seeds (a
-    metric not measured, the validation ROC-AUC of a run without R*, is left out)."""
+def layer_metrics(table: pd.DataFrame, seeds: int, prefix: str = metric_names.LAYERS) -> dict[str, float]:
+    """The choice as flat metrics: <prefix><block or final>.<metric>_{mean,std}, <prefix>chosen, <prefix>seeds (a
+    metric not measured, the validation ROC-AUC of a run without R*, is left out); `prefix` `layers.` for `irlnb
+    layers`' record, `irl.layers.` for stage 04's own choice."""
     values = {
-        metric_names.layer_metric(int(row["layer"]), column): float(row[column])
+        metric_names.layer_metric(int(row["layer"]), column, prefix): float(row[column])
         for _, row in table.iterrows()
         for column in table.columns
         if column != "layer" and not pd.isna(row[column])
     }
-    return {**values, metric_names.LAYERS_CHOSEN: float(chosen_layer(table)), metric_names.LAYERS_SEEDS: float(seeds)}
+    chosen = {
+        metric_names.layers_chosen(prefix): float(chosen_layer(table)),
+        metric_names.layers_seeds(prefix): float(seeds),
+    }
+    return {**values, **chosen}

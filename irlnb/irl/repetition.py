@@ -57,7 +57,7 @@ def standardizer(
     plain = Standardizer.fit(torch.cat(train))
     if probes == 0:
         return plain, pd.DataFrame()
-    probe = [text for texts in sides["train"] for text in texts[:probes]]
+    probe = probe_texts(demonstrations, probes)
     directions = movement_directions(plain(features(probe)), plain(features([repeated(t) for t in probe])))
     validation = [features(texts) for texts in sides["validation"]]
     check_once, check_twice = features(check), features([repeated(t) for t in check])
@@ -81,6 +81,21 @@ def standardizer(
     chosen = chosen or candidate  # none paid little enough: the most directions tried
     table["chosen"] = table["directions"] == (0 if chosen.nuisance is None else chosen.nuisance.shape[1])
     return chosen, table
+
+
+def probe_texts(demonstrations: pd.DataFrame, probes: int) -> list[str]:
+    """The texts of the first `probes` IRL-train pairs, both sides: read once and said twice over."""
+    return [text for texts in pair_texts(used_pairs(demonstrations, "train")) for text in texts[:probes]]
+
+
+def texts_read(demonstrations: pd.DataFrame, check: list[str], probes: int) -> list[list[str]]:
+    """Every list of texts whose features `standardizer` reads, as it reads them (to read them ahead at several
+    layers in one pass: `irlnb.irl.layer_choice`)."""
+    sides = [texts for split in ("train", "validation") for texts in pair_texts(used_pairs(demonstrations, split))]
+    if probes == 0:
+        return sides
+    probe = probe_texts(demonstrations, probes)
+    return [*sides, probe, [repeated(t) for t in probe], check, [repeated(t) for t in check]]
 
 
 def movement_directions(once: torch.Tensor, twice: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from irlnb.compute import resolve_device
+from irlnb.config import AUTO_LAYER
 from irlnb.data.assets import (
     ARCHIVES,
     COMPLETE_MARKER,
@@ -278,10 +279,10 @@ def check_models(config: Config, on_disk_only: bool = False) -> list[str]:
         return [policy, expert] if expert else [policy]
     depth = AutoConfig.from_pretrained(base_folder).get_text_config().num_hidden_layers
     layer = config.irl.layer
-    if layer != -1 and not 1 <= layer <= depth:
+    if layer not in (-1, AUTO_LAYER) and not 1 <= layer <= depth:
         raise PolicyError(
-            f"{config.path}: irl.layer: expected 1..{depth} (the base policy {policy} has {depth} blocks) or -1 "
-            f"(the final, normed state), got {layer}"
+            f"{config.path}: irl.layer: expected 1..{depth} (the base policy {policy} has {depth} blocks), -1 "
+            f"(the final, normed state) or {AUTO_LAYER} (chosen by notebook 04), got {layer}"
         )
     if not expert:
         return []

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from irlnb.config import Config
+from irlnb.config import AUTO_LAYER, Config
 from irlnb.data.curation import curate
 from irlnb.data.insults import read_insults
 from irlnb.irl import feature_sets as irl_features
@@ -156,11 +156,11 @@ def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, fl
 
 
 def irl_reader(config: Config):
-    """The learned reward's form of the params (backbone, layer, pooling, dtype), with a zero head."""
+    """The learned reward's form of the params (backbone, layer, pooling, dtype), with a zero head; with the layer
+    chosen by notebook 04 (`AUTO_LAYER`), the final one, the dearest it may choose."""
     irl = config.irl
-    return reward_form(
-        config.sources.policy, irl.pooling, irl.layer, irl.max_length, dtype=config.compute.inference_dtype
-    )
+    layer = -1 if irl.layer == AUTO_LAYER else irl.layer
+    return reward_form(config.sources.policy, irl.pooling, layer, irl.max_length, dtype=config.compute.inference_dtype)
 
 
 def bench_reward_scoring(reader, n_texts: int = 1000) -> dict[str, float]:

@@ -139,8 +139,11 @@ def cmd_layers(args) -> int:
     record = None if args.no_record else layers.record_path(config.run.name)
     result = layers.choose_layer(config, chosen, seeds=args.seeds, record=record, runs_dir=args.runs_dir)
     print(result["table"].round(4).to_string(index=False))
-    best = int(result["metrics"][metric_names.LAYERS_CHOSEN])
-    print(f"chosen on validation pair log-likelihood (R*-free): irl.layer = {best} (the run read {config.irl.layer})")
+    best = int(result["metrics"][metric_names.layers_chosen()])
+    print(
+        f"chosen on validation pair log-likelihood (R*-free): layer {best} "
+        f"(the run's reward reads {result['run_layer']})"
+    )
     return 0
 
 
@@ -298,7 +301,7 @@ def add_layers(commands) -> None:
     )
     layer.add_argument("params", help="params YAML file of the finished run")
     layer.add_argument("--layers", help="blocks to compare, comma-separated, -1 the final state (default: a sweep)")
-    layer.add_argument("--seeds", type=int, default=3, help="head seeds per layer (default 3)")
+    layer.add_argument("--seeds", type=int, help="head seeds per layer (default: as many as notebook 04 fits)")
     layer.add_argument("--runs-dir", help="override run.runs_dir")
     layer.add_argument("--no-record", action="store_true", help="do not write regress/layers-<run name>.metrics.json")
     add_set_option(layer)

@@ -11,6 +11,7 @@ from irlnb.config import Config
 from irlnb.irl import layer_choice
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_atomic, write_json_atomic
 from irlnb.pipeline.provenance import provenance
+from irlnb.rewards.features import saved_spec
 
 
 def record_path(run_name: str) -> Path:
@@ -20,11 +21,13 @@ def record_path(run_name: str) -> Path:
 def choose_layer(
     config: Config,
     layers: list[int] | None = None,
-    seeds: int = 3,
+    seeds: int | None = None,
     record: Path | None = None,
     runs_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Sweep the layers on the run's validation split; the table best first, its metrics, and its provenance."""
+    """Sweep the layers on the run's validation split; the table best first, its metrics, and its provenance.
+    `seeds` None: as many as notebook 04's own choice fits."""
+    seeds = seeds or layer_choice.SEEDS
     layout = RunLayout.of_run(config.run, runs_dir)
     seed_everything(config.compute.seed, config.compute.torch_threads)
     device = resolve_device(config.compute.device)
@@ -36,7 +39,7 @@ def choose_layer(
         "metrics": layer_choice.layer_metrics(table, seeds),
         "params_file": repo_relative(config.path),
         "run": repo_relative(layout.root),
-        "irl_layer_of_the_run": config.irl.layer,
+        "run_layer": saved_spec(layout.learned_reward)[0].layer,  # what the run's stage 04 read
         **provenance(REPO_ROOT),
     }
     if record is not None:

@@ -121,6 +121,21 @@ class FeatureReward:
         hidden = hidden_at(self.backbone, batch, self.spec.layer)
         return pool(hidden.float(), batch["attention_mask"], self.spec.pooling)
 
+    def features_at(self, texts: list[str], layers: list[int], batch_size: int = 32) -> dict[int, torch.Tensor]:
+        """`features(texts)` of this reward read at each of `layers` instead of its own, from one forward pass per
+        batch (the same batches, so the same numbers as reading each layer alone)."""
+        texts, width = list(texts), self.head.in_features
+        if not texts:
+            return {layer: torch.zeros(0, width) for layer in layers}
+
+        def pooled_at_each(batch) -> torch.Tensor:
+            hidden = hidden_at_layers(self.backbone, batch, layers)
+            mask = batch["attention_mask"]
+            return torch.cat([pool(hidden[layer].float(), mask, self.spec.pooling) for layer in layers], dim=1)
+
+        joined = self.per_text(texts, batch_size, f"reading features at {len(layers)} layers", pooled_at_each)
+        return {layer: part.clone() for layer, part in zip(layers, joined.split(width, dim=1))}  # each its own
+
     def score(self, texts: list[str], batch_size: int = 32, return_std: bool = False):
         """The reward of each text (higher: more like the expert); with `return_std`, (mean, posterior std)."""
         if return_std and self.posterior is None:
@@ -175,27 +190,39 @@ def hidden_at(model, batch, layer: int) -> torch.Tensor:
     Only the blocks up to `layer` run (a hook stops the forward pass), and the LM head never does,
     so reading a middle layer costs about that fraction of a forward pass.
     """
-    if layer == -1:
-        return model.base_model(**batch).last_hidden_state
-    blocks = decoder_blocks(model)
-    if not 1 <= layer <= len(blocks):
+    return hidden_at_layers(model, batch, [layer])[layer]
+
+
+def hidden_at_layers(model, batch, layers: list[int]) -> dict[int, torch.Tensor]:
+    """`hidden_at` of several layers from one forward pass, which stops after the deepest (runs whole for -1)."""
+    blocks = decoder_blocks(model) if any(layer != -1 for layer in layers) else []
+    missing = [layer for layer in layers if not (layer == -1 or 1 <= layer <= len(blocks))]
+    if missing:
         raise ValueError(
-            f"layer {layer} does not exist: the backbone has blocks 1..{len(blocks)} (or -1, the final normed state)"
+            f"layer {missing[0]} does not exist: the backbone has blocks 1..{len(blocks)} (or -1, the final normed "
+            "state)"
         )
-    captured = {}
+    captured: dict[int, torch.Tensor] = {}
+    deepest = len(blocks) + 1 if -1 in layers else max(layers)
 
-    def keep_and_stop(module, args, output):
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
+    def keeper(layer: int):
+        def keep(module, args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == deepest:
+                raise _StopForward
 
-    handle = blocks[layer - 1].register_forward_hook(keep_and_stop)
+        return keep
+
+    handles = [blocks[layer - 1].register_forward_hook(keeper(layer)) for layer in set(layers) if layer != -1]
     try:
-        model.base_model(**batch)
+        final = model.base_model(**batch).last_hidden_state
+        captured[-1] = final
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    return captured["hidden"]
+        for handle in handles:
+            handle.remove()
+    return {layer: captured[layer] for layer in layers}
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -250,12 +277,9 @@ def random_reward(backbone: str, seed: int, pooling: str, layer: int, device: st
     return reward
 
 
-def load_reward(path: str | Path, device: str = "cpu"):
-    """A saved reward (`.score(texts)`): a feature reward (refused if corrupted or made on another backbone),
-    or a white-box log-ratio reward (`irlnb.rewards.likelihood`)."""
-    folder = Path(path)
-    if (folder / LOG_RATIO_CONFIG).is_file():
-        return load_log_ratio(folder, device)
+def saved_spec(folder: Path) -> tuple[RewardSpec, str]:
+    """The form of a saved feature reward (its layer, pooling, backbone...) and its head's sha256, read without
+    loading any weights."""
     config_file, head_file = folder / REWARD_CONFIG, folder / REWARD_HEAD
     for file in (config_file, head_file):
         if not file.is_file():
@@ -263,9 +287,19 @@ def load_reward(path: str | Path, device: str = "cpu"):
     try:
         stored = json.loads(config_file.read_text())
         head_sha = stored.pop("head_sha256")
-        spec = RewardSpec(**stored)
+        return RewardSpec(**stored), head_sha
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise RewardLoadError(f"{config_file}: unreadable reward config ({err})") from None
+
+
+def load_reward(path: str | Path, device: str = "cpu"):
+    """A saved reward (`.score(texts)`): a feature reward (refused if corrupted or made on another backbone),
+    or a white-box log-ratio reward (`irlnb.rewards.likelihood`)."""
+    folder = Path(path)
+    if (folder / LOG_RATIO_CONFIG).is_file():
+        return load_log_ratio(folder, device)
+    spec, head_sha = saved_spec(folder)
+    head_file = folder / REWARD_HEAD
     if sha256_of(head_file) != head_sha:
         raise RewardLoadError(f"{head_file}: sha256 mismatch; the reward head is corrupted")
     actual = weights_sha256(policy_dir(spec.backbone))
