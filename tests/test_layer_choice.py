@@ -136,3 +136,4 @@ def test_stage_04_chose_the_layer_of_the_smoke_run_by_its_criterion(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     assert metrics["irl.layers.chosen"] == table["layer"].iloc[0] and metrics["irl.layers.seeds"] == layer_choice.SEEDS
     assert metrics["irl.time.layer_choice_s"] > 0
+    assert (smoke_run / "figures" / "layer_choice.png").is_file()

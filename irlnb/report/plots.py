@@ -431,3 +431,50 @@ def posterior_contraction_figure(rows: pd.DataFrame) -> plt.Figure:
     left.set_title("Posterior contraction: more pairs, a surer and better reward")
     fig.tight_layout()
     return fig
+
+
+def layer_choice_figure(table: pd.DataFrame) -> plt.Figure:
+    """Notebook 04's layer choice (`irl/layer_choice.csv`): each candidate layer's criterion, the validation pair
+    log-likelihood of expert over base (mean ± SD over head seeds; R*-free), the chosen one marked, and beside it on
+    its own axis the validation ROC-AUC against R* where the run has R* (read, never chosen on)."""
+    rows = table.assign(_depth=table["layer"].where(table["layer"] != -1, np.inf)).sort_values("_depth")
+    names = ["final" if layer == -1 else str(layer) for layer in rows["layer"]]
+    positions = np.arange(len(rows))
+    fig, left = plt.subplots(figsize=(6.4, 4.4))
+    left.errorbar(
+        positions,
+        rows["validation_pair_log_likelihood_mean"],
+        yerr=rows["validation_pair_log_likelihood_std"].fillna(0),
+        marker="o",
+        color="#4C72B0",
+        capsize=3,
+        label="validation pair log-likelihood (the criterion; no R*)",
+    )
+    chosen = int(np.flatnonzero(rows["layer"].to_numpy() == table["layer"].iloc[0])[0])
+    left.scatter(
+        [chosen],
+        [rows["validation_pair_log_likelihood_mean"].iloc[chosen]],
+        s=160,
+        facecolors="none",
+        edgecolors="black",
+        zorder=3,
+        label=f"chosen: layer {names[chosen]}",
+    )
+    left.set(xticks=positions, xticklabels=names, xlabel="hidden-state layer (block)", ylabel="pair log-likelihood")
+    handles = left.get_legend_handles_labels()[0]
+    if rows["validation_auc_mean"].notna().any():
+        right = left.twinx()
+        right.plot(
+            positions,
+            rows["validation_auc_mean"],
+            marker="s",
+            ls="--",
+            color="#C44E52",
+            label="validation ROC-AUC vs sign(R*) (reads R*: not an auditor's)",
+        )
+        right.set_ylabel("ROC-AUC vs sign(R*)")
+        handles += right.get_legend_handles_labels()[0]
+    left.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    left.set_title("Which layer the reward reads (chosen without R*)")
+    fig.tight_layout()
+    return fig
