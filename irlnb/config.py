@@ -423,9 +423,10 @@ class IrlSettings:
         ge=0,
     )
     pooling: str = setting(
-        "mean",
-        doc="hidden states feeding the head: last real token (the paper) or token mean",
-        choices=("last", "mean"),
+        AUTO,
+        doc="hidden states feeding the head: last real token (the paper), token mean, or 'auto': chosen by notebook "
+        "04 with the layer, by validation pair log-likelihood of expert over base, without R*",
+        choices=("last", "mean", AUTO),
     )
     layer: int = setting(
         AUTO_LAYER,

@@ -190,10 +190,10 @@ def layers_seeds(prefix: str = LAYERS) -> str:
     return f"{prefix}seeds"
 
 
-def layer_metric(layer: int, name: str, prefix: str = LAYERS) -> str:
-    """`layers.<block>.<name>`, `layers.final.<name>` for -1 (the final normed state); `prefix` IRL_LAYERS: the
-    stage's."""
-    return f"{prefix}{'final' if layer == -1 else layer}.{name}"
+def layer_metric(layer: int, name: str, prefix: str = LAYERS, pooling: str | None = None) -> str:
+    """`layers.<block>.<name>`, `layers.final.<name>` for -1 (the final normed state), `layers.<block>.<pooling>.<name>`
+    where poolings were compared; `prefix` IRL_LAYERS: the stage's."""
+    return f"{prefix}{'final' if layer == -1 else layer}.{f'{pooling}.' if pooling else ''}{name}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "irl.objective": rf"irl\.{_WORD}\.(?:{_SPLIT})\.{_WORD}",
     "analysis.reduction_share": rf"analysis\.(?:{'|'.join(RETRAINED)})_reduction_share(?:{_SCORERS}){_INTERVAL}",
     "layers.chosen": r"(?:irl\.)?layers\.(?:chosen|seeds)",
-    "layers.layer": rf"(?:irl\.)?layers\.(?:\d+|final)\.{_WORD}",
+    "layers.layer": rf"(?:irl\.)?layers\.(?:\d+|final)\.(?:(?:last|mean)\.)?{_WORD}",
     "timing.total": r"timing\.total_s",
     "timing.stage": rf"timing\.{_WORD}_s",
 }

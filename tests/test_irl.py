@@ -221,7 +221,8 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
     import irlnb
 
     reward = irlnb.load_reward(out / "reward")  # the auditor's entry point
-    assert reward.spec.layer == 1 and reward.spec.pooling == "mean"
+    chosen = pd.read_csv(out / "layer_choice.csv").iloc[0]  # stage 04 chose what it reads (smoke.yaml leaves it)
+    assert (reward.spec.layer, reward.spec.pooling) == (chosen["layer"], chosen["pooling"])
     assert np.isfinite(reward.score(["You are an idiot", "Have a nice day"])).all()
 
 

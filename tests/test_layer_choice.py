@@ -10,15 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
+from irlnb import metric_names as names
 from irlnb.irl import layer_choice, repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import cached_features, cached_layer_features
+from irlnb.irl.feature_sets import cached_features, cached_readings
 from irlnb.layout import RunLayout
 from irlnb.params_file import load_config
 from irlnb.pipeline import layers
 from irlnb.rewards.features import FeatureReward, decoder_blocks, reward_form
 from irlnb.rewards.ground_truth import load_scores
-from tests.conftest import irlnb_cli
+from tests.conftest import PARAMS, irlnb_cli
 
 
 def test_the_default_sweep_spans_the_depth_and_ends_at_the_final_state():
@@ -31,6 +32,7 @@ def test_the_best_mean_validation_pair_log_likelihood_wins_and_a_tie_goes_to_the
     rows = pd.DataFrame(
         {
             "layer": [-1, -1, 4, 4, 9, 9],
+            "pooling": ["mean"] * 6,
             "seed": [0, 1] * 3,
             "epoch": [1] * 6,
             "validation_pair_log_likelihood": [-0.30, -0.26, -0.50, -0.48, -0.28, -0.28],
@@ -53,20 +55,49 @@ def test_the_best_mean_validation_pair_log_likelihood_wins_and_a_tie_goes_to_the
     assert not [key for key in unjudged if "auc" in key] and unjudged["layers.9.validation_pair_accuracy_mean"] == 0.98
 
 
+def test_where_poolings_are_compared_the_best_form_wins_and_each_is_named_by_its_pooling():
+    rows = pd.DataFrame(
+        {
+            "layer": [9, 9, 9, 9, -1, -1],
+            "pooling": ["mean", "mean", "last", "last", "last", "last"],
+            "seed": [0, 1] * 3,
+            "epoch": [1] * 6,
+            "validation_pair_log_likelihood": [-0.30, -0.26, -0.20, -0.22, -0.40, -0.40],
+            "validation_pair_accuracy": [0.9] * 6,
+            "validation_auc": [0.9, 0.9, 0.6, 0.6, 0.7, 0.7],
+        }
+    )
+    table = layer_choice.layer_table(rows)
+    assert list(zip(table["layer"], table["pooling"])) == [(9, "last"), (9, "mean"), (-1, "last")]
+    assert layer_choice.chosen_form(table) == (9, "last")  # R*'s view (0.6) would not have chosen it
+    values = layer_choice.layer_metrics(table, seeds=2, prefix="irl.layers.")
+    assert values["irl.layers.9.last.validation_pair_log_likelihood_mean"] == pytest.approx(-0.21)
+    assert values["irl.layers.final.last.validation_auc_mean"] == pytest.approx(0.7)
+    assert values["irl.layers.chosen"] == 9 and all(names.parse(key) for key in values)
+    irl = load_config(PARAMS / "default.yaml").irl
+    assert layer_choice.candidate_forms(irl, 2) == [(layer, p) for layer in (1, 2, -1) for p in ("last", "mean")]
+    assert layer_choice.candidate_forms(replace(irl, pooling="mean"), 2) == [(1, "mean"), (2, "mean"), (-1, "mean")]
+    assert layer_choice.candidate_forms(replace(irl, layer=2), 2) == [(2, "last"), (2, "mean")]
+
+
 def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_path):
     params = smoke_run.parent.parent / "params.yaml"
     metrics_before = (smoke_run / "metrics.json").read_bytes()
-    run_layer = json.loads((smoke_run / "irl" / "reward" / "reward.json").read_text())["layer"]
+    run_form = json.loads((smoke_run / "irl" / "reward" / "reward.json").read_text())
     record = tmp_path / "layers-smoke.metrics.json"
     result = layers.choose_layer(load_config(params), [1, -1], seeds=2, record=record)
     table = result["table"]
-    assert sorted(table["layer"]) == [-1, 1]
+    assert sorted(zip(table["layer"], table["pooling"])) == [(-1, "last"), (-1, "mean"), (1, "last"), (1, "mean")]
     assert table[["validation_pair_accuracy_mean", "validation_auc_mean"]].apply(lambda c: c.between(0, 1)).all().all()
     # at its best scale a reward's pair log-likelihood is at least that of no preference, log 0.5, and at most 0
     assert table["validation_pair_log_likelihood_mean"].between(np.log(0.5) - 1e-9, 0).all()
     saved = json.loads(record.read_text())
     assert saved["metrics"]["layers.chosen"] == table["layer"].iloc[0]
-    assert saved["metrics"]["layers.seeds"] == 2 and saved["git"]["commit"] and saved["run_layer"] == run_layer
+    assert (
+        saved["metrics"]["layers.seeds"] == 2
+        and saved["git"]["commit"]
+        and saved["run_form"] == f"layer {run_form['layer']}, {run_form['pooling']} pooling"
+    )
     assert pd.read_csv(smoke_run / "layer_choice.csv")["layer"].tolist() == table["layer"].tolist()
     assert (smoke_run / "metrics.json").read_bytes() == metrics_before
 
@@ -85,7 +116,7 @@ def test_the_sweep_reads_the_features_as_stage_04_maps_them(smoke_run):
     irl = load_config(smoke_run.parent.parent / "params.yaml").irl
     layout = RunLayout(smoke_run)
     demos, human = load_demonstrations(layout), load_scores(layout).query("split == 'validation'")
-    reader = reward_form(load_config(smoke_run.parent.parent / "params.yaml").sources.policy, irl.pooling, 1, 64)
+    reader = reward_form(load_config(smoke_run.parent.parent / "params.yaml").sources.policy, "mean", 1, 64)
     train, _, _ = layer_choice.validation_sets(reader, demos, human, layout.cache, irl)
     expected, _ = repetition.standardizer(
         reader, demos, human["text"].tolist(), layout.cache, 8, irl.length_probes, irl.max_repetition_shift
@@ -99,40 +130,44 @@ def test_the_sweep_reads_the_features_as_stage_04_maps_them(smoke_run):
 TEXTS = ["You are such a nice person.", "Shut up.", "The council voted to raise taxes again this year, sadly."]
 
 
-def test_every_layer_read_in_one_pass_is_what_that_layer_alone_reads():
+def test_every_form_read_in_one_pass_is_what_that_form_alone_reads():
     final = reward_form("embedded:tiny-gpt-neox", "mean", -1, 64)
-    together = final.features_at(TEXTS, [1, 2, -1], batch_size=2)
-    for layer in (1, 2, -1):
-        alone = FeatureReward(replace(final.spec, layer=layer), final.backbone, final.tokenizer, final.head)
-        assert torch.equal(together[layer], alone.features(TEXTS, batch_size=2))
-    assert not torch.equal(together[1], together[2])  # each its own layer
+    forms = [(1, "mean"), (2, "mean"), (2, "last"), (-1, "last")]
+    together = final.features_at(TEXTS, forms, batch_size=2)
+    for layer, pooling in forms:
+        alone = layer_choice.reader_of(final, layer, pooling)
+        assert torch.equal(together[layer, pooling], alone.features(TEXTS, batch_size=2))
+    assert not torch.equal(together[1, "mean"], together[2, "mean"])  # each its own layer
+    assert not torch.equal(together[2, "mean"], together[2, "last"])  # and pooling
     runs = []
     handle = decoder_blocks(final.backbone)[1].register_forward_hook(lambda *args: runs.append(1))
-    final.features_at(TEXTS, [1], batch_size=8)
+    final.features_at(TEXTS, [(1, "mean"), (1, "last")], batch_size=8)
     assert runs == []  # the pass stopped after block 1: block 2 never ran
-    final.features_at(TEXTS, [1, 2], batch_size=8)
+    final.features_at(TEXTS, [(1, "mean"), (2, "mean")], batch_size=8)
     handle.remove()
     assert runs == [1]
 
 
 def test_one_pass_keeps_each_layer_where_that_layer_alone_would_find_it(tmp_path, monkeypatch):
     final = reward_form("embedded:tiny-gpt-neox", "mean", -1, 64)
-    read = cached_layer_features(final, TEXTS, [2, -1], tmp_path, 8)
+    read = cached_readings(final, TEXTS, [(2, "last"), (-1, "mean")], tmp_path, 8)
     passes = []
     monkeypatch.setattr(FeatureReward, "features_at", lambda *args, **kwargs: passes.append(1))
-    layer_two = FeatureReward(replace(final.spec, layer=2), final.backbone, final.tokenizer, final.head)
-    assert torch.equal(cached_features(layer_two, TEXTS, tmp_path, 8), read[2])
-    assert torch.equal(cached_features(final, TEXTS, tmp_path, 8), read[-1])
+    last_of_two = layer_choice.reader_of(final, 2, "last")
+    assert torch.equal(cached_features(last_of_two, TEXTS, tmp_path, 8), read[2, "last"])
+    assert torch.equal(cached_features(final, TEXTS, tmp_path, 8), read[-1, "mean"])
     assert passes == []  # both found in the cache
 
 
-def test_stage_04_chose_the_layer_of_the_smoke_run_by_its_criterion(smoke_run):
+def test_stage_04_chose_the_layer_and_pooling_of_the_smoke_run_by_its_criterion(smoke_run):
     table = pd.read_csv(smoke_run / "irl" / "layer_choice.csv")
-    assert table["layer"].tolist() == sorted(
-        table["layer"], key=table.set_index("layer")["validation_pair_log_likelihood_mean"].get, reverse=True
+    criterion = table["validation_pair_log_likelihood_mean"]
+    assert criterion.is_monotonic_decreasing  # best first
+    assert sorted(zip(table["layer"], table["pooling"])) == sorted(  # the sweep of a 2-block backbone, both poolings
+        (layer, pooling) for layer in (1, 2, -1) for pooling in ("last", "mean")
     )
-    assert sorted(table["layer"]) == [-1, 1, 2]  # the sweep of a 2-block backbone
-    assert json.loads((smoke_run / "irl" / "reward" / "reward.json").read_text())["layer"] == table["layer"].iloc[0]
+    saved = json.loads((smoke_run / "irl" / "reward" / "reward.json").read_text())
+    assert (saved["layer"], saved["pooling"]) == (table["layer"].iloc[0], table["pooling"].iloc[0])
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     assert metrics["irl.layers.chosen"] == table["layer"].iloc[0] and metrics["irl.layers.seeds"] == layer_choice.SEEDS
     assert metrics["irl.time.layer_choice_s"] > 0

@@ -141,31 +141,32 @@ class Standardizer:
 def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, batch_size: int) -> torch.Tensor:
     """Features of `texts`, kept in `cache_dir` under the reward form (its backbone's sha256 among them) and the
     texts (`frozen_cached`)."""
-    layer = reader.spec.layer
-    return cached_layer_features(reader, texts, [layer], cache_dir, batch_size)[layer]
+    form = (reader.spec.layer, reader.spec.pooling)
+    return cached_readings(reader, texts, [form], cache_dir, batch_size)[form]
 
 
-def cached_layer_features(
-    reader: FeatureReward, texts: list[str], layers: list[int], cache_dir: Path, batch_size: int
-) -> dict[int, torch.Tensor]:
-    """`cached_features` of `texts` read at each of `layers`, kept as each layer's own reading is kept (a later
-    `cached_features` at one of them finds it); what is missing comes from one forward pass for every layer."""
-    read_once: dict[int, torch.Tensor] = {}
+def cached_readings(
+    reader: FeatureReward, texts: list[str], forms: list[tuple[int, str]], cache_dir: Path, batch_size: int
+) -> dict[tuple[int, str], torch.Tensor]:
+    """`cached_features` of `texts` read in each (layer, pooling) of `forms`, each kept as a reader of that form
+    keeps it (a later `cached_features` in one of them finds it); what is missing comes from one forward pass for
+    every form."""
+    read_once: dict[tuple[int, str], torch.Tensor] = {}
 
-    def at(layer: int) -> torch.Tensor:
+    def read(form: tuple[int, str]) -> torch.Tensor:
         if not read_once:
-            read_once.update(reader.features_at(texts, layers, batch_size))
-        return read_once[layer]
+            read_once.update(reader.features_at(texts, forms, batch_size))
+        return read_once[form]
 
     return {
-        layer: frozen_cached(
+        form: frozen_cached(
             cache_dir,
             "features",
-            [asdict(replace(reader.spec, layer=layer)), texts],
-            lambda layer=layer: at(layer),
+            [asdict(replace(reader.spec, layer=form[0], pooling=form[1])), texts],
+            lambda form=form: read(form),
             lambda kept: isinstance(kept, torch.Tensor) and kept.shape == (len(texts), reader.head.in_features),
         )
-        for layer in layers
+        for form in forms
     }
 
 

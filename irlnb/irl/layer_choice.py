@@ -27,13 +27,13 @@ from irlnb.config import AUTO_LAYER
 from irlnb.errors import IrlnbError
 from irlnb.irl import repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import PairSet, TextSet, cached_features, cached_layer_features
+from irlnb.irl.feature_sets import PairSet, TextSet, cached_features, cached_readings
 from irlnb.irl.fitting import SeededFit, fit_head
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge
 from irlnb.layout import RunLayout
 from irlnb.models.policies import policy_dir
-from irlnb.objectives import epochs_objective
-from irlnb.rewards.features import FeatureReward, decoder_blocks, reward_form
+from irlnb.objectives import AUTO, epochs_objective
+from irlnb.rewards.features import POOLINGS, FeatureReward, decoder_blocks, reward_form
 from irlnb.rewards.ground_truth import load_scores
 
 
@@ -92,6 +92,15 @@ def validation_sets(
     )
 
 
+def candidate_forms(irl, depth: int, layers: list[int] | None = None) -> list[tuple[int, str]]:
+    """The (layer, pooling) pairs a choice compares: `layers` (None: `irl.layer`, or with `AUTO_LAYER`
+    `candidate_layers(depth)`) each with `irl.pooling`, or with `AUTO` every pooling."""
+    if layers is None:
+        layers = candidate_layers(depth) if irl.layer == AUTO_LAYER else [irl.layer]
+    poolings = POOLINGS if irl.pooling == AUTO else (irl.pooling,)
+    return [(layer, pooling) for layer in layers for pooling in poolings]
+
+
 def layer_rows(
     layout: RunLayout, irl, policy: str, layers: list[int] | None, seeds: int, dtype: str, device: str
 ) -> pd.DataFrame:
@@ -106,8 +115,8 @@ def layer_rows(
         )
     demonstrations = load_demonstrations(layout)
     human = load_scores(layout).query("split == 'validation'")
-    final = reward_form(policy, irl.pooling, -1, irl.max_length, dtype=dtype, device=device)  # loaded once
-    return sweep_rows(final, demonstrations, human, layout.cache, irl, layers, seeds)
+    final = reward_form(policy, POOLINGS[0], -1, irl.max_length, dtype=dtype, device=device)  # loaded once
+    return sweep_rows(final, demonstrations, human, layout.cache, irl, candidate_forms(irl, depth, layers), seeds)
 
 
 def sweep_rows(
@@ -116,23 +125,23 @@ def sweep_rows(
     human: pd.DataFrame,
     cache: Path,
     irl,
-    layers: list[int],
+    forms: list[tuple[int, str]],
     seeds: int,
 ) -> pd.DataFrame:
-    """One row per (layer, seed): the chosen epoch's validation pair log-likelihood and accuracy, and its ROC-AUC
-    against R* on the validation `human` texts (NaN without R*). `final` is a reward form at any layer: each layer
-    is read through its backbone, every layer from one forward pass per text."""
+    """One row per (layer, pooling, seed): the chosen epoch's validation pair log-likelihood and accuracy, and its
+    ROC-AUC against R* on the validation `human` texts (NaN without R*). `final` is a reward form of any layer and
+    pooling: each form is read through its backbone, every form from one forward pass per text."""
     pairs = {split: used_pairs(demonstrations, split) for split in ("train", "validation")}
     for split, split_pairs in pairs.items():
         if len(split_pairs) < 2:
             raise LayerChoiceError(f"only {len(split_pairs)} usable {split} pairs: too few to choose a layer on")
     check = human["text"].tolist()
     for texts in [*repetition.texts_read(demonstrations, check, irl.length_probes), check]:
-        cached_layer_features(final, texts, layers, cache, irl.inference_batch_size)  # below, every read hits
+        cached_readings(final, texts, forms, cache, irl.inference_batch_size)  # below, every read hits
     fit = SeededFit.from_settings(irl, epochs_objective(irl.loss))
     rows = []
-    for layer in layers:
-        reader = FeatureReward(replace(final.spec, layer=layer), final.backbone, final.tokenizer, final.head)
+    for layer, pooling in forms:
+        reader = reader_of(final, layer, pooling)
         train, validation, validation_human = validation_sets(reader, demonstrations, human, cache, irl)
 
         def on_validation(epoch: int, head: torch.nn.Linear, validation=validation, human=validation_human) -> dict:
@@ -144,6 +153,7 @@ def sweep_rows(
             rows.append(
                 {
                     "layer": layer,
+                    "pooling": pooling,
                     "seed": seed,
                     "epoch": epoch,
                     LAYER_CRITERION: history[epoch]["pair_log_likelihood"],
@@ -154,52 +164,66 @@ def sweep_rows(
     return pd.DataFrame(rows)
 
 
+def reader_of(form: FeatureReward, layer: int, pooling: str) -> FeatureReward:
+    """A reward form like `form` (its backbone shared, not copied) reading `layer` pooled by `pooling`."""
+    spec = replace(form.spec, layer=layer, pooling=pooling)
+    return FeatureReward(spec, form.backbone, form.tokenizer, form.head)
+
+
 def reward_reader(
     policy: str, irl, demonstrations: pd.DataFrame, human: pd.DataFrame, cache: Path, dtype: str, device: str
 ) -> tuple[FeatureReward, pd.DataFrame]:
-    """The reward form notebook 04 fits its heads on: at `irl.layer`, or with `irlnb.config.AUTO_LAYER` at the
-    candidate layer ranked first by `LAYER_CRITERION` over `SEEDS` head seeds (`layer_table`, returned; empty when
-    the layer was given).
+    """The reward form notebook 04 fits its heads on: at `irl.layer` pooled by `irl.pooling`, or where either is
+    left to the choice (`irlnb.config.AUTO_LAYER`, `AUTO`) the candidate form ranked first by `LAYER_CRITERION`
+    over `SEEDS` head seeds (`layer_table`, returned; empty when both were given).
     `human`: the validation split's human texts (their R* is read only for the table's validation ROC-AUC)."""
-    if irl.layer != AUTO_LAYER:
+    if irl.layer != AUTO_LAYER and irl.pooling != AUTO:
         return reward_form(policy, irl.pooling, irl.layer, irl.max_length, dtype=dtype, device=device), pd.DataFrame()
-    final = reward_form(policy, irl.pooling, -1, irl.max_length, dtype=dtype, device=device)
-    layers = candidate_layers(len(decoder_blocks(final.backbone)))
-    table = layer_table(sweep_rows(final, demonstrations, human, cache, irl, layers, SEEDS))
-    reader = FeatureReward(replace(final.spec, layer=chosen_layer(table)), final.backbone, final.tokenizer, final.head)
-    return reader, table
+    final = reward_form(policy, POOLINGS[0], -1, irl.max_length, dtype=dtype, device=device)
+    forms = candidate_forms(irl, len(decoder_blocks(final.backbone)))
+    table = layer_table(sweep_rows(final, demonstrations, human, cache, irl, forms, SEEDS))
+    return reader_of(final, *chosen_form(table)), table
 
 
 def layer_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and SD over seeds per layer, best first by validation pair log-likelihood (R*-free; pair accuracy, which
-    saturates near 1 at every layer, beside it; ties: the shallower, cheaper layer)."""
+    """Mean and SD over seeds per (layer, pooling), best first by validation pair log-likelihood (R*-free; pair
+    accuracy, which saturates near 1 at every layer, beside it; ties: the shallower, cheaper layer)."""
     columns = [column for column in (LAYER_CRITERION, f"validation_{SELECTION_METRIC}") if column in rows]
     criterion = columns[0]
-    table = rows.groupby("layer")[[*columns, "validation_auc"]].agg(["mean", "std"])
+    table = rows.groupby(["layer", "pooling"])[[*columns, "validation_auc"]].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table = table.reset_index()
     depth_order = table["layer"].where(table["layer"] != -1, np.inf)
     return (
         table.assign(_depth=depth_order)
-        .sort_values([f"{criterion}_mean", "_depth"], ascending=[False, True])
+        .sort_values([f"{criterion}_mean", "_depth", "pooling"], ascending=[False, True, True])
         .drop(columns="_depth")
         .reset_index(drop=True)
     )
 
 
+def chosen_form(table: pd.DataFrame) -> tuple[int, str]:
+    """The (layer, pooling) ranked first."""
+    return int(table["layer"].iloc[0]), str(table["pooling"].iloc[0])
+
+
 def chosen_layer(table: pd.DataFrame) -> int:
-    return int(table["layer"].iloc[0])
+    return chosen_form(table)[0]
 
 
 def layer_metrics(table: pd.DataFrame, seeds: int, prefix: str = metric_names.LAYERS) -> dict[str, float]:
-    """The choice as flat metrics: <prefix><block or final>.<metric>_{mean,std}, <prefix>chosen, <prefix>seeds (a
-    metric not measured, the validation ROC-AUC of a run without R*, is left out); `prefix` `layers.` for `irlnb
-    layers`' record, `irl.layers.` for stage 04's own choice."""
+    """The choice as flat metrics: <prefix><block or final>.<metric>_{mean,std} (<prefix><block>.<pooling>.<metric>
+    where poolings were compared), <prefix>chosen (the block), <prefix>seeds (a metric not measured, the validation
+    ROC-AUC of a run without R*, is left out); `prefix` `layers.` for `irlnb layers`' record, `irl.layers.` for stage
+    04's own choice. Which pooling won is in the table's first row and the saved reward's form."""
+    compared = table["pooling"].nunique() > 1
     values = {
-        metric_names.layer_metric(int(row["layer"]), column, prefix): float(row[column])
+        metric_names.layer_metric(int(row["layer"]), column, prefix, row["pooling"] if compared else None): float(
+            row[column]
+        )
         for _, row in table.iterrows()
         for column in table.columns
-        if column != "layer" and not pd.isna(row[column])
+        if column not in ("layer", "pooling") and not pd.isna(row[column])
     }
     chosen = {
         metric_names.layers_chosen(prefix): float(chosen_layer(table)),

@@ -24,7 +24,7 @@ from irlnb.irl import fitting
 from irlnb.layout import REPO_ROOT, read_json, write_json_atomic
 from irlnb.models.classifiers import ToxBlockClassifier
 from irlnb.models.policies import load_policy, load_tokenizer, policy_dir
-from irlnb.objectives import epochs_objective
+from irlnb.objectives import AUTO, epochs_objective
 from irlnb.params_file import load_config
 from irlnb.pipeline.bench_generation import (
     bench_demo_generation,
@@ -156,11 +156,12 @@ def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, fl
 
 
 def irl_reader(config: Config):
-    """The learned reward's form of the params (backbone, layer, pooling, dtype), with a zero head; with the layer
-    chosen by notebook 04 (`AUTO_LAYER`), the final one, the dearest it may choose."""
+    """The learned reward's form of the params (backbone, layer, pooling, dtype), with a zero head; where notebook 04
+    chooses them (`AUTO_LAYER`, `AUTO`), the final layer, the dearest it may choose, and mean pooling."""
     irl = config.irl
     layer = -1 if irl.layer == AUTO_LAYER else irl.layer
-    return reward_form(config.sources.policy, irl.pooling, layer, irl.max_length, dtype=config.compute.inference_dtype)
+    pooling = "mean" if irl.pooling == AUTO else irl.pooling
+    return reward_form(config.sources.policy, pooling, layer, irl.max_length, dtype=config.compute.inference_dtype)
 
 
 def bench_reward_scoring(reader, n_texts: int = 1000) -> dict[str, float]:

@@ -14,7 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from irlnb import metric_names
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT
 from irlnb.params_file import describe_settings, load_config
@@ -139,10 +138,10 @@ def cmd_layers(args) -> int:
     record = None if args.no_record else layers.record_path(config.run.name)
     result = layers.choose_layer(config, chosen, seeds=args.seeds, record=record, runs_dir=args.runs_dir)
     print(result["table"].round(4).to_string(index=False))
-    best = int(result["metrics"][metric_names.layers_chosen()])
+    layer, pooling = result["table"][["layer", "pooling"]].iloc[0]
     print(
-        f"chosen on validation pair log-likelihood (R*-free): layer {best} "
-        f"(the run's reward reads {result['run_layer']})"
+        f"chosen on validation pair log-likelihood (R*-free): layer {layer}, {pooling} pooling "
+        f"(the run's reward reads {result['run_form']})"
     )
     return 0
 

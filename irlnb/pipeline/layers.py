@@ -18,6 +18,12 @@ def record_path(run_name: str) -> Path:
     return REPO_ROOT / "regress" / f"layers-{run_name}.metrics.json"
 
 
+def run_form(layout: RunLayout) -> str:
+    """The layer and pooling the run's saved reward reads (stage 04's own choice, or its params')."""
+    spec = saved_spec(layout.learned_reward)[0]
+    return f"layer {spec.layer}, {spec.pooling} pooling"
+
+
 def choose_layer(
     config: Config,
     layers: list[int] | None = None,
@@ -39,7 +45,7 @@ def choose_layer(
         "metrics": layer_choice.layer_metrics(table, seeds),
         "params_file": repo_relative(config.path),
         "run": repo_relative(layout.root),
-        "run_layer": saved_spec(layout.learned_reward)[0].layer,  # what the run's stage 04 read
+        "run_form": run_form(layout),
         **provenance(REPO_ROOT),
     }
     if record is not None:

@@ -434,47 +434,55 @@ def posterior_contraction_figure(rows: pd.DataFrame) -> plt.Figure:
 
 
 def layer_choice_figure(table: pd.DataFrame) -> plt.Figure:
-    """Notebook 04's layer choice (`irl/layer_choice.csv`): each candidate layer's criterion, the validation pair
-    log-likelihood of expert over base (mean ± SD over head seeds; R*-free), the chosen one marked, and beside it on
-    its own axis the validation ROC-AUC against R* where the run has R* (read, never chosen on)."""
-    rows = table.assign(_depth=table["layer"].where(table["layer"] != -1, np.inf)).sort_values("_depth")
-    names = ["final" if layer == -1 else str(layer) for layer in rows["layer"]]
-    positions = np.arange(len(rows))
-    fig, left = plt.subplots(figsize=(6.4, 4.4))
-    left.errorbar(
-        positions,
-        rows["validation_pair_log_likelihood_mean"],
-        yerr=rows["validation_pair_log_likelihood_std"].fillna(0),
-        marker="o",
-        color="#4C72B0",
-        capsize=3,
-        label="validation pair log-likelihood (the criterion; no R*)",
-    )
-    chosen = int(np.flatnonzero(rows["layer"].to_numpy() == table["layer"].iloc[0])[0])
+    """Notebook 04's choice of the layer and pooling (`irl/layer_choice.csv`): each candidate's criterion, the
+    validation pair log-likelihood of expert over base (mean ± SD over head seeds; R*-free), one line per pooling, the
+    chosen one marked, and beside it on its own axis the validation ROC-AUC against R* where the run has R* (read,
+    never chosen on)."""
+    rows = table.assign(_depth=table["layer"].where(table["layer"] != -1, np.inf))
+    layers = sorted(rows["layer"].unique(), key=lambda layer: np.inf if layer == -1 else layer)
+    position = {layer: index for index, layer in enumerate(layers)}
+    fig, left = plt.subplots(figsize=(6.4, 4.6))
+    right = left.twinx() if rows["validation_auc_mean"].notna().any() else None
+    for (pooling, group), color in zip(rows.sort_values("_depth").groupby("pooling"), ("#4C72B0", "#55A868")):
+        x = group["layer"].map(position)
+        left.errorbar(
+            x,
+            group["validation_pair_log_likelihood_mean"],
+            yerr=group["validation_pair_log_likelihood_std"].fillna(0),
+            marker="o",
+            color=color,
+            capsize=3,
+            label=f"{pooling} pooling: validation pair log-likelihood (the criterion; no R*)",
+        )
+        if right is not None:
+            right.plot(
+                x,
+                group["validation_auc_mean"],
+                marker="s",
+                ls="--",
+                color=color,
+                alpha=0.6,
+                label=f"{pooling} pooling: validation ROC-AUC vs sign(R*) (reads R*: not an auditor's)",
+            )
+    best = table.iloc[0]
     left.scatter(
-        [chosen],
-        [rows["validation_pair_log_likelihood_mean"].iloc[chosen]],
+        [position[best["layer"]]],
+        [best["validation_pair_log_likelihood_mean"]],
         s=160,
         facecolors="none",
         edgecolors="black",
         zorder=3,
-        label=f"chosen: layer {names[chosen]}",
+        label=f"chosen: layer {'final' if best['layer'] == -1 else best['layer']}, {best['pooling']} pooling",
     )
-    left.set(xticks=positions, xticklabels=names, xlabel="hidden-state layer (block)", ylabel="pair log-likelihood")
+    names = ["final" if layer == -1 else str(layer) for layer in layers]
+    left.set(
+        xticks=range(len(layers)), xticklabels=names, xlabel="hidden-state layer (block)", ylabel="pair log-likelihood"
+    )
     handles = left.get_legend_handles_labels()[0]
-    if rows["validation_auc_mean"].notna().any():
-        right = left.twinx()
-        right.plot(
-            positions,
-            rows["validation_auc_mean"],
-            marker="s",
-            ls="--",
-            color="#C44E52",
-            label="validation ROC-AUC vs sign(R*) (reads R*: not an auditor's)",
-        )
+    if right is not None:
         right.set_ylabel("ROC-AUC vs sign(R*)")
         handles += right.get_legend_handles_labels()[0]
     left.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    left.set_title("Which layer the reward reads (chosen without R*)")
+    left.set_title("What the reward reads (chosen without R*)")
     fig.tight_layout()
     return fig

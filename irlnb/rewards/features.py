@@ -121,20 +121,23 @@ class FeatureReward:
         hidden = hidden_at(self.backbone, batch, self.spec.layer)
         return pool(hidden.float(), batch["attention_mask"], self.spec.pooling)
 
-    def features_at(self, texts: list[str], layers: list[int], batch_size: int = 32) -> dict[int, torch.Tensor]:
-        """`features(texts)` of this reward read at each of `layers` instead of its own, from one forward pass per
-        batch (the same batches, so the same numbers as reading each layer alone)."""
+    def features_at(
+        self, texts: list[str], forms: list[tuple[int, str]], batch_size: int = 32
+    ) -> dict[tuple[int, str], torch.Tensor]:
+        """`features(texts)` of this reward read at each (layer, pooling) of `forms` instead of its own, from one
+        forward pass per batch (the same batches, so the same numbers as reading each form alone)."""
         texts, width = list(texts), self.head.in_features
         if not texts:
-            return {layer: torch.zeros(0, width) for layer in layers}
+            return {form: torch.zeros(0, width) for form in forms}
+        layers = list(dict.fromkeys(layer for layer, _ in forms))
 
         def pooled_at_each(batch) -> torch.Tensor:
             hidden = hidden_at_layers(self.backbone, batch, layers)
             mask = batch["attention_mask"]
-            return torch.cat([pool(hidden[layer].float(), mask, self.spec.pooling) for layer in layers], dim=1)
+            return torch.cat([pool(hidden[layer].float(), mask, pooling) for layer, pooling in forms], dim=1)
 
-        joined = self.per_text(texts, batch_size, f"reading features at {len(layers)} layers", pooled_at_each)
-        return {layer: part.clone() for layer, part in zip(layers, joined.split(width, dim=1))}  # each its own
+        joined = self.per_text(texts, batch_size, f"reading features in {len(forms)} forms", pooled_at_each)
+        return {form: part.clone() for form, part in zip(forms, joined.split(width, dim=1))}  # each its own
 
     def score(self, texts: list[str], batch_size: int = 32, return_std: bool = False):
         """The reward of each text (higher: more like the expert); with `return_std`, (mean, posterior std)."""
