@@ -133,10 +133,12 @@ TEXTS = ["You are such a nice person.", "Shut up.", "The council voted to raise 
 def test_every_form_read_in_one_pass_is_what_that_form_alone_reads():
     final = reward_form("embedded:tiny-gpt-neox", "mean", -1, 64)
     forms = [(1, "mean"), (2, "mean"), (2, "last"), (-1, "last")]
-    together = final.features_at(TEXTS, forms, batch_size=2)
+    together = final.features_at(TEXTS, forms, batch_size=8)  # one batch
     for layer, pooling in forms:
         alone = layer_choice.reader_of(final, layer, pooling)
-        assert torch.equal(together[layer, pooling], alone.features(TEXTS, batch_size=2))
+        with torch.inference_mode():  # the forward pass stopped at that layer, as training reads it
+            assert torch.equal(together[layer, pooling], alone.pooled(alone.tokenize(TEXTS)).float())
+        assert torch.equal(together[layer, pooling], alone.features(TEXTS, batch_size=8))
     assert not torch.equal(together[1, "mean"], together[2, "mean"])  # each its own layer
     assert not torch.equal(together[2, "mean"], together[2, "last"])  # and pooling
     runs = []

@@ -89,8 +89,8 @@ def probe_texts(demonstrations: pd.DataFrame, probes: int) -> list[str]:
 
 
 def texts_read(demonstrations: pd.DataFrame, check: list[str], probes: int) -> list[list[str]]:
-    """Every list of texts whose features `standardizer` reads, as it reads them (to read them ahead at several
-    layers in one pass: `irlnb.irl.layer_choice`)."""
+    """Every list of texts whose features `standardizer` reads, as it reads them (to read them ahead in several
+    layers and poolings in one pass: `irlnb.irl.layer_choice`)."""
     sides = [texts for split in ("train", "validation") for texts in pair_texts(used_pairs(demonstrations, split))]
     if probes == 0:
         return sides

@@ -91,10 +91,8 @@ class FeatureReward:
 
     def features(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         """Pooled hidden states [n, d] (float32), length-sorted batches, in the callers' order."""
-        texts = list(texts)
-        if not texts:
-            return torch.zeros(0, self.head.in_features)
-        return self.per_text(texts, batch_size, "reading features", lambda batch: self.pooled(batch).float())
+        form = (self.spec.layer, self.spec.pooling)
+        return self.features_at(texts, [form], batch_size)[form]
 
     def per_text(self, texts: list[str], batch_size: int, what: str, read) -> torch.Tensor:
         """`read(batch)` (one row per text) of `texts` tokenized as the reward reads them, in length-sorted batches
@@ -136,7 +134,8 @@ class FeatureReward:
             mask = batch["attention_mask"]
             return torch.cat([pool(hidden[layer].float(), mask, pooling) for layer, pooling in forms], dim=1)
 
-        joined = self.per_text(texts, batch_size, f"reading features in {len(forms)} forms", pooled_at_each)
+        what = "reading features" + (f" in {len(forms)} forms" if len(forms) > 1 else "")
+        joined = self.per_text(texts, batch_size, what, pooled_at_each)
         return {form: part.clone() for form, part in zip(forms, joined.split(width, dim=1))}  # each its own
 
     def score(self, texts: list[str], batch_size: int = 32, return_std: bool = False):
