@@ -196,6 +196,17 @@ def layer_metric(layer: int, name: str, prefix: str = LAYERS, pooling: str | Non
     return f"{prefix}{'final' if layer == -1 else layer}.{f'{pooling}.' if pooling else ''}{name}"
 
 
+# Two runs' saved rewards compared on the same held-out texts (`irlnb compare`, irlnb.irl.comparison)
+
+COMPARE = "compare."
+
+
+def compare_metric(name: str) -> str:
+    """`compare.test.<name>`: of the first run's saved reward (`_first`), the second's (`_second`), or their
+    difference (`_difference`, with `_ci_low`/`_ci_high`)."""
+    return f"{COMPARE}test.{name}"
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 
@@ -279,6 +290,7 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "analysis.reduction_share": rf"analysis\.(?:{'|'.join(RETRAINED)})_reduction_share(?:{_SCORERS}){_INTERVAL}",
     "layers.chosen": r"(?:irl\.)?layers\.(?:chosen|seeds)",
     "layers.layer": rf"(?:irl\.)?layers\.(?:\d+|final)\.(?:(?:last|mean)\.)?{_WORD}",
+    "compare": rf"compare\.test\.{_WORD}",
     "timing.total": r"timing\.total_s",
     "timing.stage": rf"timing\.{_WORD}_s",
 }

@@ -146,6 +146,15 @@ def cmd_layers(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from irlnb.pipeline import compare  # loads the models stack
+
+    record = compare.record_path(args.record) if args.record else None
+    result = compare.compare(Path(args.first), Path(args.second), args.device, record)
+    print(compare.comparison_table(result["metrics"]).round(4).to_string(index=False))
+    return 0
+
+
 def cmd_readme(args) -> int:
     from irlnb.pipeline import readme
 
@@ -307,6 +316,20 @@ def add_layers(commands) -> None:
     layer.set_defaults(func=cmd_layers)
 
 
+def add_compare(commands) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="two runs' saved rewards on the same held-out texts (the test split's human texts, the test prompts' "
+        "continuations): each one's ROC-AUC, Spearman and within-prompt Spearman with R*, and their differences with "
+        "paired bootstrap intervals",
+    )
+    compare.add_argument("first", help="run directory of the first saved reward (runs/<name>)")
+    compare.add_argument("second", help="run directory of the second, drawn on the same texts")
+    compare.add_argument("--device", default="cpu", help="torch device the rewards score on (default cpu)")
+    compare.add_argument("--record", metavar="NAME", help="write regress/compare-NAME.metrics.json")
+    compare.set_defaults(func=cmd_compare)
+
+
 def add_readme(commands) -> None:
     readme = commands.add_parser("readme", help="check the README's measured numbers against regress/*.metrics.json")
     readme.add_argument("--write", action="store_true", help="rewrite them from the records first")
@@ -339,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_replicates,
         add_recovery,
         add_layers,
+        add_compare,
         add_readme,
         add_bench,
     ):
