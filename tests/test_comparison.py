@@ -65,3 +65,12 @@ def test_a_run_without_a_saved_reward_is_refused_in_one_line(smoke_run, tmp_path
     assert done.stderr.strip().splitlines() == [
         f"irlnb: error: {tmp_path}: no saved reward (irl/reward); run its stage 04_irl first"
     ]
+
+
+def test_rewards_judged_by_different_r_star_are_refused(smoke_run, other_reward_run):
+    layout = RunLayout(other_reward_run)
+    scores = load_scores(layout)
+    layout.ground_truth_scores.unlink()  # a copy of the file, not the smoke run's
+    scores.assign(reward=-scores["reward"]).to_parquet(layout.ground_truth_scores, index=False)
+    with pytest.raises(comparison.ComparisonError, match="judge by different R\\*"):
+        comparison.compare_runs(smoke_run, other_reward_run)

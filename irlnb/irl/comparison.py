@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 from irlnb import metric_names, metrics
 from irlnb.errors import IrlnbError
@@ -38,17 +37,22 @@ def _prompt_sets(layout: RunLayout) -> pd.DataFrame | None:
 
 
 def _cross_text(r_first: np.ndarray, r_second: np.ndarray, r_star: np.ndarray, samples: int, seed: int) -> dict:
-    """ROC-AUC (of -R-hat for sign(R*) <= 0, as `metrics.agreement` reads it) and Spearman with R* of each reward,
-    and their differences with paired intervals over texts."""
-    measures = {
-        "auc": lambda first, star: metrics.roc_auc(metrics.toxic_by_reward(star), -first),
-        "spearman": lambda first, star: spearmanr(first, star).statistic,
-    }
+    """ROC-AUC and Spearman with R* of each reward, as a run's judging reads them (`metrics.agreement`), and their
+    differences with paired intervals over texts."""
     values = {}
-    for name, measure in measures.items():
+    for name in ("auc", "spearman"):
+
+        def measure(r_hat, star, name=name) -> float:
+            return metrics.agreement(r_hat, star)[name]
+
         a, b = measure(r_first, r_star), measure(r_second, r_star)
         low, high = metrics.bootstrap_interval(
-            lambda x, y, star, m=measure: m(x, star) - m(y, star), r_first, r_second, r_star, samples=samples, seed=seed
+            lambda x, y, star: measure(x, star) - measure(y, star),
+            r_first,
+            r_second,
+            r_star,
+            samples=samples,
+            seed=seed,
         )
         values.update({f"{name}_first": a, f"{name}_second": b, f"{name}_difference": a - b})
         values.update({f"{name}_difference_ci_low": low, f"{name}_difference_ci_high": high})
@@ -66,6 +70,8 @@ def compare_runs(first: Path, second: Path, device: str = "cpu", samples: int = 
     human = [_test_human(layout) for layout in layouts]
     if not human[0]["text"].equals(human[1]["text"]):
         raise ComparisonError(f"{first} and {second} hold different test texts: they cannot be compared text for text")
+    if not human[0]["reward"].equals(human[1]["reward"]):
+        raise ComparisonError(f"{first} and {second} judge by different R*: compare rewards judged by the same one")
     sets = [_prompt_sets(layout) for layout in layouts]
     same_sets = all(s is not None for s in sets) and sets[0][["group", "prompt", "continuation"]].equals(
         sets[1][["group", "prompt", "continuation"]]

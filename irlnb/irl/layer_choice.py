@@ -1,15 +1,16 @@
-"""Which hidden-state layer the IRL reward reads (`irl.layer`), chosen on validation from a run's demonstrations.
+"""Which hidden-state layer the IRL reward reads (`irl.layer`), and how it pools it (`irl.pooling`), chosen on
+validation from a run's demonstrations.
 
-With `irl.layer: 0` (the default) notebook 04 makes this choice itself, before it fits anything (`reward_reader`);
-`irlnb layers` repeats it on a finished run, for other layers or more seeds. For each candidate layer the IRL-train
-and validation pairs are read through the frozen backbone at that layer (every candidate from one forward pass, cached
-as 04 caches its features), mapped as 04 maps them (standardised on the train texts, what a text said twice moves
-removed: `irlnb.irl.repetition`), and the objective whose epochs 04 fits (`irlnb.objectives.epochs_objective`) is
-fitted over seeds exactly as 04 fits it; each fit's epoch is chosen by validation pair accuracy, the study's selection
-metric, which needs no R*. The layer with the highest mean validation pair log-likelihood over seeds is chosen
-(`LAYER_CRITERION`). The validation ROC-AUC against R* (human texts) is reported beside it for reading, never for the
-choice: the layer an R*-holder would pick is a reference, not an auditor's. No test text is read, so the choice leaves
-the test split untouched.
+With `irl.layer: 0` and `irl.pooling: auto` (the defaults) notebook 04 makes this choice itself, before it fits
+anything (`reward_reader`); `irlnb layers` repeats it on a finished run, for other layers or more seeds. For each
+candidate (layer, pooling) the IRL-train and validation pairs are read through the frozen backbone in that form
+(every candidate from one forward pass, cached as 04 caches its features), mapped as 04 maps them (standardised on
+the train texts, what a text said twice moves removed: `irlnb.irl.repetition`), and the objective whose epochs 04
+fits (`irlnb.objectives.epochs_objective`) is fitted over seeds exactly as 04 fits it; each fit's epoch is chosen by
+validation pair accuracy, the study's selection metric, which needs no R*. The candidate with the highest mean
+validation pair log-likelihood over seeds is chosen (`LAYER_CRITERION`). The validation ROC-AUC against R* (human
+texts) is reported beside it for reading, never for the choice: the form an R*-holder would pick is a reference, not
+an auditor's. No test text is read, so the choice leaves the test split untouched.
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def sweep_rows(
         if len(split_pairs) < 2:
             raise LayerChoiceError(f"only {len(split_pairs)} usable {split} pairs: too few to choose a layer on")
     check = human["text"].tolist()
-    for texts in [*repetition.texts_read(demonstrations, check, irl.length_probes), check]:
+    lists = repetition.texts_read(demonstrations, check, irl.length_probes)
+    for texts in lists if check in lists else [*lists, check]:  # what `validation_sets` reads, each list once
         cached_readings(final, texts, forms, cache, irl.inference_batch_size)  # below, every read hits
     fit = SeededFit.from_settings(irl, epochs_objective(irl.loss))
     rows = []
