@@ -52,9 +52,10 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
 NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def resolve_inference_dtype(dtype: str, device: str) -> str:
-    """'auto': bfloat16 where the device computes it natively (a CUDA GPU that supports it; a CPU with AVX512-BF16
-    or AMX), else float32. Where a CPU only emulates bfloat16 its matmuls run ~35x slower than float32."""
+def resolve_dtype(dtype: str, device: str) -> str:
+    """A dtype setting made concrete (compute.inference_dtype, compute.training_dtype). 'auto': bfloat16 where the
+    device computes it natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX), else float32.
+    Where a CPU only emulates bfloat16 its matmuls run ~35x slower than float32."""
     if dtype != "auto":
         return dtype
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):

@@ -89,15 +89,25 @@ class ComputeSettings:
     inference_dtype: str = setting(
         "auto",
         doc="dtype of models that only infer (evaluation, demonstrations, IRL features; 'auto': bfloat16 where the "
-        "device computes it natively, a CPU with AVX512-BF16 or AMX or a GPU, else float32); training is float32",
+        "device computes it natively, a CPU with AVX512-BF16 or AMX or a GPU, else float32)",
+        choices=("auto", "float32", "bfloat16"),
+    )
+    training_dtype: str = setting(
+        "auto",
+        doc="dtype of infonca's training step: bfloat16 autocast over float32 weights where the device computes it "
+        "natively (as inference_dtype's 'auto'), else float32; dpo, rloo, grpo and rft train in float32",
         choices=("auto", "float32", "bfloat16"),
     )
 
     def resolved(self) -> ComputeSettings:
         """'auto' made concrete for this machine, so that stage keys and manifests record the dtype that ran."""
-        from irlnb.compute import resolve_inference_dtype  # torch: imported only when a compute section is parsed
+        from irlnb.compute import resolve_dtype  # torch: imported only when a compute section is parsed
 
-        return dataclasses.replace(self, inference_dtype=resolve_inference_dtype(self.inference_dtype, self.device))
+        return dataclasses.replace(
+            self,
+            inference_dtype=resolve_dtype(self.inference_dtype, self.device),
+            training_dtype=resolve_dtype(self.training_dtype, self.device),
+        )
 
 
 @dataclass(frozen=True)
@@ -193,7 +203,7 @@ class GroundTruthSettings:
 
 # The kinds of alignment notebook 03 knows; each has a settings section of its name (below), and a record in
 # irlnb.rl.kinds (how it trains, loads and is labelled).
-ALIGNMENT_KINDS = ("dpo", "rloo", "grpo", "rft", "best_of_n")
+ALIGNMENT_KINDS = ("dpo", "infonca", "rloo", "grpo", "rft", "best_of_n")
 
 
 def _aligns_the_expert(config: Config, kind: str) -> bool:
@@ -210,8 +220,9 @@ class RlhfSettings:
         "dpo",
         doc="the kind of alignment, whose settings are in the section of that name: dpo: direct preference "
         "optimisation on reward-ordered pairs of base samples (the default: a model trained on the reward, "
-        "README); rloo / grpo: KL-regularised RL with TRL; rft: rejection-sampling fine-tuning; best_of_n: no "
-        "training, the best of n samples under the reward",
+        "README); infonca: the KL optimum fitted on several scored base samples per prompt; rloo / grpo: "
+        "KL-regularised RL with TRL; rft: rejection-sampling fine-tuning; best_of_n: no training, the best of n "
+        "samples under the reward",
         choices=ALIGNMENT_KINDS,
     )
     seed: int = setting(
@@ -250,30 +261,61 @@ class DpoSettings:
     save_steps: int = setting(20, doc="steps between resumable checkpoints", ge=1, result=False)
 
     def cross_problems(self, config: Config) -> list[tuple[str, str]]:
-        """Its prompts must fit its pool, and leave IRL's train prompts room (IRL never sees them)."""
-        if not _aligns_the_expert(config, "dpo"):
-            return []
-        per_label = config.curate.train_per_label()
-        pool = per_label * (1 if config.rlhf.train_prompts == "toxic" else 2)
-        irl = config.irl
-        irl_pool = per_label * (1 if irl.prompt_pool == "toxic" else 2)
-        if self.prompts > pool:
-            return [
-                (
-                    "dpo.prompts",
-                    f"expected at most {pool} (the train prompts of rlhf.train_prompts' pool), got {self.prompts}",
-                )
-            ]
-        if irl.train_prompts > irl_pool - self.prompts:
-            return [
-                (
-                    "irl.train_prompts",
-                    f"expected at most {irl_pool - self.prompts}: IRL's {irl_pool} train prompts of pool "
-                    f"'{irl.prompt_pool}' less the {self.prompts} that dpo.prompts trains the expert on "
-                    f"(IRL never sees them), got {irl.train_prompts}",
-                )
-            ]
+        return _held_out_prompt_problems(config, "dpo", self.prompts)
+
+
+@dataclass(frozen=True)
+class InfoncaSettings:
+    """rlhf.trainer infonca: InfoNCA (arXiv 2402.05369) on `n` scored base samples per prompt: within a prompt, the
+    policy's softmax over log pi / pi_base of the samples is fitted to softmax(reward / beta), whose minimum is the
+    KL-regularised optimum pi_base * exp(reward / beta) / Z itself (the reward scaled to unit sd on human texts)."""
+
+    prompts: int = setting(
+        400,
+        doc="train-split prompts (of rlhf.train_prompts' pool) its samples are drawn on; IRL's demonstrations never "
+        "use them",
+        ge=1,
+    )
+    n: int = setting(4, doc="base samples per prompt, each scored by the reward (K of InfoNCA)", ge=2)
+    beta: float = setting(
+        1.0, doc="KL coefficient: the target is softmax(reward / beta) over a prompt's samples", gt=0.0
+    )
+    learning_rate: float = setting(1e-3, doc="AdamW learning rate (with LoRA)", gt=0.0)
+    num_train_epochs: int = setting(1, doc="passes over the prompts", ge=1)
+    per_device_train_batch_size: int = setting(4, doc="prompts per optimiser step (each with its n samples)", ge=1)
+    lora_rank: int = setting(16, doc="LoRA rank on all linear layers (0: full fine-tuning)", ge=0)
+    save_steps: int = setting(20, doc="steps between resumable checkpoints", ge=1, result=False)
+
+    def cross_problems(self, config: Config) -> list[tuple[str, str]]:
+        return _held_out_prompt_problems(config, "infonca", self.prompts)
+
+
+def _held_out_prompt_problems(config: Config, kind: str, prompts: int) -> list[tuple[str, str]]:
+    """A kind that trains on a sample of `prompts` train prompts: they must fit its pool, and leave IRL's train
+    prompts room (IRL never sees them)."""
+    if not _aligns_the_expert(config, kind):
         return []
+    per_label = config.curate.train_per_label()
+    pool = per_label * (1 if config.rlhf.train_prompts == "toxic" else 2)
+    irl = config.irl
+    irl_pool = per_label * (1 if irl.prompt_pool == "toxic" else 2)
+    if prompts > pool:
+        return [
+            (
+                f"{kind}.prompts",
+                f"expected at most {pool} (the train prompts of rlhf.train_prompts' pool), got {prompts}",
+            )
+        ]
+    if irl.train_prompts > irl_pool - prompts:
+        return [
+            (
+                "irl.train_prompts",
+                f"expected at most {irl_pool - prompts}: IRL's {irl_pool} train prompts of pool "
+                f"'{irl.prompt_pool}' less the {prompts} that {kind}.prompts trains the expert on "
+                f"(IRL never sees them), got {irl.train_prompts}",
+            )
+        ]
+    return []
 
 
 @dataclass(frozen=True)
@@ -530,6 +572,7 @@ class Config:
     ground_truth: GroundTruthSettings
     rlhf: RlhfSettings
     dpo: DpoSettings
+    infonca: InfoncaSettings
     rloo: RlooSettings
     grpo: GrpoSettings
     rft: RftSettings

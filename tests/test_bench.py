@@ -51,6 +51,16 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
     assert results["rlhf_step.gflops"] == approx(flops / results["rlhf_step.seconds"] / 1e9)
     assert 0 < results["rlhf_step.generated_tokens"] <= results["rlhf_step.tokens"]
 
+    # The InfoNCA step in both dtypes: 4N per token over each one's time, over the matmul peak in that dtype.
+    for dtype in ("float32", "bfloat16"):
+        gflops = 4 * n_params * results["infonca_step.tokens"] / results[f"infonca_step.{dtype}_s"] / 1e9
+        assert results[f"infonca_step.{dtype}_gflops"] == approx(gflops)
+        assert results[f"infonca_step.{dtype}_peak_fraction"] == approx(gflops / results[f"matmul.{dtype}_peak_gflops"])
+    assert results["infonca_step.bfloat16_speedup"] == approx(
+        results["infonca_step.float32_s"] / results["infonca_step.bfloat16_s"]
+    )
+    assert results["infonca_step.sequences"] == config.infonca.per_device_train_batch_size * config.infonca.n
+
     # The parts of a step: each share is its time over their sum, and the shares add up to one.
     seconds = {part: results[f"rlhf_step.{part}_s"] for part in RLHF_PARTS}
     for part in RLHF_PARTS:

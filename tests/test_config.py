@@ -104,6 +104,7 @@ def test_every_section_is_declared_once_as_a_field_of_config_in_the_params_file_
         "ground_truth",
         "rlhf",
         "dpo",
+        "infonca",
         "rloo",
         "grpo",
         "rft",

@@ -25,7 +25,8 @@ def test_every_kind_has_a_record_and_a_settings_section_of_its_name():
         assert kind.settings_section == name and name in SECTIONS
         assert kind.budget in SECTIONS[name].__dataclass_fields__  # the study grows a setting of its own section
     assert kind_of("brought") is BROUGHT and BROUGHT.has_weights and BROUGHT.settings_section is None
-    with pytest.raises(ValueError, match="unknown alignment kind 'ppo'; known: dpo, rloo, grpo, rft, best_of_n"):
+    known = "dpo, infonca, rloo, grpo, rft, best_of_n"
+    with pytest.raises(ValueError, match=f"unknown alignment kind 'ppo'; known: {known}"):
         kind_of("ppo")
 
 

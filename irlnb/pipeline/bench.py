@@ -155,6 +155,61 @@ def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, fl
     }
 
 
+def bench_infonca_step(config: Config) -> dict[str, float]:
+    """One InfoNCA optimiser step (forward, backward, AdamW) on the infonca section's shapes, `prompts per step x n`
+    real comments split into prompt and continuation, with its LoRA: in float32 and in bfloat16 autocast over
+    float32 weights (`compute.training_dtype`), side by side on the same batch. Model FLOPs: 4N per
+    token (forward 2N; backward through the activations 2N, the frozen weights taking no gradient); each dtype's
+    rate over the matmul peak in that dtype."""
+    from peft import get_peft_model
+
+    from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
+    from irlnb.rl.infonca import infonca_loss, soft_targets
+
+    section = config.infonca
+    width = section.per_device_train_batch_size * section.n
+    _, texts = real_prompts_and_texts(width, seed=3)
+    halves = [text.split() for text in texts]
+    prompts = [" ".join(words[: len(words) // 2]) for words in halves]
+    continuations = [" " + " ".join(words[len(words) // 2 :]) for words in halves]
+    model, tokenizer = load_policy(config.sources.policy)
+    n_params = model.num_parameters()
+    model = get_peft_model(model, lora_config(section)) if section.lora_rank else model
+    rows = continuation_rows(tokenizer, prompts, continuations)
+    ids, mask, scored = padded_rows(rows, tokenizer.pad_token_id)
+    shape = (section.per_device_train_batch_size, section.n)
+    targets = torch.tensor(soft_targets(np.random.default_rng(0).normal(size=shape), section.beta))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=section.learning_rate)
+    model.train()
+
+    def step(dtype: str) -> float:
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            log_probs = continuation_log_probs(model, ids, mask, scored)
+        loss = infonca_loss(log_probs.double().view(shape), targets)
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    tokens = int(mask.sum())
+    values = {"infonca_step.tokens": float(tokens), "infonca_step.sequences": float(width)}
+    for dtype in ("float32", "bfloat16"):
+        step(dtype)  # warm-up
+        seconds = best_seconds(lambda dtype=dtype: step(dtype), repeats=3)
+        gflops = 4 * n_params * tokens / seconds / 1e9
+        peak = matmul_peak_gflops(dtype=getattr(torch, dtype))
+        values.update(
+            {
+                f"infonca_step.{dtype}_s": seconds,
+                f"infonca_step.{dtype}_gflops": gflops,
+                f"infonca_step.{dtype}_peak_fraction": gflops / peak,
+                f"matmul.{dtype}_peak_gflops": peak,
+            }
+        )
+    values["infonca_step.bfloat16_speedup"] = values["infonca_step.float32_s"] / values["infonca_step.bfloat16_s"]
+    return values
+
+
 def irl_reader(config: Config):
     """The learned reward's form of the params (backbone, layer, pooling, dtype), with a zero head; where notebook 04
     chooses them (`AUTO_LAYER`, `AUTO`), the final layer, the dearest it may choose, and mean pooling."""
@@ -269,6 +324,7 @@ def run_bench(
     torch.set_num_threads(rlhf_threads)
     results[f"matmul.peak_gflops_{rlhf_threads}_threads"] = matmul_peak_gflops()
     results.update(bench_rlhf_step(config))
+    results.update(bench_infonca_step(config))
     results.update(bench_sampling(config))
     results["rlhf_step.peak_fraction"] = (
         results["rlhf_step.gflops"] / results[f"matmul.peak_gflops_{rlhf_threads}_threads"]

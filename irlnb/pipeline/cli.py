@@ -146,6 +146,23 @@ def cmd_layers(args) -> int:
     return 0
 
 
+def cmd_tune_expert(args) -> int:
+    from irlnb.params_file import parse_override
+    from irlnb.pipeline import tune_expert  # loads the models stack
+
+    config = load_config(args.params, args.set)
+    grid = {}
+    for text in args.grid:
+        dotted, _, values = text.partition("=")
+        grid[dotted] = [parse_override(f"{dotted}={value}", "--grid")[1] for value in values.split(",")]
+    record = tune_expert.record_path(args.record) if args.record else None
+    result = tune_expert.tune_expert(config, grid, args.runs_dir, samples=args.samples, record=record)
+    print(result["table"].round(4).to_string(index=False))
+    verdict = "passes every guard" if result["chosen_passes_guards"] else "FAILS the guards (none passes them all)"
+    print(f"chosen on validation: {result['chosen']} ({verdict})")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from irlnb.pipeline import compare  # loads the models stack
 
@@ -316,6 +333,28 @@ def add_layers(commands) -> None:
     layer.set_defaults(func=cmd_layers)
 
 
+def add_tune_expert(commands) -> None:
+    tune = commands.add_parser(
+        "tune-expert",
+        help="choose the expert's settings on validation prompts by its distance from the KL optimum (within-prompt "
+        "Spearman of its log-ratio with R*), guarded by fluency, toxicity reduction and diversity; each candidate "
+        "a run up to 03_rlhf_ground_truth",
+    )
+    tune.add_argument("params", help="params YAML file the candidates start from")
+    tune.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="SECTION.KEY=V1,V2",
+        help="values of one setting to try (repeatable: every combination is a candidate)",
+    )
+    tune.add_argument("--samples", type=int, default=4, help="base samples per validation prompt (default 4)")
+    tune.add_argument("--runs-dir", help="override run.runs_dir")
+    tune.add_argument("--record", metavar="NAME", help="write regress/tune-NAME.metrics.json")
+    add_set_option(tune)
+    tune.set_defaults(func=cmd_tune_expert)
+
+
 def add_compare(commands) -> None:
     compare = commands.add_parser(
         "compare",
@@ -363,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_recovery,
         add_layers,
         add_compare,
+        add_tune_expert,
         add_readme,
         add_bench,
     ):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from irlnb.compute import resolve_device, resolve_inference_dtype, seed_everything
+from irlnb.compute import resolve_device, resolve_dtype, seed_everything
 from irlnb.config import Config
 from irlnb.irl import layer_choice
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_atomic, write_json_atomic
@@ -37,7 +37,7 @@ def choose_layer(
     layout = RunLayout.of_run(config.run, runs_dir)
     seed_everything(config.compute.seed, config.compute.torch_threads)
     device = resolve_device(config.compute.device)
-    dtype = resolve_inference_dtype(config.compute.inference_dtype, device)
+    dtype = resolve_dtype(config.compute.inference_dtype, device)
     rows = layer_choice.layer_rows(layout, config.irl, config.sources.policy, layers, seeds, dtype, device)
     table = layer_choice.layer_table(rows)
     write_atomic(layout.root / "layer_choice.csv", lambda path: table.to_csv(path, index=False))

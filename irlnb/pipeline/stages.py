@@ -107,6 +107,7 @@ class Stage:
 RLHF_SETTINGS = (
     "compute.seed",
     "compute.inference_dtype",
+    "compute.training_dtype",
     "sources.policy",
     "sources.toxicity_classifier",
     "sources.evaluator",

@@ -67,6 +67,32 @@ def token_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return picked * attention_mask[:, 1:]
 
 
+def continuation_rows(tokenizer, prompts: list[str], continuations: list[str], max_length: int | None = None):
+    """Per text, the token ids of prompt + continuation (the prompt as a model reads the start of a text) and which
+    of them are the continuation's (1) and so scored, both cut at `max_length` tokens (None: not cut)."""
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    continuation_ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+    return [
+        ((p + c)[:max_length], ([0] * len(p) + [1] * len(c))[:max_length])
+        for p, c in zip(prompt_ids, continuation_ids, strict=True)
+    ]
+
+
+def padded_rows(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of (ids, scored) right-padded to the longest: ids, attention mask and scored mask."""
+    width = max(len(row_ids) for row_ids, _ in rows)
+    gaps = [width - len(row_ids) for row_ids, _ in rows]
+    ids = torch.tensor([row_ids + [pad_id] * gap for (row_ids, _), gap in zip(rows, gaps)])
+    mask = torch.tensor([[1] * (width - gap) + [0] * gap for gap in gaps])
+    scored = torch.tensor([list(flags) + [0] * gap for (_, flags), gap in zip(rows, gaps)])
+    return ids, mask, scored
+
+
+def continuation_log_probs(model, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """log p(continuation | prompt) per row: the scored tokens' log-probabilities summed (differentiable)."""
+    return (token_log_probs(model, ids, mask) * scored[:, 1:]).sum(dim=1)
+
+
 class LogRatioReward:
     """R(x, y) = log pi_expert(y | x) - log pi_base(y | x), summed over tokens."""
 
@@ -87,23 +113,12 @@ class LogRatioReward:
 
     def _batches(self, prompts: list[str], continuations: list[str], batch_size: int):
         """Right-padded prompt + continuation ids, with the mask of the tokens scored (the continuation's)."""
-        prompt_ids = encode_prompts(self.tokenizer, prompts)
-        continuation_ids = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
-        rows = []
-        for p, c in zip(prompt_ids, continuation_ids):
-            ids = (p + c)[: self.spec.max_length]
-            scored = ([0] * len(p) + [1] * len(c))[: self.spec.max_length]
-            rows.append((ids, scored))
+        rows = continuation_rows(self.tokenizer, prompts, continuations, self.spec.max_length)
         order = np.argsort([len(ids) for ids, _ in rows], kind="stable")
         starts = range(0, len(rows), batch_size)
         for start in tracked(starts, len(starts), f"log-ratio of {len(rows)} texts"):
             index = order[start : start + batch_size]
-            width = max(len(rows[i][0]) for i in index)
-            pad = self.tokenizer.pad_token_id
-            ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in index])
-            mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in index])
-            scored = torch.tensor([rows[i][1] + [0] * (width - len(rows[i][1])) for i in index])
-            yield index, ids, mask, scored
+            yield (index, *padded_rows([rows[i] for i in index], self.tokenizer.pad_token_id))
 
     def log_likelihoods(self, model, prompts: list[str], continuations: list[str], batch_size: int) -> torch.Tensor:
         """[2, n]: one model's log-likelihood of each whole text (every token after the first) and of its

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import datasets
@@ -26,12 +25,9 @@ import torch
 import trl
 from transformers import AutoModelForCausalLM
 
-from irlnb.compute import frozen_cached
 from irlnb.layout import read_json, write_json_atomic
-from irlnb.models.policies import weights_sha256
-from irlnb.rl.generation import sample_continuations
+from irlnb.rl.candidates import base_candidates
 from irlnb.rl.policy_gradient import StepProgress, lora_config, resume_or_finish
-from irlnb.rl.sampling import sampling_decoding
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 PAIRS_FILE = "dpo_pairs.json"  # the pairs of a training key, kept beside its checkpoints (a resume reuses them)
@@ -70,39 +66,6 @@ def draw_pairs(job: TrainingJob) -> pd.DataFrame:
     pairs = preference_pairs(start.prompts, candidates, start.reward.scorer(texts))
     write_json_atomic(saved, pairs.to_dict(orient="list"))
     return pairs
-
-
-def base_candidates(job: TrainingJob) -> list[list[str]]:
-    """`dpo.n` samples of the base policy per prompt. They depend on the base, the prompts, the decoding, the
-    seed, the dtype and the batch size, never on the reward: the alignments of one run with R*, R-hat and a random
-    reward order the same samples, drawn once and cached in the run's checkpoints folder under a digest of what
-    they depend on (`frozen_cached`)."""
-    start, section = job.start, job.section
-    decoding = sampling_decoding(job.rlhf)
-    batch_size = 2 * job.rlhf.reward_batch_size  # each batch draws with its own seed; bfloat16 depends on padding
-    key = {
-        "policy": weights_sha256(start.policy_dir),
-        "prompts": start.prompts,
-        "decoding": asdict(decoding),
-        "n": section.n,
-        "seed": job.seed,
-        "dtype": job.inference_dtype,
-        "batch_size": batch_size,
-    }
-
-    def draw() -> list[list[str]]:
-        model = AutoModelForCausalLM.from_pretrained(start.policy_dir, dtype=getattr(torch, job.inference_dtype))
-        return sample_continuations(
-            model.to(job.device), start.tokenizer, start.prompts, decoding, section.n, batch_size, job.seed
-        )
-
-    return frozen_cached(
-        job.checkpoints.parent / "dpo_base_candidates",
-        "samples",
-        key,
-        draw,
-        lambda kept: len(kept) == len(start.prompts) and all(len(drawn) == section.n for drawn in kept),
-    )
 
 
 def dpo_config(output_dir: Path, section, rlhf, seed: int, use_cpu: bool, max_steps: int):

@@ -49,6 +49,7 @@ class AlignmentKind:
     samples_in_inference_dtype: bool = False  # it samples with the inference dtype: part of its training key
     kl_to_base: Callable[[Any], float] | None = None  # KL(policy || base) known in closed form from its settings
     holds_out_prompts: bool = False  # trains on a sample of `<section>.prompts` train prompts that IRL never uses
+    trains_in_training_dtype: bool = False  # its step runs in compute.training_dtype (others train in float32)
 
     def __post_init__(self) -> None:
         if not self.has_weights and self.candidates is None:
@@ -101,6 +102,12 @@ def _train_dpo(job: TrainingJob) -> TrainingResult:
     from irlnb.rl.dpo import train_dpo  # loads TRL
 
     return train_dpo(job)
+
+
+def _train_infonca(job: TrainingJob) -> TrainingResult:
+    from irlnb.rl.infonca import train_infonca  # loads transformers' Trainer and peft
+
+    return train_infonca(job)
 
 
 def _train_rejection_sampling(job: TrainingJob) -> TrainingResult:
@@ -176,6 +183,27 @@ KINDS: dict[str, AlignmentKind] = {
             study_order=0,
             samples_in_inference_dtype=True,
             holds_out_prompts=True,
+        ),
+        AlignmentKind(
+            "infonca",
+            has_weights=True,
+            train=_train_infonca,
+            label=lambda section: f"InfoNCA ({section.n} samples, beta {section.beta:g})",
+            shared_settings=(
+                "seed",
+                "max_completion_length",
+                "top_k",
+                "temperature",
+                "train_prompts",
+                "reward_batch_size",
+            ),
+            budget="prompts",
+            short_label="InfoNCA",
+            budget_axis="scored prompts",
+            colour="#937860",
+            samples_in_inference_dtype=True,
+            holds_out_prompts=True,
+            trains_in_training_dtype=True,
         ),
         _policy_gradient_kind("rloo", "RLOO", "#C44E52", study_budgets=(3, 8, 24), study_order=1),
         _policy_gradient_kind("grpo", "GRPO", "#8172B2"),

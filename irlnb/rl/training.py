@@ -65,6 +65,8 @@ def training_key(
     rlhf = kind.key_settings(settings.rlhf, kind_section(settings, kind))
     if kind.samples_in_inference_dtype:
         rlhf["inference_dtype"] = settings.compute.inference_dtype
+    if kind.trains_in_training_dtype:
+        rlhf["training_dtype"] = settings.compute.training_dtype
     return settings_digest(
         {
             "policy": weights_sha256(policy_dir(settings.sources.policy)),
@@ -135,6 +137,7 @@ def training_job(layout: RunLayout, stage_name: str, start: StageTraining, kind:
         section=kind_section(settings, kind),
         inference_dtype=settings.compute.inference_dtype,
         device=device,
+        training_dtype=settings.compute.training_dtype if kind.trains_in_training_dtype else "float32",
     )
 
 

@@ -39,6 +39,7 @@ class TrainingJob:
     section: Any  # the kind's own settings (its section of irlnb/config.py), None for a brought model
     inference_dtype: str
     device: str
+    training_dtype: str = "float32"  # the dtype of a training step where its kind reads compute.training_dtype
 
 
 @dataclass

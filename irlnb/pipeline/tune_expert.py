@@ -1,0 +1,157 @@
+"""`irlnb tune-expert`: the expert's settings chosen on validation prompts, by how close it comes to its KL
+optimum, with fluency, toxicity reduction and diversity as guards (`irlnb.rl.optimum`).
+
+Each candidate of the grid (every combination of the values given per setting) is a run of stages 01 to
+03_rlhf_ground_truth in a run directory of its own (`<run name>-tune-<digest of its changes>`), so a killed tuning
+goes on where it stopped and a finished candidate is never trained again. Its expert is then measured on
+validation prompts only: test prompts are judged once, by the run of the chosen settings. The choice: among the
+candidates that pass every guard, the highest within-prompt Spearman of the log-ratio with R*; none passing, the
+highest among all, reported as failing the guards. Recorded in regress/tune-<name>.metrics.json with every
+candidate's measures and the provenance of the code that measured them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from irlnb.compute import frozen_cached, resolve_device, seed_everything
+from irlnb.config import Config
+from irlnb.data.curation import load_curated
+from irlnb.irl.within_prompt import draw_prompt_sets
+from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
+from irlnb.models.policies import load_policy, policy_dir, weights_sha256
+from irlnb.params_file import config_with, settings_digest
+from irlnb.pipeline import runner
+from irlnb.pipeline.provenance import provenance
+from irlnb.rewards.ground_truth import GroundTruthReward
+from irlnb.rl.generation import Decoding
+from irlnb.rl.optimum import MEASURES, optimum_measures, validation_prompts, validation_texts
+from irlnb.rl.sampling import ModelPolicy, sampling_decoding
+
+EXPERT_STAGE = "03_rlhf_ground_truth"
+# The expert issue's bounds on its default expert, read on validation: perplexity at most 1.10x the base's, p_toxic
+# reduced by half or more, distinct-2 at least 0.9x the base's.
+GUARDS = {
+    "perplexity_ratio": (operator.le, 1.10),
+    "toxicity_reduction": (operator.ge, 0.5),
+    "distinct_2_ratio": (operator.ge, 0.9),
+}
+PROMPTS = 200  # validation prompts whose greedy continuations are scored (toxicity, distinct-2); texts for perplexity
+SET_PROMPTS = 100  # of them, those whose continuations the log-ratio orders (each with `samples` base samples)
+
+
+def record_path(name: str) -> Path:
+    return REPO_ROOT / "regress" / f"tune-{name}.metrics.json"
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the values given per setting, in the order given."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))]
+
+
+def candidate_config(base: Config, changes: dict[str, Any]) -> Config:
+    """The candidate's config: the base's with its changes, in a run directory named by them."""
+    name = f"{base.run.name}-tune-{settings_digest(changes)[:8]}"
+    return config_with(base, {**changes, "run.name": name}, f"tune-expert {changes}")
+
+
+def passes(values: dict[str, float]) -> bool:
+    return all(compare(values[name], bound) for name, (compare, bound) in GUARDS.items())
+
+
+def choice_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per candidate, best first: those that pass every guard, then by within-prompt Spearman."""
+    table = pd.DataFrame(rows)
+    table["passes_guards"] = [passes(row) for row in rows]
+    return table.sort_values(["passes_guards", "within_prompt_spearman"], ascending=False, kind="stable")
+
+
+def tune_expert(
+    config: Config,
+    grid: dict[str, list[Any]],
+    runs_dir: str | None = None,
+    samples: int = 4,
+    record: Path | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Train every candidate (stages 01 to 03 of its run), measure it on validation, and choose."""
+    points = grid_points(grid)
+    configs = [candidate_config(config, changes) for changes in points]
+    for number, candidate in enumerate(configs, 1):
+        log(f"[candidate {number}/{len(configs)}] {points[number - 1]}")
+        runner.run(candidate, runs_dir=runs_dir, until=EXPERT_STAGE, log=log)
+    seed_everything(config.compute.seed, config.compute.torch_threads)
+    device = resolve_device(config.compute.device)
+    first = RunLayout.of_run(configs[0].run, runs_dir)
+    curated = load_curated(first)
+    r_star = GroundTruthReward.load(config.sources, config.ground_truth, device=device)
+    base, tokenizer = load_policy(config.sources.policy, device=device)
+    prompts = validation_prompts(curated, PROMPTS, config.compute.seed)
+    key = {
+        "policy": weights_sha256(policy_dir(config.sources.policy)),
+        "prompts": prompts["id"].tolist(),
+        "samples": samples,
+        "decoding": asdict(sampling_decoding(config.rlhf)),
+        "r_star": [config.sources.toxicity_classifier, config.ground_truth.reward_clip],
+    }
+    prompt_sets = frozen_cached(
+        first.cache,
+        "validation-prompt-sets",
+        key,
+        lambda: draw_prompt_sets(
+            ModelPolicy(base, tokenizer, sampling_decoding(config.rlhf)),
+            prompts.head(SET_PROMPTS),
+            samples,
+            config.evaluation.batch_size,
+            config.compute.seed,
+            r_star,
+        ).to_dict(orient="list"),
+        lambda kept: len(kept["group"]) > 0,
+    )
+    prompt_sets = pd.DataFrame(prompt_sets)
+    rows = []
+    for changes, candidate in zip(points, configs):
+        layout = RunLayout.of_run(candidate.run, runs_dir)
+        expert, _ = load_policy(f"local:{layout.policy('ground_truth')}", device=device)
+        values = optimum_measures(
+            expert,
+            base,
+            tokenizer,
+            prompt_sets=prompt_sets,
+            prompts=prompts["prompt"].tolist(),
+            human_texts=validation_texts(curated, PROMPTS),
+            r_star=r_star,
+            greedy=Decoding(config.evaluation.max_new_tokens),
+            batch_size=config.evaluation.batch_size,
+            base_cache=first.cache,
+        )
+        rows.append({**changes, **values, "run": repo_relative(layout.root)})
+    table = choice_table(rows)
+    result = {
+        "metrics": tune_metrics(table, points),
+        "grid": grid,
+        "params_file": repo_relative(config.path),
+        "chosen": {key: table.iloc[0][key] for key in grid},
+        "chosen_passes_guards": bool(table.iloc[0]["passes_guards"]),
+        **provenance(REPO_ROOT),
+    }
+    if record is not None:
+        write_json_atomic(record, result)
+    return {"table": table, **result}
+
+
+def tune_metrics(table: pd.DataFrame, points: list[dict[str, Any]]) -> dict[str, float]:
+    """`tune.<digest of a candidate's changes>.<measure>` for every candidate, and `tune.chosen.<measure>`."""
+    values = {}
+    for (_, row), changes in zip(table.sort_index().iterrows(), points):
+        name = settings_digest(changes)[:8]
+        values.update({f"tune.{name}.{measure}": float(row[measure]) for measure in MEASURES})
+    values.update({f"tune.chosen.{measure}": float(table.iloc[0][measure]) for measure in MEASURES})
+    return values

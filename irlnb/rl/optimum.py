@@ -1,0 +1,68 @@
+"""How close a trained expert is to its KL-regularised optimum, measured on validation prompts (the choice of its
+settings reads these; test prompts are judged once, by stage 04).
+
+At pi_base * exp(R / beta) / Z the log-ratio log pi(y | x) - log pi_base(y | x) orders a prompt's continuations
+exactly as R does. So, on `prompts` validation prompts with `samples` base continuations each (and the human one):
+- `within_prompt_spearman`: the mean over prompts of the Spearman correlation of the expert's log-ratio with R*;
+- `perplexity_ratio`: the expert's perplexity on validation human non-toxic texts over the base's (fluency);
+- `toxicity_reduction`: 1 - the expert's mean p_toxic of its greedy continuations of the prompts over the base's;
+- `distinct_2_ratio`: the expert's distinct-2 of those continuations over the base's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from irlnb import metrics
+from irlnb.irl.within_prompt import per_prompt_spearman
+from irlnb.rewards.likelihood import LogRatioReward, LogRatioSpec
+from irlnb.rl.evaluation import perplexity
+from irlnb.rl.sampling import ModelPolicy
+
+MEASURES = ("within_prompt_spearman", "perplexity_ratio", "toxicity_reduction", "distinct_2_ratio")
+
+
+def validation_prompts(curated: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """`count` validation comments (id, prompt, continuation), shuffled by the seed."""
+    validation = curated[curated["split"] == "validation"]
+    return validation.sample(frac=1.0, random_state=seed).head(count).reset_index(drop=True)
+
+
+def validation_texts(curated: pd.DataFrame, count: int) -> list[str]:
+    """Validation human non-toxic texts whose perplexity measures fluency."""
+    return curated[(curated["split"] == "validation") & (curated["label"] == 0)]["text"].head(count).tolist()
+
+
+def optimum_measures(
+    expert,
+    base,
+    tokenizer,
+    *,
+    prompt_sets: pd.DataFrame,
+    prompts: list[str],
+    human_texts: list[str],
+    r_star,
+    greedy,
+    batch_size: int,
+    base_cache=None,
+) -> dict[str, float]:
+    """The four measures of the module docstring for `expert` against `base` (two models with one tokenizer).
+    `prompt_sets`: `draw_prompt_sets` of the validation prompts; `greedy`: the evaluation's greedy decoding."""
+    spec = LogRatioSpec("expert", "base", "", "", dtype=str(next(expert.parameters()).dtype).removeprefix("torch."))
+    ratio = LogRatioReward(spec, expert, base, tokenizer)
+    _, given = ratio.gaps(prompt_sets["prompt"].tolist(), prompt_sets["continuation"].tolist(), batch_size, base_cache)
+    per_prompt = per_prompt_spearman(given, prompt_sets["r_star"].to_numpy(), prompt_sets["group"].to_numpy())
+    continuations = {
+        name: ModelPolicy(model, tokenizer, greedy).outputs(prompts, batch_size=batch_size, seed=0)
+        for name, model in (("expert", expert), ("base", base))
+    }
+    p_toxic = {name: r_star.p_toxic(texts) for name, texts in continuations.items()}
+    distinct = {name: metrics.distinct_n(texts, 2) for name, texts in continuations.items()}
+    return {
+        "within_prompt_spearman": float(np.nanmean(per_prompt)),
+        "perplexity_ratio": perplexity(expert, tokenizer, human_texts, batch_size)
+        / perplexity(base, tokenizer, human_texts, batch_size),
+        "toxicity_reduction": 1.0 - float(np.mean(p_toxic["expert"])) / float(np.mean(p_toxic["base"])),
+        "distinct_2_ratio": distinct["expert"] / distinct["base"],
+    }

@@ -1,0 +1,189 @@
+"""The infonca kind: soft targets softmax(R / beta) over a prompt's scored base samples, fitted by the policy's
+log-ratios; on the tiny offline model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPTS, length_reward
+from peft import get_peft_model
+from scipy.stats import spearmanr
+
+from irlnb.layout import read_json
+from irlnb.models.policies import embedded_policy_dir, load_policy
+from irlnb.params_file import parse_section
+from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
+from irlnb.rl.infonca import (
+    SAMPLES_FILE,
+    PromptSamples,
+    ScoredSamples,
+    collate,
+    infonca_loss,
+    soft_targets,
+    train_infonca,
+)
+from irlnb.rl.kinds import KINDS
+from irlnb.rl.policy_gradient import lora_config
+from irlnb.rl.reward_signal import Normalizer, PolicyReward
+from irlnb.rl.training_job import StageTraining, TrainingJob
+
+
+def test_soft_targets_are_the_softmax_of_the_reward_over_beta_per_prompt():
+    rewards = np.array([[0.0, math.log(3.0)], [1.0, 1.0]])
+    assert np.allclose(soft_targets(rewards, beta=1.0), [[0.25, 0.75], [0.5, 0.5]])
+    assert np.allclose(soft_targets(rewards * 2, beta=2.0), [[0.25, 0.75], [0.5, 0.5]])  # only R / beta counts
+    assert np.allclose(soft_targets(np.array([[1000.0, 0.0]]), beta=1.0), [[1.0, 0.0]])  # no overflow
+
+
+def test_the_loss_is_least_where_the_log_ratios_are_the_log_targets_up_to_a_shift():
+    targets = torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]], dtype=torch.float64)
+    at_optimum = (targets.log() + torch.tensor([[3.0], [-2.0]], dtype=torch.float64)).requires_grad_()
+    loss = infonca_loss(at_optimum, targets)
+    entropy = -(targets * targets.log()).sum(dim=1).mean()
+    assert loss.item() == pytest.approx(entropy.item(), abs=1e-6)
+    loss.backward()
+    assert float(at_optimum.grad.abs().max()) < 1e-6  # a minimum: the per-prompt shift is free
+    elsewhere = torch.zeros_like(targets)  # the base itself: every log-ratio 0, the uniform distribution
+    assert float(infonca_loss(elsewhere, targets)) == pytest.approx(math.log(3.0))
+    assert float(infonca_loss(elsewhere, targets)) > float(entropy)
+
+
+def infonca_job(tmp_path, dtype: str, **changes) -> TrainingJob:
+    """An infonca training of the tiny model on a length reward (longer continuations score higher)."""
+    model, tokenizer = load_policy("embedded:tiny-gpt-neox")
+    prompts = PROMPTS * 3
+    reward = PolicyReward(
+        length_reward, Normalizer.fit(length_reward(PROMPTS + [p + " and so on" for p in PROMPTS])), "ground_truth"
+    )
+    start = StageTraining(reward, prompts, 0, embedded_policy_dir("tiny-gpt-neox"), tokenizer, "key", [])
+    settings = dict(
+        prompts=len(prompts),
+        n=4,
+        beta=1.0,
+        learning_rate=2e-2,
+        num_train_epochs=4,
+        per_device_train_batch_size=4,
+        lora_rank=8,
+        save_steps=50,
+    )
+    section = parse_section("infonca", {**settings, **changes}, "test")
+    rlhf = parse_section("rlhf", {"trainer": "infonca", "max_completion_length": 6}, "test")
+    return TrainingJob(KINDS["infonca"], start, tmp_path / dtype, 0, rlhf, section, "float32", "cpu", dtype)
+
+
+def log_ratios(job: TrainingJob, trained) -> tuple[np.ndarray, ScoredSamples]:
+    """The trained policy's log-ratio over the base of each kept sample, and the kept samples."""
+    samples = ScoredSamples.from_json(read_json(job.checkpoints / SAMPLES_FILE))
+    base, tokenizer = load_policy("embedded:tiny-gpt-neox")
+    n = samples.rewards.shape[1]
+    rows = continuation_rows(
+        tokenizer, [p for p in samples.prompts for _ in range(n)], [s for drawn in samples.samples for s in drawn]
+    )
+    ids, mask, scored = padded_rows(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        ratio = continuation_log_probs(trained, ids, mask, scored) - continuation_log_probs(base, ids, mask, scored)
+    return ratio.double().numpy().reshape(samples.rewards.shape), samples
+
+
+def test_an_infonca_policy_orders_each_prompts_samples_as_its_reward_does(tmp_path):
+    job = infonca_job(tmp_path, "float32")
+    result = train_infonca(job)
+    log = result.log
+    assert len(log) == result.steps == 4 * 3 and np.isfinite(log["loss"]).all()
+    # before the first step the policy is the base: every log-ratio is 0 and the loss is log n
+    assert log["loss"].iloc[0] == pytest.approx(math.log(4), abs=1e-4)
+    ratio, samples = log_ratios(job, result.model)
+    base_log_probs, _ = log_ratios(job, load_policy("embedded:tiny-gpt-neox")[0])
+    assert np.abs(base_log_probs).max() < 1e-4
+    agreement = [spearmanr(r, s).statistic for r, s in zip(ratio, samples.rewards) if np.ptp(s) > 0]
+    assert np.mean(agreement) > 0.6, agreement  # within a prompt, the log-ratio orders the samples as R does
+    assert log["loss"].iloc[-3:].mean() < log["loss"].iloc[:3].mean()
+
+
+def test_a_finished_infonca_training_is_loaded_not_trained_again(tmp_path):
+    job = infonca_job(tmp_path, "float32", num_train_epochs=1, save_steps=1)
+    first = train_infonca(job)
+    again = train_infonca(job)
+    assert again.resumed_from == first.steps == 3
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_the_bfloat16_step_follows_the_float32_step_on_the_same_batches(tmp_path):
+    """compute.training_dtype bfloat16 (autocast over float32 weights) against float32: same samples, same order;
+    the losses of the first steps agree to bfloat16's precision, and before the first step both are exactly log n."""
+    exact = train_infonca(infonca_job(tmp_path, "float32", num_train_epochs=1, learning_rate=1e-3))
+    mixed = train_infonca(infonca_job(tmp_path, "bfloat16", num_train_epochs=1, learning_rate=1e-3))
+    assert mixed.log["loss"].iloc[0] == pytest.approx(math.log(4), abs=1e-4)
+    assert np.allclose(mixed.log["loss"], exact.log["loss"], atol=0.05), (mixed.log["loss"], exact.log["loss"])
+    # one step's gradient, both dtypes from the same weights and batch: the same direction
+    job = infonca_job(tmp_path, "float32", num_train_epochs=1)
+    samples = ScoredSamples.from_json(read_json(job.checkpoints / SAMPLES_FILE))
+    batch = collate(job.start.tokenizer.pad_token_id)(list(PromptSamples(samples, job.start.tokenizer, beta=1.0)))
+    gradients = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        model = get_peft_model(load_policy("embedded:tiny-gpt-neox")[0], lora_config(job.section))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            log_probs = continuation_log_probs(model, batch["input_ids"], batch["attention_mask"], batch["scored"])
+        ratios = log_probs.double().view(batch["targets"].shape) - batch["reference"]
+        infonca_loss(ratios, batch["targets"]).backward()
+        gradients[dtype] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    cosine = torch.nn.functional.cosine_similarity(gradients["float32"], gradients["bfloat16"], dim=0)
+    assert cosine > 0.99
+
+
+def test_the_choice_prefers_candidates_within_every_guard_then_the_closest_to_the_optimum():
+    from irlnb.pipeline.tune_expert import choice_table
+
+    fluent = {"perplexity_ratio": 1.05, "toxicity_reduction": 0.6, "distinct_2_ratio": 0.95}
+    rows = [
+        {"infonca.beta": 0.1, **fluent, "perplexity_ratio": 1.3, "within_prompt_spearman": 0.95},  # not fluent
+        {"infonca.beta": 0.5, **fluent, "within_prompt_spearman": 0.7},
+        {"infonca.beta": 1.0, **fluent, "within_prompt_spearman": 0.8},
+        {"infonca.beta": 2.0, **fluent, "toxicity_reduction": 0.2, "within_prompt_spearman": 0.9},  # too weak
+    ]
+    table = choice_table(rows)
+    assert table["infonca.beta"].tolist() == [1.0, 0.5, 0.1, 2.0]
+    assert table["passes_guards"].tolist() == [True, True, False, False]
+
+
+def test_tune_expert_trains_each_candidate_once_and_measures_it_on_validation_prompts_only(tmp_path):
+    from conftest import write_params
+
+    from irlnb.data.curation import load_curated
+    from irlnb.layout import RunLayout, read_json
+    from irlnb.params_file import load_config
+    from irlnb.pipeline.tune_expert import candidate_config, tune_expert
+
+    params = write_params(
+        tmp_path,
+        rlhf__trainer="infonca",
+        infonca__prompts=12,
+        infonca__n=3,
+        infonca__per_device_train_batch_size=4,
+    )
+    config = load_config(params)
+    grid = {"infonca.learning_rate": [1e-3, 1e-2]}
+    record = tmp_path / "tune.json"
+    result = tune_expert(config, grid, samples=3, record=record, log=lambda line: None)
+    table = result["table"]
+    assert sorted(table["infonca.learning_rate"]) == [1e-3, 1e-2]
+    for measure in ("within_prompt_spearman", "perplexity_ratio", "toxicity_reduction", "distinct_2_ratio"):
+        assert np.isfinite(table[measure]).all(), measure
+    assert read_json(record)["chosen"] == {"infonca.learning_rate": table.iloc[0]["infonca.learning_rate"]}
+    layouts = [RunLayout.of_run(candidate_config(config, {"infonca.learning_rate": v}).run) for v in (1e-3, 1e-2)]
+    policies = [layout.policy("ground_truth") / "model.safetensors" for layout in layouts]
+    assert all(policy.is_file() for policy in policies)
+    curated = load_curated(layouts[0])
+    cache = list(layouts[0].cache.glob("validation-prompt-sets-*.pt"))
+    kept = torch.load(cache[0], weights_only=True)
+    split = dict(zip(curated["id"], curated["split"]))
+    assert {split[i] for i in kept["id"]} == {"validation"}
+    stamps = [policy.stat().st_mtime_ns for policy in policies]
+    again = tune_expert(config, grid, samples=3, log=lambda line: None)
+    assert [policy.stat().st_mtime_ns for policy in policies] == stamps  # finished candidates are not trained again
+    assert again["chosen"] == result["chosen"]
