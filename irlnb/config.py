@@ -278,9 +278,12 @@ class InfoncaSettings:
     )
     n: int = setting(4, doc="base samples per prompt, each scored by the reward (K of InfoNCA)", ge=2)
     beta: float = setting(
-        1.0, doc="KL coefficient: the target is softmax(reward / beta) over a prompt's samples", gt=0.0
+        0.1,
+        doc="KL coefficient: the target is softmax(reward / beta) over a prompt's samples (chosen with the learning "
+        "rate by irlnb tune-expert on validation, README)",
+        gt=0.0,
     )
-    learning_rate: float = setting(1e-3, doc="AdamW learning rate (with LoRA)", gt=0.0)
+    learning_rate: float = setting(6e-4, doc="AdamW learning rate (with LoRA; chosen on validation, README)", gt=0.0)
     num_train_epochs: int = setting(1, doc="passes over the prompts", ge=1)
     per_device_train_batch_size: int = setting(4, doc="prompts per optimiser step (each with its n samples)", ge=1)
     lora_rank: int = setting(16, doc="LoRA rank on all linear layers (0: full fine-tuning)", ge=0)

@@ -51,7 +51,7 @@ def test_the_loss_is_least_where_the_log_ratios_are_the_log_targets_up_to_a_shif
     assert float(infonca_loss(elsewhere, targets)) > float(entropy)
 
 
-def infonca_job(tmp_path, dtype: str, **changes) -> TrainingJob:
+def infonca_job(tmp_path, dtype: str, folder: str = "", **changes) -> TrainingJob:
     """An infonca training of the tiny model on a length reward (longer continuations score higher)."""
     model, tokenizer = load_policy("embedded:tiny-gpt-neox")
     prompts = PROMPTS * 3
@@ -71,7 +71,7 @@ def infonca_job(tmp_path, dtype: str, **changes) -> TrainingJob:
     )
     section = parse_section("infonca", {**settings, **changes}, "test")
     rlhf = parse_section("rlhf", {"trainer": "infonca", "max_completion_length": 6}, "test")
-    return TrainingJob(KINDS["infonca"], start, tmp_path / dtype, 0, rlhf, section, "float32", "cpu", dtype)
+    return TrainingJob(KINDS["infonca"], start, tmp_path / (folder or dtype), 0, rlhf, section, "float32", "cpu", dtype)
 
 
 def log_ratios(job: TrainingJob, trained) -> tuple[np.ndarray, ScoredSamples]:
@@ -109,6 +109,17 @@ def test_a_finished_infonca_training_is_loaded_not_trained_again(tmp_path):
     again = train_infonca(job)
     assert again.resumed_from == first.steps == 3
     for (name, a), (_, b) in zip(first.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_training_whose_samples_were_drawn_before_trains_the_same_policy(tmp_path):
+    """The base samples are cached beside the checkpoints' folder; reading them back instead of drawing them leaves
+    the random numbers in another state, which must not change the LoRA's initialisation."""
+    drawn = train_infonca(infonca_job(tmp_path, "float32", num_train_epochs=1))
+    torch.rand(1000)  # whatever else drew random numbers in between
+    read_back = train_infonca(infonca_job(tmp_path, "float32", folder="again", num_train_epochs=1))
+    assert (tmp_path / "again" / SAMPLES_FILE).is_file() and read_back.resumed_from == 0
+    for (name, a), (_, b) in zip(drawn.model.state_dict().items(), read_back.model.state_dict().items()):
         assert torch.equal(a, b), name
 
 

@@ -84,6 +84,7 @@ def check(text: str, recorded: dict[str, dict[str, float]]) -> list[Problem]:
             problems.append(Problem(line, f"{match['number']} is not {source}:{key} = {expected}"))
     for section in SECTION.finditer(text):
         body = MARKED.sub("", GIVEN.sub("", section.group(1)))
+        body = re.sub(r"```.*?```", "", body, flags=re.DOTALL)  # code blocks
         body = re.sub(r"`[^`]*`|<!--.*?-->|\]\([^)]*\)", "", body)  # code, comments and link targets
         for match in UNMARKED.finditer(body):
             offset = section.start(1) + section.group(1).find(match.group(0))

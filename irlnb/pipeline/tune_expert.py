@@ -138,13 +138,18 @@ def tune_expert(
         "metrics": tune_metrics(table, points),
         "grid": grid,
         "params_file": repo_relative(config.path),
-        "chosen": {key: table.iloc[0][key] for key in grid},
+        "chosen": {key: plain(table.iloc[0][key]) for key in grid},
         "chosen_passes_guards": bool(table.iloc[0]["passes_guards"]),
         **provenance(REPO_ROOT),
     }
     if record is not None:
         write_json_atomic(record, result)
     return {"table": table, **result}
+
+
+def plain(value: Any) -> Any:
+    """A table's value as Python writes it (0.1, not np.float64(0.1))."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def tune_metrics(table: pd.DataFrame, points: list[dict[str, Any]]) -> dict[str, float]:

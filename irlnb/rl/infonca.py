@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from irlnb.layout import read_json, write_json_atomic
+from irlnb.progress import tracked
 from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
 from irlnb.rl.candidates import base_candidates
 from irlnb.rl.policy_gradient import StepProgress, lora_config, resume_or_finish
@@ -162,7 +163,8 @@ def sample_log_probs(model, tokenizer, prompts, continuations, job: TrainingJob)
     out = np.zeros(len(rows))
     model.eval()
     with torch.no_grad(), training_autocast(job):
-        for begin in range(0, len(rows), batch):
+        starts = range(0, len(rows), batch)
+        for begin in tracked(starts, len(starts), f"base log-probabilities of {len(rows)} samples"):
             ids, mask, scored = padded_rows(rows[begin : begin + batch], tokenizer.pad_token_id)
             out[begin : begin + batch] = continuation_log_probs(model, ids, mask, scored).double().numpy()
     return out
@@ -203,6 +205,7 @@ def train_infonca(job: TrainingJob) -> TrainingResult:
     model = AutoModelForCausalLM.from_pretrained(start.policy_dir, dtype=torch.float32).to(job.device)
     adapter = lora_config(section)
     if adapter is not None:
+        torch.manual_seed(job.seed)  # its initialisation: the same whether the samples were drawn now or read back
         model = get_peft_model(model, adapter)
     samples = scored_samples(job, model)
     dataset = PromptSamples(samples, start.tokenizer, section.beta)
