@@ -1,5 +1,5 @@
 """`irlnb tune-expert`: the expert's settings chosen on validation prompts, by how close it comes to its KL
-optimum, with fluency, toxicity reduction and diversity as guards (`irlnb.rl.optimum`).
+optimum, with fluency, toxicity reduction and diversity as guards (`irlnb.irl.optimum`).
 
 Each candidate of the grid (every combination of the values given per setting) is a run of stages 01 to
 03_rlhf_ground_truth in a run directory of its own (`<run name>-tune-<digest of its changes>`), so a killed tuning
@@ -23,6 +23,7 @@ import pandas as pd
 from irlnb.compute import frozen_cached, resolve_device, seed_everything
 from irlnb.config import Config
 from irlnb.data.curation import load_curated
+from irlnb.irl.optimum import MEASURES, optimum_measures, validation_prompts, validation_texts
 from irlnb.irl.within_prompt import draw_prompt_sets
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
 from irlnb.models.policies import load_policy, policy_dir, weights_sha256
@@ -31,7 +32,6 @@ from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.generation import Decoding
-from irlnb.rl.optimum import MEASURES, optimum_measures, validation_prompts, validation_texts
 from irlnb.rl.sampling import ModelPolicy, sampling_decoding
 
 EXPERT_STAGE = "03_rlhf_ground_truth"

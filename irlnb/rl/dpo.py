@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM
 
 from irlnb.layout import read_json, write_json_atomic
 from irlnb.rl.candidates import base_candidates
-from irlnb.rl.policy_gradient import StepProgress, lora_config, resume_or_finish
+from irlnb.rl.policy_gradient import StepProgress, checkpointing, finished_training, lora_config
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 PAIRS_FILE = "dpo_pairs.json"  # the pairs of a training key, kept beside its checkpoints (a resume reuses them)
@@ -80,14 +80,7 @@ def dpo_config(output_dir: Path, section, rlhf, seed: int, use_cpu: bool, max_st
         precompute_ref_log_probs=True,
         precompute_ref_batch_size=2 * section.per_device_train_batch_size,
         max_length=None,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=section.save_steps,
-        save_only_model=False,
-        save_total_limit=1,
-        report_to="none",
-        seed=seed,
-        use_cpu=use_cpu,
+        **checkpointing(section.save_steps, seed, use_cpu),
         bf16=False,
         disable_dropout=True,
         dataloader_num_workers=0,
@@ -95,8 +88,7 @@ def dpo_config(output_dir: Path, section, rlhf, seed: int, use_cpu: bool, max_st
 
 
 def train_dpo(job: TrainingJob) -> TrainingResult:
-    """Draw the pairs, then fit them with TRL's DPOTrainer (resuming from the last checkpoint; a finished
-    training of the same key is only loaded)."""
+    """Draw the pairs, then fit them with TRL's DPOTrainer (`finished_training`: resumed or only loaded)."""
     pairs = draw_pairs(job)
     if len(pairs) < job.section.per_device_train_batch_size:
         raise ValueError(
@@ -114,15 +106,7 @@ def train_dpo(job: TrainingJob) -> TrainingResult:
         peft_config=lora_config(section),
         callbacks=[StepProgress(job.start.reward, what="DPO")],
     )
-    resumed_from = resume_or_finish(trainer, job.checkpoints)
-    trained = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-    return TrainingResult(
-        model=trained.eval(),
-        log=dpo_log(trainer),
-        steps=trainer.state.global_step,
-        resumed_from=resumed_from,
-        start=job.start,
-    )
+    return finished_training(trainer, job, dpo_log)
 
 
 DPO_LOG_COLUMNS = {

@@ -29,7 +29,7 @@ from irlnb.layout import read_json, write_json_atomic
 from irlnb.progress import tracked
 from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
 from irlnb.rl.candidates import base_candidates
-from irlnb.rl.policy_gradient import StepProgress, lora_config, resume_or_finish
+from irlnb.rl.policy_gradient import StepProgress, checkpointing, finished_training, lora_config
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 SAMPLES_FILE = "infonca_samples.json"  # the scored samples and base log-probabilities of a training key
@@ -182,14 +182,7 @@ def infonca_arguments(job: TrainingJob, max_steps: int) -> TrainingArguments:
         max_steps=max_steps,
         learning_rate=section.learning_rate,
         per_device_train_batch_size=section.per_device_train_batch_size,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=section.save_steps,
-        save_only_model=False,
-        save_total_limit=1,
-        report_to="none",
-        seed=job.seed,
-        use_cpu=job.device == "cpu",
+        **checkpointing(section.save_steps, job.seed, job.device == "cpu"),
         bf16=job.training_dtype == "bfloat16",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -197,8 +190,7 @@ def infonca_arguments(job: TrainingJob, max_steps: int) -> TrainingArguments:
 
 
 def train_infonca(job: TrainingJob) -> TrainingResult:
-    """Score the samples, then fit their soft targets (resuming from the last checkpoint; a finished training of the
-    same key is only loaded)."""
+    """Score the samples, then fit their soft targets (`finished_training`: resumed or only loaded)."""
     from peft import get_peft_model  # LoRA is this kind's default; peft loads only with it
 
     section, start = job.section, job.start
@@ -217,15 +209,7 @@ def train_infonca(job: TrainingJob) -> TrainingResult:
         data_collator=collate(start.tokenizer.pad_token_id),
         callbacks=[StepProgress(start.reward, what="InfoNCA")],
     )
-    resumed_from = resume_or_finish(trainer, job.checkpoints)
-    trained = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-    return TrainingResult(
-        model=trained.eval(),
-        log=infonca_log(trainer),
-        steps=trainer.state.global_step,
-        resumed_from=resumed_from,
-        start=start,
-    )
+    return finished_training(trainer, job, infonca_log)
 
 
 INFONCA_LOG_COLUMNS = ("loss", "best_sample_accuracy", "log_ratio_mean", "grad_norm")

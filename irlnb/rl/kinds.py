@@ -105,7 +105,7 @@ def _train_dpo(job: TrainingJob) -> TrainingResult:
 
 
 def _train_infonca(job: TrainingJob) -> TrainingResult:
-    from irlnb.rl.infonca import train_infonca  # loads transformers' Trainer and peft
+    from irlnb.rl.infonca import train_infonca  # loads transformers' Trainer, peft and TRL's callbacks
 
     return train_infonca(job)
 
@@ -137,6 +137,10 @@ def _load_brought(job: TrainingJob) -> TrainingResult:
     )
 
 
+# The rlhf settings of a kind that trains on top-k samples of the train prompts, scored by the reward in batches.
+SAMPLED_TRAINING = ("seed", "max_completion_length", "top_k", "temperature", "train_prompts", "reward_batch_size")
+
+
 def _policy_gradient_kind(
     name: str, acronym: str, colour: str, study_budgets: tuple[int, ...] = (), study_order: int = 0
 ) -> AlignmentKind:
@@ -146,7 +150,7 @@ def _policy_gradient_kind(
         has_weights=True,
         train=_train_policy_gradient,
         label=lambda section: f"RLHF ({acronym})",
-        shared_settings=("seed", "max_completion_length", "top_k", "temperature", "train_prompts", "reward_batch_size"),
+        shared_settings=SAMPLED_TRAINING,
         budget="max_steps",
         short_label=acronym,
         budget_axis="optimiser steps",
@@ -167,14 +171,7 @@ KINDS: dict[str, AlignmentKind] = {
             has_weights=True,
             train=_train_dpo,
             label=lambda section: f"DPO (beta {section.beta:g})",
-            shared_settings=(
-                "seed",
-                "max_completion_length",
-                "top_k",
-                "temperature",
-                "train_prompts",
-                "reward_batch_size",
-            ),
+            shared_settings=SAMPLED_TRAINING,
             budget="prompts",
             short_label="DPO",
             budget_axis="preference pairs' prompts",
@@ -189,14 +186,7 @@ KINDS: dict[str, AlignmentKind] = {
             has_weights=True,
             train=_train_infonca,
             label=lambda section: f"InfoNCA ({section.n} samples, beta {section.beta:g})",
-            shared_settings=(
-                "seed",
-                "max_completion_length",
-                "top_k",
-                "temperature",
-                "train_prompts",
-                "reward_batch_size",
-            ),
+            shared_settings=SAMPLED_TRAINING,
             budget="prompts",
             short_label="InfoNCA",
             budget_axis="scored prompts",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pandas as pd
@@ -37,17 +39,44 @@ def trl_config(output_dir: str | Path, kind, section, rlhf, seed: int, use_cpu: 
         max_completion_length=rlhf.max_completion_length,
         top_k=rlhf.top_k,
         temperature=rlhf.temperature,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=section.save_steps,
-        save_only_model=False,
-        save_total_limit=1,
-        report_to="none",
-        seed=seed,
-        use_cpu=use_cpu,
+        **checkpointing(section.save_steps, seed, use_cpu),
         bf16=False,
         activation_checkpointing=False,
         disable_dropout=True,
+    )
+
+
+def checkpointing(save_steps: int, seed: int, use_cpu: bool) -> dict[str, Any]:
+    """What every trainer here logs and keeps, under the argument names transformers' and TRL's configs share: a log
+    row per step, one resumable checkpoint (weights, optimiser and random state) every `save_steps`, the seed, and
+    the CPU where asked."""
+    return {
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_only_model": False,
+        "save_total_limit": 1,
+        "report_to": "none",
+        "seed": seed,
+        "use_cpu": use_cpu,
+    }
+
+
+def trained_policy(trainer):
+    """The trainer's policy as a plain model (a LoRA adapter merged into its weights)."""
+    return trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+
+
+def finished_training(trainer, job: TrainingJob, log: Callable[[Any], pd.DataFrame]) -> TrainingResult:
+    """Train (resuming from the last checkpoint; a finished training of the same key is only loaded) and return
+    the policy with its log (`log(trainer)`)."""
+    resumed_from = resume_or_finish(trainer, job.checkpoints)
+    return TrainingResult(
+        model=trained_policy(trainer).eval(),
+        log=log(trainer),
+        steps=trainer.state.global_step,
+        resumed_from=resumed_from,
+        start=job.start,
     )
 
 
@@ -120,9 +149,8 @@ def job_trainer(job: TrainingJob):
 def train_policy_gradient(job: TrainingJob) -> TrainingResult:
     """The train function of the policy-gradient kinds (`rloo`, `grpo`: irlnb.rl.kinds)."""
     trainer = job_trainer(job)
-    model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
     return TrainingResult(
-        model=model,
+        model=trained_policy(trainer),
         log=training_log(trainer, job.start.reward),
         steps=trainer.state.global_step,
         resumed_from=trainer.resumed_from_step,
