@@ -207,6 +207,17 @@ def compare_metric(name: str) -> str:
     return f"{COMPARE}test.{name}"
 
 
+# An expert's distance from its KL optimum on validation, per candidate of `irlnb tune-expert` (irlnb.irl.optimum)
+
+TUNE = "tune."
+OPTIMUM_MEASURES = ("within_prompt_spearman", "perplexity_ratio", "toxicity_reduction", "distinct_2_ratio")
+
+
+def tune_metric(candidate: str, measure: str) -> str:
+    """`tune.<candidate>.<measure>`: a candidate (the digest of its settings' changes, or `chosen`)."""
+    return f"{TUNE}{candidate}.{measure}"
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 
@@ -291,6 +302,7 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "layers.chosen": r"(?:irl\.)?layers\.(?:chosen|seeds)",
     "layers.layer": rf"(?:irl\.)?layers\.(?:\d+|final)\.(?:(?:last|mean)\.)?{_WORD}",
     "compare": rf"compare\.test\.{_WORD}",
+    "tune": rf"tune\.(?:[0-9a-f]{{8}}|chosen)\.(?:{'|'.join(OPTIMUM_MEASURES)})",
     "timing.total": r"timing\.total_s",
     "timing.stage": rf"timing\.{_WORD}_s",
 }

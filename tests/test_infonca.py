@@ -12,6 +12,7 @@ from conftest import PROMPTS, length_reward
 from peft import get_peft_model
 from scipy.stats import spearmanr
 
+from irlnb import metric_names
 from irlnb.layout import read_json
 from irlnb.models.policies import embedded_policy_dir, load_policy
 from irlnb.params_file import parse_section
@@ -186,6 +187,7 @@ def test_tune_expert_trains_each_candidate_once_and_measures_it_on_validation_pr
     for measure in ("within_prompt_spearman", "perplexity_ratio", "toxicity_reduction", "distinct_2_ratio"):
         assert np.isfinite(table[measure]).all(), measure
     assert read_json(record)["chosen"] == {"infonca.learning_rate": table.iloc[0]["infonca.learning_rate"]}
+    assert {metric_names.parse(key) for key in read_json(record)["metrics"]} == {"tune"}
     layouts = [RunLayout.of_run(candidate_config(config, {"infonca.learning_rate": v}).run) for v in (1e-3, 1e-2)]
     policies = [layout.policy("ground_truth") / "model.safetensors" for layout in layouts]
     assert all(policy.is_file() for policy in policies)

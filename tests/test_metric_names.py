@@ -32,6 +32,8 @@ def test_the_builders_spell_the_keys_the_records_hold():
     assert names.parse("irl.r_star_comparisons.fits") == names.parse("irl.fits") == "irl.fits"
     assert names.parse(names.irl_metric("laplace", "test", f"{names.STARC_DISTANCE}_mean")) == "irl.objective"
     assert names.layer_metric(-1, "validation_auc_mean") == "layers.final.validation_auc_mean"
+    assert names.tune_metric("chosen", "perplexity_ratio") == "tune.chosen.perplexity_ratio"
+    assert names.parse(names.tune_metric("1339b6b9", "within_prompt_spearman")) == "tune"
     assert names.parse(names.layer_metric(9, "validation_pair_accuracy_std")) == "layers.layer"
     assert names.parse("rlhf.ground_truth.sampled.evaluator_toxicity_ratio_ci_low") == "rlhf.policy.decoding"
     for unknown in ("rlhf.nobody.toxicity_mean", "rlhf.base.toxicity_median", "irl.test", "analysis.x", "gt."):

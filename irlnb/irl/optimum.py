@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from irlnb import metrics
+from irlnb import metric_names, metrics
 from irlnb.irl.within_prompt import per_prompt_spearman
 from irlnb.rewards.likelihood import LogRatioReward, LogRatioSpec
 from irlnb.rl.evaluation import perplexity
 from irlnb.rl.sampling import ModelPolicy
 
-MEASURES = ("within_prompt_spearman", "perplexity_ratio", "toxicity_reduction", "distinct_2_ratio")
+MEASURES = metric_names.OPTIMUM_MEASURES
 
 
 def validation_prompts(curated: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:

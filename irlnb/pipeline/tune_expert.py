@@ -26,6 +26,7 @@ from irlnb.data.curation import load_curated
 from irlnb.irl.optimum import MEASURES, optimum_measures, validation_prompts, validation_texts
 from irlnb.irl.within_prompt import draw_prompt_sets
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
+from irlnb.metric_names import tune_metric
 from irlnb.models.policies import load_policy, policy_dir, weights_sha256
 from irlnb.params_file import config_with, settings_digest
 from irlnb.pipeline import runner
@@ -157,6 +158,6 @@ def tune_metrics(table: pd.DataFrame, points: list[dict[str, Any]]) -> dict[str,
     values = {}
     for (_, row), changes in zip(table.sort_index().iterrows(), points):
         name = settings_digest(changes)[:8]
-        values.update({f"tune.{name}.{measure}": float(row[measure]) for measure in MEASURES})
-    values.update({f"tune.chosen.{measure}": float(table.iloc[0][measure]) for measure in MEASURES})
+        values.update({tune_metric(name, measure): float(row[measure]) for measure in MEASURES})
+    values.update({tune_metric("chosen", measure): float(table.iloc[0][measure]) for measure in MEASURES})
     return values
