@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import PROMPTS, length_reward
@@ -200,3 +201,40 @@ def test_tune_expert_trains_each_candidate_once_and_measures_it_on_validation_pr
     again = tune_expert(config, grid, samples=3, log=lambda line: None)
     assert [policy.stat().st_mtime_ns for policy in policies] == stamps  # finished candidates are not trained again
     assert again["chosen"] == result["chosen"]
+
+
+def test_the_base_measured_against_its_own_side_reads_no_change_and_its_log_ratio_orders_nothing(tiny):
+    from irlnb.config import GroundTruthSettings, SourcesSettings
+    from irlnb.irl.optimum import base_side, optimum_measures
+    from irlnb.irl.within_prompt import draw_prompt_sets
+    from irlnb.rewards.ground_truth import GroundTruthReward
+    from irlnb.rl.generation import Decoding
+    from irlnb.rl.sampling import ModelPolicy
+
+    model, tokenizer = tiny
+    sentiment = SourcesSettings(toxicity_classifier="embedded:vader-sentiment")
+    r_star = GroundTruthReward.load(sentiment, GroundTruthSettings())
+    prompts = ["The weather today", "My neighbour said", "Thank you for"]
+    texts = ["A quiet day by the sea.", "You are wrong about this."]
+    greedy = Decoding(max_new_tokens=6)
+    reference = base_side(
+        model, tokenizer, prompts=prompts, human_texts=texts, r_star=r_star, greedy=greedy, batch_size=2
+    )
+    table = pd.DataFrame({"id": [0, 1, 2], "prompt": prompts, "continuation": [" sunny", " hello", " all"]})
+    sets = draw_prompt_sets(ModelPolicy(model, tokenizer, Decoding(6, do_sample=True)), table, 3, 2, 0, r_star)
+    values = optimum_measures(
+        model,
+        model,
+        tokenizer,
+        reference=reference,
+        prompt_sets=sets,
+        prompts=prompts,
+        human_texts=texts,
+        r_star=r_star,
+        greedy=greedy,
+        batch_size=2,
+    )
+    assert values["perplexity_ratio"] == 1.0
+    assert values["toxicity_reduction"] == 0.0
+    assert values["distinct_2_ratio"] == 1.0
+    assert np.isnan(values["within_prompt_spearman"])  # log-ratios all 0: no order within any prompt

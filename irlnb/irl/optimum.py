@@ -11,6 +11,8 @@ exactly as R does. So, on `prompts` validation prompts with `samples` base conti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -34,11 +36,35 @@ def validation_texts(curated: pd.DataFrame, count: int) -> list[str]:
     return curated[(curated["split"] == "validation") & (curated["label"] == 0)]["text"].head(count).tolist()
 
 
+@dataclass(frozen=True)
+class BaseSide:
+    """What the measures read of the base, computed once for every expert measured against it: its perplexity on
+    the validation texts, and the mean p_toxic and distinct-2 of its greedy continuations of the prompts."""
+
+    perplexity: float
+    p_toxic: float
+    distinct_2: float
+
+
+def greedy_side(model, tokenizer, prompts: list[str], r_star, greedy, batch_size: int) -> tuple[float, float]:
+    """Mean p_toxic and distinct-2 of the model's greedy continuations of the prompts."""
+    texts = ModelPolicy(model, tokenizer, greedy).outputs(prompts, batch_size=batch_size, seed=0)
+    return float(np.mean(r_star.p_toxic(texts))), metrics.distinct_n(texts, 2)
+
+
+def base_side(
+    base, tokenizer, *, prompts: list[str], human_texts: list[str], r_star, greedy, batch_size: int
+) -> BaseSide:
+    p_toxic, distinct_2 = greedy_side(base, tokenizer, prompts, r_star, greedy, batch_size)
+    return BaseSide(perplexity(base, tokenizer, human_texts, batch_size), p_toxic, distinct_2)
+
+
 def optimum_measures(
     expert,
     base,
     tokenizer,
     *,
+    reference: BaseSide,
     prompt_sets: pd.DataFrame,
     prompts: list[str],
     human_texts: list[str],
@@ -47,22 +73,17 @@ def optimum_measures(
     batch_size: int,
     base_cache=None,
 ) -> dict[str, float]:
-    """The four measures of the module docstring for `expert` against `base` (two models with one tokenizer).
-    `prompt_sets`: `draw_prompt_sets` of the validation prompts; `greedy`: the evaluation's greedy decoding."""
+    """The four measures of the module docstring for `expert` against `base` (two models with one tokenizer), whose
+    side `reference` is (`base_side` of the same prompts and texts). `prompt_sets`: `draw_prompt_sets` of the
+    validation prompts; `greedy`: the evaluation's greedy decoding."""
     spec = LogRatioSpec("expert", "base", "", "", dtype=str(next(expert.parameters()).dtype).removeprefix("torch."))
     ratio = LogRatioReward(spec, expert, base, tokenizer)
     _, given = ratio.gaps(prompt_sets["prompt"].tolist(), prompt_sets["continuation"].tolist(), batch_size, base_cache)
     per_prompt = per_prompt_spearman(given, prompt_sets["r_star"].to_numpy(), prompt_sets["group"].to_numpy())
-    continuations = {
-        name: ModelPolicy(model, tokenizer, greedy).outputs(prompts, batch_size=batch_size, seed=0)
-        for name, model in (("expert", expert), ("base", base))
-    }
-    p_toxic = {name: r_star.p_toxic(texts) for name, texts in continuations.items()}
-    distinct = {name: metrics.distinct_n(texts, 2) for name, texts in continuations.items()}
+    p_toxic, distinct_2 = greedy_side(expert, tokenizer, prompts, r_star, greedy, batch_size)
     return {
         "within_prompt_spearman": float(np.nanmean(per_prompt)),
-        "perplexity_ratio": perplexity(expert, tokenizer, human_texts, batch_size)
-        / perplexity(base, tokenizer, human_texts, batch_size),
-        "toxicity_reduction": 1.0 - float(np.mean(p_toxic["expert"])) / float(np.mean(p_toxic["base"])),
-        "distinct_2_ratio": distinct["expert"] / distinct["base"],
+        "perplexity_ratio": perplexity(expert, tokenizer, human_texts, batch_size) / reference.perplexity,
+        "toxicity_reduction": 1.0 - p_toxic / reference.p_toxic,
+        "distinct_2_ratio": distinct_2 / reference.distinct_2,
     }

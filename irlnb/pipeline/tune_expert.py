@@ -23,7 +23,7 @@ import pandas as pd
 from irlnb.compute import frozen_cached, resolve_device, seed_everything
 from irlnb.config import Config
 from irlnb.data.curation import load_curated
-from irlnb.irl.optimum import MEASURES, optimum_measures, validation_prompts, validation_texts
+from irlnb.irl.optimum import MEASURES, base_side, optimum_measures, validation_prompts, validation_texts
 from irlnb.irl.within_prompt import draw_prompt_sets
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
 from irlnb.metric_names import tune_metric
@@ -117,6 +117,17 @@ def tune_expert(
         lambda kept: len(kept["group"]) > 0,
     )
     prompt_sets = pd.DataFrame(prompt_sets)
+    greedy = Decoding(config.evaluation.max_new_tokens)
+    human_texts = validation_texts(curated, PROMPTS)
+    reference = base_side(
+        base,
+        tokenizer,
+        prompts=prompts["prompt"].tolist(),
+        human_texts=human_texts,
+        r_star=r_star,
+        greedy=greedy,
+        batch_size=config.evaluation.batch_size,
+    )
     rows = []
     for changes, candidate in zip(points, configs):
         layout = RunLayout.of_run(candidate.run, runs_dir)
@@ -125,11 +136,12 @@ def tune_expert(
             expert,
             base,
             tokenizer,
+            reference=reference,
             prompt_sets=prompt_sets,
             prompts=prompts["prompt"].tolist(),
-            human_texts=validation_texts(curated, PROMPTS),
+            human_texts=human_texts,
             r_star=r_star,
-            greedy=Decoding(config.evaluation.max_new_tokens),
+            greedy=greedy,
             batch_size=config.evaluation.batch_size,
             base_cache=first.cache,
         )
