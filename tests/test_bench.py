@@ -61,6 +61,16 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
     )
     assert results["infonca_step.sequences"] == config.infonca.per_device_train_batch_size * config.infonca.n
 
+    # The DPO step (TRL's trainer) in both dtypes, the same way; the time outside the model is a share.
+    for dtype in ("float32", "bfloat16"):
+        gflops = 4 * n_params * results["dpo_step.tokens"] / results[f"dpo_step.{dtype}_s"] / 1e9
+        assert results[f"dpo_step.{dtype}_gflops"] == approx(gflops)
+        assert results[f"dpo_step.{dtype}_peak_fraction"] == approx(gflops / results[f"matmul.{dtype}_peak_gflops"])
+        assert 0 <= results[f"dpo_step.{dtype}_outside_model_share"] < 1
+    speedup = results["dpo_step.float32_s"] / results["dpo_step.bfloat16_s"]
+    assert results["dpo_step.bfloat16_speedup"] == approx(speedup)
+    assert results["dpo_step.pairs"] == config.dpo.per_device_train_batch_size
+
     # The parts of a step: each share is its time over their sum, and the shares add up to one.
     seconds = {part: results[f"rlhf_step.{part}_s"] for part in RLHF_PARTS}
     for part in RLHF_PARTS:

@@ -30,6 +30,7 @@ from irlnb.pipeline.bench_generation import (
     bench_demo_generation,
     bench_sampling,
     best_seconds,
+    count_tokens,
     generate_reference,
     matmul_peak_gflops,
     real_prompts_and_texts,
@@ -155,12 +156,12 @@ def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, fl
     }
 
 
-def bench_infonca_step(config: Config) -> dict[str, float]:
+def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, float]:
     """One InfoNCA optimiser step (forward, backward, AdamW) on the infonca section's shapes, `prompts per step x n`
     real comments split into prompt and continuation, with its LoRA: in float32 and in bfloat16 autocast over
     float32 weights (`compute.training_dtype`), side by side on the same batch. Model FLOPs: 4N per
     token (forward 2N; backward through the activations 2N, the frozen weights taking no gradient); each dtype's
-    rate over the matmul peak in that dtype."""
+    rate over `peaks[dtype]`, the matmul peak in that dtype."""
     from peft import get_peft_model
 
     from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
@@ -197,16 +198,99 @@ def bench_infonca_step(config: Config) -> dict[str, float]:
         step(dtype)  # warm-up
         seconds = best_seconds(lambda dtype=dtype: step(dtype), repeats=3)
         gflops = 4 * n_params * tokens / seconds / 1e9
-        peak = matmul_peak_gflops(dtype=getattr(torch, dtype))
         values.update(
             {
                 f"infonca_step.{dtype}_s": seconds,
                 f"infonca_step.{dtype}_gflops": gflops,
-                f"infonca_step.{dtype}_peak_fraction": gflops / peak,
-                f"matmul.{dtype}_peak_gflops": peak,
+                f"infonca_step.{dtype}_peak_fraction": gflops / peaks[dtype],
             }
         )
     values["infonca_step.bfloat16_speedup"] = values["infonca_step.float32_s"] / values["infonca_step.bfloat16_s"]
+    return values
+
+
+class StepTimer:
+    """A trainer callback that keeps the wall time of each optimiser step (`on_step_begin` to `on_step_end`)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.seconds.append(time.perf_counter() - timer.started)
+
+        self.seconds: list[float] = []
+        self.started = 0.0
+        self.callback = Callback()
+
+
+def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> dict[str, float]:
+    """DPO optimiser steps of TRL's DPOTrainer as the dpo kind runs them (`irlnb.rl.dpo.dpo_config`: the dpo section's
+    batch, LoRA and beta, reference log-probabilities computed once before the first step), on real comments split
+    into prompt and continuation, another comment's second half rejected: in float32 and in bfloat16 autocast over
+    float32 weights (`compute.training_dtype`), on the same pairs. A dtype's step time is its fastest after the first.
+    Model FLOPs: 4N per token of prompt + chosen and prompt + rejected (forward 2N; backward through the
+    activations 2N, the frozen weights taking no gradient); each dtype's rate over the matmul peak in that dtype.
+    Where the time goes: the share of the step spent outside the policy's forward and backward on the pairs' batch
+    (`outside_model_share`: TRL's log-probability head, loss, optimiser and bookkeeping), the forward and backward
+    timed alone under the same autocast."""
+    import datasets
+    import trl
+
+    from irlnb.rl.dpo import dpo_config
+
+    section = config.dpo
+    width = section.per_device_train_batch_size
+    _, texts = real_prompts_and_texts(2 * width, seed=4)
+    halves = [text.split() for text in texts]
+    prompts = [" ".join(words[: len(words) // 2]) for words in halves[:width]]
+    endings = [" " + " ".join(words[len(words) // 2 :]) for words in halves]
+    chosen, rejected = endings[:width], endings[width:]
+    pairs = datasets.Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
+    model, tokenizer = load_policy(config.sources.policy)
+    n_params = model.num_parameters()
+    del model
+    sequences = [prompt + side for prompt, pair in zip(prompts, zip(chosen, rejected)) for side in pair]
+    tokens = count_tokens(tokenizer, sequences)
+    batch = tokenizer(sequences, return_tensors="pt", padding=True)
+    values = {"dpo_step.tokens": float(tokens), "dpo_step.pairs": float(width)}
+    for dtype in ("float32", "bfloat16"):
+        timer = StepTimer()
+        with tempfile.TemporaryDirectory() as folder:
+            args = dpo_config(Path(folder), section, 0, True, steps, bf16=dtype == "bfloat16")
+            policy, _ = load_policy(config.sources.policy)
+            trainer = trl.DPOTrainer(
+                model=policy,
+                args=args,
+                train_dataset=pairs.select([i % width for i in range(steps * width)]),
+                processing_class=tokenizer,
+                peft_config=lora_config(section),
+                callbacks=[timer.callback],
+            )
+            trainer.train()
+        step_s = min(timer.seconds[1:])  # after the first step's warm-up
+
+        def forward_backward(model=trainer.model, dtype=dtype):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                logits = model(**batch).logits
+            logits.float().logsumexp(-1).mean().backward()
+
+        model_s = best_seconds(forward_backward, repeats=2)
+        gflops = 4 * n_params * tokens / step_s / 1e9
+        values.update(
+            {
+                f"dpo_step.{dtype}_s": step_s,
+                f"dpo_step.{dtype}_gflops": gflops,
+                f"dpo_step.{dtype}_peak_fraction": gflops / peaks[dtype],
+                f"dpo_step.{dtype}_outside_model_share": max(0.0, 1.0 - model_s / step_s),
+            }
+        )
+    values["dpo_step.bfloat16_speedup"] = values["dpo_step.float32_s"] / values["dpo_step.bfloat16_s"]
     return values
 
 
@@ -324,7 +408,11 @@ def run_bench(
     torch.set_num_threads(rlhf_threads)
     results[f"matmul.peak_gflops_{rlhf_threads}_threads"] = matmul_peak_gflops()
     results.update(bench_rlhf_step(config))
-    results.update(bench_infonca_step(config))
+    # The training steps' peaks: each dtype's matmul at the same thread count, measured once for both steps.
+    peaks = {dtype: matmul_peak_gflops(dtype=getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
+    results.update({f"matmul.{dtype}_peak_gflops": peak for dtype, peak in peaks.items()})
+    results.update(bench_infonca_step(config, peaks))
+    results.update(bench_dpo_step(config, peaks))
     results.update(bench_sampling(config))
     results["rlhf_step.peak_fraction"] = (
         results["rlhf_step.gflops"] / results[f"matmul.peak_gflops_{rlhf_threads}_threads"]

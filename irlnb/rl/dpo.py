@@ -68,9 +68,10 @@ def draw_pairs(job: TrainingJob) -> pd.DataFrame:
     return pairs
 
 
-def dpo_config(output_dir: Path, section, rlhf, seed: int, use_cpu: bool, max_steps: int):
+def dpo_config(output_dir: Path, section, seed: int, use_cpu: bool, max_steps: int, bf16: bool):
     """TRL's DPOConfig from the section's settings (under TRL's names), with every setting that matters on CPU
-    spelled out."""
+    spelled out. `bf16`: the step (and the reference log-probabilities, computed once before it) under bfloat16
+    autocast over float32 weights (accelerate's mixed precision), else float32."""
     return trl.DPOConfig(
         output_dir=str(output_dir),
         max_steps=max_steps,
@@ -81,7 +82,7 @@ def dpo_config(output_dir: Path, section, rlhf, seed: int, use_cpu: bool, max_st
         precompute_ref_batch_size=2 * section.per_device_train_batch_size,
         max_length=None,
         **checkpointing(section.save_steps, seed, use_cpu),
-        bf16=False,
+        bf16=bf16,
         disable_dropout=True,
         dataloader_num_workers=0,
     )
@@ -100,7 +101,9 @@ def train_dpo(job: TrainingJob) -> TrainingResult:
     model = AutoModelForCausalLM.from_pretrained(job.start.policy_dir, dtype=torch.float32)
     trainer = trl.DPOTrainer(
         model=model,
-        args=dpo_config(job.checkpoints, section, job.rlhf, job.seed, job.device == "cpu", max_steps),
+        args=dpo_config(
+            job.checkpoints, section, job.seed, job.device == "cpu", max_steps, job.training_dtype == "bfloat16"
+        ),
         train_dataset=datasets.Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False),
         processing_class=copy.deepcopy(job.start.tokenizer),
         peft_config=lora_config(section),

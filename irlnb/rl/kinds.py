@@ -180,6 +180,7 @@ KINDS: dict[str, AlignmentKind] = {
             study_order=0,
             samples_in_inference_dtype=True,
             holds_out_prompts=True,
+            trains_in_training_dtype=True,
         ),
         AlignmentKind(
             "infonca",
