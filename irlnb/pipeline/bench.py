@@ -238,7 +238,8 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     activations 2N, the frozen weights taking no gradient); each dtype's rate over the matmul peak in that dtype.
     Where the time goes: the share of the step spent outside the policy's forward and backward on the pairs' batch
     (`outside_model_share`: TRL's log-probability head, loss, optimiser and bookkeeping), the forward and backward
-    timed alone under the same autocast."""
+    timed alone under the same autocast; `recompute_vs_kept`: the bfloat16 step with TRL's default activation
+    recomputation over the step as the dpo kind runs it (activations kept)."""
     import datasets
     import trl
 
@@ -259,21 +260,26 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     tokens = count_tokens(tokenizer, sequences)
     batch = tokenizer(sequences, return_tensors="pt", padding=True)
     values = {"dpo_step.tokens": float(tokens), "dpo_step.pairs": float(width)}
-    for dtype in ("float32", "bfloat16"):
+
+    def train(dtype: str, **changes):
+        """The trainer after `steps` steps in `dtype`, and its fastest step after the first (warm-up)."""
         timer = StepTimer()
         with tempfile.TemporaryDirectory() as folder:
             args = dpo_config(Path(folder), section, 0, True, steps, bf16=dtype == "bfloat16")
             policy, _ = load_policy(config.sources.policy)
             trainer = trl.DPOTrainer(
                 model=policy,
-                args=args,
+                args=dataclasses.replace(args, **changes),
                 train_dataset=pairs.select([i % width for i in range(steps * width)]),
                 processing_class=tokenizer,
                 peft_config=lora_config(section),
                 callbacks=[timer.callback],
             )
             trainer.train()
-        step_s = min(timer.seconds[1:])  # after the first step's warm-up
+        return trainer, min(timer.seconds[1:])
+
+    for dtype in ("float32", "bfloat16"):
+        trainer, step_s = train(dtype)
 
         def forward_backward(model=trainer.model, dtype=dtype):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
@@ -291,6 +297,9 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
             }
         )
     values["dpo_step.bfloat16_speedup"] = values["dpo_step.float32_s"] / values["dpo_step.bfloat16_s"]
+    # TRL's default, activations recomputed in the backward pass, which dpo_config turns off: what it would cost
+    recomputing_s = train("bfloat16", gradient_checkpointing=True)[1]
+    values["dpo_step.recompute_vs_kept"] = recomputing_s / values["dpo_step.bfloat16_s"]
     return values
 
 

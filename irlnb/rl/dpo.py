@@ -83,6 +83,9 @@ def dpo_config(output_dir: Path, section, seed: int, use_cpu: bool, max_steps: i
         max_length=None,
         **checkpointing(section.save_steps, seed, use_cpu),
         bf16=bf16,
+        # TRL recomputes activations in the backward pass by default (its configs' gradient_checkpointing=True):
+        # memory a LoRA step on these batches does not need, bought with another forward through the blocks
+        gradient_checkpointing=False,
         disable_dropout=True,
         dataloader_num_workers=0,
     )
