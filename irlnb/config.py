@@ -94,8 +94,8 @@ class ComputeSettings:
     )
     training_dtype: str = setting(
         "auto",
-        doc="dtype of dpo's and infonca's training steps: bfloat16 autocast over float32 weights where the device "
-        "computes it natively (as inference_dtype's 'auto'), else float32; rloo, grpo and rft train in float32",
+        doc="dtype of infonca's training step: bfloat16 autocast over float32 weights where the device computes it "
+        "natively (as inference_dtype's 'auto'), else float32; dpo, rloo, grpo and rft train in float32",
         choices=("auto", "float32", "bfloat16"),
     )
 

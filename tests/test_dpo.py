@@ -1,5 +1,6 @@
-"""The dpo kind's training step in compute.training_dtype: bfloat16 autocast over float32 weights against float32,
-on the same pairs of the tiny offline model."""
+"""DPO's training step in a job's training dtype: bfloat16 autocast over float32 weights against float32, on the same
+pairs of the tiny offline model (the dpo kind trains in float32, `irlnb bench` having measured its bfloat16 step no
+faster; the bench and any kind that reads compute.training_dtype run this path)."""
 
 from __future__ import annotations
 

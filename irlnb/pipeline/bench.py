@@ -232,14 +232,14 @@ class StepTimer:
 def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> dict[str, float]:
     """DPO optimiser steps of TRL's DPOTrainer as the dpo kind runs them (`irlnb.rl.dpo.dpo_config`: the dpo section's
     batch, LoRA and beta, reference log-probabilities computed once before the first step), on real comments split
-    into prompt and continuation, another comment's second half rejected: in float32 and in bfloat16 autocast over
-    float32 weights (`compute.training_dtype`), on the same pairs. A dtype's step time is its fastest after the first.
+    into prompt and continuation, another comment's second half rejected: in float32, as the kind trains, and in
+    bfloat16 autocast over float32 weights, as infonca trains where `compute.training_dtype` resolves to it (whether
+    dpo should too is read from `bfloat16_speedup`), on the same pairs. A dtype's step time is its fastest after the first.
     Model FLOPs: 4N per token of prompt + chosen and prompt + rejected (forward 2N; backward through the
     activations 2N, the frozen weights taking no gradient); each dtype's rate over the matmul peak in that dtype.
     Where the time goes: the share of the step spent outside the policy's forward and backward on the pairs' batch
     (`outside_model_share`: TRL's log-probability head, loss, optimiser and bookkeeping), the forward and backward
-    timed alone under the same autocast; `recompute_vs_kept`: the bfloat16 step with TRL's default activation
-    recomputation over the step as the dpo kind runs it (activations kept)."""
+    timed alone under the same autocast."""
     import datasets
     import trl
 
@@ -261,7 +261,7 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     batch = tokenizer(sequences, return_tensors="pt", padding=True)
     values = {"dpo_step.tokens": float(tokens), "dpo_step.pairs": float(width)}
 
-    def train(dtype: str, **changes):
+    def train(dtype: str):
         """The trainer after `steps` steps in `dtype`, and its fastest step after the first (warm-up)."""
         timer = StepTimer()
         with tempfile.TemporaryDirectory() as folder:
@@ -269,7 +269,7 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
             policy, _ = load_policy(config.sources.policy)
             trainer = trl.DPOTrainer(
                 model=policy,
-                args=dataclasses.replace(args, **changes),
+                args=args,
                 train_dataset=pairs.select([i % width for i in range(steps * width)]),
                 processing_class=tokenizer,
                 peft_config=lora_config(section),
@@ -297,9 +297,6 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
             }
         )
     values["dpo_step.bfloat16_speedup"] = values["dpo_step.float32_s"] / values["dpo_step.bfloat16_s"]
-    # TRL's default, activations recomputed in the backward pass, which dpo_config turns off: what it would cost
-    recomputing_s = train("bfloat16", gradient_checkpointing=True)[1]
-    values["dpo_step.recompute_vs_kept"] = recomputing_s / values["dpo_step.bfloat16_s"]
     return values
 
 

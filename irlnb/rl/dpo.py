@@ -71,7 +71,8 @@ def draw_pairs(job: TrainingJob) -> pd.DataFrame:
 def dpo_config(output_dir: Path, section, seed: int, use_cpu: bool, max_steps: int, bf16: bool):
     """TRL's DPOConfig from the section's settings (under TRL's names), with every setting that matters on CPU
     spelled out. `bf16`: the step (and the reference log-probabilities, computed once before it) under bfloat16
-    autocast over float32 weights (accelerate's mixed precision), else float32."""
+    autocast over float32 weights (accelerate's mixed precision), else float32. The dpo kind trains in float32
+    (its TrainingJob's training_dtype): `irlnb bench` measured its autocast step no faster (`dpo_step.*`)."""
     return trl.DPOConfig(
         output_dir=str(output_dir),
         max_steps=max_steps,
@@ -83,9 +84,6 @@ def dpo_config(output_dir: Path, section, seed: int, use_cpu: bool, max_steps: i
         max_length=None,
         **checkpointing(section.save_steps, seed, use_cpu),
         bf16=bf16,
-        # TRL recomputes activations in the backward pass by default (its configs' gradient_checkpointing=True):
-        # memory a LoRA step on these batches does not need, bought with another forward through the blocks
-        gradient_checkpointing=False,
         disable_dropout=True,
         dataloader_num_workers=0,
     )
