@@ -234,7 +234,8 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     batch, LoRA and beta, reference log-probabilities computed once before the first step), on real comments split
     into prompt and continuation, another comment's second half rejected: in float32, as the kind trains, and in
     bfloat16 autocast over float32 weights, as infonca trains where `compute.training_dtype` resolves to it (whether
-    dpo should too is read from `bfloat16_speedup`), on the same pairs. A dtype's step time is its fastest after the first.
+    dpo should too is read from `bfloat16_speedup`), on the same pairs. A dtype's step time is its fastest after the
+    first.
     Model FLOPs: 4N per token of prompt + chosen and prompt + rejected (forward 2N; backward through the
     activations 2N, the frozen weights taking no gradient); each dtype's rate over the matmul peak in that dtype.
     Where the time goes: the share of the step spent outside the policy's forward and backward on the pairs' batch
