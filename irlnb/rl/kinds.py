@@ -194,7 +194,7 @@ KINDS: dict[str, AlignmentKind] = {
             colour="#937860",
             samples_in_inference_dtype=True,
             holds_out_prompts=True,
-            # float32: its TRL step in bfloat16 autocast measured no faster (irlnb bench: dpo_step.bfloat16_speedup)
+            trains_in_training_dtype=True,
         ),
         _policy_gradient_kind("rloo", "RLOO", "#C44E52", study_budgets=(3, 8, 24), study_order=1),
         _policy_gradient_kind("grpo", "GRPO", "#8172B2"),
