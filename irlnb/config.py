@@ -64,7 +64,11 @@ class RunSettings:
 
     name: str = setting(doc="run directory name under runs_dir (letters, digits, - and _)")
     runs_dir: str = setting("runs", doc="directory holding run directories, relative to the repo root")
-    figures_dir: str = setting("", doc="directory the run's figures are published to when it completes (empty: none)")
+    figures_dir: str = setting(
+        "",
+        doc="directory the run's figures are published to when every stage is complete with the params file as "
+        "written (a partial run, or one changed by --set, publishes nothing; empty: none)",
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
@@ -94,8 +98,8 @@ class ComputeSettings:
     )
     training_dtype: str = setting(
         "auto",
-        doc="dtype of infonca's training step: bfloat16 autocast over float32 weights where the device computes it "
-        "natively (as inference_dtype's 'auto'), else float32; dpo, rloo, grpo and rft train in float32",
+        doc="dtype of the dpo and infonca training steps: bfloat16 autocast over float32 weights where the device "
+        "computes it natively (as inference_dtype's 'auto'), else float32; rloo, grpo and rft train in float32",
         choices=("auto", "float32", "bfloat16"),
     )
 

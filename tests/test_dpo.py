@@ -1,6 +1,6 @@
 """DPO's training step in a job's training dtype: bfloat16 autocast over float32 weights against float32, on the same
-pairs of the tiny offline model (the dpo kind trains in float32, `irlnb bench` having measured its bfloat16 step no
-faster; the bench and any kind that reads compute.training_dtype run this path)."""
+pairs of the tiny offline model (the dpo kind trains in compute.training_dtype: `irlnb bench` measured its bfloat16
+step 1.47x faster on an AMD EPYC with AVX512-BF16, 0.99x on an AMX Xeon)."""
 
 from __future__ import annotations
 

@@ -355,3 +355,25 @@ def test_publishing_removes_what_an_earlier_run_published_and_this_one_did_not_m
     assert (target / "kept.png").read_text() == "new" and not (target / "stale.png").exists()
     assert (target / "README-note.txt").is_file()  # a file no run published is left alone
     assert json.loads((target / "provenance.json").read_text())["files"] == ["kept.png"]
+
+
+def test_figures_are_published_only_by_a_complete_run_of_the_params_file_as_written(smoke_run, tmp_path):
+    published = tmp_path / "published"
+    (tmp_path / "partial").mkdir()
+    partial = write_params(tmp_path / "partial", run__figures_dir=str(published))
+    done = irlnb_cli("run", str(partial), "--until", "01_curate")
+    assert done.returncode == 0, done.stderr
+    assert "figures not published" in done.stdout and "02_ground_truth_rm" in done.stdout
+    assert not published.exists()  # a partial run would have removed what a complete one published
+
+    run_dir = _copy_run(smoke_run, tmp_path)
+    params = write_params(tmp_path, run__figures_dir=str(published))
+    done = irlnb_cli("run", str(params), "--only", "05_analysis", "--force", "--set", "analysis.explorer_texts=7")
+    assert done.returncode == 0, done.stderr
+    assert "its settings differ from" in done.stdout and not published.exists()
+
+    done = irlnb_cli("run", str(params), "--only", "05_analysis", "--force")
+    assert done.returncode == 0, done.stderr
+    provenance = json.loads((published / "provenance.json").read_text())
+    assert provenance["run_dir"] == str(run_dir) and provenance["files"]
+    assert sorted(provenance["files"]) == sorted(p.name for p in (run_dir / "figures").iterdir() if p.is_file())

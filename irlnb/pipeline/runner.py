@@ -35,7 +35,7 @@ from irlnb.config import Config
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.models.policies import check_models
-from irlnb.params_file import settings_digest
+from irlnb.params_file import load_config, settings_digest
 from irlnb.pipeline.lock import RunLock
 from irlnb.pipeline.provenance import provenance
 from irlnb.pipeline.stages import (
@@ -194,6 +194,29 @@ def execute_stage(stage: Stage, config: Config, layout: RunLayout, identity: Sta
     return seconds
 
 
+def publication_problem(config: Config, layout: RunLayout) -> str:
+    """Why the run's figures may not replace those in run.figures_dir, or '' when they may.
+
+    The folder shows one complete run of its params file as written: a run stopped early (--until,
+    --only) or changed on the command line (--set, other than the run section) would put a partial or
+    different experiment under the params file's name and remove the figures it did not make.
+    """
+    identities = stage_identities(config)
+    runnable = [stage for stage in STAGES if config.sources.toxicity_classifier or not without_r_star_problem(stage)]
+    unfinished = [
+        stage.name
+        for stage in runnable
+        if (read_json(layout.marker(stage.name)) or {}).get("digest") != identities[stage.name].digest
+    ]
+    if unfinished:
+        return f"the run is not complete with these settings ({', '.join(unfinished)} to run)"
+    path = Path(config.path)
+    as_written = load_config(path).to_dict() if path.is_file() else {}
+    if {k: v for k, v in as_written.items() if k != "run"} != {k: v for k, v in config.to_dict().items() if k != "run"}:
+        return f"its settings differ from {config.path} as written (--set)"
+    return ""
+
+
 def publish_figures(layout: RunLayout, target: Path, manifest: dict) -> int:
     """Copy the run's figures to the configured figures directory, with a provenance note.
 
@@ -272,6 +295,9 @@ def _run_stages(config: Config, layout: RunLayout, todo: list[Stage], log: Calla
     stage_seconds = [info["seconds"] for info in manifest["stages"].values()]
     layout.record_metrics({metric_names.TOTAL_SECONDS: float(sum(stage_seconds))})
     if config.run.figures_dir:
-        count = publish_figures(layout, REPO_ROOT / config.run.figures_dir, manifest)
-        log(f"{count} figure files copied to {config.run.figures_dir}/")
+        if problem := publication_problem(config, layout):
+            log(f"figures not published to {config.run.figures_dir}/: {problem}")
+        else:
+            count = publish_figures(layout, REPO_ROOT / config.run.figures_dir, manifest)
+            log(f"{count} figure files copied to {config.run.figures_dir}/")
     log(f"{layout.root}: metrics in {layout.metrics.name}, provenance in {layout.manifest.name}")

@@ -71,8 +71,8 @@ def draw_pairs(job: TrainingJob) -> pd.DataFrame:
 def dpo_config(output_dir: Path, section, seed: int, use_cpu: bool, max_steps: int, bf16: bool):
     """TRL's DPOConfig from the section's settings (under TRL's names), with every setting that matters on CPU
     spelled out. `bf16`: the step (and the reference log-probabilities, computed once before it) under bfloat16
-    autocast over float32 weights (accelerate's mixed precision), else float32. The dpo kind trains in float32
-    (its TrainingJob's training_dtype): `irlnb bench` measured its autocast step no faster (`dpo_step.*`)."""
+    autocast over float32 weights (accelerate's mixed precision), else float32: the job's training_dtype, which is
+    compute.training_dtype (`irlnb bench`'s `dpo_step.*` measure the two side by side)."""
     return trl.DPOConfig(
         output_dir=str(output_dir),
         max_steps=max_steps,
