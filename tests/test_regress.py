@@ -58,7 +58,7 @@ def test_regress_passes_within_tolerance_and_fails_outside_it(tmp_path, capsys):
     assert "regress: FAILED: 3 of 4 metrics out of tolerance" in out
     lines = {line.split()[0]: line.split() for line in out.splitlines()[1:4]}
     assert lines["gt.auc_human"][2] == "missing"
-    assert lines["rlhf.ground_truth.toxicity_mean"][1:] == ["0.05", "0.08", "+0.03", "0.02"]
+    assert lines["rlhf.ground_truth.toxicity_mean"][1:] == ["0.05", "0.08", "+0.03", "0.02", "prefix", "rlhf."]
     assert "rlhf.base.toxicity_mean" in lines  # the longest prefix (abs 0) wins over rlhf.
 
 
@@ -68,7 +68,7 @@ def test_tolerances_are_validated(tmp_path):
     with pytest.raises(regress.RegressError, match=r"prefixes.gt..abs: expected a number >= 0, got -1"):
         regress.load_tolerances(path)
     path.write_text("default: {abs: 0.1}\nprefix: {}\n")
-    with pytest.raises(regress.RegressError, match="expected keys default, prefixes, ignore"):
+    with pytest.raises(regress.RegressError, match="expected keys default, prefixes, ignore, replicates"):
         regress.load_tolerances(path)
     shipped = regress.load_tolerances(REPO / "regress" / "tolerances.yaml")
     assert shipped.ignored("timing.total_s") and shipped.ignored("gt.auc_human_ci_low")
@@ -129,3 +129,39 @@ def test_regress_runs_afresh_without_publishing_figures_then_compares(tmp_path, 
     assert "gt.auc_human" in capsys.readouterr().out
     with pytest.raises(regress.RegressError, match="is the run of .* itself; regress into another runs dir"):
         regress.regress(config, runs_dir=config.run.runs_dir, reference_dir=references)
+
+
+def test_a_key_may_also_move_within_its_spread_over_alignment_seeds_and_the_failure_says_which_tolerance(
+    tmp_path, capsys
+):
+    reference = {"gt.auc_human": 0.8, "irl.test.auc_mean": 0.80, "irl.test.spearman_mean": 0.60}
+    reference_path, tolerances_path = _reference(tmp_path, reference)
+    spread = {"gt.auc_human": 0.0, "irl.test.auc_mean": 0.01, "irl.test.spearman_mean": 0.0001}
+    (tolerances_path.parent / "replicates.metrics.json").write_text(json.dumps({"sd_over_seeds": spread}))
+    tolerances_path.write_text(
+        "default: {abs: 0.001}\nreplicates: {record: replicates.metrics.json, sd: 4}\nignore: []\n"
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    measured = {"gt.auc_human": 0.8, "irl.test.auc_mean": 0.839, "irl.test.spearman_mean": 0.6009}
+    (run_dir / "metrics.json").write_text(json.dumps(measured))
+    assert regress.check_run(run_dir, reference_path, tolerances_path) == 0  # 0.039 within 4 SD of 0.01
+    out = capsys.readouterr().out
+    assert "regress: ok: 3 metrics" in out and "1 tolerances from the spread over alignment seeds" in out
+
+    measured.update({"irl.test.auc_mean": 0.841, "irl.test.spearman_mean": 0.602})
+    (run_dir / "metrics.json").write_text(json.dumps(measured))
+    assert regress.check_run(run_dir, reference_path, tolerances_path) == 1
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:3]}
+    assert rows["irl.test.auc_mean"].split()[4:] == ["0.04", "4", "SD", "over", "seeds"]
+    assert rows["irl.test.spearman_mean"].split()[4:] == ["0.001", "default"]  # the seeds' 0.0004 is narrower
+
+
+def test_a_replicates_tolerance_without_its_record_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "tolerances.yaml"
+    path.write_text("default: {abs: 0.1}\nreplicates: {record: gone.metrics.json, sd: 3}\n")
+    with pytest.raises(regress.RegressError, match=r"replicates.record: .*gone.metrics.json holds no sd_over_seeds"):
+        regress.load_tolerances(path)
+    path.write_text("default: {abs: 0.1}\nreplicates: {record: gone.metrics.json, sd: 0}\n")
+    with pytest.raises(regress.RegressError, match=r"replicates.sd: expected a number > 0, got 0"):
+        regress.load_tolerances(path)

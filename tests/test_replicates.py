@@ -61,6 +61,11 @@ def test_replicates_run_end_to_end_on_the_smoke_params(tmp_path):
         assert values[f"replicates.{key}_sd"] == pytest.approx(np.std(over_seeds, ddof=1))
     saved = json.loads(record.read_text())
     assert saved["metrics"] == values and saved["seeds"] == 2 and saved["git"]["commit"]
+    # every metric's SD over the seeds, the spread regress tolerances are drawn from; timings are not results
+    spread = saved["sd_over_seeds"]
+    assert spread["irl.test.auc_mean"] == pytest.approx(np.std([run["irl.test.auc_mean"] for run in runs], ddof=1))
+    assert spread["curate.n_train"] == 0 and spread["rlhf.ground_truth.toxicity_mean"] > 0
+    assert not any(key.startswith("timing.") for key in spread)
 
 
 def test_irl_only_replicates_stop_after_irl_and_record_it_over_the_seeds(tmp_path):
@@ -76,4 +81,6 @@ def test_irl_only_replicates_stop_after_irl_and_record_it_over_the_seeds(tmp_pat
     over_seeds = [run["irl.test.spearman_mean"] for run in runs]
     assert values["replicates.irl.test.spearman_mean_sd"] == pytest.approx(np.std(over_seeds, ddof=1))
     assert "replicates.ground_truth.toxicity_mean_mean" in values and not any("learned" in key for key in values)
-    assert json.loads(record.read_text())["until"] == "04_irl"
+    saved = json.loads(record.read_text())
+    assert saved["until"] == "04_irl"
+    assert saved["sd_over_seeds"]["irl.test.spearman_mean"] == pytest.approx(np.std(over_seeds, ddof=1))

@@ -4,8 +4,11 @@ The reference `regress/<run name>.metrics.json` holds the metrics of one run tog
 params, git state, packages and hardware it was recorded with, so a failure can be told apart
 from a change of machine. `regress/tolerances.yaml` says how far each metric may move: per key
 prefix (the longest matching prefix wins) an absolute and/or a relative tolerance; a value passes
-when |measured − reference| <= max(abs, rel × |reference|). Timing keys and bootstrap interval
-bounds (`*_ci_*`) are ignored: the first measure the machine, the second move with their point.
+when |measured − reference| <= max(abs, rel × |reference|). Those were measured from changes that keep
+every random draw (threads, machines). `replicates` names a record of `irlnb replicates` and a number k:
+a key also passes within k × its SD over that record's alignment seeds, the spread of a change that draws
+again. Each failure says which of the two set its tolerance. Timing keys and bootstrap interval bounds
+(`*_ci_*`) are ignored: the first measure the machine, the second move with their point.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import fnmatch
 import math
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,13 +57,30 @@ class Tolerances:
     default: Tolerance
     prefixes: Mapping[str, Tolerance]
     ignore: tuple[str, ...]
+    seed_sd: Mapping[str, float] = field(default_factory=dict)  # each metric's SD over the replicates' seeds
+    seed_sds: float = 0.0  # how many of those SDs a key may move
+    seed_record: str = ""  # the replicates record they come from
 
     def ignored(self, key: str) -> bool:
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in (*ALWAYS_IGNORED, *self.ignore))
 
-    def for_key(self, key: str) -> Tolerance:
+    def prefix(self, key: str) -> str | None:
         matches = [prefix for prefix in self.prefixes if key.startswith(prefix)]
-        return self.prefixes[max(matches, key=len)] if matches else self.default
+        return max(matches, key=len) if matches else None
+
+    def for_key(self, key: str) -> Tolerance:
+        prefix = self.prefix(key)
+        return self.prefixes[prefix] if prefix is not None else self.default
+
+    def allowed(self, key: str, reference: float) -> tuple[float, str]:
+        """How far `key` may move from `reference`, and where that tolerance came from: the prefix (or default)
+        tolerance, or the spread over alignment seeds where that is wider."""
+        prefix = self.prefix(key)
+        fixed = self.for_key(key).allowed(reference)
+        drawn = self.seed_sds * self.seed_sd.get(key, 0.0)
+        if drawn > fixed:
+            return drawn, f"{self.seed_sds:g} SD over seeds"
+        return fixed, f"prefix {prefix}" if prefix is not None else "default"
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,7 @@ class Deviation:
     reference: float
     measured: float  # NaN when the run lacks the key
     allowed: float
+    source: str = ""  # where `allowed` came from: a prefix, the default, or the spread over seeds
 
     @property
     def difference(self) -> float:
@@ -100,9 +121,9 @@ def load_tolerances(path: str | Path) -> Tolerances:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise RegressError(f"{path}: malformed YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, Mapping) or set(data) - {"default", "prefixes", "ignore"}:
+    if not isinstance(data, Mapping) or set(data) - {"default", "prefixes", "ignore", "replicates"}:
         raise RegressError(
-            f"{path}: expected keys default, prefixes, ignore; "
+            f"{path}: expected keys default, prefixes, ignore, replicates; "
             f"got {sorted(data) if isinstance(data, Mapping) else data!r}"
         )
     prefixes = data.get("prefixes") or {}
@@ -115,7 +136,27 @@ def load_tolerances(path: str | Path) -> Tolerances:
         default=_tolerance(data.get("default", {"abs": 0.0}), f"{path}: default"),
         prefixes={str(k): _tolerance(v, f"{path}: prefixes.{k}") for k, v in prefixes.items()},
         ignore=tuple(ignore),
+        **(_seed_spread(data["replicates"], path) if "replicates" in data else {}),
     )
+
+
+def _seed_spread(value: Any, path: Path) -> dict[str, Any]:
+    """`replicates: {record: FILE, sd: K}` (FILE beside the tolerances): each key's SD over that record's seeds."""
+    where = f"{path}: replicates"
+    if not isinstance(value, Mapping) or set(value) != {"record", "sd"}:
+        raise RegressError(f"{where}: expected {{record: FILE, sd: K}}, got {value!r}")
+    count = value["sd"]
+    if isinstance(count, bool) or not isinstance(count, (int, float)) or not count > 0:
+        raise RegressError(f"{where}.sd: expected a number > 0, got {count!r}")
+    record = path.parent / str(value["record"])
+    spread = (read_json(record) or {}).get("sd_over_seeds") if record.is_file() else None
+    if not isinstance(spread, Mapping) or not spread:
+        raise RegressError(f"{where}.record: {record} holds no sd_over_seeds; record it with 'irlnb replicates'")
+    return {
+        "seed_sd": {str(k): float(v) for k, v in spread.items()},
+        "seed_sds": float(count),
+        "seed_record": record.name,
+    }
 
 
 def compare_metrics(
@@ -130,15 +171,16 @@ def compare_metrics(
         if tolerances.ignored(key):
             continue
         compared += 1
-        expected, allowed = float(reference[key]), tolerances.for_key(key).allowed(float(reference[key]))
+        expected = float(reference[key])
+        allowed, source = tolerances.allowed(key, expected)
         value = float(measured.get(key, math.nan))
         if not math.isfinite(value) or abs(value - expected) > allowed:
-            deviations.append(Deviation(key, expected, value, allowed))
+            deviations.append(Deviation(key, expected, value, allowed, source))
     return deviations, compared
 
 
 def deviation_table(deviations: list[Deviation]) -> str:
-    rows = [("key", "reference", "measured", "difference", "allowed")]
+    rows = [("key", "reference", "measured", "difference", "allowed", "allowed by")]
     rows += [
         (
             d.key,
@@ -146,6 +188,7 @@ def deviation_table(deviations: list[Deviation]) -> str:
             "missing" if math.isnan(d.measured) else f"{d.measured:.6g}",
             "" if math.isnan(d.measured) else f"{d.difference:+.3g}",
             f"{d.allowed:.3g}",
+            d.source,
         )
         for d in deviations
     ]
@@ -176,16 +219,27 @@ def check_run(
         raise RegressError(f"{layout.metrics}: missing; the run did not finish")
     deviations, compared = compare_metrics(layout.read_metrics(), reference["metrics"], tolerances)
     recorded = reference.get("git", {}).get("commit", "?")
+    by_seeds = sum(
+        tolerances.allowed(key, float(value))[1].endswith("over seeds")
+        for key, value in reference["metrics"].items()
+        if not tolerances.ignored(key)
+    )
+    sources = (
+        f"; {by_seeds} tolerances from the spread over alignment seeds in {tolerances.seed_record}, "
+        f"the others from {Path(tolerances_path).name}'s prefixes"
+        if tolerances.seed_record
+        else ""
+    )
     if deviations:
         log(deviation_table(deviations))
         log(
             f"regress: FAILED: {len(deviations)} of {compared} metrics out of tolerance against {reference_path} "
-            f"(recorded at commit {str(recorded)[:10]}; tolerances in {tolerances_path})"
+            f"(recorded at commit {str(recorded)[:10]}; tolerances in {tolerances_path}{sources})"
         )
         return 1
     log(
         f"regress: ok: {compared} metrics within tolerance of {reference_path} "
-        f"(recorded at commit {str(recorded)[:10]})"
+        f"(recorded at commit {str(recorded)[:10]}{sources})"
     )
     return 0
 

@@ -9,7 +9,8 @@ Table 1 over the seeds: each policy's toxicity (mean, SD and range over seeds), 
 reduction that R-hat and the random reward keep, with a 95% interval from a two-level bootstrap that
 resamples the seeds and, within them, the test prompts (paired across the four policies, as one run's
 interval is), so it holds the seed-to-seed variance that one run's interval cannot. Written to
-`regress/replicates.metrics.json` (the README's Table 1 reads it). Opt-in: a default run per seed.
+`regress/replicates.metrics.json` (the README's Table 1 reads it), with every metric's SD over the seeds
+(`sd_over_seeds`: the spread `irlnb regress` draws its tolerances from). Opt-in: a default run per seed.
 
 With `irl_only` each run stops after IRL (`IRL_END`): the expert aligned with R* and audited, per seed, without the
 re-alignments; its record (`IRL_RECORD`) holds the IRL metrics and the expert's and base's toxicity over the seeds.
@@ -17,7 +18,7 @@ re-alignments; its record (`IRL_RECORD`) holds the IRL metrics and the expert's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,17 @@ IRL_OVER_SEEDS = tuple(
     for objective in (None, MEAN_SHIFT.name, names.WHITE_BOX)
     for statistic in ("auc", "spearman", "within_prompt_spearman", "length_tokens_spearman", "repetition_shift")
 )
+
+
+def sd_over_seeds(per_run: list[Mapping[str, float]]) -> dict[str, float]:
+    """Each finite metric every run holds, timings aside, with its SD over the runs: the spread between alignment
+    seeds from which `irlnb regress` draws its tolerances (regress/tolerances.yaml, `replicates`)."""
+    shared = set.intersection(*(set(run) for run in per_run))
+    return {
+        key: float(np.std([run[key] for run in per_run], ddof=1))
+        for key in sorted(shared)
+        if not key.startswith(names.TIMING) and all(np.isfinite(run[key]) for run in per_run)
+    }
 
 
 def spread_over_seeds(data: np.ndarray) -> dict[str, float]:
@@ -152,6 +164,7 @@ def run_replicates(
     values = table_over_seeds(layouts, base.evaluation.bootstrap_samples, base.compute.seed, irl_only)
     result = {
         "metrics": values,
+        "sd_over_seeds": sd_over_seeds([layout.read_metrics() for layout in layouts]),
         "params_file": repo_relative(base.path),
         "seeds": seeds,
         "until": IRL_END if irl_only else None,
