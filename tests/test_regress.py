@@ -13,6 +13,12 @@ from irlnb.params_file import load_config
 from irlnb.pipeline import regress
 
 
+def copy_shipped_tolerances(folder: Path) -> None:
+    """regress/tolerances.yaml and the replicates record it names for its spread over seeds."""
+    for name in ("tolerances.yaml", "replicates-irl.metrics.json"):
+        (folder / name).write_text((REPO / "regress" / name).read_text())
+
+
 def _reference(tmp_path, metrics: dict) -> tuple:
     folder = tmp_path / "regress"
     folder.mkdir(exist_ok=True)
@@ -89,7 +95,7 @@ def test_regress_cli_records_a_reference_and_refuses_a_missing_one(tmp_path):
     recorded = json.loads((references / "smoke.metrics.json").read_text())
     assert recorded["metrics"] == json.loads((run_dir / "metrics.json").read_text())
     assert recorded["params"]["rloo"]["learning_rate"] == 1e-3 and recorded["git"]["commit"] == "0" * 40
-    (references / "tolerances.yaml").write_text((REPO / "regress" / "tolerances.yaml").read_text())
+    copy_shipped_tolerances(references)
     assert regress.check_run(run_dir, references / "smoke.metrics.json", references / "tolerances.yaml") == 0
 
     other = make_run(tmp_path / "elsewhere", "smoke", learning_rate=0.5)
@@ -103,7 +109,7 @@ def test_regress_runs_afresh_without_publishing_figures_then_compares(tmp_path, 
     config = load_config(write_params(tmp_path, run__figures_dir="published"))
     references = tmp_path / "references"
     references.mkdir()
-    (references / "tolerances.yaml").write_text((REPO / "regress" / "tolerances.yaml").read_text())
+    copy_shipped_tolerances(references)
     (references / "smoke.metrics.json").write_text(
         json.dumps({"metrics": {"gt.auc_human": 0.8}, "params": config.to_dict()})
     )
