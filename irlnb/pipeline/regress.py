@@ -35,6 +35,7 @@ REFERENCE_DIR = REPO_ROOT / "regress"
 TOLERANCES_FILE = "tolerances.yaml"
 REGRESS_RUNS_DIR = "runs/regress"
 ALWAYS_IGNORED = (f"{metric_names.TIMING}*", "*_ci_*")
+SEED_SPREAD = "SD over seeds"  # how a deviation names a tolerance set by the spread over alignment seeds
 # Where two runs' params may differ and still be the same experiment.
 NOT_COMPARED_PARAMS = ("run",)
 
@@ -79,7 +80,7 @@ class Tolerances:
         fixed = self.for_key(key).allowed(reference)
         drawn = self.seed_sds * self.seed_sd.get(key, 0.0)
         if drawn > fixed:
-            return drawn, f"{self.seed_sds:g} SD over seeds"
+            return drawn, f"{self.seed_sds:g} {SEED_SPREAD}"
         return fixed, f"prefix {prefix}" if prefix is not None else "default"
 
 
@@ -161,22 +162,24 @@ def _seed_spread(value: Any, path: Path) -> dict[str, Any]:
 
 def compare_metrics(
     measured: Mapping[str, float], reference: Mapping[str, float], tolerances: Tolerances
-) -> tuple[list[Deviation], int]:
-    """The reference keys out of tolerance (or missing from the run), and how many keys were compared.
+) -> tuple[list[Deviation], int, int]:
+    """The reference keys out of tolerance (or missing from the run), how many keys were compared, and how many of
+    those took their tolerance from the spread over alignment seeds.
 
     Keys the run has but the reference lacks are new metrics, not regressions: they are not compared.
     """
-    deviations, compared = [], 0
+    deviations, compared, by_seeds = [], 0, 0
     for key in sorted(reference):
         if tolerances.ignored(key):
             continue
         compared += 1
         expected = float(reference[key])
         allowed, source = tolerances.allowed(key, expected)
+        by_seeds += source.endswith(SEED_SPREAD)
         value = float(measured.get(key, math.nan))
         if not math.isfinite(value) or abs(value - expected) > allowed:
             deviations.append(Deviation(key, expected, value, allowed, source))
-    return deviations, compared
+    return deviations, compared, by_seeds
 
 
 def deviation_table(deviations: list[Deviation]) -> str:
@@ -217,13 +220,8 @@ def check_run(
     layout = RunLayout(run_dir)
     if not layout.metrics.is_file():
         raise RegressError(f"{layout.metrics}: missing; the run did not finish")
-    deviations, compared = compare_metrics(layout.read_metrics(), reference["metrics"], tolerances)
+    deviations, compared, by_seeds = compare_metrics(layout.read_metrics(), reference["metrics"], tolerances)
     recorded = reference.get("git", {}).get("commit", "?")
-    by_seeds = sum(
-        tolerances.allowed(key, float(value))[1].endswith("over seeds")
-        for key, value in reference["metrics"].items()
-        if not tolerances.ignored(key)
-    )
     sources = (
         f"; {by_seeds} tolerances from the spread over alignment seeds in {tolerances.seed_record}, "
         f"the others from {Path(tolerances_path).name}'s prefixes"
