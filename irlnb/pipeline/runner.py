@@ -94,6 +94,11 @@ def stage_identities(config: Config) -> dict[str, StageIdentity]:
     return identities
 
 
+def finished_as(marker: dict | None, identity: StageIdentity) -> bool:
+    """Whether a stage's marker says it finished with the settings of `identity` (its digest)."""
+    return bool(marker) and marker.get("digest") == identity.digest
+
+
 def hub_sources(config: Config) -> list:
     specs = dataclasses.asdict(config.sources)
     return [parse_source(spec, role) for role, spec in specs.items() if spec.startswith("hub:")]
@@ -135,7 +140,7 @@ def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until
     todo = []
     for stage in selected:
         marker = read_json(layout.marker(stage.name))
-        unchanged = bool(marker) and marker.get("digest") == identities[stage.name].digest
+        unchanged = finished_as(marker, identities[stage.name])
         if unchanged and not (force and only):
             continue
         if marker and not unchanged and not force:
@@ -206,7 +211,7 @@ def publication_problem(config: Config, layout: RunLayout) -> str:
     unfinished = [
         stage.name
         for stage in runnable
-        if (read_json(layout.marker(stage.name)) or {}).get("digest") != identities[stage.name].digest
+        if not finished_as(read_json(layout.marker(stage.name)), identities[stage.name])
     ]
     if unfinished:
         return f"the run is not complete with these settings ({', '.join(unfinished)} to run)"
