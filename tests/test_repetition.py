@@ -117,6 +117,17 @@ def test_the_map_is_chosen_from_demonstrations_alone_and_every_candidate_is_reco
         metric_names.IRL_LENGTH_DIRECTIONS: count,
         metric_names.IRL_LENGTH_SHIFT: row["validation_repetition_shift"],
     }
+    # Stopped at the chosen count (as the layer choice reads it for each candidate): the same map, and the table up
+    # to it. A bound that one of the first three counts meets, so that the stop skips some.
+    loose = float(table["validation_repetition_shift"].abs().iloc[:3].min())
+    full, whole = repetition.standardizer(reader, demonstrations(), check, tmp_path, 8, probes=6, max_shift=loose)
+    early, shorter = repetition.standardizer(
+        reader, demonstrations(), check, tmp_path, 8, probes=6, max_shift=loose, until_chosen=True
+    )
+    assert len(shorter) <= 3 < len(whole) and shorter.equals(whole.iloc[: len(shorter)])
+    assert shorter["chosen"].iloc[-1]
+    assert (early.nuisance is None) == (full.nuisance is None)
+    assert early.nuisance is None or torch.equal(early.nuisance, full.nuisance)
 
 
 def test_the_repetition_shift_is_the_mean_change_in_units_of_the_rewards_spread():

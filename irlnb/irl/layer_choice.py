@@ -75,6 +75,7 @@ def validation_sets(
         irl.inference_batch_size,
         irl.length_probes,
         irl.max_repetition_shift,
+        until_chosen=True,
     )
 
     def pair_set(split: str) -> PairSet:

@@ -42,12 +42,14 @@ def standardizer(
     batch_size: int,
     probes: int,
     max_shift: float,
+    until_chosen: bool = False,
 ) -> tuple[Standardizer, pd.DataFrame]:
     """The map from raw features to what the heads read: standardised on the IRL-train texts, without the repetition
     directions of the texts of `probes` train pairs (0: none removed), as many as the criterion asks on the `check`
     texts (the validation split's human texts: their words only, never their R* or label). Returns it with one row
     per number of directions tried (`directions`, `validation_repetition_shift`, `validation_pair_log_likelihood`,
-    `chosen`)."""
+    `chosen`). `until_chosen`: no count is tried after the one chosen (the same map; a choice that only needs the map,
+    as the layer choice's for each of its candidates, skips the rest of the table)."""
     sides = {split: pair_texts(used_pairs(demonstrations, split)) for split in ("train", "validation")}
 
     def features(texts: list[str]) -> torch.Tensor:
@@ -77,6 +79,8 @@ def standardizer(
         )
         if chosen is None and abs(shift) <= max_shift:
             chosen = candidate
+            if until_chosen:
+                break
     table = pd.DataFrame(rows)
     chosen = chosen or candidate  # none paid little enough: the most directions tried
     table["chosen"] = table["directions"] == (0 if chosen.nuisance is None else chosen.nuisance.shape[1])
