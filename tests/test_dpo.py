@@ -14,10 +14,8 @@ from conftest import PROMPTS, length_reward
 from irlnb.layout import read_json
 from irlnb.models.policies import embedded_policy_dir, load_policy
 from irlnb.params_file import parse_section
-from irlnb.rl import dpo
 from irlnb.rl.dpo import PAIRS_FILE, train_dpo
 from irlnb.rl.kinds import KINDS
-from irlnb.rl.policy_gradient import trainer_settings
 from irlnb.rl.reward_signal import Normalizer, PolicyReward
 from irlnb.rl.training_job import StageTraining, TrainingJob
 
@@ -51,20 +49,3 @@ def test_the_bfloat16_dpo_step_follows_the_float32_step_on_the_same_pairs(tmp_pa
     moved = [name for name, p in mixed.model.named_parameters() if not torch.equal(p, base[name])]
     assert moved  # the merged LoRA changed the policy
     assert {p.dtype for p in mixed.model.parameters()} == {torch.float32}  # autocast: float32 weights
-
-
-def test_the_dpo_step_does_not_recompute_its_forward_and_computes_the_same_numbers(tmp_path, monkeypatch):
-    """TRL's configs checkpoint activations by default (the forward recomputed during the backward, to save memory
-    that these small policies never lack); the kind turns that off, which changes no number: the same losses and
-    the same trained weights, bit for bit, as with it on."""
-    plain = train_dpo(dpo_job(tmp_path / "plain", "float32"))
-
-    def checkpointed(*args):
-        return {**trainer_settings(*args), "activation_checkpointing": True}
-
-    monkeypatch.setattr(dpo, "trainer_settings", checkpointed)
-    recomputed = train_dpo(dpo_job(tmp_path / "recomputed", "float32"))
-    assert recomputed.model.is_gradient_checkpointing and not plain.model.is_gradient_checkpointing
-    assert plain.log["loss"].tolist() == recomputed.log["loss"].tolist()
-    weights = dict(recomputed.model.named_parameters())
-    assert all(torch.equal(p, weights[name]) for name, p in plain.model.named_parameters())

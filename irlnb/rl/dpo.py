@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM
 
 from irlnb.layout import read_json, write_json_atomic
 from irlnb.rl.candidates import base_candidates
-from irlnb.rl.policy_gradient import StepProgress, finished_training, lora_config, trainer_settings
+from irlnb.rl.policy_gradient import StepProgress, checkpointing, finished_training, lora_config
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 PAIRS_FILE = "dpo_pairs.json"  # the pairs of a training key, kept beside its checkpoints (a resume reuses them)
@@ -82,7 +82,7 @@ def dpo_config(output_dir: Path, section, seed: int, use_cpu: bool, max_steps: i
         precompute_ref_log_probs=True,
         precompute_ref_batch_size=2 * section.per_device_train_batch_size,
         max_length=None,
-        **trainer_settings(section.save_steps, seed, use_cpu),
+        **checkpointing(section.save_steps, seed, use_cpu),
         bf16=bf16,
         disable_dropout=True,
         dataloader_num_workers=0,

@@ -29,7 +29,7 @@ from irlnb.layout import read_json, write_json_atomic
 from irlnb.progress import tracked
 from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
 from irlnb.rl.candidates import base_candidates
-from irlnb.rl.policy_gradient import StepProgress, finished_training, lora_config, trainer_settings
+from irlnb.rl.policy_gradient import StepProgress, checkpointing, finished_training, lora_config
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 SAMPLES_FILE = "infonca_samples.json"  # the scored samples and base log-probabilities of a training key
@@ -182,7 +182,7 @@ def infonca_arguments(job: TrainingJob, max_steps: int) -> TrainingArguments:
         max_steps=max_steps,
         learning_rate=section.learning_rate,
         per_device_train_batch_size=section.per_device_train_batch_size,
-        **trainer_settings(section.save_steps, job.seed, job.device == "cpu"),
+        **checkpointing(section.save_steps, job.seed, job.device == "cpu"),
         bf16=job.training_dtype == "bfloat16",
         remove_unused_columns=False,
         dataloader_num_workers=0,

@@ -39,20 +39,18 @@ def trl_config(output_dir: str | Path, kind, section, rlhf, seed: int, use_cpu: 
         max_completion_length=rlhf.max_completion_length,
         top_k=rlhf.top_k,
         temperature=rlhf.temperature,
-        **trainer_settings(section.save_steps, seed, use_cpu),
+        **checkpointing(section.save_steps, seed, use_cpu),
         bf16=False,
+        activation_checkpointing=False,
         disable_dropout=True,
     )
 
 
-def trainer_settings(save_steps: int, seed: int, use_cpu: bool) -> dict[str, Any]:
+def checkpointing(save_steps: int, seed: int, use_cpu: bool) -> dict[str, Any]:
     """What every trainer here logs and keeps, under the argument names transformers' and TRL's configs share: a log
     row per step, one resumable checkpoint (weights, optimiser and random state) every `save_steps`, the seed, and
-    the CPU where asked. And no activation checkpointing, which TRL's configs turn on by default: it recomputes the
-    forward pass during the backward to save memory that these small policies never lack (the dpo kind ran with it
-    until the speed issue's bench found it: `irlnb bench`'s `dpo_step.*`)."""
+    the CPU where asked."""
     return {
-        "activation_checkpointing": False,
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": save_steps,
