@@ -119,6 +119,12 @@ def irl_metric(objective: str | None, split: str, name: str) -> str:
     return f"{IRL}{split}.{name}" if objective is None else f"{IRL}{objective}.{split}.{name}"
 
 
+def within_prompt_vs(objective: str) -> str:
+    """`irl.test.within_prompt_spearman_vs_<objective>`: how much better the saved reward orders the test prompts'
+    continuations than `objective`'s head (the mean over prompts of the paired difference; its interval beside it)."""
+    return irl_metric(None, "test", f"within_prompt_spearman_vs_{objective}")
+
+
 def demonstrations_metric(split: str, name: str) -> str:
     """`irl.demos.<split>.<name>`: counts and R* evidence of a split's demonstration pairs."""
     return f"{IRL}demos.{split}.{name}"

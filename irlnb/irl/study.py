@@ -211,7 +211,7 @@ def within_prompt_against(
         return {}
     r_first, r_second = (rewards_of(result.heads[key], texts) for key in (first, second))
     difference, low, high = paired_difference(r_first, r_second, texts.r_star, groups)
-    key = metric_names.irl_metric(None, "test", f"within_prompt_spearman_vs_{second[0]}")
+    key = metric_names.within_prompt_vs(second[0])
     return dict(zip((key, *metric_names.interval(key)), (difference, low, high)))
 
 

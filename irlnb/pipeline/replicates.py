@@ -72,11 +72,18 @@ def seed_bootstrap_share(
 
 
 # IRL of each seed's expert, summarised over the seeds: the saved reward's (and the mean-shift baseline's and the
-# white-box log-ratio's) test numbers, across prompts and within them, and what else it tracks
-IRL_OVER_SEEDS = tuple(
-    names.irl_metric(objective, "test", f"{statistic}_mean")
-    for objective in (None, MEAN_SHIFT.name, names.WHITE_BOX)
-    for statistic in ("auc", "spearman", "within_prompt_spearman", "length_tokens_spearman", "repetition_shift")
+# white-box log-ratio's) test numbers, across prompts and within them, and what else it tracks; the saved reward
+# against the baseline within prompts; and the block the auditor's layer choice read
+WITHIN_PROMPT_VS_MEAN_SHIFT = names.within_prompt_vs(MEAN_SHIFT.name)  # the saved reward against the baseline
+IRL_OVER_SEEDS = (
+    *(
+        names.irl_metric(objective, "test", f"{statistic}_mean")
+        for objective in (None, MEAN_SHIFT.name, names.WHITE_BOX)
+        for statistic in ("auc", "spearman", "within_prompt_spearman", "length_tokens_spearman", "repetition_shift")
+    ),
+    WITHIN_PROMPT_VS_MEAN_SHIFT,
+    *names.interval(WITHIN_PROMPT_VS_MEAN_SHIFT),
+    names.layers_chosen(names.IRL_LAYERS),  # the block the auditor's choice read
 )
 
 
