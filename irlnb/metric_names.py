@@ -196,10 +196,17 @@ def layers_seeds(prefix: str = LAYERS) -> str:
     return f"{prefix}seeds"
 
 
+# `irlnb layers --average`: the reading that averages every block swept (`irlnb.irl.layer_choice.averaged_reading`),
+# recorded as a layer of its own beside the blocks and the final normed state (-1)
+AVERAGE_LAYER = -2
+LAYER_NAMES = {-1: "final", AVERAGE_LAYER: "average"}
+
+
 def layer_metric(layer: int, name: str, prefix: str = LAYERS, pooling: str | None = None) -> str:
-    """`layers.<block>.<name>`, `layers.final.<name>` for -1 (the final normed state), `layers.<block>.<pooling>.<name>`
-    where poolings were compared; `prefix` IRL_LAYERS: the stage's."""
-    return f"{prefix}{'final' if layer == -1 else layer}.{f'{pooling}.' if pooling else ''}{name}"
+    """`layers.<block>.<name>`, `layers.final.<name>` for -1 (the final normed state), `layers.average.<name>` for -2
+    (the blocks' average, `irlnb.irl.layer_choice.AVERAGE`), `layers.<block>.<pooling>.<name>` where poolings were
+    compared; `prefix` IRL_LAYERS: the stage's."""
+    return f"{prefix}{LAYER_NAMES.get(layer, layer)}.{f'{pooling}.' if pooling else ''}{name}"
 
 
 # Two runs' saved rewards compared on the same held-out texts (`irlnb compare`, irlnb.irl.comparison)

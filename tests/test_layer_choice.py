@@ -13,7 +13,7 @@ import torch
 from irlnb import metric_names as names
 from irlnb.irl import layer_choice, repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import cached_features, cached_readings
+from irlnb.irl.feature_sets import cached_features, cached_readings, reading
 from irlnb.layout import RunLayout
 from irlnb.params_file import load_config
 from irlnb.pipeline import layers
@@ -102,6 +102,35 @@ def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_p
     assert (smoke_run / "metrics.json").read_bytes() == metrics_before
 
 
+def test_the_blocks_average_is_swept_beside_them_and_recorded_by_name(smoke_run, tmp_path):
+    params = smoke_run.parent.parent / "params.yaml"
+    record = tmp_path / "layers-smoke.metrics.json"
+    table = layers.choose_layer(load_config(params), [1, 2], seeds=1, record=record, average=True)["table"]
+    average = table[table["layer"] == names.AVERAGE_LAYER]
+    assert average["pooling"].tolist() == ["mean"] and len(table) == 5  # 2 blocks x 2 poolings, and the average
+    assert average["validation_pair_log_likelihood_mean"].between(np.log(0.5) - 1e-9, 0).all()
+    metrics = json.loads(record.read_text())["metrics"]
+    assert metrics["layers.average.mean.validation_pair_log_likelihood_mean"] == pytest.approx(
+        average["validation_pair_log_likelihood_mean"].iloc[0]
+    )
+    assert layers.form_name(names.AVERAGE_LAYER, "mean") == "the average of the blocks compared, mean pooling"
+
+
+def test_the_average_reads_each_block_standardised_on_the_train_texts_then_averages_them(smoke_run):
+    config = load_config(smoke_run.parent.parent / "params.yaml")
+    layout = RunLayout(smoke_run)
+    demos = load_demonstrations(layout)
+    final = reward_form(config.sources.policy, "mean", -1, config.irl.max_length)
+    averaged = layer_choice.averaged_reading(final, [1, 2], demos, layout.cache, config.irl)
+    train = [text for side in pair_texts(used_pairs(demos, "train")) for text in side]
+    standardised = []
+    for block in (1, 2):
+        reader = layer_choice.reader_of(final, block, "mean")
+        seen = reader.features(train)
+        standardised.append((reader.features(TEXTS) - seen.mean(dim=0)) / seen.std(dim=0))
+    assert torch.allclose(averaged(TEXTS), (standardised[0] + standardised[1]) / 2, atol=1e-4)
+
+
 def test_a_layer_the_backbone_lacks_is_refused_in_one_line(smoke_run):
     done = irlnb_cli("layers", str(smoke_run.parent.parent / "params.yaml"), "--layers", "1,99", "--no-record")
     assert done.returncode == 2
@@ -117,9 +146,10 @@ def test_the_sweep_reads_the_features_as_stage_04_maps_them(smoke_run):
     layout = RunLayout(smoke_run)
     demos, human = load_demonstrations(layout), load_scores(layout).query("split == 'validation'")
     reader = reward_form(load_config(smoke_run.parent.parent / "params.yaml").sources.policy, "mean", 1, 64)
-    train, _, _ = layer_choice.validation_sets(reader, demos, human, layout.cache, irl)
+    read = reading(reader, layout.cache, 8)
+    train, _, _ = layer_choice.validation_sets(read, demos, human, irl)
     expected, _ = repetition.standardizer(
-        reader, demos, human["text"].tolist(), layout.cache, 8, irl.length_probes, irl.max_repetition_shift
+        read, demos, human["text"].tolist(), irl.length_probes, irl.max_repetition_shift
     )
     raw = cached_features(reader, pair_texts(used_pairs(demos, "train"))[0], layout.cache, 8)
     assert torch.allclose(train.expert.features, expected(raw))

@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 
 from irlnb import metric_names
 from irlnb.irl import repetition
-from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet
+from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, reading
 from irlnb.irl.fitting import head_of, mean_shift_head
 from irlnb.irl.judging import judge
 from irlnb.irl.posterior import fit_posterior
@@ -101,11 +101,11 @@ def demonstrations() -> pd.DataFrame:
 
 
 def test_the_map_is_chosen_from_demonstrations_alone_and_every_candidate_is_recorded(tmp_path):
-    reader = reward_form(BACKBONE, "mean", 1, 64)
+    read = reading(reward_form(BACKBONE, "mean", 1, 64), tmp_path, 8)
     check = ["a comment of a few words", "another, longer comment that goes on for a while"] * 3
-    plain, none = repetition.standardizer(reader, demonstrations(), check, tmp_path, 8, probes=0, max_shift=0.1)
+    plain, none = repetition.standardizer(read, demonstrations(), check, probes=0, max_shift=0.1)
     assert plain.nuisance is None and none.empty and repetition.choice_metrics(none) == {}
-    chosen, table = repetition.standardizer(reader, demonstrations(), check, tmp_path, 8, probes=6, max_shift=0.1)
+    chosen, table = repetition.standardizer(read, demonstrations(), check, probes=6, max_shift=0.1)
     assert table["directions"].tolist() == [0, 1, 2, 5, 10]  # at most 12 probe texts: no more directions exist
     assert table["chosen"].sum() == 1 and np.isfinite(table["validation_pair_log_likelihood"]).all()
     row = table[table["chosen"]].iloc[0]
@@ -120,9 +120,9 @@ def test_the_map_is_chosen_from_demonstrations_alone_and_every_candidate_is_reco
     # Stopped at the chosen count (as the layer choice reads it for each candidate): the same map, and the table up
     # to it. A bound that one of the first three counts meets, so that the stop skips some.
     loose = float(table["validation_repetition_shift"].abs().iloc[:3].min())
-    full, whole = repetition.standardizer(reader, demonstrations(), check, tmp_path, 8, probes=6, max_shift=loose)
+    full, whole = repetition.standardizer(read, demonstrations(), check, probes=6, max_shift=loose)
     early, shorter = repetition.standardizer(
-        reader, demonstrations(), check, tmp_path, 8, probes=6, max_shift=loose, until_chosen=True
+        read, demonstrations(), check, probes=6, max_shift=loose, until_chosen=True
     )
     assert len(shorter) <= 3 < len(whole) and shorter.equals(whole.iloc[: len(shorter)])
     assert shorter["chosen"].iloc[-1]

@@ -9,7 +9,9 @@ a plain linear head on raw features.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +145,14 @@ def cached_features(reader: FeatureReward, texts: list[str], cache_dir: Path, ba
     texts (`frozen_cached`)."""
     form = (reader.spec.layer, reader.spec.pooling)
     return cached_readings(reader, texts, [form], cache_dir, batch_size)[form]
+
+
+Reading = Callable[[list[str]], torch.Tensor]  # texts -> their raw features, one row per text
+
+
+def reading(reader: FeatureReward, cache_dir: Path, batch_size: int) -> Reading:
+    """`cached_features` of `reader` as a function of the texts alone (what a map fitted on features reads)."""
+    return partial(cached_features, reader, cache_dir=cache_dir, batch_size=batch_size)
 
 
 def cached_readings(

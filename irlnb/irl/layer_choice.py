@@ -28,7 +28,7 @@ from irlnb.config import AUTO_LAYER
 from irlnb.errors import IrlnbError
 from irlnb.irl import repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import PairSet, TextSet, cached_features, cached_readings
+from irlnb.irl.feature_sets import PairSet, Reading, Standardizer, TextSet, cached_readings, reading
 from irlnb.irl.fitting import SeededFit, fit_head
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge
 from irlnb.layout import RunLayout
@@ -57,22 +57,16 @@ def candidate_layers(depth: int) -> list[int]:
 
 
 def validation_sets(
-    reader: FeatureReward, demonstrations: pd.DataFrame, human: pd.DataFrame, cache: Path, irl
+    features: Reading, demonstrations: pd.DataFrame, human: pd.DataFrame, irl
 ) -> tuple[PairSet, PairSet, TextSet]:
-    """IRL-train pairs, validation pairs and validation human texts read by `reader`, mapped as 04 maps them
-    (`irlnb.irl.repetition.standardizer`: standardised on train, what repetition moves removed)."""
+    """IRL-train pairs, validation pairs and validation human texts read by `features` (`reading`), mapped as 04 maps
+    them (`irlnb.irl.repetition.standardizer`: standardised on train, what repetition moves removed)."""
     pairs = {split: used_pairs(demonstrations, split) for split in ("train", "validation")}
-
-    def features(texts: list[str]) -> torch.Tensor:
-        return cached_features(reader, texts, cache, irl.inference_batch_size)
-
     raw = {split: [features(side) for side in pair_texts(rows)] for split, rows in pairs.items()}
     standardizer, _ = repetition.standardizer(
-        reader,
+        features,
         demonstrations,
         human["text"].tolist(),
-        cache,
-        irl.inference_batch_size,
         irl.length_probes,
         irl.max_repetition_shift,
         until_chosen=True,
@@ -104,10 +98,18 @@ def candidate_forms(irl, depth: int, layers: list[int] | None = None) -> list[tu
 
 
 def layer_rows(
-    layout: RunLayout, irl, policy: str, layers: list[int] | None, seeds: int, dtype: str, device: str
+    layout: RunLayout,
+    irl,
+    policy: str,
+    layers: list[int] | None,
+    seeds: int,
+    dtype: str,
+    device: str,
+    average: bool = False,
 ) -> pd.DataFrame:
-    """`sweep_rows` on a finished 04_irl's demonstrations (`irlnb layers`). `layers` None: `candidate_layers` of the
-    backbone. Refuses a layer the backbone does not have before any weights load."""
+    """`sweep_rows` on a finished 04_irl's demonstrations (`irlnb layers`; `average`: with the averaged reading).
+    `layers` None: `candidate_layers` of the backbone. Refuses a layer the backbone does not have before any weights
+    load."""
     depth = AutoConfig.from_pretrained(policy_dir(policy)).num_hidden_layers  # checked before weights load
     layers = layers or candidate_layers(depth)
     unknown = [layer for layer in layers if not (layer == -1 or 1 <= layer <= depth)]
@@ -118,7 +120,8 @@ def layer_rows(
     demonstrations = load_demonstrations(layout)
     human = load_scores(layout).query("split == 'validation'")
     final = reward_form(policy, POOLINGS[0], -1, irl.max_length, dtype=dtype, device=device)  # loaded once
-    return sweep_rows(final, demonstrations, human, layout.cache, irl, candidate_forms(irl, depth, layers), seeds)
+    forms = candidate_forms(irl, depth, layers)
+    return sweep_rows(final, demonstrations, human, layout.cache, irl, forms, seeds, average)
 
 
 def sweep_rows(
@@ -129,23 +132,34 @@ def sweep_rows(
     irl,
     forms: list[tuple[int, str]],
     seeds: int,
+    average: bool = False,
 ) -> pd.DataFrame:
     """One row per (layer, pooling, seed): the chosen epoch's validation pair log-likelihood and accuracy, and its
     ROC-AUC against R* on the validation `human` texts (NaN without R*). `final` is a reward form of any layer and
-    pooling: each form is read through its backbone, every form from one forward pass per text."""
+    pooling: each form is read through its backbone, every form from one forward pass per text. With `average`, also
+    the mean over the forms' blocks of their mean-pooled states (`averaged_reading`; as layer
+    `metric_names.AVERAGE_LAYER`), which reads every depth swept without choosing one."""
     pairs = {split: used_pairs(demonstrations, split) for split in ("train", "validation")}
     for split, split_pairs in pairs.items():
         if len(split_pairs) < 2:
             raise LayerChoiceError(f"only {len(split_pairs)} usable {split} pairs: too few to choose a layer on")
     check = human["text"].tolist()
+    blocks = list(dict.fromkeys(layer for layer, _ in forms))
+    read_forms = list(dict.fromkeys([*forms, *((layer, "mean") for layer in blocks if average)]))
     lists = repetition.texts_read(demonstrations, check, irl.length_probes)
     for texts in lists if check in lists else [*lists, check]:  # what `validation_sets` reads, each list once
-        cached_readings(final, texts, forms, cache, irl.inference_batch_size)  # below, every read hits
+        cached_readings(final, texts, read_forms, cache, irl.inference_batch_size)  # below, every read hits
     fit = SeededFit.from_settings(irl, epochs_objective(irl.loss))
+    readings = [
+        ((layer, pooling), reading(reader_of(final, layer, pooling), cache, irl.inference_batch_size))
+        for layer, pooling in forms
+    ]
+    if average:
+        averaged = averaged_reading(final, blocks, demonstrations, cache, irl)
+        readings.append(((metric_names.AVERAGE_LAYER, "mean"), averaged))
     rows = []
-    for layer, pooling in forms:
-        reader = reader_of(final, layer, pooling)
-        train, validation, validation_human = validation_sets(reader, demonstrations, human, cache, irl)
+    for (layer, pooling), features in readings:
+        train, validation, validation_human = validation_sets(features, demonstrations, human, irl)
 
         def on_validation(epoch: int, head: torch.nn.Linear, validation=validation, human=validation_human) -> dict:
             return judge(head, human, validation, 0.0)
@@ -165,6 +179,21 @@ def sweep_rows(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def averaged_reading(
+    final: FeatureReward, blocks: list[int], demonstrations: pd.DataFrame, cache: Path, irl
+) -> Reading:
+    """The mean over `blocks` of each block's mean-pooled state standardised on the IRL-train texts (so that no depth
+    weighs more for the scale of its states): a reading of every depth at once, which needs no choice of one."""
+    train = pair_texts(used_pairs(demonstrations, "train"))
+    per_block = [reading(reader_of(final, block, "mean"), cache, irl.inference_batch_size) for block in blocks]
+    scales = [Standardizer.fit(torch.cat([features(side) for side in train])) for features in per_block]
+
+    def averaged(texts: list[str]) -> torch.Tensor:
+        return torch.stack([scale(features(texts)) for features, scale in zip(per_block, scales)]).mean(dim=0)
+
+    return averaged
 
 
 def reader_of(form: FeatureReward, layer: int, pooling: str) -> FeatureReward:
@@ -196,7 +225,7 @@ def layer_table(rows: pd.DataFrame) -> pd.DataFrame:
     table = rows.groupby(["layer", "pooling"])[[*columns, "validation_auc"]].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table = table.reset_index()
-    depth_order = table["layer"].where(table["layer"] != -1, np.inf)
+    depth_order = table["layer"].where(table["layer"] > 0, np.inf)  # the final state and the average: the dearest
     return (
         table.assign(_depth=depth_order)
         .sort_values([f"{criterion}_mean", "_depth", "pooling"], ascending=[False, True, True])

@@ -19,15 +19,13 @@ Removing instead the features' covariance with length over the IRL-train texts w
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
 
 from irlnb import metric_names
 from irlnb.irl.demonstrations import pair_texts, used_pairs
-from irlnb.irl.feature_sets import PairSet, Standardizer, TextSet, cached_features, head_scores, repeated
+from irlnb.irl.feature_sets import PairSet, Reading, Standardizer, TextSet, head_scores, repeated
 from irlnb.irl.posterior import fit_posterior
 from irlnb.metrics import pair_log_likelihood, repetition_shift
 
@@ -35,26 +33,21 @@ DIRECTIONS = (0, 1, 2, 5, 10, 20, 50)  # the numbers of repetition directions tr
 
 
 def standardizer(
-    reader,
+    features: Reading,
     demonstrations: pd.DataFrame,
     check: list[str],
-    cache_dir: Path,
-    batch_size: int,
     probes: int,
     max_shift: float,
     until_chosen: bool = False,
 ) -> tuple[Standardizer, pd.DataFrame]:
-    """The map from raw features to what the heads read: standardised on the IRL-train texts, without the repetition
+    """The map from raw features (`features` of texts: `irlnb.irl.feature_sets.reading`) to what the heads read:
+    standardised on the IRL-train texts, without the repetition
     directions of the texts of `probes` train pairs (0: none removed), as many as the criterion asks on the `check`
     texts (the validation split's human texts: their words only, never their R* or label). Returns it with one row
     per number of directions tried (`directions`, `validation_repetition_shift`, `validation_pair_log_likelihood`,
     `chosen`). `until_chosen`: no count is tried after the one chosen (the same map; a choice that only needs the map,
     as the layer choice's for each of its candidates, skips the rest of the table)."""
     sides = {split: pair_texts(used_pairs(demonstrations, split)) for split in ("train", "validation")}
-
-    def features(texts: list[str]) -> torch.Tensor:
-        return cached_features(reader, texts, cache_dir, batch_size)
-
     train = [features(texts) for texts in sides["train"]]  # the blocks the feature sets read: cache hits
     plain = Standardizer.fit(torch.cat(train))
     if probes == 0:

@@ -136,11 +136,13 @@ def cmd_layers(args) -> int:
 
     chosen = [int(layer) for layer in args.layers.split(",")] if args.layers else None
     record = None if args.no_record else layers.record_path(config.run.name)
-    result = layers.choose_layer(config, chosen, seeds=args.seeds, record=record, runs_dir=args.runs_dir)
+    result = layers.choose_layer(
+        config, chosen, seeds=args.seeds, record=record, runs_dir=args.runs_dir, average=args.average
+    )
     print(result["table"].round(4).to_string(index=False))
     layer, pooling = result["table"][["layer", "pooling"]].iloc[0]
     print(
-        f"chosen on validation pair log-likelihood (R*-free): layer {layer}, {pooling} pooling "
+        f"chosen on validation pair log-likelihood (R*-free): {layers.form_name(layer, pooling)} "
         f"(the run's reward reads {result['run_form']})"
     )
     return 0
@@ -329,6 +331,11 @@ def add_layers(commands) -> None:
     layer.add_argument("--seeds", type=int, help="head seeds per layer (default: as many as notebook 04 fits)")
     layer.add_argument("--runs-dir", help="override run.runs_dir")
     layer.add_argument("--no-record", action="store_true", help="do not write regress/layers-<run name>.metrics.json")
+    layer.add_argument(
+        "--average",
+        action="store_true",
+        help="also the mean over the blocks compared of their standardised mean-pooled states (layer -2, 'average')",
+    )
     add_set_option(layer)
     layer.set_defaults(func=cmd_layers)
 

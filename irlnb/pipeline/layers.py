@@ -10,6 +10,7 @@ from irlnb.compute import resolve_device, resolve_dtype, seed_everything
 from irlnb.config import Config
 from irlnb.irl import layer_choice
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_atomic, write_json_atomic
+from irlnb.metric_names import AVERAGE_LAYER
 from irlnb.pipeline.provenance import provenance
 from irlnb.rewards.features import saved_spec
 
@@ -21,7 +22,14 @@ def record_path(run_name: str) -> Path:
 def run_form(layout: RunLayout) -> str:
     """The layer and pooling the run's saved reward reads (stage 04's own choice, or its params')."""
     spec = saved_spec(layout.learned_reward)[0]
-    return f"layer {spec.layer}, {spec.pooling} pooling"
+    return form_name(spec.layer, spec.pooling)
+
+
+def form_name(layer: int, pooling: str) -> str:
+    """'layer 8, mean pooling'; the average over the blocks (`metric_names.AVERAGE_LAYER`) said as such."""
+    if layer == AVERAGE_LAYER:
+        return "the average of the blocks compared, mean pooling"
+    return f"layer {layer}, {pooling} pooling"
 
 
 def choose_layer(
@@ -30,15 +38,17 @@ def choose_layer(
     seeds: int | None = None,
     record: Path | None = None,
     runs_dir: str | None = None,
+    average: bool = False,
 ) -> dict[str, Any]:
     """Sweep the layers on the run's validation split; the table best first, its metrics, and its provenance.
-    `seeds` None: as many as notebook 04's own choice fits."""
+    `seeds` None: as many as notebook 04's own choice fits. `average`: the blocks' average beside them
+    (`irlnb.irl.layer_choice.averaged_reading`)."""
     seeds = seeds or layer_choice.SEEDS
     layout = RunLayout.of_run(config.run, runs_dir)
     seed_everything(config.compute.seed, config.compute.torch_threads)
     device = resolve_device(config.compute.device)
     dtype = resolve_dtype(config.compute.inference_dtype, device)
-    rows = layer_choice.layer_rows(layout, config.irl, config.sources.policy, layers, seeds, dtype, device)
+    rows = layer_choice.layer_rows(layout, config.irl, config.sources.policy, layers, seeds, dtype, device, average)
     table = layer_choice.layer_table(rows)
     write_atomic(layout.root / "layer_choice.csv", lambda path: table.to_csv(path, index=False))
     result = {
