@@ -313,7 +313,7 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "irl.objective": rf"irl\.{_WORD}\.(?:{_SPLIT})\.{_WORD}",
     "analysis.reduction_share": rf"analysis\.(?:{'|'.join(RETRAINED)})_reduction_share(?:{_SCORERS}){_INTERVAL}",
     "layers.chosen": r"(?:irl\.)?layers\.(?:chosen|seeds)",
-    "layers.layer": rf"(?:irl\.)?layers\.(?:\d+|final)\.(?:(?:last|mean)\.)?{_WORD}",
+    "layers.layer": rf"(?:irl\.)?layers\.(?:\d+|{'|'.join(LAYER_NAMES.values())})\.(?:(?:last|mean)\.)?{_WORD}",
     "compare": rf"compare\.test\.{_WORD}",
     "tune": rf"tune\.(?:[0-9a-f]{{8}}|chosen)\.(?:{'|'.join(OPTIMUM_MEASURES)})",
     "timing.total": r"timing\.total_s",

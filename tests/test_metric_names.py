@@ -35,6 +35,8 @@ def test_the_builders_spell_the_keys_the_records_hold():
     assert names.tune_metric("chosen", "perplexity_ratio") == "tune.chosen.perplexity_ratio"
     assert names.parse(names.tune_metric("1339b6b9", "within_prompt_spearman")) == "tune"
     assert names.parse(names.layer_metric(9, "validation_pair_accuracy_std")) == "layers.layer"
+    average = names.layer_metric(names.AVERAGE_LAYER, "validation_auc_mean", pooling="mean")
+    assert average == "layers.average.mean.validation_auc_mean" and names.parse(average) == "layers.layer"
     assert names.parse("rlhf.ground_truth.sampled.evaluator_toxicity_ratio_ci_low") == "rlhf.policy.decoding"
     for unknown in ("rlhf.nobody.toxicity_mean", "rlhf.base.toxicity_median", "irl.test", "analysis.x", "gt."):
         with pytest.raises(ValueError, match="is not a name irlnb.metric_names knows"):
