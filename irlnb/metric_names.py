@@ -204,7 +204,7 @@ LAYER_NAMES = {-1: "final", AVERAGE_LAYER: "average"}
 
 def layer_metric(layer: int, name: str, prefix: str = LAYERS, pooling: str | None = None) -> str:
     """`layers.<block>.<name>`, `layers.final.<name>` for -1 (the final normed state), `layers.average.<name>` for -2
-    (the blocks' average, `irlnb.irl.layer_choice.AVERAGE`), `layers.<block>.<pooling>.<name>` where poolings were
+    (the blocks' average, `AVERAGE_LAYER`), `layers.<block>.<pooling>.<name>` where poolings were
     compared; `prefix` IRL_LAYERS: the stage's."""
     return f"{prefix}{LAYER_NAMES.get(layer, layer)}.{f'{pooling}.' if pooling else ''}{name}"
 

@@ -109,7 +109,9 @@ def test_the_blocks_average_is_swept_beside_them_and_recorded_by_name(smoke_run,
     average = table[table["layer"] == names.AVERAGE_LAYER]
     assert average["pooling"].tolist() == ["mean"] and len(table) == 5  # 2 blocks x 2 poolings, and the average
     assert average["validation_pair_log_likelihood_mean"].between(np.log(0.5) - 1e-9, 0).all()
-    metrics = json.loads(record.read_text())["metrics"]
+    saved = json.loads(record.read_text())
+    assert saved["params"] == load_config(params).to_dict()  # the settings swept, as --set may have changed them
+    metrics = saved["metrics"]
     assert metrics["layers.average.mean.validation_pair_log_likelihood_mean"] == pytest.approx(
         average["validation_pair_log_likelihood_mean"].iloc[0]
     )

@@ -54,6 +54,7 @@ def choose_layer(
     result = {
         "metrics": layer_choice.layer_metrics(table, seeds),
         "params_file": repo_relative(config.path),
+        "params": config.to_dict(),  # as swept: with any --set change to the file
         "run": repo_relative(layout.root),
         "run_form": run_form(layout),
         **provenance(REPO_ROOT),
