@@ -44,8 +44,9 @@ def standardizer(
     standardised on the IRL-train texts, without the repetition directions of the texts of `probes` train pairs (0:
     none removed), as many as the criterion asks on the `check` texts (the validation split's human texts: their words
     only, never their R* or label). Returns it with one row per number of directions tried (`directions`,
-    `validation_repetition_shift`, `validation_pair_log_likelihood`, `chosen`). `until_chosen`: no count is tried after the one chosen (the same map; a choice that only needs the map,
-    as the layer choice's for each of its candidates, skips the rest of the table)."""
+    `validation_repetition_shift`, `validation_pair_log_likelihood`, `chosen`). `until_chosen`: no count is tried
+    after the one chosen (the same map; a choice that only needs the map, as the layer choice's for each of its
+    candidates, skips the rest of the table)."""
     sides = {split: pair_texts(used_pairs(demonstrations, split)) for split in ("train", "validation")}
     train = [features(texts) for texts in sides["train"]]  # the blocks the feature sets read: cache hits
     plain = Standardizer.fit(torch.cat(train))
