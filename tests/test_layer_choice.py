@@ -9,12 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from irlnb import metric_names as names
 from irlnb.irl import layer_choice, repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import cached_features, cached_readings, reading
+from irlnb.irl.feature_sets import PairSet, cached_features, cached_readings, prompt_ids, reading, rewards_of
+from irlnb.irl.fitting import SeededFit, fit_head
+from irlnb.irl.halves import halves
+from irlnb.irl.judging import chosen_epoch, judge
 from irlnb.layout import RunLayout
+from irlnb.objectives import epochs_objective
 from irlnb.params_file import load_config
 from irlnb.pipeline import layers
 from irlnb.rewards.features import FeatureReward, decoder_blocks, reward_form
@@ -206,3 +211,29 @@ def test_stage_04_chose_the_layer_and_pooling_of_the_smoke_run_by_its_criterion(
     assert metrics["irl.layers.chosen"] == table["layer"].iloc[0] and metrics["irl.layers.seeds"] == layer_choice.SEEDS
     assert metrics["irl.time.layer_choice_s"] > 0
     assert (smoke_run / "figures" / "layer_choice.png").is_file()
+
+
+def test_split_half_agreement_is_the_spearman_of_two_heads_each_fitted_on_half_the_prompts(smoke_run):
+    config = load_config(smoke_run.parent.parent / "params.yaml")
+    layout, irl = RunLayout(smoke_run), config.irl
+    demos, human = load_demonstrations(layout), load_scores(layout).query("split == 'validation'")
+    final = reward_form(config.sources.policy, "mean", -1, irl.max_length)
+    sweep = layer_choice.sweep_rows(final, demos, human, layout.cache, irl, [(1, "mean")], 1, split_half=True)
+    plain = layer_choice.sweep_rows(final, demos, human, layout.cache, irl, [(1, "mean")], 1)
+    assert layer_choice.SPLIT_HALF not in plain  # opt-in: the same rows without it
+    assert plain.iloc[0].equals(sweep.drop(columns=layer_choice.SPLIT_HALF).iloc[0])
+
+    train, validation, texts = layer_choice.validation_sets(
+        reading(layer_choice.reader_of(final, 1, "mean"), layout.cache, 8), demos, human, irl
+    )
+    prompts = used_pairs(demos, "train")["prompt"].to_numpy()
+    fit = SeededFit.from_settings(irl, epochs_objective(irl.loss))
+    first, second = halves(PairSet(train.expert, train.non_expert, prompt_ids(used_pairs(demos, "train"))), 0)
+    rewards = []
+    for half in (first, second):
+        history, heads = fit_head(half, fit, 0, lambda epoch, head: judge(head, texts, validation, 0.0))
+        rewards.append(rewards_of(heads[chosen_epoch(history)], texts))
+    by_hand = spearmanr(*rewards).statistic
+    assert sweep[layer_choice.SPLIT_HALF].iloc[0] == pytest.approx(by_hand)
+    assert not set(first.prompt_ids) & set(second.prompt_ids)  # split by prompt: no prompt in both halves
+    assert len(first.prompt_ids) + len(second.prompt_ids) == len(prompts) and len(first.prompt_ids) > 0

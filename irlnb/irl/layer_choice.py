@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 from transformers import AutoConfig
 
 from irlnb import metric_names
@@ -28,8 +29,18 @@ from irlnb.config import AUTO_LAYER
 from irlnb.errors import IrlnbError
 from irlnb.irl import repetition
 from irlnb.irl.demonstrations import load_demonstrations, pair_texts, used_pairs
-from irlnb.irl.feature_sets import PairSet, Reading, Standardizer, TextSet, cached_readings, reading
+from irlnb.irl.feature_sets import (
+    PairSet,
+    Reading,
+    Standardizer,
+    TextSet,
+    cached_readings,
+    prompt_ids,
+    reading,
+    rewards_of,
+)
 from irlnb.irl.fitting import SeededFit, fit_head
+from irlnb.irl.halves import halves
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge
 from irlnb.layout import RunLayout
 from irlnb.models.policies import policy_dir
@@ -46,6 +57,9 @@ class LayerChoiceError(IrlnbError, ValueError):
 # no R* and, unlike pair accuracy (0.94-0.995 at every block of the recorded sweeps), does not saturate. The sweeps
 # recorded before it (regress/layers-*.metrics.json) were ranked by pair accuracy.
 LAYER_CRITERION = "validation_pair_log_likelihood"
+# `irlnb layers --split-half`: how alike the heads fitted on two halves of the IRL-train pairs (split by prompt) order
+# the validation human texts (Spearman); R*-free, read beside the criterion, not ranked by
+SPLIT_HALF = "validation_split_half_spearman"
 SEEDS = 3  # head seeds per candidate layer, in notebook 04's choice and by default in `irlnb layers`
 
 
@@ -106,8 +120,10 @@ def layer_rows(
     dtype: str,
     device: str,
     average: bool = False,
+    split_half: bool = False,
 ) -> pd.DataFrame:
-    """`sweep_rows` on a finished 04_irl's demonstrations (`irlnb layers`; `average`: with the averaged reading).
+    """`sweep_rows` on a finished 04_irl's demonstrations (`irlnb layers`; `average`: with the averaged reading;
+    `split_half`: with each head's agreement across halves of the demonstrations).
     `layers` None: `candidate_layers` of the backbone. Refuses a layer the backbone does not have before any weights
     load."""
     depth = AutoConfig.from_pretrained(policy_dir(policy)).num_hidden_layers  # checked before weights load
@@ -121,7 +137,7 @@ def layer_rows(
     human = load_scores(layout).query("split == 'validation'")
     final = reward_form(policy, POOLINGS[0], -1, irl.max_length, dtype=dtype, device=device)  # loaded once
     forms = candidate_forms(irl, depth, layers)
-    return sweep_rows(final, demonstrations, human, layout.cache, irl, forms, seeds, average)
+    return sweep_rows(final, demonstrations, human, layout.cache, irl, forms, seeds, average, split_half)
 
 
 def sweep_rows(
@@ -133,11 +149,13 @@ def sweep_rows(
     forms: list[tuple[int, str]],
     seeds: int,
     average: bool = False,
+    split_half: bool = False,
 ) -> pd.DataFrame:
     """One row per (layer, pooling, seed): the chosen epoch's validation pair log-likelihood and accuracy, and its
-    ROC-AUC against R* on the validation `human` texts (NaN without R*). `final` is a reward form of any layer and
-    pooling: each form is read through its backbone, every form from one forward pass per text. With `average`, also
-    the mean over the forms' blocks of their mean-pooled states (`averaged_reading`; as layer
+    ROC-AUC against R* on the validation `human` texts (NaN without R*); with `split_half`, also `SPLIT_HALF`
+    (`split_half_spearman`: the same seed's fit on each half of the train pairs). `final` is a reward form of any
+    layer and pooling: each form is read through its backbone, every form from one forward pass per text. With
+    `average`, also the mean over the forms' blocks of their mean-pooled states (`averaged_reading`; as layer
     `metric_names.AVERAGE_LAYER`), which reads every depth swept without choosing one."""
     pairs = {split: used_pairs(demonstrations, split) for split in ("train", "validation")}
     for split, split_pairs in pairs.items():
@@ -164,9 +182,15 @@ def sweep_rows(
         def on_validation(epoch: int, head: torch.nn.Linear, validation=validation, human=validation_human) -> dict:
             return judge(head, human, validation, 0.0)
 
+        train = PairSet(train.expert, train.non_expert, prompt_ids(pairs["train"]))  # halves split by prompt
         for seed in range(seeds):
             history, _ = fit_head(train, fit, seed, on_validation)
             epoch = chosen_epoch(history)
+            agreement = (
+                {SPLIT_HALF: split_half_spearman(train, fit, seed, on_validation, validation_human)}
+                if split_half
+                else {}
+            )
             rows.append(
                 {
                     "layer": layer,
@@ -176,9 +200,21 @@ def sweep_rows(
                     LAYER_CRITERION: history[epoch]["pair_log_likelihood"],
                     f"validation_{SELECTION_METRIC}": history[epoch][SELECTION_METRIC],
                     "validation_auc": history[epoch].get("human_auc", np.nan),  # none in a run without R*
+                    **agreement,
                 }
             )
     return pd.DataFrame(rows)
+
+
+def split_half_spearman(train: PairSet, fit: SeededFit, seed: int, on_validation, human: TextSet) -> float:
+    """Spearman correlation of two heads' rewards of the `human` texts, each fitted as the sweep fits one (`seed`,
+    the epoch chosen by `on_validation`) on one half of `train` (`irlnb.irl.halves.halves`, split by prompt): how
+    far the demonstrations pin down the order of texts they do not contain. Needs no R*."""
+    rewards = []
+    for half in halves(train, seed):
+        history, heads = fit_head(half, fit, seed, on_validation)
+        rewards.append(rewards_of(heads[chosen_epoch(history)], human))
+    return float(spearmanr(*rewards).statistic)
 
 
 def averaged_reading(
@@ -220,7 +256,7 @@ def reward_reader(
 def layer_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and SD over seeds per (layer, pooling), best first by validation pair log-likelihood (R*-free; pair
     accuracy, which saturates near 1 at every layer, beside it; ties: the shallower, cheaper layer)."""
-    columns = [column for column in (LAYER_CRITERION, f"validation_{SELECTION_METRIC}") if column in rows]
+    columns = [column for column in (LAYER_CRITERION, f"validation_{SELECTION_METRIC}", SPLIT_HALF) if column in rows]
     criterion = columns[0]
     table = rows.groupby(["layer", "pooling"])[[*columns, "validation_auc"]].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]

@@ -137,7 +137,13 @@ def cmd_layers(args) -> int:
     chosen = [int(layer) for layer in args.layers.split(",")] if args.layers else None
     record = None if args.no_record else layers.record_path(config.run.name)
     result = layers.choose_layer(
-        config, chosen, seeds=args.seeds, record=record, runs_dir=args.runs_dir, average=args.average
+        config,
+        chosen,
+        seeds=args.seeds,
+        record=record,
+        runs_dir=args.runs_dir,
+        average=args.average,
+        split_half=args.split_half,
     )
     print(result["table"].round(4).to_string(index=False))
     layer, pooling = result["table"][["layer", "pooling"]].iloc[0]
@@ -335,6 +341,12 @@ def add_layers(commands) -> None:
         "--average",
         action="store_true",
         help="also the mean over the blocks compared of their standardised mean-pooled states (layer -2, 'average')",
+    )
+    layer.add_argument(
+        "--split-half",
+        action="store_true",
+        help="also each head refitted on two halves of the train pairs (split by prompt): the Spearman of their "
+        "rewards of the validation human texts (R*-free; read beside the criterion, not ranked by)",
     )
     add_set_option(layer)
     layer.set_defaults(func=cmd_layers)

@@ -39,16 +39,20 @@ def choose_layer(
     record: Path | None = None,
     runs_dir: str | None = None,
     average: bool = False,
+    split_half: bool = False,
 ) -> dict[str, Any]:
     """Sweep the layers on the run's validation split; the table best first, its metrics, and its provenance.
     `seeds` None: as many as notebook 04's own choice fits. `average`: the blocks' average beside them
-    (`irlnb.irl.layer_choice.averaged_reading`)."""
+    (`irlnb.irl.layer_choice.averaged_reading`). `split_half`: each head's agreement across halves of the
+    demonstrations beside it (`irlnb.irl.layer_choice.SPLIT_HALF`)."""
     seeds = seeds or layer_choice.SEEDS
     layout = RunLayout.of_run(config.run, runs_dir)
     seed_everything(config.compute.seed, config.compute.torch_threads)
     device = resolve_device(config.compute.device)
     dtype = resolve_dtype(config.compute.inference_dtype, device)
-    rows = layer_choice.layer_rows(layout, config.irl, config.sources.policy, layers, seeds, dtype, device, average)
+    rows = layer_choice.layer_rows(
+        layout, config.irl, config.sources.policy, layers, seeds, dtype, device, average, split_half
+    )
     table = layer_choice.layer_table(rows)
     write_atomic(layout.root / "layer_choice.csv", lambda path: table.to_csv(path, index=False))
     result = {
