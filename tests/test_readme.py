@@ -43,6 +43,13 @@ def test_inside_a_measured_section_every_decimal_needs_a_source():
     ]
 
 
+def test_an_unmarked_decimal_is_reported_on_its_own_line_when_the_same_digits_are_marked_earlier():
+    text = "<!-- measured -->\n| a | 0.19<!--given--> |\n| b | **0.19**<!--given--> |\n<!-- /measured -->\n"
+    assert [str(p) for p in readme.check(text, RECORDS)] == [
+        "README.md:3: 0.19 has no source (<!--KEY:FORMAT--> or <!--given-->)",
+    ]
+
+
 def test_the_readme_quotes_its_records_exactly():
     problems = readme.check_readme()
     assert not problems, "\n".join(map(str, problems)) + "\n(irlnb readme --write rewrites them from the records)"

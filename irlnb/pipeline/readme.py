@@ -62,6 +62,11 @@ def _normal(text: str) -> str:
     return text.replace("−", "-")
 
 
+def _blank(pattern: re.Pattern, text: str) -> str:
+    """`text` with what `pattern` matches turned to spaces (newlines kept), so offsets still point into the README."""
+    return pattern.sub(lambda match: re.sub(r"[^\n]", " ", match.group(0)), text)
+
+
 def check(text: str, recorded: dict[str, dict[str, float]]) -> list[Problem]:
     """Every marked number against its record, and every unmarked decimal inside a measured section."""
     problems = []
@@ -83,12 +88,11 @@ def check(text: str, recorded: dict[str, dict[str, float]]) -> list[Problem]:
         if not math.isfinite(value) or _normal(match["number"]) != _normal(expected):
             problems.append(Problem(line, f"{match['number']} is not {source}:{key} = {expected}"))
     for section in SECTION.finditer(text):
-        body = MARKED.sub("", GIVEN.sub("", section.group(1)))
-        body = re.sub(r"```.*?```", "", body, flags=re.DOTALL)  # code blocks
-        body = re.sub(r"`[^`]*`|<!--.*?-->|\]\([^)]*\)", "", body)  # code, comments and link targets
+        body = _blank(GIVEN, _blank(MARKED, section.group(1)))
+        body = _blank(re.compile(r"```.*?```", re.DOTALL), body)  # code blocks
+        body = _blank(re.compile(r"`[^`]*`|<!--.*?-->|\]\([^)]*\)"), body)  # code, comments and link targets
         for match in UNMARKED.finditer(body):
-            offset = section.start(1) + section.group(1).find(match.group(0))
-            line = text.count("\n", 0, offset) + 1
+            line = text.count("\n", 0, section.start(1) + match.start()) + 1
             problems.append(Problem(line, f"{match.group(0)} has no source (<!--KEY:FORMAT--> or <!--given-->)"))
     return problems
 
