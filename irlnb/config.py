@@ -492,7 +492,8 @@ class IrlSettings:
     max_repetition_shift: float = setting(
         0.1,
         doc="the fewest such directions are removed for which the Laplace head pays at most this for a validation "
-        "human text said twice (units of its spread; reads the texts' words, never their R*)",
+        "human text said twice (units of its spread; reads the texts' words, never their R*); with irl.loss auto, the "
+        "saved objective is the best that pays at most this too (none: the one that pays least)",
         gt=0.0,
     )
     loss: str = setting(

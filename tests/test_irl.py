@@ -66,9 +66,11 @@ def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation(
         "non_expert": [f"n{i}" for i in range(60)],
     }
     fits = [fitting.SeededFit(objective_of(loss), 1.0, 1.0, 0.05, 3, 16) for loss in ("max_margin", "logistic")]
+    validation_human = human(validation_pairs)
+    validation_human.repeated = validation_human.features * 2.0  # said twice: every feature doubles
     result = study.fit_irl_study(
         train,
-        (human(validation_pairs), validation_pairs),
+        (validation_human, validation_pairs),
         (human(test_pairs), test_pairs),
         texts,
         fits=fits,
@@ -92,6 +94,10 @@ def test_the_study_reports_every_loss_and_seed_and_chooses_epochs_on_validation(
         epoch = result.epochs.query("loss == 'max_margin' and seed == @row.seed and epoch == @row.epoch")
         assert row.validation_pair_accuracy == epoch["pair_accuracy"].item()
         assert row.validation_auc == epoch["human_auc"].item()  # what design choices are made on
+        head = result.heads[("max_margin", row.seed)]  # what the length guard reads: R*-free, on validation
+        said = (validation_human.features, validation_human.repeated)
+        once, twice = (feature_sets.head_scores(head, features) for features in said)
+        assert row.validation_repetition_shift == pytest.approx(metrics.repetition_shift(once, twice), rel=1e-5)
     assert (
         summary["irl.validation.auc_mean"]
         == summary["irl.max_margin.validation.auc_mean"]

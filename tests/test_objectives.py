@@ -89,11 +89,31 @@ def test_auto_saves_the_candidate_with_the_best_validation_pair_log_likelihood_a
             "validation_auc": [0.1, 0.1, 0.1, 0.99, 0.99],  # R*'s view, never read by the choice
         }
     )
-    assert study.saved_objective(rows, AUTO) == "max_margin"  # the ceiling ranks first but is not IRL
-    assert study.saved_objective(rows, "logistic") == "logistic"  # a named objective is saved as named
+    assert study.saved_objective(rows, AUTO, 0.1) == "max_margin"  # the ceiling ranks first but is not IRL
+    assert study.saved_objective(rows, "logistic", 0.1) == "logistic"  # a named objective is saved as named
     ranking = study.objective_ranking(rows, saved="max_margin")
     assert ranking.index.tolist() == ["supervised", "max_margin", "laplace", "logistic"]
     assert ranking["saved"].tolist() == [False, True, False, False] and not ranking.loc["supervised", "candidate"]
+
+
+def test_auto_never_saves_a_candidate_that_pays_for_length_while_another_does_not():
+    rows = pd.DataFrame(
+        {
+            "loss": ["failure_aware", "failure_aware", "laplace", "max_margin", "supervised"],
+            "seed": [0, 1, 0, 0, 0],
+            "validation_pair_log_likelihood": [-0.664, -0.664, -0.665, -0.670, -0.60],
+            "validation_pair_accuracy": [0.6, 0.6, 0.6, 0.6, 0.7],
+            # failure_aware pays 0.05 and 0.35 for a text said twice (mean 0.20); the reference pays nothing
+            "validation_repetition_shift": [0.05, 0.35, -0.06, 0.02, 0.0],
+            "validation_auc": [0.9, 0.9, 0.1, 0.1, 0.99],
+        }
+    )
+    assert study.saved_objective(rows, AUTO, 0.1) == "laplace"  # the best likelihood of those that pay at most 0.1
+    assert study.saved_objective(rows, AUTO, 0.3) == "failure_aware"
+    assert study.saved_objective(rows, AUTO, 0.01) == "max_margin"  # none pays that little: the one that pays least
+    ranking = study.objective_ranking(rows, saved="laplace")
+    assert ranking.loc["failure_aware", "validation_repetition_shift"] == pytest.approx(0.20)
+    assert study.saved_objective(rows.drop(columns="validation_repetition_shift"), AUTO, 0.1) == "failure_aware"
 
 
 def test_every_objective_fitted_once_is_fitted_and_the_posterior_only_when_asked():

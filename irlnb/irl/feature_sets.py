@@ -230,9 +230,10 @@ def build_feature_sets(
     standardizer: Standardizer | None = None,
 ) -> FeatureSets:
     """Standardised features of every text the study reads, a batched pass over the backbone per block of texts
-    (with `prompt_sets`, `irlnb.irl.within_prompt.draw_prompt_sets`, the test prompts' continuations too; the test
-    human texts also said twice, `repeated`). `standardizer` maps raw features to what heads read (None: standardised
-    on the IRL-train texts; `irlnb.irl.repetition.standardizer` also removes what a text said twice moves)."""
+    (with `prompt_sets`, `irlnb.irl.within_prompt.draw_prompt_sets`, the test prompts' continuations too; the
+    validation and test human texts also said twice, `repeated`). `standardizer` maps raw features to what heads read
+    (None: standardised on the IRL-train texts; `irlnb.irl.repetition.standardizer` also removes what a text said
+    twice moves)."""
     blocks: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
     split_pairs = {}
     for split in SPLITS:
@@ -249,8 +250,9 @@ def build_feature_sets(
     for split in ("validation", "test"):
         human = scores[scores["split"] == split]
         blocks[f"{split}_human"] = (human["text"].tolist(), human["reward"].to_numpy(), human["label"].to_numpy())
-    test_human = blocks["test_human"]
-    blocks["test_human_repeated"] = ([repeated(text) for text in test_human[0]], *test_human[1:])
+    for split in ("validation", "test"):  # said twice: what a reward pays for length (test: judged; validation: chosen)
+        human = blocks[f"{split}_human"]
+        blocks[f"{split}_human_repeated"] = ([repeated(text) for text in human[0]], *human[1:])
     if prompt_sets is not None and len(prompt_sets):
         texts = (prompt_sets["prompt"] + prompt_sets["continuation"]).tolist()
         blocks["within_prompt"] = (texts, prompt_sets["r_star"].to_numpy(), np.full(len(texts), -1))
@@ -264,7 +266,8 @@ def build_feature_sets(
     test_texts = blocks["test_human"][0]
     likelihood = cached_log_likelihood(reader, test_texts, cache_dir, batch_size)
     text_set["test_human"].statistics = text_statistics(test_texts, reader.tokenizer, likelihood.numpy())
-    text_set["test_human"].repeated = text_set.pop("test_human_repeated").features
+    for split in ("validation", "test"):
+        text_set[f"{split}_human"].repeated = text_set.pop(f"{split}_human_repeated").features
 
     def pair_set(split):
         return PairSet(text_set[f"{split}_expert"], text_set[f"{split}_non_expert"], prompt_ids(split_pairs[split]))

@@ -23,6 +23,8 @@ from irlnb.irl.within_prompt import GAP_BINS, TEXT_STATISTICS, gap_label, paired
 from irlnb.layout import RunLayout, read_json
 from irlnb.objectives import AUTO, OBJECTIVES
 
+VALIDATION_REPETITION_SHIFT = "validation_repetition_shift"
+
 
 @dataclass
 class StudyResult:
@@ -81,6 +83,8 @@ def fit_irl_study(
                 "validation_pair_log_likelihood": on_validation["pair_log_likelihood"],
                 # ROC-AUC vs sign(R*) of validation human texts (none without R*)
                 "validation_auc": on_validation.get("human_auc", np.nan),
+                # R*-free: what it pays for a validation human text said twice (the saved reward's length guard)
+                VALIDATION_REPETITION_SHIFT: on_validation.get("repetition_shift", np.nan),
                 **row,
             }
         )
@@ -217,10 +221,16 @@ def within_prompt_against(
 
 def objective_ranking(test_by_fit: pd.DataFrame, saved: str) -> pd.DataFrame:
     """Every reward of the study ranked by what an auditor can choose by: validation pair log-likelihood (R*-free,
-    `irlnb.metrics.pair_log_likelihood`), mean over seeds, with validation pair accuracy beside it, and validation
-    ROC-AUC against R* (which an auditor does not have: shown for reading, never for the choice); `saved` marks the
-    objective whose reward was saved (`saved_objective`)."""
-    columns = ["validation_pair_log_likelihood", f"validation_{SELECTION_METRIC}", "validation_auc"]
+    `irlnb.metrics.pair_log_likelihood`), mean over seeds, with validation pair accuracy and what the reward pays for
+    a validation human text said twice (`validation_repetition_shift`, R*-free) beside it, and validation ROC-AUC
+    against R* (which an auditor does not have: shown for reading, never for the choice); `saved` marks the objective
+    whose reward was saved (`saved_objective`)."""
+    columns = [
+        "validation_pair_log_likelihood",
+        f"validation_{SELECTION_METRIC}",
+        VALIDATION_REPETITION_SHIFT,
+        "validation_auc",
+    ]
     present = [column for column in columns if column in test_by_fit]
     table = test_by_fit.dropna(subset=present[:1]).groupby("loss")[present].mean()
     table = table.sort_values(present[0], ascending=False).rename(
@@ -231,13 +241,20 @@ def objective_ranking(test_by_fit: pd.DataFrame, saved: str) -> pd.DataFrame:
     return table
 
 
-def saved_objective(test_by_fit: pd.DataFrame, loss: str) -> str:
+def saved_objective(test_by_fit: pd.DataFrame, loss: str, max_repetition_shift: float) -> str:
     """The objective whose reward is saved: `irl.loss`, or with `auto` the candidate objective ranked first by
-    validation pair log-likelihood (`objective_ranking`), a choice that reads no R*."""
+    validation pair log-likelihood (`objective_ranking`) among those that pay at most `max_repetition_shift` (mean
+    over seeds, in size) for a validation human text said twice; when none does, the one that pays least. A choice
+    that reads no R*: a reward that buys a sliver of pair likelihood with length is not saved."""
     if loss != AUTO:
         return loss
     ranking = objective_ranking(test_by_fit, saved="")
-    return str(ranking.index[ranking["candidate"]][0])
+    candidates = ranking[ranking["candidate"]]
+    if VALIDATION_REPETITION_SHIFT not in candidates or candidates[VALIDATION_REPETITION_SHIFT].isna().all():
+        return str(candidates.index[0])  # no text was read said twice: the likelihood alone
+    shift = candidates[VALIDATION_REPETITION_SHIFT].abs()
+    within = candidates[shift <= max_repetition_shift]
+    return str(within.index[0] if len(within) else shift.idxmin())
 
 
 def saved_objective_of(layout: RunLayout) -> str:
