@@ -114,6 +114,21 @@ def test_auto_never_saves_a_candidate_that_pays_for_length_while_another_does_no
     ranking = study.objective_ranking(rows, saved="laplace")
     assert ranking.loc["failure_aware", "validation_repetition_shift"] == pytest.approx(0.20)
     assert study.saved_objective(rows.drop(columns="validation_repetition_shift"), AUTO, 0.1) == "failure_aware"
+    assert study.length_guard_report(ranking, 0.1) == (
+        "The saved reward (laplace) pays -0.06 of its spread for a validation human text said twice over "
+        "(irl.max_repetition_shift: 0.1); ranked above it, failure_aware (+0.20) paid more and was passed over."
+    )
+    fallback = study.objective_ranking(rows, saved="max_margin")
+    assert study.length_guard_report(fallback, 0.01).startswith("Caution: the saved reward (max_margin) pays +0.02")
+    assert study.length_guard_report(study.objective_ranking(rows, saved="failure_aware"), 0.3).endswith(
+        "(irl.max_repetition_shift: 0.3)."
+    )
+    assert (
+        study.length_guard_report(
+            study.objective_ranking(rows.drop(columns="validation_repetition_shift"), saved="laplace"), 0.1
+        )
+        == ""
+    )
 
 
 def test_every_objective_fitted_once_is_fitted_and_the_posterior_only_when_asked():

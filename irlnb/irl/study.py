@@ -257,6 +257,32 @@ def saved_objective(test_by_fit: pd.DataFrame, loss: str, max_repetition_shift: 
     return str(within.index[0] if len(within) else shift.idxmin())
 
 
+def length_guard_report(ranking: pd.DataFrame, max_repetition_shift: float) -> str:
+    """In plain words, what the saved reward pays for a validation human text said twice (`objective_ranking`'s
+    `validation_repetition_shift`) against `irl.max_repetition_shift`, and which objectives ranked above it were
+    passed over for paying more; a caution when the saved reward pays more itself. Empty when no text was read said
+    twice."""
+    if VALIDATION_REPETITION_SHIFT not in ranking or not ranking["saved"].any():
+        return ""
+    saved = str(ranking.index[ranking["saved"]][0])
+    shift = float(ranking.loc[saved, VALIDATION_REPETITION_SHIFT])
+    if not np.isfinite(shift):
+        return ""
+    said = (
+        f"the saved reward ({saved}) pays {shift:+.2f} of its spread for a validation human text said twice over "
+        f"(irl.max_repetition_shift: {max_repetition_shift:g})"
+    )
+    if abs(shift) > max_repetition_shift:
+        return f"Caution: {said}, more than allowed: its scores carry length as well as what the texts say."
+    above = ranking.loc[: ranking.index[ranking["saved"]][0]].iloc[:-1]
+    over = above[above["candidate"] & (above[VALIDATION_REPETITION_SHIFT].abs() > max_repetition_shift)]
+    if over.empty:
+        return said[0].upper() + said[1:] + "."
+    passed = ", ".join(f"{name} ({value:+.2f})" for name, value in over[VALIDATION_REPETITION_SHIFT].items())
+    verb = "was" if len(over) == 1 else "were"
+    return f"{said[0].upper() + said[1:]}; ranked above it, {passed} paid more and {verb} passed over."
+
+
 def saved_objective_of(layout: RunLayout) -> str:
     """The objective a finished stage 04 saved, read back from its objective ranking (a run older than the ranking's
     `saved` column saved its params' irl.loss)."""
