@@ -10,6 +10,7 @@ import math
 import pytest
 from conftest import PARAMS
 
+from irlnb.compute import resolve_dtype
 from irlnb.models.policies import load_policy
 from irlnb.params_file import load_config
 from irlnb.pipeline.bench import run_bench
@@ -70,6 +71,17 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
     speedup = results["dpo_step.float32_s"] / results["dpo_step.bfloat16_s"]
     assert results["dpo_step.bfloat16_speedup"] == approx(speedup)
     assert results["dpo_step.pairs"] == config.dpo.per_device_train_batch_size
+
+    # A white-box batch: the package's per-sequence log-softmax against one over the whole batch, the same numbers.
+    assert results["log_probs.per_sequence_vs_batch"] == approx(
+        results["log_probs.batch_s"] / results["log_probs.seconds"]
+    )
+    assert results["log_probs.max_abs_diff"] == 0 and 0 < results["log_probs.forward_share"]
+    assert 0 < results["log_probs.tokens"] <= results["log_probs.padded_tokens"]
+    inference = resolve_dtype(config.compute.inference_dtype, "cpu")
+    assert results["log_probs.peak_fraction"] == approx(
+        results["log_probs.gflops"] / results[f"matmul.{inference}_peak_gflops"]
+    )
 
     # The parts of a step: each share is its time over their sum, and the shares add up to one.
     seconds = {part: results[f"rlhf_step.{part}_s"] for part in RLHF_PARTS}

@@ -364,6 +364,20 @@ def test_the_log_ratio_reward_is_the_difference_of_the_two_models_log_likelihood
     )  # load_reward reads it like any reward
 
 
+def test_log_probs_normalised_one_sequence_at_a_time_are_those_of_the_whole_batch_bit_for_bit_and_carry_gradients():
+    from irlnb.rewards.likelihood import picked_log_probs
+
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(5, 7, 301, generator=generator) * 4).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 301, (5, 7), generator=generator)
+    whole = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    picked = picked_log_probs(logits, targets)
+    assert picked.dtype == torch.float32 and torch.equal(picked, whole)
+    (gradient,) = torch.autograd.grad(picked.sum(), logits)
+    (expected,) = torch.autograd.grad(whole.sum(), logits)
+    assert torch.equal(gradient, expected) and gradient.abs().sum() > 0
+
+
 def test_the_base_side_of_the_log_ratio_is_read_once_and_kept(tmp_path):
     from irlnb.models.policies import load_policy
     from irlnb.rewards.likelihood import LogRatioReward

@@ -209,6 +209,62 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
     return values
 
 
+def bench_log_probs(config: Config, peaks: dict[str, float]) -> dict[str, float]:
+    """A white-box batch (`irlnb.rewards.likelihood.LogRatioReward`): the log-probabilities of one length-sorted batch
+    of `irl.inference_batch_size` real comments, split into prompt and continuation, under the base policy in the
+    inference dtype, by the package (`token_log_probs`, normalised one sequence at a time) against one log-softmax
+    over the whole batch's logits, side by side; the forward pass alone gives the share the model takes. Model
+    FLOPs: 2N per real token (every block and the LM head), over the matmul peak in that dtype."""
+    from irlnb.compute import resolve_dtype
+    from irlnb.rewards.likelihood import continuation_rows, padded_rows, token_log_probs
+
+    dtype = resolve_dtype(config.compute.inference_dtype, "cpu")
+    batch = config.irl.inference_batch_size
+    words = [text.split() for text in real_prompts_and_texts(4 * batch, seed=4)[1]]
+    prompts = [" ".join(split[: len(split) // 2]) for split in words]
+    continuations = [" " + " ".join(split[len(split) // 2 :]) for split in words]
+    model, tokenizer = load_policy(config.sources.policy, dtype=dtype)
+    model.eval()
+    rows = continuation_rows(tokenizer, prompts, continuations, 128)
+    rows = sorted(rows, key=lambda row: len(row[0]))[len(rows) // 2 - batch // 2 :][:batch]  # as the pass sorts them
+    ids, mask, _ = padded_rows(rows, tokenizer.pad_token_id)
+
+    def whole_batch() -> torch.Tensor:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]
+
+    with torch.inference_mode():
+        packaged, reference = token_log_probs(model, ids, mask), whole_batch()  # also the warm-up
+        gap = float((packaged - reference).abs().max())
+        if gap != 0.0:
+            raise AssertionError(f"per-sequence log-probabilities differ from the whole batch's by {gap:.3g}")
+        rounds = [  # interleaved, so that a disturbance of the machine falls on all three alike
+            [
+                best_seconds(work, repeats=1)
+                for work in (
+                    lambda: token_log_probs(model, ids, mask),
+                    whole_batch,
+                    lambda: model(input_ids=ids, attention_mask=mask).logits,
+                )
+            ]
+            for _ in range(5)
+        ]
+        seconds, batch_s, forward_s = np.min(rounds, axis=0)
+    tokens = int(mask.sum())
+    gflops = 2 * blocks_parameters(model, -1) * tokens / seconds / 1e9
+    return {
+        "log_probs.per_sequence_vs_batch": batch_s / seconds,
+        "log_probs.seconds": seconds,
+        "log_probs.batch_s": batch_s,
+        "log_probs.forward_share": forward_s / seconds,
+        "log_probs.tokens": float(tokens),
+        "log_probs.padded_tokens": float(ids.numel()),
+        "log_probs.gflops": gflops,
+        "log_probs.peak_fraction": gflops / peaks[dtype],
+        "log_probs.max_abs_diff": gap,
+    }
+
+
 class StepTimer:
     """A trainer callback that keeps the wall time of each optimiser step (`on_step_begin` to `on_step_end`)."""
 
@@ -420,6 +476,7 @@ def run_bench(
     results.update({f"matmul.{dtype}_peak_gflops": peak for dtype, peak in peaks.items()})
     results.update(bench_infonca_step(config, peaks))
     results.update(bench_dpo_step(config, peaks))
+    results.update(bench_log_probs(config, peaks))
     results.update(bench_sampling(config))
     results["rlhf_step.peak_fraction"] = (
         results["rlhf_step.gflops"] / results[f"matmul.peak_gflops_{rlhf_threads}_threads"]
