@@ -57,6 +57,13 @@ ROW_METRICS = {
     "mean_shift_auc": names.irl_metric(MEAN_SHIFT.name, "test", "auc_mean"),
     "mean_shift_spearman": names.irl_metric(MEAN_SHIFT.name, "test", "spearman_mean"),
     "mean_shift_within_prompt_spearman": names.irl_metric(MEAN_SHIFT.name, "test", "within_prompt_spearman_mean"),
+    # the saved reward minus the mean-shift baseline within prompts, paired over the same prompts, with its interval
+    **dict(
+        zip(
+            ("within_prompt_vs_mean_shift", *names.interval("within_prompt_vs_mean_shift")),
+            (names.within_prompt_vs(MEAN_SHIFT.name), *names.interval(names.within_prompt_vs(MEAN_SHIFT.name))),
+        )
+    ),
     "log_ratio_within_prompt_spearman": names.irl_metric(names.WHITE_BOX, "test", "within_prompt_spearman_mean"),
     # references, not IRL: the same head fitted on the row's reward (its sign on the demonstration texts; R*'s own
     # ordering of pairs of base samples): how much of that reward the features carry at all
