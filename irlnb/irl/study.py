@@ -274,7 +274,7 @@ def length_guard_report(ranking: pd.DataFrame, max_repetition_shift: float) -> s
     )
     if abs(shift) > max_repetition_shift:
         return f"Caution: {said}, more than allowed: its scores carry length as well as what the texts say."
-    above = ranking.loc[: ranking.index[ranking["saved"]][0]].iloc[:-1]
+    above = ranking.loc[:saved].iloc[:-1]
     over = above[above["candidate"] & (above[VALIDATION_REPETITION_SHIFT].abs() > max_repetition_shift)]
     if over.empty:
         return said[0].upper() + said[1:] + "."

@@ -156,6 +156,12 @@ def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, fl
     }
 
 
+def split_in_halves(texts: list[str]) -> tuple[list[str], list[str]]:
+    """Each comment's first half of words as a prompt and the rest, after a space, as its continuation."""
+    words = [text.split() for text in texts]
+    return [" ".join(w[: len(w) // 2]) for w in words], [" " + " ".join(w[len(w) // 2 :]) for w in words]
+
+
 def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, float]:
     """One InfoNCA optimiser step (forward, backward, AdamW) on the infonca section's shapes, `prompts per step x n`
     real comments split into prompt and continuation, with its LoRA: in float32 and in bfloat16 autocast over
@@ -169,10 +175,7 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
 
     section = config.infonca
     width = section.per_device_train_batch_size * section.n
-    _, texts = real_prompts_and_texts(width, seed=3)
-    halves = [text.split() for text in texts]
-    prompts = [" ".join(words[: len(words) // 2]) for words in halves]
-    continuations = [" " + " ".join(words[len(words) // 2 :]) for words in halves]
+    prompts, continuations = split_in_halves(real_prompts_and_texts(width, seed=3)[1])
     model, tokenizer = load_policy(config.sources.policy)
     n_params = model.num_parameters()
     model = get_peft_model(model, lora_config(section)) if section.lora_rank else model
@@ -220,9 +223,7 @@ def bench_log_probs(config: Config, peaks: dict[str, float]) -> dict[str, float]
 
     dtype = resolve_dtype(config.compute.inference_dtype, "cpu")
     batch = config.irl.inference_batch_size
-    words = [text.split() for text in real_prompts_and_texts(4 * batch, seed=4)[1]]
-    prompts = [" ".join(split[: len(split) // 2]) for split in words]
-    continuations = [" " + " ".join(split[len(split) // 2 :]) for split in words]
+    prompts, continuations = split_in_halves(real_prompts_and_texts(4 * batch, seed=4)[1])
     model, tokenizer = load_policy(config.sources.policy, dtype=dtype)
     model.eval()
     rows = continuation_rows(tokenizer, prompts, continuations, 128)
@@ -304,11 +305,8 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
 
     section = config.dpo
     width = section.per_device_train_batch_size
-    _, texts = real_prompts_and_texts(2 * width, seed=4)
-    halves = [text.split() for text in texts]
-    prompts = [" ".join(words[: len(words) // 2]) for words in halves[:width]]
-    endings = [" " + " ".join(words[len(words) // 2 :]) for words in halves]
-    chosen, rejected = endings[:width], endings[width:]
+    prompts, endings = split_in_halves(real_prompts_and_texts(2 * width, seed=4)[1])
+    prompts, chosen, rejected = prompts[:width], endings[:width], endings[width:]
     pairs = datasets.Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
     model, tokenizer = load_policy(config.sources.policy)
     n_params = model.num_parameters()

@@ -42,6 +42,7 @@ LAST_STAGE = "04_irl"  # an audit stops after IRL: nothing after it changes what
 # What each row reports (name in the record -> the run's metric). The saved reward (`irl.test.*`) and the mean-shift
 # baseline against the row's own reward, across prompts and within them; what text statistics it tracks; the
 # expert's own log-ratio within prompts where it has weights (how close the expert is to its optimum).
+VS_MEAN_SHIFT = names.within_prompt_vs(MEAN_SHIFT.name)
 ROW_METRICS = {
     "auc": names.irl_metric(None, "test", "auc_mean"),
     "spearman": names.irl_metric(None, "test", "spearman_mean"),
@@ -58,12 +59,9 @@ ROW_METRICS = {
     "mean_shift_spearman": names.irl_metric(MEAN_SHIFT.name, "test", "spearman_mean"),
     "mean_shift_within_prompt_spearman": names.irl_metric(MEAN_SHIFT.name, "test", "within_prompt_spearman_mean"),
     # the saved reward minus the mean-shift baseline within prompts, paired over the same prompts, with its interval
-    **dict(
-        zip(
-            ("within_prompt_vs_mean_shift", *names.interval("within_prompt_vs_mean_shift")),
-            (names.within_prompt_vs(MEAN_SHIFT.name), *names.interval(names.within_prompt_vs(MEAN_SHIFT.name))),
-        )
-    ),
+    "within_prompt_vs_mean_shift": VS_MEAN_SHIFT,
+    "within_prompt_vs_mean_shift_ci_low": names.interval(VS_MEAN_SHIFT)[0],
+    "within_prompt_vs_mean_shift_ci_high": names.interval(VS_MEAN_SHIFT)[1],
     "log_ratio_within_prompt_spearman": names.irl_metric(names.WHITE_BOX, "test", "within_prompt_spearman_mean"),
     # references, not IRL: the same head fitted on the row's reward (its sign on the demonstration texts; R*'s own
     # ordering of pairs of base samples): how much of that reward the features carry at all
