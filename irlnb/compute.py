@@ -65,6 +65,13 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if native else "float32"
 
 
+def cache_file(directory: Path, kind: str, key: object) -> Path:
+    """Where what a frozen model computed for `key` is kept: `directory`/<kind>-<digest of key and torch's version>.pt
+    (`key`: JSON, everything the value depends on)."""
+    identity = json.dumps({"torch": torch.__version__, "key": key}, sort_keys=True, default=str)
+    return Path(directory) / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
+
+
 def frozen_cached(
     directory: Path, kind: str, key: object, compute: Callable[[], Value], usable: Callable[[Value], bool]
 ) -> Value:
@@ -73,8 +80,7 @@ def frozen_cached(
     samples and log-probabilities are kept this way in a cache that the runs of one runs directory share
     (`RunLayout.cache`). A kept file that a kill cut short, that is damaged or that `usable` refuses is recomputed.
     """
-    identity = json.dumps({"torch": torch.__version__, "key": key}, sort_keys=True, default=str)
-    path = Path(directory) / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
+    path = cache_file(directory, kind, key)
     if path.is_file():
         try:
             kept = torch.load(path, weights_only=True)

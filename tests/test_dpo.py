@@ -9,29 +9,29 @@ import math
 import numpy as np
 import pytest
 import torch
+import trl
 from conftest import PROMPTS, length_reward
 
 from irlnb.layout import read_json
 from irlnb.models.policies import embedded_policy_dir, load_policy
 from irlnb.params_file import parse_section
-from irlnb.rl.dpo import PAIRS_FILE, train_dpo
+from irlnb.rl.dpo import PAIRS_FILE, ReferenceLogProbs, train_dpo
 from irlnb.rl.kinds import KINDS
 from irlnb.rl.reward_signal import Normalizer, PolicyReward
 from irlnb.rl.training_job import StageTraining, TrainingJob
 
 
-def dpo_job(tmp_path, dtype: str) -> TrainingJob:
-    """A dpo training of the tiny model on a length reward (longer continuations preferred)."""
+def dpo_job(tmp_path, dtype: str, scorer=length_reward, folder: str = "") -> TrainingJob:
+    """A dpo training of the tiny model on a length reward (longer continuations preferred), or on `scorer`,
+    checkpointed in tmp_path/`folder` (default: the dtype's name)."""
     _, tokenizer = load_policy("embedded:tiny-gpt-neox")
     prompts = PROMPTS * 3
-    reward = PolicyReward(
-        length_reward, Normalizer.fit(length_reward(PROMPTS + [p + " and so on" for p in PROMPTS])), "ground_truth"
-    )
+    reward = PolicyReward(scorer, Normalizer.fit(scorer(PROMPTS + [p + " and so on" for p in PROMPTS])), "ground_truth")
     start = StageTraining(reward, prompts, 0, embedded_policy_dir("tiny-gpt-neox"), tokenizer, "key", [])
     settings = dict(prompts=len(prompts), n=4, learning_rate=1e-3, per_device_train_batch_size=4, lora_rank=8)
     section = parse_section("dpo", settings, "test")
     rlhf = parse_section("rlhf", {"trainer": "dpo", "max_completion_length": 6}, "test")
-    return TrainingJob(KINDS["dpo"], start, tmp_path / dtype, 0, rlhf, section, "float32", "cpu", dtype)
+    return TrainingJob(KINDS["dpo"], start, tmp_path / (folder or dtype), 0, rlhf, section, "float32", "cpu", dtype)
 
 
 def test_the_bfloat16_dpo_step_follows_the_float32_step_on_the_same_pairs(tmp_path):
@@ -49,3 +49,44 @@ def test_the_bfloat16_dpo_step_follows_the_float32_step_on_the_same_pairs(tmp_pa
     moved = [name for name, p in mixed.model.named_parameters() if not torch.equal(p, base[name])]
     assert moved  # the merged LoRA changed the policy
     assert {p.dtype for p in mixed.model.parameters()} == {torch.float32}  # autocast: float32 weights
+
+
+def shorter_is_better(texts):
+    return -length_reward(texts)
+
+
+def test_a_second_alignment_of_the_same_samples_reads_the_reference_log_probabilities_the_first_kept(
+    tmp_path, monkeypatch
+):
+    """The alignments of one run order the same base samples by their own rewards: the reference's log-probabilities
+    the first read are kept beside the samples, and a second alignment (here the opposite reward: the same pairs
+    reversed) reads none through the reference again. In float32 a row's log-probability does not depend on its
+    batch, so the second training is the one it would be alone, loss for loss; bfloat16 keeps a file of its own."""
+    read_through_reference = []
+    precompute = trl.DPOTrainer._precompute_ref_logps
+
+    def counted(self, dataset, name, batch_size):
+        read_through_reference.append(len(dataset))
+        return precompute(self, dataset, name, batch_size)
+
+    monkeypatch.setattr(trl.DPOTrainer, "_precompute_ref_logps", counted)
+    train_dpo(dpo_job(tmp_path / "run", "float32", folder="03_rlhf_ground_truth"))
+    pairs = len(read_json(tmp_path / "run" / "03_rlhf_ground_truth" / PAIRS_FILE)["prompt"])
+    assert read_through_reference == [pairs]
+    kept = list((tmp_path / "run" / "base_candidates").glob("reference-log-probs-*.json"))
+    assert len(kept) == 1 and len(read_json(kept[0])) == 2 * pairs  # each pair's two samples
+
+    shared = train_dpo(dpo_job(tmp_path / "run", "float32", shorter_is_better, folder="03_rlhf_learned"))
+    assert read_through_reference == [pairs]  # nothing read again
+    alone = train_dpo(dpo_job(tmp_path / "alone", "float32", shorter_is_better, folder="03_rlhf_learned"))
+    assert read_through_reference == [pairs, pairs]
+    assert shared.steps == alone.steps >= 2
+    assert shared.log["loss"].tolist() == alone.log["loss"].tolist()
+    assert shared.log["implicit_reward_margin"].tolist() == alone.log["implicit_reward_margin"].tolist()
+
+    job = dpo_job(tmp_path / "run", "float32")
+    assert ReferenceLogProbs.of_job(job, 8).path == kept[0]
+    assert ReferenceLogProbs.of_job(dpo_job(tmp_path / "run", "bfloat16"), 8).path != kept[0]
+    assert ReferenceLogProbs.of_job(job, 4).path != kept[0]  # another precomputation batch
+    kept[0].write_text('{"1,2|3": ')  # cut short by a kill
+    assert ReferenceLogProbs(kept[0]).values == {}  # read again, not trusted

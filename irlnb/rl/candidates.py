@@ -4,6 +4,7 @@ infonca) read them, and the alignments of one run with R*, R-hat and a random re
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -13,6 +14,12 @@ from irlnb.models.policies import weights_sha256
 from irlnb.rl.generation import sample_continuations
 from irlnb.rl.sampling import sampling_decoding
 from irlnb.rl.training_job import TrainingJob
+
+
+def candidates_folder(job: TrainingJob) -> Path:
+    """Where a run keeps what the alignments of its base share: the base's samples and what the reference reads of
+    them (beside every training key's checkpoints, so a new training key keeps them)."""
+    return job.checkpoints.parent / "base_candidates"
 
 
 def base_candidates(job: TrainingJob) -> list[list[str]]:
@@ -40,7 +47,7 @@ def base_candidates(job: TrainingJob) -> list[list[str]]:
         )
 
     return frozen_cached(
-        job.checkpoints.parent / "base_candidates",
+        candidates_folder(job),
         "samples",
         key,
         draw,

@@ -10,6 +10,12 @@ same optimum as KL-regularised RL: what a trained expert carries of its reward i
 The prompts are a seeded sample of the train prompts (irlnb.rl.training.training_rows); IRL's
 demonstrations never use them (irlnb.irl.demonstrations). This module imports TRL; only a training
 loads it.
+
+The alignments of one run with R*, R-hat and a random reward order the same base samples into pairs
+(irlnb.rl.candidates), so the reference's log-probability of each sample given its prompt is read once:
+the first alignment reads its pairs through TRL's precomputation, exactly as TRL alone would, and keeps
+each sample's value beside the samples (`ReferenceLogProbs`); a later alignment reads its pairs' values
+there and sends only samples not yet read through the reference.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import torch
 import trl
 from transformers import AutoModelForCausalLM
 
+from irlnb.compute import cache_file
 from irlnb.layout import read_json, write_json_atomic
-from irlnb.rl.candidates import base_candidates
+from irlnb.models.policies import weights_sha256
+from irlnb.rl.candidates import base_candidates, candidates_folder
 from irlnb.rl.policy_gradient import StepProgress, checkpointing, finished_training, lora_config
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
@@ -68,6 +76,74 @@ def draw_pairs(job: TrainingJob) -> pd.DataFrame:
     return pairs
 
 
+class ReferenceLogProbs:
+    """The reference policy's log-probability of each completion given its prompt, keyed by their token ids, as TRL's
+    precomputation read them: a JSON object {"<prompt ids>|<completion ids>": value}. Its file is named by what the
+    values depend on (the reference's weights, the step's dtype and device, the precomputation's batch: bfloat16
+    rounds a row by its batch's padding), so a value is never read under other settings."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            kept = read_json(path, default={})
+        except ValueError:  # a damaged file is read again, as any frozen cache is (irlnb.compute.frozen_cached)
+            kept = {}
+        usable = isinstance(kept, dict) and all(isinstance(value, float) for value in kept.values())
+        self.values: dict[str, float] = kept if usable else {}
+
+    @classmethod
+    def of_job(cls, job: TrainingJob, batch_size: int) -> ReferenceLogProbs:
+        key = {
+            "reference": weights_sha256(job.start.policy_dir),
+            "dtype": job.training_dtype,
+            "device": job.device,
+            "batch_size": batch_size,
+        }
+        return cls(cache_file(candidates_folder(job), "reference-log-probs", key).with_suffix(".json"))
+
+    @staticmethod
+    def keys(rows: datasets.Dataset, side: str) -> list[str]:
+        """The keys of the `side` ("chosen" or "rejected") of TRL's tokenized pairs (`prompt_ids`, `<side>_ids`)."""
+        return [
+            f"{','.join(map(str, prompt))}|{','.join(map(str, completion))}"
+            for prompt, completion in zip(rows["prompt_ids"], rows[f"{side}_ids"], strict=True)
+        ]
+
+    def missing(self, rows: datasets.Dataset) -> list[int]:
+        """Indices of the pairs with a side not yet read."""
+        sides = zip(self.keys(rows, "chosen"), self.keys(rows, "rejected"))
+        return [index for index, keys in enumerate(sides) if any(key not in self.values for key in keys)]
+
+    def add(self, rows: datasets.Dataset, read: datasets.Dataset) -> None:
+        """Keep what TRL's precomputation `read` of `rows` (its `ref_<side>_logps`) and write the file atomically."""
+        for side in ("chosen", "rejected"):
+            self.values.update(zip(self.keys(rows, side), map(float, read[f"ref_{side}_logps"]), strict=True))
+        write_json_atomic(self.path, self.values)
+
+    def columns(self, rows: datasets.Dataset) -> datasets.Dataset:
+        """The `ref_chosen_logps` and `ref_rejected_logps` columns of `rows`, as TRL's precomputation adds them."""
+        names = {side: f"ref_{side}_logps" for side in ("chosen", "rejected")}
+        values = {name: [self.values[key] for key in self.keys(rows, side)] for side, name in names.items()}
+        features = datasets.Features({name: datasets.Value("float32") for name in names.values()})
+        return datasets.Dataset.from_dict(values, features=features)
+
+
+class SharedReferenceDPOTrainer(trl.DPOTrainer):
+    """TRL's DPOTrainer whose reference log-probabilities of the pairs are read from `reference` where an earlier
+    alignment of the same base samples read them, and through TRL's precomputation (then kept there) where not."""
+
+    def __init__(self, *args, reference: ReferenceLogProbs, **kwargs):
+        self.reference = reference  # TRL's __init__ precomputes: set first
+        super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset: datasets.Dataset, name: str, batch_size: int) -> datasets.Dataset:
+        missing = self.reference.missing(dataset)
+        if missing:
+            rows = dataset if len(missing) == len(dataset) else dataset.select(missing)  # all: TRL's own batches
+            self.reference.add(rows, super()._precompute_ref_logps(rows, name, batch_size))
+        return datasets.concatenate_datasets([dataset, self.reference.columns(dataset)], axis=1)
+
+
 def dpo_config(output_dir: Path, section, seed: int, use_cpu: bool, max_steps: int, bf16: bool):
     """TRL's DPOConfig from the section's settings (under TRL's names), with every setting that matters on CPU
     spelled out. `bf16`: the step (and the reference log-probabilities, computed once before it) under bfloat16
@@ -100,11 +176,13 @@ def train_dpo(job: TrainingJob) -> TrainingResult:
     section = job.section
     max_steps = section.num_train_epochs * math.ceil(len(pairs) / section.per_device_train_batch_size)
     model = AutoModelForCausalLM.from_pretrained(job.start.policy_dir, dtype=torch.float32)
-    trainer = trl.DPOTrainer(
+    args = dpo_config(
+        job.checkpoints, section, job.seed, job.device == "cpu", max_steps, job.training_dtype == "bfloat16"
+    )
+    trainer = SharedReferenceDPOTrainer(
+        reference=ReferenceLogProbs.of_job(job, args.precompute_ref_batch_size),
         model=model,
-        args=dpo_config(
-            job.checkpoints, section, job.seed, job.device == "cpu", max_steps, job.training_dtype == "bfloat16"
-        ),
+        args=args,
         train_dataset=datasets.Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False),
         processing_class=copy.deepcopy(job.start.tokenizer),
         peft_config=lora_config(section),
