@@ -73,7 +73,7 @@ def test_a_second_alignment_of_the_same_samples_reads_the_reference_log_probabil
     train_dpo(dpo_job(tmp_path / "run", "float32", folder="03_rlhf_ground_truth"))
     pairs = len(read_json(tmp_path / "run" / "03_rlhf_ground_truth" / PAIRS_FILE)["prompt"])
     assert read_through_reference == [pairs]
-    kept = list((tmp_path / "run" / "base_candidates").glob("reference-log-probs-*.json"))
+    kept = list((tmp_path / "run" / "base_candidates").glob("dpo-reference-log-probs-*.json"))
     assert len(kept) == 1 and len(read_json(kept[0])) == 2 * pairs  # each pair's two samples
 
     shared = train_dpo(dpo_job(tmp_path / "run", "float32", shorter_is_better, folder="03_rlhf_learned"))

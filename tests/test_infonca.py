@@ -53,13 +53,11 @@ def test_the_loss_is_least_where_the_log_ratios_are_the_log_targets_up_to_a_shif
     assert float(infonca_loss(elsewhere, targets)) > float(entropy)
 
 
-def infonca_job(tmp_path, dtype: str, folder: str = "", **changes) -> TrainingJob:
-    """An infonca training of the tiny model on a length reward (longer continuations score higher)."""
+def infonca_job(tmp_path, dtype: str, folder: str = "", scorer=length_reward, **changes) -> TrainingJob:
+    """An infonca training of the tiny model on a length reward (longer continuations score higher), or `scorer`."""
     model, tokenizer = load_policy("embedded:tiny-gpt-neox")
     prompts = PROMPTS * 3
-    reward = PolicyReward(
-        length_reward, Normalizer.fit(length_reward(PROMPTS + [p + " and so on" for p in PROMPTS])), "ground_truth"
-    )
+    reward = PolicyReward(scorer, Normalizer.fit(scorer(PROMPTS + [p + " and so on" for p in PROMPTS])), "ground_truth")
     start = StageTraining(reward, prompts, 0, embedded_policy_dir("tiny-gpt-neox"), tokenizer, "key", [])
     settings = dict(
         prompts=len(prompts),
@@ -123,6 +121,28 @@ def test_a_training_whose_samples_were_drawn_before_trains_the_same_policy(tmp_p
     assert (tmp_path / "again" / SAMPLES_FILE).is_file() and read_back.resumed_from == 0
     for (name, a), (_, b) in zip(drawn.model.state_dict().items(), read_back.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_the_alignments_of_one_run_read_the_base_log_probabilities_of_their_shared_samples_once(tmp_path, monkeypatch):
+    """A second alignment of the same samples with another reward (shorter continuations score higher) reads the
+    base's log-probabilities the first kept beside the samples: the numbers a reading of its own gives, bit for bit."""
+    from irlnb.rl import infonca
+
+    reads = []
+    read = infonca.sample_log_probs
+    monkeypatch.setattr(infonca, "sample_log_probs", lambda *args: reads.append(1) or read(*args))
+    shorter = lambda texts: -length_reward(texts)  # noqa: E731
+    train_infonca(infonca_job(tmp_path / "run", "float32", folder="03_rlhf_ground_truth", num_train_epochs=1))
+    train_infonca(infonca_job(tmp_path / "run", "float32", "03_rlhf_learned", shorter, num_train_epochs=1))
+    assert len(reads) == 1
+    train_infonca(infonca_job(tmp_path / "alone", "float32", "03_rlhf_learned", shorter, num_train_epochs=1))
+    assert len(reads) == 2
+    first, shared, alone = (
+        ScoredSamples.from_json(read_json(tmp_path / run / folder / SAMPLES_FILE))
+        for run, folder in (("run", "03_rlhf_ground_truth"), ("run", "03_rlhf_learned"), ("alone", "03_rlhf_learned"))
+    )
+    assert np.array_equal(shared.reference, first.reference) and np.array_equal(shared.reference, alone.reference)
+    assert np.array_equal(shared.rewards, -first.rewards)  # another reward, the same samples
 
 
 def test_the_bfloat16_step_follows_the_float32_step_on_the_same_batches(tmp_path):

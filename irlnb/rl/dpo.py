@@ -99,7 +99,7 @@ class ReferenceLogProbs:
             "device": job.device,
             "batch_size": batch_size,
         }
-        return cls(cache_file(candidates_folder(job), "reference-log-probs", key).with_suffix(".json"))
+        return cls(cache_file(candidates_folder(job), "dpo-reference-log-probs", key).with_suffix(".json"))
 
     @staticmethod
     def keys(rows: datasets.Dataset, side: str) -> list[str]:

@@ -11,7 +11,8 @@ this fits how much better each of n samples is, so the log-ratio can order a pro
 
 The base's log-probabilities of the samples are read once, before the first step, by the same forward and dtype the
 policy trains in (its LoRA adapter starts at zero), and kept beside the checkpoints with the scored samples, so a
-resumed training fits the same targets. The step runs in `compute.training_dtype`: bfloat16 autocast over float32
+resumed training fits the same targets; the alignments of one run that share the samples read them once
+(`shared_reference`). The step runs in `compute.training_dtype`: bfloat16 autocast over float32
 weights where the device computes it natively (`irlnb bench`'s `infonca_step` keys compare it with float32).
 """
 
@@ -25,10 +26,12 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
+from irlnb.compute import frozen_cached
 from irlnb.layout import read_json, write_json_atomic
+from irlnb.models.policies import weights_sha256
 from irlnb.progress import tracked
 from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
-from irlnb.rl.candidates import base_candidates
+from irlnb.rl.candidates import base_candidates, candidates_folder
 from irlnb.rl.policy_gradient import StepProgress, checkpointing, finished_training, lora_config
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
@@ -150,10 +153,32 @@ def scored_samples(job: TrainingJob, model) -> ScoredSamples:
     prompts = [prompt for prompt in start.prompts for _ in range(job.section.n)]
     flat = [sample for drawn in candidates for sample in drawn]
     rewards = np.asarray(start.reward(prompts, flat)).reshape(len(start.prompts), job.section.n)
-    reference = sample_log_probs(model, start.tokenizer, prompts, flat, job)
+    reference = shared_reference(job, model, prompts, flat)
     samples = ScoredSamples(list(start.prompts), candidates, rewards, reference.reshape(rewards.shape))
     write_json_atomic(saved, samples.to_json())
     return samples
+
+
+def shared_reference(job: TrainingJob, model, prompts: list[str], samples: list[str]) -> np.ndarray:
+    """`sample_log_probs` of the base samples, read once for the alignments of one run that share them (with R*,
+    R-hat and a random reward: irlnb.rl.candidates) and kept beside them: the same rows, batches and dtype give the
+    same numbers, so a later alignment reads them back (`frozen_cached`). The LoRA policy before its first step
+    reads as its base (its adapter adds an exact zero)."""
+    key = {
+        "reference": weights_sha256(job.start.policy_dir),
+        "prompts": prompts,
+        "samples": samples,
+        "batch": job.section.per_device_train_batch_size * job.section.n,
+        "dtype": job.training_dtype,
+        "device": job.device,
+    }
+    return frozen_cached(
+        candidates_folder(job),
+        "infonca-reference-log-probs",
+        key,
+        lambda: torch.from_numpy(sample_log_probs(model, job.start.tokenizer, prompts, samples, job)),
+        lambda kept: isinstance(kept, torch.Tensor) and kept.shape == (len(samples),),
+    ).numpy()
 
 
 def sample_log_probs(model, tokenizer, prompts, continuations, job: TrainingJob) -> np.ndarray:
