@@ -7,8 +7,9 @@ prefix (the longest matching prefix wins) an absolute and/or a relative toleranc
 when |measured − reference| <= max(abs, rel × |reference|). Those were measured from changes that keep
 every random draw (threads, machines). `replicates` names a record of `irlnb replicates` and a number k:
 a key also passes within k × its SD over that record's alignment seeds, the spread of a change that draws
-again. Each failure says which of the two set its tolerance. Timing keys and bootstrap interval bounds
-(`*_ci_*`) are ignored: the first measure the machine, the second move with their point.
+again. Each failure says which of the two set its tolerance. Timing keys (`timing.*`, and stage 04's own
+`irl.time.*`) and bootstrap interval bounds (`*_ci_*`) are ignored: the first measure the machine, the second move
+with their point.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from irlnb.pipeline.lock import check_free
 REFERENCE_DIR = REPO_ROOT / "regress"
 TOLERANCES_FILE = "tolerances.yaml"
 REGRESS_RUNS_DIR = "runs/regress"
-ALWAYS_IGNORED = (f"{metric_names.TIMING}*", "*_ci_*")
+ALWAYS_IGNORED = (f"{metric_names.TIMING}*", f"{metric_names.IRL_TIME}*", "*_ci_*")  # the machine; the point
 SEED_SPREAD = "SD over seeds"  # how a deviation names a tolerance set by the spread over alignment seeds
 # Where two runs' params may differ and still be the same experiment.
 NOT_COMPARED_PARAMS = ("run",)
