@@ -586,3 +586,24 @@ def test_the_runs_comparison_shows_a_saved_reward_fitted_once_without_an_sd(tmp_
     assert table.loc[1, "irl.test.accuracy_sd"] == 0.05 and math.isnan(table.loc[1, "irl.fits"])  # an older run
     figure = study_plots.runs_comparison_figure(table)
     assert [text.get_text() for text in figure.axes[1].texts] == ["one fit"]
+
+
+def test_the_reward_distribution_figure_is_the_same_figure_from_the_same_scores():
+    """Its interval bars come from a bootstrap: seeded, so a rerun publishes the same figure (a run equal to its
+    reference in every metric had published this one with other bars)."""
+    import matplotlib.pyplot as plt
+
+    from irlnb.report.plots import reward_distribution_figure
+
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame({"reward": rng.normal(size=200), "label": np.repeat([0, 1], 100)})
+
+    def bars() -> list[np.ndarray]:
+        fig = reward_distribution_figure(scores, "test")
+        points = [line.get_xydata() for line in fig.axes[1].lines]
+        lines = [xy for xy in points if len(xy) == 2 and xy[0, 0] == xy[1, 0]]  # the vertical interval bars
+        plt.close(fig)
+        return lines
+
+    first, again = bars(), bars()
+    assert len(first) == 2 and all(np.array_equal(a, b) for a, b in zip(first, again))

@@ -38,7 +38,8 @@ def curation_figure(curated: pd.DataFrame) -> plt.Figure:
 
 
 def reward_distribution_figure(scores: pd.DataFrame, classifier_name: str) -> plt.Figure:
-    """The paper's Figure 2: R* split by human label, and mean R* by label."""
+    """The paper's Figure 2: R* split by human label, and mean R* by label (its interval a seeded bootstrap: the
+    same figure from the same scores)."""
     frame = scores.assign(**{LABEL: scores["label"].map(LABEL_NAMES)})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
     sns.histplot(frame, x="reward", hue=LABEL, palette=PALETTE, element="step", bins=40, ax=left)
@@ -46,7 +47,7 @@ def reward_distribution_figure(scores: pd.DataFrame, classifier_name: str) -> pl
     left.set(
         title=f"R* = -logit p_toxic ({classifier_name}) on prompt + original continuation", xlabel="R* (> 0: non-toxic)"
     )
-    sns.barplot(frame, x=LABEL, y="reward", hue=LABEL, palette=PALETTE, errorbar=("ci", 95), ax=right)
+    sns.barplot(frame, x=LABEL, y="reward", hue=LABEL, palette=PALETTE, errorbar=("ci", 95), seed=0, ax=right)
     right.axhline(0, color="black", lw=0.8)
     right.set(title="mean R* by human label (95% CI)", xlabel="", ylabel="mean R*")
     fig.tight_layout()
