@@ -65,11 +65,11 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if native else "float32"
 
 
-def cache_file(directory: Path, kind: str, key: object) -> Path:
-    """Where what a frozen model computed for `key` is kept: `directory`/<kind>-<digest of key and torch's version>.pt
-    (`key`: JSON, everything the value depends on)."""
+def cache_file(directory: Path, kind: str, key: object, suffix: str = ".pt") -> Path:
+    """Where what a frozen model computed for `key` is kept: `directory`/<kind>-<digest of key and torch's
+    version><suffix> (`key`: JSON, everything the value depends on)."""
     identity = json.dumps({"torch": torch.__version__, "key": key}, sort_keys=True, default=str)
-    return Path(directory) / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
+    return Path(directory) / f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:24]}{suffix}"
 
 
 def frozen_cached(

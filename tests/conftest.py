@@ -85,6 +85,11 @@ def length_reward(texts):
     return np.array([float(len(t)) for t in texts])
 
 
+def shorter_is_better(texts):
+    """The opposite toy reward: fewer characters score higher (another alignment of the same samples)."""
+    return -length_reward(texts)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return load_policy("embedded:tiny-gpt-neox")

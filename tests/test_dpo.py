@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import trl
-from conftest import PROMPTS, length_reward
+from conftest import PROMPTS, length_reward, shorter_is_better
 
 from irlnb.layout import read_json
 from irlnb.models.policies import embedded_policy_dir, load_policy
@@ -49,10 +49,6 @@ def test_the_bfloat16_dpo_step_follows_the_float32_step_on_the_same_pairs(tmp_pa
     moved = [name for name, p in mixed.model.named_parameters() if not torch.equal(p, base[name])]
     assert moved  # the merged LoRA changed the policy
     assert {p.dtype for p in mixed.model.parameters()} == {torch.float32}  # autocast: float32 weights
-
-
-def shorter_is_better(texts):
-    return -length_reward(texts)
 
 
 def test_a_second_alignment_of_the_same_samples_reads_the_reference_log_probabilities_the_first_kept(

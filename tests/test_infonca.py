@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import PROMPTS, length_reward
+from conftest import PROMPTS, length_reward, shorter_is_better
 from peft import get_peft_model
 from scipy.stats import spearmanr
 
@@ -131,11 +131,10 @@ def test_the_alignments_of_one_run_read_the_base_log_probabilities_of_their_shar
     reads = []
     read = infonca.sample_log_probs
     monkeypatch.setattr(infonca, "sample_log_probs", lambda *args: reads.append(1) or read(*args))
-    shorter = lambda texts: -length_reward(texts)  # noqa: E731
     train_infonca(infonca_job(tmp_path / "run", "float32", folder="03_rlhf_ground_truth", num_train_epochs=1))
-    train_infonca(infonca_job(tmp_path / "run", "float32", "03_rlhf_learned", shorter, num_train_epochs=1))
+    train_infonca(infonca_job(tmp_path / "run", "float32", "03_rlhf_learned", shorter_is_better, num_train_epochs=1))
     assert len(reads) == 1
-    train_infonca(infonca_job(tmp_path / "alone", "float32", "03_rlhf_learned", shorter, num_train_epochs=1))
+    train_infonca(infonca_job(tmp_path / "alone", "float32", "03_rlhf_learned", shorter_is_better, num_train_epochs=1))
     assert len(reads) == 2
     first, shared, alone = (
         ScoredSamples.from_json(read_json(tmp_path / run / folder / SAMPLES_FILE))

@@ -79,8 +79,8 @@ def draw_pairs(job: TrainingJob) -> pd.DataFrame:
 class ReferenceLogProbs:
     """The reference policy's log-probability of each completion given its prompt, keyed by their token ids, as TRL's
     precomputation read them: a JSON object {"<prompt ids>|<completion ids>": value}. Its file is named by what the
-    values depend on (the reference's weights, the step's dtype and device, the precomputation's batch: bfloat16
-    rounds a row by its batch's padding), so a value is never read under other settings."""
+    values depend on (the reference's weights, the step's dtype and device, the precomputation's batch, as bfloat16
+    rounds a row by its batch's padding, and TRL's version), so a value is never read under other settings."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -98,8 +98,9 @@ class ReferenceLogProbs:
             "dtype": job.training_dtype,
             "device": job.device,
             "batch_size": batch_size,
+            "trl": trl.__version__,  # whose precomputation read them
         }
-        return cls(cache_file(candidates_folder(job), "dpo-reference-log-probs", key).with_suffix(".json"))
+        return cls(cache_file(candidates_folder(job), "dpo-reference-log-probs", key, suffix=".json"))
 
     @staticmethod
     def keys(rows: datasets.Dataset, side: str) -> list[str]:
