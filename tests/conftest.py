@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 from irlnb.irl.feature_sets import PairSet, TextSet
 from irlnb.models.policies import load_policy
@@ -51,13 +53,30 @@ def irlnb_cli(
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
-    """One complete smoke run (every stage, 01 to 05) shared by the tests that only read it."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    params = write_params(tmp)
-    done = irlnb_cli("run", str(params))
-    assert done.returncode == 0, done.stderr
+def smoke_run(tmp_path_factory, worker_id) -> Path:
+    """One complete smoke run (every stage, 01 to 05) shared by the tests that only read it (a test that writes
+    into a run writes into `copy_of_smoke_run`). `make test` runs the tests in pytest-xdist workers: the first
+    worker to ask makes the run, under a lock the others wait on, in the folder all workers share."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    tmp = shared / "smoke-run"
+    with FileLock(shared / "smoke-run.lock"):
+        if not (tmp / "complete").exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # a worker that failed to make it left a part
+            tmp.mkdir()
+            done = irlnb_cli("run", str(write_params(tmp)))
+            assert done.returncode == 0, done.stderr
+            (tmp / "complete").touch()
     return tmp / "runs" / "smoke"
+
+
+def copy_of_smoke_run(smoke_run: Path, tmp_path: Path) -> Path:
+    """A copy of the smoke run in tmp_path/runs/smoke, which `write_params(tmp_path)` points at: for a test
+    that writes into a finished run."""
+    run_dir = tmp_path / "runs" / "smoke"
+    shutil.copytree(smoke_run, run_dir, symlinks=True)
+    return run_dir
 
 
 def synthetic_pairs(n: int, seed: int) -> PairSet:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import REPO, irlnb_cli, write_params
+from conftest import REPO, copy_of_smoke_run, irlnb_cli, write_params
 from nbclient import NotebookClient
 
 from irlnb.pipeline.stages import NOTEBOOKS_DIR
@@ -57,9 +56,7 @@ def outputs(content) -> str:
 
 @pytest.fixture()
 def finished_run(smoke_run, tmp_path):
-    run_dir = tmp_path / "runs" / "smoke"
-    shutil.copytree(smoke_run, run_dir, symlinks=True)
-    return run_dir
+    return copy_of_smoke_run(smoke_run, tmp_path)
 
 
 def test_a_notebook_run_by_hand_never_changes_a_finished_run(finished_run):

@@ -24,7 +24,7 @@ from irlnb.params_file import load_config
 from irlnb.pipeline import layers
 from irlnb.rewards.features import FeatureReward, decoder_blocks, reward_form
 from irlnb.rewards.ground_truth import load_scores
-from tests.conftest import PARAMS, irlnb_cli
+from tests.conftest import PARAMS, copy_of_smoke_run, irlnb_cli, write_params
 
 
 def test_the_default_sweep_spans_the_depth_and_ends_at_the_final_state():
@@ -86,7 +86,8 @@ def test_where_poolings_are_compared_the_best_form_wins_and_each_is_named_by_its
 
 
 def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_path):
-    params = smoke_run.parent.parent / "params.yaml"
+    smoke_run = copy_of_smoke_run(smoke_run, tmp_path)  # it writes its table into the run
+    params = write_params(tmp_path)
     metrics_before = (smoke_run / "metrics.json").read_bytes()
     run_form = json.loads((smoke_run / "irl" / "reward" / "reward.json").read_text())
     record = tmp_path / "layers-smoke.metrics.json"
@@ -108,7 +109,8 @@ def test_a_layer_is_chosen_on_the_smoke_run_without_changing_it(smoke_run, tmp_p
 
 
 def test_the_blocks_average_is_swept_beside_them_and_recorded_by_name(smoke_run, tmp_path):
-    params = smoke_run.parent.parent / "params.yaml"
+    copy_of_smoke_run(smoke_run, tmp_path)  # it writes its table into the run
+    params = write_params(tmp_path)
     record = tmp_path / "layers-smoke.metrics.json"
     table = layers.choose_layer(load_config(params), [1, 2], seeds=1, record=record, average=True)["table"]
     average = table[table["layer"] == names.AVERAGE_LAYER]

@@ -38,12 +38,30 @@ def test_fewer_than_two_seeds_are_refused():
         replicates.run_replicates(load_config(PARAMS / "smoke.yaml"), seeds=1, record=None)
 
 
-def test_replicates_run_end_to_end_on_the_smoke_params(tmp_path):
-    """Two seeds of the smoke run: each a whole run of its own, then Table 1 over them, recorded."""
+def test_replicates_of_irl_alone_then_of_whole_runs_on_the_smoke_params(tmp_path):
+    """Two seeds of the smoke run, IRL alone (each run stops after stage 04) and recorded over the seeds; then the
+    whole runs, which go on where those stopped, and Table 1 over them, recorded."""
     base = load_config(write_params(tmp_path, **{"evaluation__bootstrap_samples": 100}))
+    record = tmp_path / "replicates-irl.metrics.json"
+    result = replicates.run_replicates(
+        base, seeds=2, runs_dir=str(tmp_path / "replicates"), record=record, irl_only=True
+    )
+    folders = [tmp_path / "replicates" / f"smoke-seed{s}" for s in (0, 1)]
+    assert all((folder / "irl" / "reward").is_dir() and not (folder / "rlhf_learned").exists() for folder in folders)
+    runs = [json.loads((folder / "metrics.json").read_text()) for folder in folders]
+    values = result["metrics"]
+    over_seeds = [run["irl.test.spearman_mean"] for run in runs]
+    assert values["replicates.irl.test.spearman_mean_sd"] == pytest.approx(np.std(over_seeds, ddof=1))
+    assert "replicates.ground_truth.toxicity_mean_mean" in values and not any("learned" in key for key in values)
+    saved = json.loads(record.read_text())
+    assert saved["until"] == "04_irl"
+    assert saved["sd_over_seeds"]["irl.test.spearman_mean"] == pytest.approx(np.std(over_seeds, ddof=1))
+    irl_stages = [(folder / "stages" / "04_irl.json").read_bytes() for folder in folders]
+
     record = tmp_path / "replicates.metrics.json"
     result = replicates.run_replicates(base, seeds=2, runs_dir=str(tmp_path / "replicates"), record=record)
-    runs = [json.loads((tmp_path / "replicates" / f"smoke-seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert [(folder / "stages" / "04_irl.json").read_bytes() for folder in folders] == irl_stages  # kept, not redone
+    runs = [json.loads((folder / "metrics.json").read_text()) for folder in folders]
     values = result["metrics"]
     assert values["replicates.seeds"] == 2
     for policy in ("base", "ground_truth", "learned", "random"):
@@ -66,21 +84,3 @@ def test_replicates_run_end_to_end_on_the_smoke_params(tmp_path):
     assert spread["irl.test.auc_mean"] == pytest.approx(np.std([run["irl.test.auc_mean"] for run in runs], ddof=1))
     assert spread["curate.n_train"] == 0 and spread["rlhf.ground_truth.toxicity_mean"] > 0
     assert not any(key.startswith("timing.") for key in spread)
-
-
-def test_irl_only_replicates_stop_after_irl_and_record_it_over_the_seeds(tmp_path):
-    base = load_config(write_params(tmp_path))
-    record = tmp_path / "replicates-irl.metrics.json"
-    result = replicates.run_replicates(
-        base, seeds=2, runs_dir=str(tmp_path / "replicates"), record=record, irl_only=True
-    )
-    folders = [tmp_path / "replicates" / f"smoke-seed{s}" for s in (0, 1)]
-    assert all((folder / "irl" / "reward").is_dir() and not (folder / "rlhf_learned").exists() for folder in folders)
-    runs = [json.loads((folder / "metrics.json").read_text()) for folder in folders]
-    values = result["metrics"]
-    over_seeds = [run["irl.test.spearman_mean"] for run in runs]
-    assert values["replicates.irl.test.spearman_mean_sd"] == pytest.approx(np.std(over_seeds, ddof=1))
-    assert "replicates.ground_truth.toxicity_mean_mean" in values and not any("learned" in key for key in values)
-    saved = json.loads(record.read_text())
-    assert saved["until"] == "04_irl"
-    assert saved["sd_over_seeds"]["irl.test.spearman_mean"] == pytest.approx(np.std(over_seeds, ddof=1))

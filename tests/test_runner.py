@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-from conftest import REPO, irlnb_cli, write_params
+from conftest import REPO, copy_of_smoke_run, irlnb_cli, write_params
 
 from irlnb.pipeline.stages import STAGES
 
@@ -86,16 +87,8 @@ def test_executed_notebooks_carry_the_injected_parameters(smoke_run):
     assert len(injected) == 1 and '"n_per_class": 60' in injected[0].source
 
 
-def _copy_run(smoke_run, tmp_path):
-    import shutil
-
-    runs = tmp_path / "runs"
-    shutil.copytree(smoke_run, runs / "smoke")
-    return runs / "smoke"
-
-
 def test_rerun_skips_and_changed_params_are_refused_without_force(smoke_run, tmp_path):
-    run_dir = _copy_run(smoke_run, tmp_path)
+    run_dir = copy_of_smoke_run(smoke_run, tmp_path)
     metrics_before = (run_dir / "metrics.json").read_bytes()
     params = write_params(tmp_path)
     done = irlnb_cli("run", str(params))
@@ -162,7 +155,7 @@ def test_keys_follow_what_a_result_depends_on():
 
 def test_an_evaluation_setting_reevaluates_and_a_training_setting_retrains(smoke_run, tmp_path):
     """End to end on the expert's stage (which stages a change redoes is checked on the keys, above)."""
-    run_dir = _copy_run(smoke_run, tmp_path)
+    run_dir = copy_of_smoke_run(smoke_run, tmp_path)
     resampled = write_params(tmp_path, name="resampled.yaml", evaluation__bootstrap_samples=300)
     done = irlnb_cli("run", str(resampled))
     assert done.returncode == 2 and "02_ground_truth_rm already finished with other settings" in done.stderr
@@ -218,9 +211,7 @@ def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
 
 
 def test_rlhf_trains_unchanged_under_accelerate_with_two_cpu_processes(smoke_run, tmp_path):
-    import shutil
-
-    run_dir = _copy_run(smoke_run, tmp_path)
+    run_dir = copy_of_smoke_run(smoke_run, tmp_path)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     params = write_params(tmp_path)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
@@ -262,7 +253,7 @@ def test_rlhf_trains_unchanged_under_accelerate_with_two_cpu_processes(smoke_run
 
 
 def test_a_training_killed_midway_resumes_from_its_last_checkpoint(smoke_run, tmp_path):
-    run_dir = _copy_run(smoke_run, tmp_path)
+    run_dir = copy_of_smoke_run(smoke_run, tmp_path)
     import shutil
 
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -366,7 +357,7 @@ def test_figures_are_published_only_by_a_complete_run_of_the_params_file_as_writ
     assert "figures not published" in done.stdout and "02_ground_truth_rm" in done.stdout
     assert not published.exists()  # a partial run would have removed what a complete one published
 
-    run_dir = _copy_run(smoke_run, tmp_path)
+    run_dir = copy_of_smoke_run(smoke_run, tmp_path)
     params = write_params(tmp_path, run__figures_dir=str(published))
     done = irlnb_cli("run", str(params), "--only", "05_analysis", "--force", "--set", "analysis.explorer_texts=7")
     assert done.returncode == 0, done.stderr

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from irlnb import metric_names
 from irlnb.config import ALIGNMENT_KINDS, SECTIONS, changes_result, doc
 from irlnb.errors import IrlnbError
@@ -286,6 +284,8 @@ def render_parameters_cell(notebook: str) -> str:
 
 
 def parameters_cell(path: Path) -> str:
+    import nbformat  # here, not above: its validator takes a second to import, which every stage kernel would pay
+
     notebook = nbformat.read(path, as_version=4)
     cells = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
     if len(cells) != 1:
@@ -331,6 +331,8 @@ def check_notebook(notebook: str) -> None:
 
 def write_parameters_cell(notebook: str) -> bool:
     """Rewrite a notebook's parameters cell from the config; True if it changed."""
+    import nbformat  # as in parameters_cell
+
     path = NOTEBOOKS_DIR / notebook
     content = nbformat.read(path, as_version=4)
     cell = next(c for c in content.cells if "parameters" in c.metadata.get("tags", []))
