@@ -62,9 +62,13 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
     )
     assert results["infonca_step.sequences"] == config.infonca.per_device_train_batch_size * config.infonca.n
 
-    # The DPO step (TRL's trainer) in both dtypes, the same way; the time outside the model is a share.
+    # The DPO step (TRL's trainer) in both dtypes, the same way, its LM head counted only where it projects (the
+    # completions' tokens); the time outside the model is a share.
+    assert 0 < results["dpo_step.scored_tokens"] < results["dpo_step.tokens"]
+    n_head = load_policy(config.sources.policy)[0].get_output_embeddings().weight.numel()
     for dtype in ("float32", "bfloat16"):
-        gflops = 4 * n_params * results["dpo_step.tokens"] / results[f"dpo_step.{dtype}_s"] / 1e9
+        tokens, scored = results["dpo_step.tokens"], results["dpo_step.scored_tokens"]
+        gflops = 4 * ((n_params - n_head) * tokens + n_head * scored) / results[f"dpo_step.{dtype}_s"] / 1e9
         assert results[f"dpo_step.{dtype}_gflops"] == approx(gflops)
         assert results[f"dpo_step.{dtype}_peak_fraction"] == approx(gflops / results[f"matmul.{dtype}_peak_gflops"])
         assert 0 <= results[f"dpo_step.{dtype}_outside_model_share"] < 1

@@ -17,6 +17,7 @@ from irlnb.models.policies import embedded_policy_dir, load_policy
 from irlnb.params_file import parse_section
 from irlnb.rl.dpo import PAIRS_FILE, ReferenceLogProbs, train_dpo
 from irlnb.rl.kinds import KINDS
+from irlnb.rl.policy_gradient import scoring_completions_only
 from irlnb.rl.reward_signal import Normalizer, PolicyReward
 from irlnb.rl.training_job import StageTraining, TrainingJob
 
@@ -86,3 +87,37 @@ def test_a_second_alignment_of_the_same_samples_reads_the_reference_log_probabil
     assert ReferenceLogProbs.of_job(job, 4).path != kept[0]  # another precomputation batch
     kept[0].write_text('{"1,2|3": ')  # cut short by a kill
     assert ReferenceLogProbs(kept[0]).values == {}  # read again, not trusted
+
+
+def test_trls_lm_head_projects_only_the_completion_positions_and_reads_the_same_values_and_gradients(monkeypatch):
+    from trl.trainer import utils as trl_utils
+
+    model, tokenizer = load_policy("embedded:tiny-gpt-neox")
+    model.get_output_embeddings().weight.requires_grad_(False)  # frozen, as under LoRA
+    trl_utils.add_fused_lm_head(model)
+    batch = tokenizer(["You are such a nice person, really", "The council voted"], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    labels[:, :3] = -100  # the prompt
+    projected = []  # how many positions each forward sends through the LM head
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def counting_apply(hidden, *rest):
+        projected.append(len(hidden))
+        return apply(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting_apply)
+
+    def read():
+        model.zero_grad()
+        log_probs = model(**batch, labels=labels, fused_lm_head=True).log_probs
+        log_probs.sum().backward()
+        return log_probs.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    every_position = read()
+    with scoring_completions_only():
+        completions_only = read()
+    assert projected == [labels[:, 1:].numel(), int((labels[:, 1:] != -100).sum())]
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # TRL's own choice again, outside the context
+    assert torch.equal(every_position[0], completions_only[0])
+    assert every_position[1].keys() == completions_only[1].keys() and len(every_position[1]) > 0
+    assert all(torch.equal(every_position[1][name], completions_only[1][name]) for name in every_position[1])

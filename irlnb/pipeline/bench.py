@@ -39,7 +39,7 @@ from irlnb.pipeline.provenance import provenance
 from irlnb.rewards.features import decoder_blocks, random_head, reward_form, score_tolerance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.kinds import BENCH_POLICY_GRADIENT, kind_of, kind_section
-from irlnb.rl.policy_gradient import lora_config, train_policy, trl_config
+from irlnb.rl.policy_gradient import lora_config, scoring_completions_only, train_policy, trl_config
 from irlnb.rl.reward_signal import Normalizer, PolicyReward, normalizer_texts
 from irlnb.rl.sampling import sampling_decoding
 from irlnb.rl.training import training_rows
@@ -294,7 +294,8 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     dpo should too is read from `bfloat16_speedup`), on the same pairs. A dtype's step time is its fastest after the
     first.
     Model FLOPs: 4N per token of prompt + chosen and prompt + rejected (forward 2N; backward through the
-    activations 2N, the frozen weights taking no gradient); each dtype's rate over the matmul peak in that dtype.
+    activations 2N, the frozen weights taking no gradient), the LM head's part of N counted only at the completion
+    tokens, the only ones it projects (`scoring_completions_only`); each dtype's rate over the matmul peak in it.
     Where the time goes: the share of the step spent outside the policy's forward and backward on the pairs' batch
     (`outside_model_share`: TRL's log-probability head, loss, optimiser and bookkeeping), the forward and backward
     timed alone under the same autocast."""
@@ -309,17 +310,17 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     prompts, chosen, rejected = prompts[:width], endings[:width], endings[width:]
     pairs = datasets.Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
     model, tokenizer = load_policy(config.sources.policy)
-    n_params = model.num_parameters()
+    n_params, n_head = model.num_parameters(), model.get_output_embeddings().weight.numel()
     del model
     sequences = [prompt + side for prompt, pair in zip(prompts, zip(chosen, rejected)) for side in pair]
-    tokens = count_tokens(tokenizer, sequences)
+    tokens, scored = count_tokens(tokenizer, sequences), count_tokens(tokenizer, chosen + rejected)
     batch = tokenizer(sequences, return_tensors="pt", padding=True)
-    values = {"dpo_step.tokens": float(tokens), "dpo_step.pairs": float(width)}
+    values = {"dpo_step.tokens": float(tokens), "dpo_step.scored_tokens": float(scored), "dpo_step.pairs": float(width)}
 
     def train(dtype: str):
         """The trainer after `steps` steps in `dtype`, and its fastest step after the first (warm-up)."""
         timer = StepTimer()
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, scoring_completions_only():
             args = dpo_config(Path(folder), section, 0, True, steps, bf16=dtype == "bfloat16")
             policy, _ = load_policy(config.sources.policy)
             trainer = trl.DPOTrainer(
@@ -342,7 +343,7 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
             logits.float().logsumexp(-1).mean().backward()
 
         model_s = best_seconds(forward_backward, repeats=2)
-        gflops = 4 * n_params * tokens / step_s / 1e9
+        gflops = 4 * ((n_params - n_head) * tokens + n_head * scored) / step_s / 1e9
         values.update(
             {
                 f"dpo_step.{dtype}_s": step_s,

@@ -35,7 +35,13 @@ from irlnb.compute import cache_file
 from irlnb.layout import read_json, write_json_atomic
 from irlnb.models.policies import weights_sha256
 from irlnb.rl.candidates import base_candidates, candidates_folder
-from irlnb.rl.policy_gradient import StepProgress, checkpointing, finished_training, lora_config
+from irlnb.rl.policy_gradient import (
+    StepProgress,
+    checkpointing,
+    finished_training,
+    lora_config,
+    scoring_completions_only,
+)
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 PAIRS_FILE = "dpo_pairs.json"  # the pairs of a training key, kept beside its checkpoints (a resume reuses them)
@@ -180,16 +186,17 @@ def train_dpo(job: TrainingJob) -> TrainingResult:
     args = dpo_config(
         job.checkpoints, section, job.seed, job.device == "cpu", max_steps, job.training_dtype == "bfloat16"
     )
-    trainer = SharedReferenceDPOTrainer(
-        reference=ReferenceLogProbs.of_job(job, args.precompute_ref_batch_size),
-        model=model,
-        args=args,
-        train_dataset=datasets.Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False),
-        processing_class=copy.deepcopy(job.start.tokenizer),
-        peft_config=lora_config(section),
-        callbacks=[StepProgress(job.start.reward, what="DPO")],
-    )
-    return finished_training(trainer, job, dpo_log)
+    with scoring_completions_only():  # the reference's precomputation (in __init__) and the steps
+        trainer = SharedReferenceDPOTrainer(
+            reference=ReferenceLogProbs.of_job(job, args.precompute_ref_batch_size),
+            model=model,
+            args=args,
+            train_dataset=datasets.Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False),
+            processing_class=copy.deepcopy(job.start.tokenizer),
+            peft_config=lora_config(section),
+            callbacks=[StepProgress(job.start.reward, what="DPO")],
+        )
+        return finished_training(trainer, job, dpo_log)
 
 
 DPO_LOG_COLUMNS = {

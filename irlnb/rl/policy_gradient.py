@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,25 @@ def finished_training(trainer, job: TrainingJob, log: Callable[[Any], pd.DataFra
         resumed_from=resumed_from,
         start=job.start,
     )
+
+
+@contextmanager
+def scoring_completions_only() -> Iterator[None]:
+    """While open, TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`, through which DPOTrainer,
+    RLOOTrainer and GRPOTrainer read the log-probabilities of completions) projects only the positions it scores,
+    the completion's, on every device. TRL does so only on Triton devices (CUDA, XPU) and elsewhere projects every
+    position, prompt included, so that a compiler (Neuron) sees fixed tile shapes; on a CPU nothing is compiled and
+    the prompt positions are half a DPO batch's positions or more. The values, and the gradient they pass back to
+    the backbone, are the same row for row (tests/test_dpo.py); only a trained LM head's own gradient (full
+    fine-tuning, not LoRA) sums its rows in another order."""
+    from trl.trainer import utils as trl_utils
+
+    scores_on_triton_only = trl_utils._use_triton  # what decides it, read on each forward
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = scores_on_triton_only
 
 
 def lora_config(section):
@@ -148,7 +168,8 @@ def job_trainer(job: TrainingJob):
 
 def train_policy_gradient(job: TrainingJob) -> TrainingResult:
     """The train function of the policy-gradient kinds (`rloo`, `grpo`: irlnb.rl.kinds)."""
-    trainer = job_trainer(job)
+    with scoring_completions_only():
+        trainer = job_trainer(job)
     return TrainingResult(
         model=trained_policy(trainer),
         log=training_log(trainer, job.start.reward),
