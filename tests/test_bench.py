@@ -74,6 +74,8 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
         assert 0 <= results[f"dpo_step.{dtype}_outside_model_share"] < 1
     speedup = results["dpo_step.float32_s"] / results["dpo_step.bfloat16_s"]
     assert results["dpo_step.bfloat16_speedup"] == approx(speedup)
+    every_position = results["dpo_step.bfloat16_every_position_s"]
+    assert results["dpo_step.completions_only_speedup"] == approx(every_position / results["dpo_step.bfloat16_s"])
     assert results["dpo_step.pairs"] == config.dpo.per_device_train_batch_size
 
     # A white-box batch: the package's per-sequence log-softmax against one over the whole batch, the same numbers.

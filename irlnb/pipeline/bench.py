@@ -8,6 +8,7 @@ both alike. Keys are flat `name -> number`; later stages add theirs here. The ge
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 import time
@@ -298,7 +299,9 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     tokens, the only ones it projects (`scoring_completions_only`); each dtype's rate over the matmul peak in it.
     Where the time goes: the share of the step spent outside the policy's forward and backward on the pairs' batch
     (`outside_model_share`: TRL's log-probability head, loss, optimiser and bookkeeping), the forward and backward
-    timed alone under the same autocast."""
+    timed alone under the same autocast (with the LM head at every position: a lower bound of that share since the
+    step projects only the completions); and the bfloat16 step with TRL's head at every position, as TRL projects
+    off Triton devices (`bfloat16_every_position_s`, `completions_only_speedup`), side by side."""
     import datasets
     import trl
 
@@ -317,10 +320,12 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     batch = tokenizer(sequences, return_tensors="pt", padding=True)
     values = {"dpo_step.tokens": float(tokens), "dpo_step.scored_tokens": float(scored), "dpo_step.pairs": float(width)}
 
-    def train(dtype: str):
-        """The trainer after `steps` steps in `dtype`, and its fastest step after the first (warm-up)."""
+    def train(dtype: str, completions_only: bool = True):
+        """The trainer after `steps` steps in `dtype`, and its fastest step after the first (warm-up); its LM head
+        projecting only the completions' positions, as the kind trains, or every position, as TRL alone does."""
         timer = StepTimer()
-        with tempfile.TemporaryDirectory() as folder, scoring_completions_only():
+        scoring = scoring_completions_only() if completions_only else contextlib.nullcontext()
+        with tempfile.TemporaryDirectory() as folder, scoring:
             args = dpo_config(Path(folder), section, 0, True, steps, bf16=dtype == "bfloat16")
             policy, _ = load_policy(config.sources.policy)
             trainer = trl.DPOTrainer(
@@ -353,6 +358,9 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
             }
         )
     values["dpo_step.bfloat16_speedup"] = values["dpo_step.float32_s"] / values["dpo_step.bfloat16_s"]
+    every_position_s = train("bfloat16", completions_only=False)[1]
+    values["dpo_step.bfloat16_every_position_s"] = every_position_s
+    values["dpo_step.completions_only_speedup"] = every_position_s / values["dpo_step.bfloat16_s"]
     return values
 
 
