@@ -53,12 +53,12 @@ def irlnb_cli(
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, worker_id) -> Path:
+def smoke_run(tmp_path_factory) -> Path:
     """One complete smoke run (every stage, 01 to 05) shared by the tests that only read it (a test that writes
     into a run writes into `copy_of_smoke_run`). `make test` runs the tests in pytest-xdist workers: the first
     worker to ask makes the run, under a lock the others wait on, in the folder all workers share."""
     shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base is a folder of the one they share
         shared = shared.parent
     tmp = shared / "smoke-run"
     with FileLock(shared / "smoke-run.lock"):
