@@ -202,9 +202,14 @@ def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
     assert not (run_dir / "stages" / "02_ground_truth_rm.json").exists()
     curate_marker = first_marker.read_bytes()
 
-    done = irlnb_cli("run", str(params), "--until", "02_ground_truth_rm")
+    temp = tmp_path / "temp"  # the kernel's sockets go in a folder of their own here, removed with the kernel
+    temp.mkdir()
+    done = irlnb_cli("run", str(params), "--until", "02_ground_truth_rm", env={"TMPDIR": str(temp)})
     assert done.returncode == 0, done.stderr
     assert _stages_run(done.stdout) == ["02_ground_truth_rm"]  # 01 kept, 02 redone, nothing after it
+    from irlnb.pipeline.runner import KERNEL_FOLDER_PREFIX
+
+    assert not list(temp.glob(f"{KERNEL_FOLDER_PREFIX}*"))
     assert first_marker.read_bytes() == curate_marker
     assert (run_dir / "stages" / "02_ground_truth_rm.json").exists()
     assert "gt.auc_human" in json.loads((run_dir / "metrics.json").read_text())

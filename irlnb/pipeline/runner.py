@@ -55,6 +55,9 @@ class RunError(IrlnbError, RuntimeError):
     """A run that cannot go ahead; the message is one line."""
 
 
+KERNEL_FOLDER_PREFIX = "irlnb-kernel-"  # each stage's kernel sockets, in a folder of their own under the temp folder
+
+
 class IpcKernelManager(AsyncKernelManager):
     """A kernel reached through IPC sockets in a private temporary folder, not TCP ports."""
 
@@ -65,7 +68,17 @@ class IpcKernelManager(AsyncKernelManager):
     @default("ip")
     def _default_ip(self) -> str:
         # jupyter_client would put the sockets in the working directory (notebooks/), where a killed run leaves them.
-        return str(Path(tempfile.mkdtemp(prefix="irlnb-kernel-")) / "kernel")
+        return str(Path(tempfile.mkdtemp(prefix=KERNEL_FOLDER_PREFIX)) / "kernel")
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        """jupyter_client's cleanup (it removes the sockets), then the private folder they were in, unless the kernel
+        restarts into it."""
+        await super()._async_cleanup_resources(restart=restart)
+        folder = Path(self.ip).parent
+        if not restart and folder.name.startswith(KERNEL_FOLDER_PREFIX):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    cleanup_resources = _async_cleanup_resources  # what nbclient calls when a kernel fails to start
 
 
 @dataclasses.dataclass(frozen=True)
