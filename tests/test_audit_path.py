@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,9 +11,9 @@ import pytest
 import torch
 import yaml
 from conftest import PARAMS, REPO, irlnb_cli, write_params
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig
 
-from irlnb.models.policies import check_models, embedded_policy_dir
+from irlnb.models.policies import check_models, embedded_policy_dir, model_depth
 from irlnb.params_file import load_config
 from irlnb.sources import SourceError, parse_source
 
@@ -124,6 +125,18 @@ def test_check_refuses_a_layer_deeper_than_the_base(tmp_path):
         "irl.layer: expected 1..2 (the base policy embedded:tiny-gpt-neox has 2 blocks), -1 "
         "(the final, normed state) or 0 (chosen by notebook 04), got 99"
     )
+
+
+def test_the_depth_is_read_from_the_config_file_its_text_part_first_and_else_as_transformers_reads_it(tmp_path):
+    def depth(config: dict) -> int:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+        return model_depth(folder)
+
+    assert depth({"model_type": "llama", "num_hidden_layers": 30}) == 30
+    assert depth({"model_type": "gemma3", "num_hidden_layers": 99, "text_config": {"num_hidden_layers": 18}}) == 18
+    assert depth({"model_type": "gpt_neox"}) == GPTNeoXConfig().num_hidden_layers  # left to the default
 
 
 @pytest.mark.parametrize(

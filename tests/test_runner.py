@@ -174,6 +174,14 @@ def test_an_evaluation_setting_reevaluates_and_a_training_setting_retrains(smoke
     assert len(log) == 1 + 4
 
 
+def test_the_runner_loads_no_model_library_and_no_notebook_executor_before_a_stage_runs():
+    """`irlnb run` checks the params and the models first, in seconds (a refusal, or a run with nothing to do, costs no
+    more); papermill loads where a stage runs, torch where a compute section resolves 'auto' or a model loads."""
+    probe = "import sys, irlnb.pipeline.runner; print(sorted({'torch', 'papermill'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_only_refuses_a_stage_whose_inputs_are_missing(tmp_path):
     params = write_params(tmp_path)
     done = irlnb_cli("run", str(params), "--only", "02_ground_truth_rm")

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
-from transformers import AutoConfig
 
 from irlnb import metric_names
 from irlnb.config import AUTO_LAYER
@@ -43,7 +42,7 @@ from irlnb.irl.fitting import SeededFit, fit_head
 from irlnb.irl.halves import halves
 from irlnb.irl.judging import SELECTION_METRIC, chosen_epoch, judge
 from irlnb.layout import RunLayout
-from irlnb.models.policies import policy_dir
+from irlnb.models.policies import model_depth, policy_dir
 from irlnb.objectives import AUTO, epochs_objective
 from irlnb.rewards.features import POOLINGS, FeatureReward, decoder_blocks, reward_form
 from irlnb.rewards.ground_truth import load_scores
@@ -126,7 +125,7 @@ def layer_rows(
     `split_half`: with each head's agreement across halves of the demonstrations).
     `layers` None: `candidate_layers` of the backbone. Refuses a layer the backbone does not have before any weights
     load."""
-    depth = AutoConfig.from_pretrained(policy_dir(policy)).num_hidden_layers  # checked before weights load
+    depth = model_depth(policy_dir(policy))  # checked before weights load
     layers = layers or candidate_layers(depth)
     unknown = [layer for layer in layers if not (layer == -1 or 1 <= layer <= depth)]
     if unknown:

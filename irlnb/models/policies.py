@@ -5,24 +5,19 @@ runs, and the opt-in Gemma-3-270M base (a PyPI GGUF under the Gemma Terms of Use
 a params file names it). Each is written once into the asset cache as an ordinary `save_pretrained`
 folder (safetensors), so every later load is a plain, fast `from_pretrained`, and TRL can reload a
 reference model from the same path.
+
+The module imports no model library at its top (torch and transformers load in the functions that use them):
+`irlnb run` checks the models before it starts a stage (`check_models`, configs and hashes only) and `irlnb check`
+finds folders, neither of which needs a model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    PreTrainedTokenizerFast,
-)
-
-from irlnb.compute import resolve_device
 from irlnb.config import AUTO_LAYER
 from irlnb.data.assets import (
     ARCHIVES,
@@ -34,7 +29,6 @@ from irlnb.data.assets import (
     gemma3_gguf,
     sha256_of,
 )
-from irlnb.data.insults import read_insults
 from irlnb.errors import IrlnbError
 from irlnb.layout import build_folder_atomic
 from irlnb.sources import hub_snapshot, parse_source
@@ -80,6 +74,10 @@ def policy_dir(spec: str) -> Path:
 
 def load_policy(spec: str, device: str = "cpu", dtype: str = "float32"):
     """A causal LM and its tokenizer (left padding, a pad token), in eval mode on `device`, weights in `dtype`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from irlnb.compute import resolve_device
+
     path = policy_dir(spec)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -89,6 +87,8 @@ def load_policy(spec: str, device: str = "cpu", dtype: str = "float32"):
 
 def load_tokenizer(spec: str):
     """The policy's tokenizer alone (left padding, a pad token)."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(policy_dir(spec))
     prepare_tokenizer(tokenizer)
     return tokenizer
@@ -140,6 +140,9 @@ def smollm2_gguf() -> Path:
 
 def load_from_gguf(gguf: Path):
     """A causal LM (dequantised to fp32) and its tokenizer straight from a GGUF file; used once to build a cache."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     return model, tokenizer
@@ -186,7 +189,11 @@ def _convert_gemma3(out: Path) -> None:
 
 def _build_tiny_gpt_neox(out: Path) -> None:
     """A 2-layer GPT-NeoX (Pythia's architecture) with a 1,024-token BPE trained on the insults comments."""
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # only to build the smoke model
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    from irlnb.data.insults import read_insults
 
     texts = read_insults()["text"].tolist()
     bpe = Tokenizer(models.BPE())
@@ -225,7 +232,7 @@ def check_same_vocabulary(spec: str, base: str, folders: tuple[Path, Path] | Non
 
     `folders`: the two models' folders when the caller has them already (`check_models`), else found here.
     """
-    from transformers import AutoConfig  # configs only: the weights stay where they are
+    from transformers import AutoConfig, AutoTokenizer  # configs and tokenizers only: the weights stay where they are
 
     folder, base_folder = folders or (policy_dir(spec), policy_dir(base))
     tokenizer, base_tokenizer = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(base_folder)
@@ -239,6 +246,18 @@ def check_same_vocabulary(spec: str, base: str, folders: tuple[Path, Path] | Non
         raise PolicyError(
             f"{spec} and the base policy {base} have output vocabularies of {sizes[0]} and {sizes[1]} tokens"
         )
+
+
+def model_depth(folder: Path) -> int:
+    """The number of transformer blocks of the model saved in `folder`: its config.json's (a multimodal config's text
+    part's), read without a model library; transformers' reading where the file leaves it to a default."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    text = config.get("text_config") or config
+    if "num_hidden_layers" in text:
+        return int(text["num_hidden_layers"])
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder).get_text_config().num_hidden_layers
 
 
 def policy_dir_on_disk(spec: str) -> Path | None:
@@ -270,14 +289,12 @@ def check_models(config: Config, on_disk_only: bool = False) -> list[str]:
     `on_disk_only` (`irlnb check`): a model this machine does not have yet is not checked (nothing is built or
     fetched); returns the sources left unchecked.
     """
-    from transformers import AutoConfig  # configs only: the weights stay where they are
-
     find = policy_dir_on_disk if on_disk_only else policy_dir
     policy, expert = config.sources.policy, config.sources.expert
     base_folder = find(policy)
     if base_folder is None:
         return [policy, expert] if expert else [policy]
-    depth = AutoConfig.from_pretrained(base_folder).get_text_config().num_hidden_layers
+    depth = model_depth(base_folder)
     layer = config.irl.layer
     if layer not in (-1, AUTO_LAYER) and not 1 <= layer <= depth:
         raise PolicyError(

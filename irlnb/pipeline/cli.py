@@ -34,7 +34,7 @@ def cmd_check(args) -> int:
     config = load_config(args.params, args.set)
     for notebook in notebooks():
         check_notebook(notebook)
-    # What `irlnb run` refuses about the models, from their configs and tokenizers (torch loads, no weights).
+    # What `irlnb run` refuses about the models, from their configs (and a brought expert's tokenizer), no weights.
     from irlnb.models.policies import check_models
 
     for spec in check_models(config, on_disk_only=True):

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import papermill
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
@@ -167,6 +166,8 @@ def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until
 
 def execute_notebook(stage: Stage, layout: RunLayout, parameters: dict, executed: Path) -> None:
     """Execute a stage's notebook as the runner does: its kernel knows it runs under the runner."""
+    import papermill  # a second or so of imports (nbformat's schema checkers), paid only where a stage runs
+
     os.environ[RUNNER_STAGE] = f"{layout.root}::{stage.name}"
     os.environ[TERMINAL] = stage.name
     try:
