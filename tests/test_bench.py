@@ -94,6 +94,7 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
     for part in RLHF_PARTS:
         assert results[f"rlhf_step.{part}_share"] == approx(seconds[part] / sum(seconds.values()))
     assert sum(results[f"rlhf_step.{part}_share"] for part in RLHF_PARTS) == approx(1.0)
+    assert results["rlhf_step.sampler_speedup"] == approx(results["rlhf_step.generate_s"] / seconds["generation"])
 
     # Shares, counts and differences are within their ranges; the batched rewards match one-at-a-time ones.
     assert 0 <= results["demo_generate.same_text_share"] <= 1

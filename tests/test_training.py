@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import math
 
+import datasets
 import numpy as np
 import pytest
 import torch
+import trl
 from safetensors.torch import load_file
 
 from irlnb.models.policies import embedded_policy_dir, load_policy
 from irlnb.params_file import parse_section
 from irlnb.rl.kinds import KINDS
-from irlnb.rl.policy_gradient import lora_config, train_policy, trl_config
+from irlnb.rl.policy_gradient import (
+    PackageRollouts,
+    lora_config,
+    repeated_groups,
+    rollout_trainer,
+    train_policy,
+    trl_config,
+)
 from irlnb.rl.reward_signal import Normalizer, PolicyReward, RewardError
 
 PROMPTS = ["You are such a", "The council voted to", "I really think that", "Thanks for the"] * 4
@@ -95,9 +104,49 @@ def test_grpo_option_trains_with_a_lora_adapter(tmp_path):
         KINDS["grpo"],
         peft_config=lora_config(grpo),
     )
-    assert type(trainer).__name__ == "GRPOTrainer" and trainer.state.global_step == 2
+    assert isinstance(trainer, trl.GRPOTrainer) and isinstance(trainer, PackageRollouts)
+    assert trainer.state.global_step == 2
     adapters = {k: v for k, v in trainer.model.state_dict().items() if "lora_B" in k}
     assert adapters and any(v.abs().sum() > 0 for v in adapters.values())  # B starts at zero: training moved it
+
+
+def test_rollouts_come_from_the_package_sampler_one_prefill_per_prompt_and_at_top_k_1_are_trls_own(tmp_path):
+    policy_dir = embedded_policy_dir("tiny-gpt-neox")
+    _, tokenizer = load_policy("embedded:tiny-gpt-neox")
+    reward = PolicyReward(length_scorer, Normalizer(20.0, 5.0), name="length")
+    rloo = parse_section("rloo", {"learning_rate": 1e-3}, "test")
+
+    def trainer(top_k: int):
+        rlhf = parse_section("rlhf", {"max_completion_length": 8, "top_k": top_k}, "test")
+        config = trl_config(tmp_path / f"top{top_k}", KINDS["rloo"], rloo, rlhf, seed=0, use_cpu=True, max_steps=1)
+        dataset = datasets.Dataset.from_dict({"prompt": PROMPTS})
+        return rollout_trainer("RLOOTrainer")(
+            model=str(policy_dir), reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer
+        )
+
+    greedy = trainer(1)
+    prompts = [prompt for prompt in PROMPTS[:3] for _ in range(greedy.num_generations)]  # as TRL repeats them
+    prompt_ids, images, fields = greedy._tokenize_prompts(prompts)
+    prefills = []
+    hook = greedy.model.register_forward_pre_hook(
+        lambda module, args, kwargs: prefills.append(kwargs["input_ids"].shape) if not prefills else None,
+        with_kwargs=True,
+    )
+    ours = greedy._generate_single_turn(prompt_ids, images, fields)
+    hook.remove()
+    assert prefills[0][0] == 3  # one row per prompt, its 4 samples drawn from it
+    # top-k 1 leaves one token to draw: transformers' generate, as TRL calls it, gives the same completions
+    assert ours == trl.RLOOTrainer._generate_single_turn(greedy, prompt_ids, images, fields)
+
+    sampled = trainer(30)
+    torch.manual_seed(0)
+    first = sampled._generate_single_turn(prompt_ids, images, fields)
+    torch.manual_seed(0)
+    assert sampled._generate_single_turn(prompt_ids, images, fields) == first  # the trainer's seed decides the draws
+    stops = set(sampled.eos_token_ids)
+    assert all(1 <= len(ids) <= 8 and not stops & set(ids[:-1]) for ids in first)  # each ends at its first stop
+    assert len({tuple(ids) for ids in first[:4]}) > 1  # a prompt's samples are drawn apart
+    assert repeated_groups([[1], [1], [2], [1]]) == [([1], 2), ([2], 1), ([1], 1)]
 
 
 def test_checkpoints_are_kept_for_the_same_settings_and_dropped_for_others(tmp_path):

@@ -39,6 +39,7 @@ from irlnb.pipeline.bench_generation import (
 from irlnb.pipeline.provenance import provenance
 from irlnb.rewards.features import decoder_blocks, random_head, reward_form, score_tolerance
 from irlnb.rewards.ground_truth import GroundTruthReward
+from irlnb.rl.generation import sample_continuations
 from irlnb.rl.kinds import BENCH_POLICY_GRADIENT, kind_of, kind_section
 from irlnb.rl.policy_gradient import lora_config, scoring_completions_only, train_policy, trl_config
 from irlnb.rl.reward_signal import Normalizer, PolicyReward, normalizer_texts
@@ -116,22 +117,29 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
 
 def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, float]:
     """Where an RLOO step's time goes, each part timed alone on the step's shapes with the float32 policy:
-    sampling the completions (`generate`, as TRL does), the reference policy's forward pass, the policy's
-    forward and backward passes, and the AdamW update."""
+    sampling the completions (this package's sampler, one prefill per prompt, as the trainers here draw their
+    rollouts: `irlnb.rl.policy_gradient.PackageRollouts`), the reference policy's forward pass, the policy's
+    forward and backward passes, and the AdamW update. Beside them, the same completions drawn by `transformers`'
+    `generate`, as TRL alone draws them (`rlhf_step.generate_s`), and how much faster the sampler is
+    (`rlhf_step.sampler_speedup`)."""
     model, tokenizer = load_policy(config.sources.policy)
     reference, _ = load_policy(config.sources.policy)
-    batch_prompts = [
-        p
-        for p in prompts[: section.per_device_train_batch_size // section.num_generations]
-        for _ in range(section.num_generations)
-    ]
+    step_prompts = prompts[: section.per_device_train_batch_size // section.num_generations]
+    batch_prompts = [p for p in step_prompts for _ in range(section.num_generations)]
     decoding = sampling_decoding(config.rlhf)
 
-    def sample():  # as TRL's trainers sample their completions: `transformers`' `generate`
+    def sample():  # as the trainers here draw their rollouts: each prompt prefilled once for its samples
+        drawn = sample_continuations(
+            model, tokenizer, step_prompts, decoding, section.num_generations, len(step_prompts), seed=0
+        )
+        return [text for texts in drawn for text in texts]
+
+    def generate():  # as TRL alone draws them: `transformers`' `generate`, every sample's prompt prefilled
         return generate_reference(model, tokenizer, batch_prompts, decoding, len(batch_prompts), seed=0)
 
     completions = sample()
     generation = best_seconds(sample, repeats=2)
+    generate_s = best_seconds(generate, repeats=2)
     batch = tokenizer([p + c for p, c in zip(batch_prompts, completions)], return_tensors="pt", padding=True)
     with torch.no_grad():
         reference_s = best_seconds(lambda: reference(**batch), repeats=2)
@@ -154,6 +162,8 @@ def rlhf_step_parts(config: Config, section, prompts: list[str]) -> dict[str, fl
     return {
         **{f"rlhf_step.{name}_s": seconds for name, seconds in parts.items()},
         **{f"rlhf_step.{name}_share": seconds / total for name, seconds in parts.items()},
+        "rlhf_step.generate_s": generate_s,
+        "rlhf_step.sampler_speedup": generate_s / generation,
     }
 
 

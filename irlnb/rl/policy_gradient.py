@@ -100,6 +100,122 @@ def scoring_completions_only() -> Iterator[None]:
         trl_utils._use_triton = scores_on_triton_only
 
 
+class PackageRollouts:
+    """A TRL policy-gradient trainer (RLOO, GRPO) whose rollouts are drawn by this package's sampler
+    (`irlnb.rl.generation.decode`) instead of transformers' `generate`, which on a CPU spends most of a sampled step
+    outside the model. Where the sampler cannot stand in, TRL's own path runs: vLLM or continuous batching, images,
+    or sampling settings it does not have (top-p, min-p, a repetition penalty, extra `generation_kwargs`).
+
+    TRL repeats each prompt `num_generations` times, adjacently; the samples of one prompt share one prefill. The
+    draws take their seed from torch's global generator, which the trainer seeds and keeps in each checkpoint, so a
+    resumed training draws what the uninterrupted one would. A completion ends after its first stop token, as
+    TRL's does."""
+
+    def _package_sampler_applies(self, images, multimodal_fields) -> bool:
+        return not (
+            self.use_vllm
+            or self.use_transformers_continuous_batching
+            or images
+            or multimodal_fields
+            or self.args.generation_kwargs
+            or (self.top_p is not None and self.top_p < 1.0)
+            or self.min_p
+            or (self.repetition_penalty is not None and self.repetition_penalty != 1.0)
+        )
+
+    def _package_rollouts(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        import torch
+        from trl.models import unwrap_model_for_generation
+
+        from irlnb.rl.generation import Decoding, decode
+
+        groups = repeated_groups(prompt_ids)
+        samples = len(prompt_ids) // len(groups)
+        if any(count != samples for _, count in groups):
+            groups, samples = [(ids, 1) for ids in prompt_ids], 1
+        pad_id = self._tokenizer.pad_token_id
+        width = max(len(ids) for ids, _ in groups)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids, _ in groups])
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in groups])
+        decoding = Decoding(
+            max_new_tokens=self.max_completion_length,
+            do_sample=True,
+            temperature=self.temperature,
+            top_k=self.top_k or 0,
+        )
+        device = self.accelerator.device
+        seed = int(torch.randint(0, 2**62, (1,)))  # from the global generator the trainer seeds and checkpoints
+        stops = torch.tensor(self.eos_token_ids, dtype=torch.long)
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+        ):
+            model = unwrapped_model.get_base_model() if hasattr(unwrapped_model, "get_base_model") else unwrapped_model
+            new = decode(
+                model,
+                input_ids.to(device),
+                attention_mask.to(device),
+                decoding,
+                samples,
+                torch.Generator(device=device).manual_seed(seed),
+                stops,
+                pad_id,
+            )
+        return [until_stop(row, stops) for row in new.cpu().tolist()]
+
+
+def repeated_groups(rows: list[list[int]]) -> list[tuple[list[int], int]]:
+    """Runs of equal adjacent rows, as (row, how many)."""
+    groups: list[tuple[list[int], int]] = []
+    for row in rows:
+        if groups and groups[-1][0] == row:
+            groups[-1] = (row, groups[-1][1] + 1)
+        else:
+            groups.append((row, 1))
+    return groups
+
+
+def until_stop(tokens: list[int], stops) -> list[int]:
+    """`tokens` up to and including the first stop token (all of them when none stops it)."""
+    stop_ids = set(stops.tolist())
+    for position, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[: position + 1]
+    return tokens
+
+
+def rollout_trainer(name: str):
+    """TRL's trainer class `name` ("RLOOTrainer", "GRPOTrainer") with its rollouts drawn by `PackageRollouts`."""
+    trl_trainer = getattr(trl, name)
+    if name == "GRPOTrainer":
+
+        class Trainer(PackageRollouts, trl_trainer):
+            def _generate_single_turn(
+                self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+            ):
+                if not self._package_sampler_applies(images, multimodal_fields):
+                    return super()._generate_single_turn(
+                        prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                    )
+                return self._package_rollouts(prompt_ids), None  # no log-probabilities, as TRL's own path
+
+    else:
+
+        class Trainer(PackageRollouts, trl_trainer):
+            def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
+                if not self._package_sampler_applies(images, multimodal_fields):
+                    return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+                return self._package_rollouts(prompt_ids)
+
+    Trainer.__name__ = Trainer.__qualname__ = f"PackageRollouts{name}"
+    return Trainer
+
+
 def lora_config(section):
     """The LoRA adapter of the section's `lora_rank` on every linear layer, or None for full fine-tuning."""
     if not section.lora_rank:
@@ -144,7 +260,7 @@ def train_policy(
     """
     if any(not p.strip() for p in prompts):
         raise ValueError("an empty prompt cannot be trained on")
-    trainer = getattr(trl, kind.trl_classes[0])(
+    trainer = rollout_trainer(kind.trl_classes[0])(
         model=str(policy_dir),
         reward_funcs=reward,
         args=config,
