@@ -95,6 +95,9 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
         assert results[f"rlhf_step.{part}_share"] == approx(seconds[part] / sum(seconds.values()))
     assert sum(results[f"rlhf_step.{part}_share"] for part in RLHF_PARTS) == approx(1.0)
     assert results["rlhf_step.sampler_speedup"] == approx(results["rlhf_step.generate_s"] / seconds["generation"])
+    trls = results["rlhf_step.trl_rollouts_seconds"]
+    assert results["rlhf_step.rollouts_speedup"] == approx(trls / results["rlhf_step.seconds"])
+    assert results["rlhf_step.trl_rollouts_tokens"] > 0
 
     # Shares, counts and differences are within their ranges; the batched rewards match one-at-a-time ones.
     assert 0 <= results["demo_generate.same_text_share"] <= 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trl
 
 from irlnb.config import AUTO_LAYER, Config
 from irlnb.data.curation import curate
@@ -71,7 +72,10 @@ def bench_ground_truth_scoring(n_texts: int = 2000) -> dict[str, float]:
 
 
 def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
-    """One RLHF step of the params' configuration (trainer, LoRA, policy, reward, batch and lengths).
+    """One RLHF step of the params' configuration (trainer, LoRA, policy, reward, batch and lengths), its rollouts
+    drawn by the package's sampler as the trainers here draw them, and beside it the same step with TRL's own
+    rollouts (`rlhf_step.trl_rollouts_seconds`, `rlhf_step.rollouts_speedup`; each draws its own completions, so
+    their lengths differ: `rlhf_step.tokens`, `rlhf_step.trl_rollouts_tokens`).
 
     The model FLOPs of a step are estimated as 2N per generated token (sampling with the KV cache)
     plus 2N (reference policy) + 6N (policy forward and backward) per token of prompt + completion,
@@ -90,27 +94,37 @@ def bench_rlhf_step(config: Config, steps: int = 3) -> dict[str, float]:
     n_params = model.num_parameters()
     del model
     prompts = training_rows(curated, config.rlhf, kind, section, seed=0)["prompt"].tolist()
-    with tempfile.TemporaryDirectory() as folder:
-        args = trl_config(Path(folder), kind, section, config.rlhf, seed=0, use_cpu=True, max_steps=steps)
-        trainer = train_policy(
-            policy_dir(config.sources.policy),
-            load_tokenizer(config.sources.policy),
-            prompts,
-            reward,
-            args,
-            kind,
-            lora_config(section),
-        )
-    rows = [row for row in trainer.state.log_history if "step_time" in row]
-    last, before = rows[-1], rows[-2]  # the last step, after warm-up
-    tokens = last["num_tokens"] - before["num_tokens"]
+
+    def last_step(trainer_class=None) -> dict:  # the last logged step of a short training, after warm-up
+        with tempfile.TemporaryDirectory() as folder:
+            args = trl_config(Path(folder), kind, section, config.rlhf, seed=0, use_cpu=True, max_steps=steps)
+            trainer = train_policy(
+                policy_dir(config.sources.policy),
+                load_tokenizer(config.sources.policy),
+                prompts,
+                reward,
+                args,
+                kind,
+                lora_config(section),
+                trainer_class,
+            )
+        rows = [row for row in trainer.state.log_history if "step_time" in row]
+        last, before = rows[-1], rows[-2]
+        return {**last, "tokens": last["num_tokens"] - before["num_tokens"]}
+
+    last = last_step()
+    tokens = last["tokens"]
     generated = last["completions/mean_length"] * section.per_device_train_batch_size
     flops = n_params * (2 * generated + 8 * tokens)
+    trls = last_step(getattr(trl, kind.trl_classes[0]))  # the same training with TRL's own rollouts (`generate`)
     values = {
         "rlhf_step.seconds": last["step_time"],
         "rlhf_step.gflops": flops / last["step_time"] / 1e9,
         "rlhf_step.tokens": float(tokens),
         "rlhf_step.generated_tokens": float(generated),
+        "rlhf_step.trl_rollouts_seconds": trls["step_time"],
+        "rlhf_step.trl_rollouts_tokens": float(trls["tokens"]),
+        "rlhf_step.rollouts_speedup": trls["step_time"] / last["step_time"],
     }
     return {**values, **rlhf_step_parts(config, section, prompts)}
 
@@ -313,7 +327,6 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     step projects only the completions); and the bfloat16 step with TRL's head at every position, as TRL projects
     off Triton devices (`bfloat16_every_position_s`, `completions_only_speedup`), side by side."""
     import datasets
-    import trl
 
     from irlnb.rl.dpo import dpo_config
 

@@ -252,15 +252,17 @@ def train_policy(
     config,
     kind,
     peft_config=None,
+    trainer_class=None,
 ):
-    """Train with the kind's TRL trainer, resuming from the last checkpoint in config.output_dir.
+    """Train with the kind's TRL trainer, its rollouts drawn by the package's sampler (`rollout_trainer`; or
+    `trainer_class`: the bench times TRL's own beside it), resuming from the last checkpoint in config.output_dir.
 
     `policy_dir` must be a saved model folder: with beta > 0 TRL loads the frozen reference
     policy from the same path.
     """
     if any(not p.strip() for p in prompts):
         raise ValueError("an empty prompt cannot be trained on")
-    trainer = rollout_trainer(kind.trl_classes[0])(
+    trainer = (trainer_class or rollout_trainer(kind.trl_classes[0]))(
         model=str(policy_dir),
         reward_funcs=reward,
         args=config,
