@@ -126,6 +126,7 @@ class PackageRollouts:
     def _package_rollouts(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         import torch
         from trl.models import unwrap_model_for_generation
+        from trl.trainer.utils import pad
 
         from irlnb.rl.generation import Decoding, decode
 
@@ -134,9 +135,9 @@ class PackageRollouts:
         if any(count != samples for _, count in groups):
             groups, samples = [(ids, 1) for ids in prompt_ids], 1
         pad_id = self._tokenizer.pad_token_id
-        width = max(len(ids) for ids, _ in groups)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids, _ in groups])
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in groups])
+        rows = [torch.tensor(ids) for ids, _ in groups]
+        input_ids = pad(rows, padding_value=pad_id, padding_side="left")  # as TRL's own path pads them
+        attention_mask = pad([torch.ones_like(row) for row in rows], padding_value=0, padding_side="left")
         decoding = Decoding(
             max_new_tokens=self.max_completion_length,
             do_sample=True,
@@ -155,6 +156,8 @@ class PackageRollouts:
             ) as unwrapped_model,
             torch.no_grad(),
         ):
+            # a PEFT wrapper's forward hides `logits_to_keep` (the prefill's last position only); its base model,
+            # the adapters in place, takes it
             model = unwrapped_model.get_base_model() if hasattr(unwrapped_model, "get_base_model") else unwrapped_model
             new = decode(
                 model,
