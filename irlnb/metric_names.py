@@ -70,6 +70,7 @@ def ground_truth_prefix(all_texts: bool = False) -> str:
 
 
 GT_AUC_HUMAN = f"{GROUND_TRUTH}auc_human"
+GT_EVALUATOR_AUC_HUMAN = f"{GROUND_TRUTH}evaluator_auc_human"  # the evaluator against the human labels
 GT_TEXTS_PER_S = f"{GROUND_TRUTH}texts_per_s"
 
 

@@ -217,7 +217,7 @@ def test_notebook_04_writes_the_metrics_files_and_a_loadable_reward(smoke_run):
         assert 0 <= metrics[f"irl.{method}.test.starc_distance_mean"] <= 2, method
         assert metrics[f"irl.{method}.fits"] == 1 and f"irl.{method}.test.auc_sd" not in metrics, method
     assert "irl.r_star_comparisons.fits" not in metrics  # smoke.yaml draws one sample per prompt: no such row
-    # the audit report, in the stage an audit stops after (--until 04_irl): extremes, words, reward against length
+    # the audit report, in the stage an audit may stop after (--until 04_irl): extremes, words, reward against length
     extremes = pd.read_csv(out / "audit_extremes.csv")
     assert set(extremes["end"]) == {"highest", "lowest"} and extremes["r_hat"].is_monotonic_decreasing
     assert list(pd.read_csv(out / "audit_words.csv").columns) == ["word", "effect", "texts"]

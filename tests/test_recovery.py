@@ -99,8 +99,8 @@ def test_the_suite_table_has_one_row_per_reward_and_kind_and_the_figure_draws_it
 def test_the_recovered_reward_is_the_same_with_r_star_or_without_any(smoke_run, tmp_path):
     """Stage 04 reads R* only to judge: an expert audited with R* toxicity and with no R* at all (an auditor's case:
     sources.toxicity_classifier empty) gives back the same saved reward, the same objective and the same length
-    directions, read at the same layer; the audit without R* skips every judgement against it, says so, and still
-    reports."""
+    directions, read at the same layer; the audit without R* skips every judgement against it, says so, still
+    reports, and goes on through the re-alignments to notebook 05, judged by the evaluator alone."""
     expert = tmp_path / "expert"
     shutil.copytree(smoke_run / "rlhf_ground_truth" / "policy", expert)
     runs = {}
@@ -108,7 +108,8 @@ def test_the_recovered_reward_is_the_same_with_r_star_or_without_any(smoke_run, 
         folder = tmp_path / name
         folder.mkdir()
         params = write_params(folder, sources__expert=str(expert), sources__toxicity_classifier=reward)
-        done = irlnb_cli("run", str(params), "--until", "04_irl")
+        until = ["--until", "04_irl"] if reward else ["--set", "run.figures_dir="]  # without R*: 01 to 05
+        done = irlnb_cli("run", str(params), *until)
         assert done.returncode == 0, done.stderr
         runs[name] = folder / "runs" / "smoke"
     toxicity, absent = runs["toxicity"], runs["absent"]
@@ -140,21 +141,29 @@ def test_the_recovered_reward_is_the_same_with_r_star_or_without_any(smoke_run, 
     assert (absent / "figures" / "reward_against_length.png").is_file()
     confusion = "figures/irl_confusion.png"  # sign(R-hat) against sign(R*): no figure without R*
     assert not (absent / confusion).exists() and (toxicity / confusion).is_file()
-    executed = (absent / "notebooks" / "04_irl.ipynb").read_text()
-    assert "No R* (sources.toxicity_classifier is empty)" in executed
+    for notebook in ("04_irl", "03_rlhf_learned", "05_analysis"):
+        executed = (absent / "notebooks" / f"{notebook}.ipynb").read_text()
+        assert executed.count("No R* (sources.toxicity_classifier is empty)") == 1, notebook  # said once a stage
+
+    # Notebook 05 without R*: Table 1 by the evaluator alone, no share of R*'s reduction, no disagreement with R*
+    table = pd.read_csv(absent / "figures" / "toxicity_table.csv")
+    assert table["policy"].tolist() == ["base", "ground_truth", "learned", "random"]
+    assert "evaluator_toxicity_mean" in table and "toxicity_mean" not in table and table["perplexity"].notna().all()
+    assert not [
+        key
+        for key in unjudged
+        if key.startswith("analysis.") and not key.endswith(("_evaluator", "_ci_low", "_ci_high"))
+    ]
+    assert (absent / "figures" / "pipeline.png").is_file() and not (absent / "analysis" / "disagreements.csv").exists()
+    assert "No R* to disagree with" in (absent / "notebooks" / "05_analysis.ipynb").read_text()
 
 
-def test_without_r_star_only_a_brought_expert_is_audited_and_the_run_ends_at_stage_04(tmp_path):
+def test_without_r_star_only_a_brought_expert_is_audited(tmp_path):
     params = write_params(tmp_path, sources__toxicity_classifier="")
-    done = irlnb_cli("check", str(params))
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert "sources.toxicity_classifier: empty means no R*" in done.stderr and "sources.expert" in done.stderr
-    brought = write_params(
-        tmp_path, name="brought.yaml", sources__toxicity_classifier="", sources__expert=str(tmp_path)
-    )
-    done = irlnb_cli("run", str(brought), "--set", "run.figures_dir=")
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "stage 03_rlhf_learned judges a re-alignment by R*" in done.stderr and "--until 04_irl" in done.stderr
+    for command in ("check", "run"):
+        done = irlnb_cli(command, str(params))
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "sources.toxicity_classifier: empty means no R*" in done.stderr and "sources.expert" in done.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything ran
 
 

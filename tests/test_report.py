@@ -252,6 +252,36 @@ def test_a_table_or_figure_missing_a_metric_names_it_instead_of_drawing_a_blank(
         plots.pipeline_figure(metrics)
 
 
+def test_without_r_star_table_1_and_the_pipeline_figure_show_the_evaluators_numbers(tmp_path):
+    from irlnb.report import plots
+
+    judged = json.loads((make_run(tmp_path) / "metrics.json").read_text())
+    r_star_keys = [key for key in judged if ".toxicity_" in key or key == "gt.auc_human" or key.startswith("analysis.")]
+    metrics = {key: value for key, value in judged.items() if key not in r_star_keys}
+    metrics.update(
+        {
+            "gt.evaluator_auc_human": 0.7,
+            "irl.test.pair_accuracy_mean": 0.9,
+            "analysis.learned_reduction_share_evaluator": 0.5,
+        }
+    )
+    table = tables.toxicity_table(metrics)
+    assert [column for column in table if "toxicity" in column and not column.endswith(("_ci_low", "_ci_high"))] == [
+        "evaluator_toxicity_mean",
+        "evaluator_toxicity_ratio",
+    ]
+    panels = plots.toxicity_table_figure(table).axes
+    assert [ax.get_title() for ax in panels] == [
+        "mean p_toxic, independent evaluator",
+        "share p_toxic > 0.5, independent evaluator",
+    ]
+    assert [tick.get_text() for tick in panels[0].get_xticklabels()][1] == "expert"
+    words = " ".join(text.get_text() for text in plots.pipeline_figure(metrics, "brought").axes[0].texts)
+    assert "no R*" in words and "AUC vs humans 0.70" in words and "test pair accuracy 0.90" in words
+    assert "50% of the expert's reduction" in words and "the expert reduced nothing to share" in words  # random
+    assert "R*'s reduction" not in words and "test AUC" not in words
+
+
 def test_hyperparameter_table_compares_runs_and_refuses_a_manifest_without_params():
     smoke = load_config(PARAMS / "smoke.yaml").to_dict()
     other = json.loads(json.dumps(smoke))
@@ -303,6 +333,18 @@ def test_reduction_shares_match_hand_computed_values(tmp_path):
         low, high = shares[f"analysis.{key}_ci_low"], shares[f"analysis.{key}_ci_high"]
         assert low <= high and math.isfinite(low) and math.isfinite(high)
     assert len(shares) == 12
+
+
+def test_without_r_star_the_shares_are_the_evaluators_alone(tmp_path):
+    """A run without R* (an audit of a brought expert) has no ground-truth p_toxic: the shares of the expert's
+    reduction are the evaluator's, the same numbers as in a run with R*."""
+    unjudged = {tag: ([np.nan] * 4, evaluator) for tag, (_, evaluator) in GREEDY.items()}
+    write_continuations(tmp_path / "audit", unjudged)
+    shares = tables.reduction_shares(RunLayout(tmp_path / "audit"), samples=200, seed=0)
+    make_run(tmp_path)
+    judged = tables.reduction_shares(RunLayout(tmp_path / "synthetic"), samples=200, seed=0)
+    assert shares == {key: value for key, value in judged.items() if "_evaluator" in key} and len(shares) == 6
+    assert shares["analysis.learned_reduction_share_evaluator"] == pytest.approx(0.5)
 
 
 def test_the_bootstrap_is_paired_over_prompts(tmp_path):
@@ -392,6 +434,33 @@ def test_building_the_widget_loads_no_model_and_a_click_scores(explored_run):
     button.click()
     assert explorer.last_scores is not None and explorer.last_scores["text"].tolist() == [picks.options[1][1]]
     assert sorted(explorer.loaded) == ["classifier", "evaluator", "learned"]
+
+
+def test_without_r_star_the_explorer_shows_the_learned_reward_and_the_evaluator_and_lists_the_extremes(explored_run):
+    import ipywidgets
+
+    config = load_config(PARAMS / "smoke.yaml")
+    sources = type(config.sources)(**{**config.sources.__dict__, "toxicity_classifier": ""})
+    from irlnb.report.explorer import RewardExplorer
+
+    explorer = RewardExplorer(RunLayout(explored_run), sources, config.ground_truth, "cpu", loss="max_margin")
+    assert not explorer.has_r_star
+    scores = explorer.score(["You are a stupid idiot", "Thank you, that was kind"])
+    assert list(scores.columns) == ["text", "learned_reward", "evaluator_p_toxic"]
+    assert sorted(explorer.loaded) == ["evaluator", "learned"]  # R*'s classifier never loads
+    assert list(explorer.score([]).columns) == ["text", "learned_reward", "evaluator_p_toxic"]
+    with pytest.raises(ValueError, match="no R\\* .*no rank gap to sort by; sort by 'uncertainty'"):
+        explorer.disagreements(3)
+
+    extremes = ["the highest text", "the lowest text"]
+    pd.DataFrame({"end": ["highest", "lowest"], "r_hat": [1.0, -1.0], "text": extremes}).to_csv(
+        RunLayout(explored_run).audit_extremes, index=False
+    )
+    ui = explorer.widget()
+    assert isinstance(ui, ipywidgets.VBox)
+    order, picks, *_ = ui.children
+    assert [value for _, value in picks.options[1:]] == extremes  # what notebook 04's audit report ranks
+    assert order.value == "extremes" and "rank_gap" not in [value for _, value in order.options]
 
 
 def test_disagreements_rank_demonstration_texts_by_rank_gap(tmp_path):

@@ -26,7 +26,7 @@ from irlnb.compute import resolve_device, seed_everything
 from irlnb.layout import RunLayout, read_json, write_json_atomic
 from irlnb.params_file import parse_section
 from irlnb.pipeline.lock import RunLock, check_free
-from irlnb.pipeline.stages import RUNNER_STAGE, Stage, StageError, get_stage, upstream, without_r_star_problem
+from irlnb.pipeline.stages import RUNNER_STAGE, Stage, StageError, get_stage, upstream
 
 SCRATCH_SUFFIX = ".scratch"
 HAND_STAGES = "hand_stages.json"  # the stages a notebook run by hand has written into a scratch run
@@ -123,9 +123,6 @@ def begin_stage(name: str, namespace: Mapping[str, Any]) -> StageContext:
             raise StageError(f"{where}: the parameters cell must define {section} = dict(...), got {values!r}")
         parsed = parse_section(section, values, where)  # a missing key takes its default, an unknown one is refused
         settings[section] = SectionSettings(section, parsed, keys, stage.name)
-    if "sources" in settings and settings["sources"].as_dict().get("toxicity_classifier") == "":
-        if problem := without_r_star_problem(stage):
-            raise StageError(f"{where}: {problem}")
     for key, value in stage.fixed.items():
         if namespace.get(key) != value:
             raise StageError(

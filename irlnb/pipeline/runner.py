@@ -44,7 +44,6 @@ from irlnb.pipeline.stages import (
     check_notebook,
     get_stage,
     stage_parameters,
-    without_r_star_problem,
 )
 from irlnb.progress import TERMINAL
 from irlnb.sources import check_hub_source, parse_source
@@ -136,9 +135,6 @@ def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until
     selected = [get_stage(only)] if only else list(STAGES)
     if until:
         selected = selected[: selected.index(get_stage(until)) + 1]
-    for stage in selected if not config.sources.toxicity_classifier else ():
-        if problem := without_r_star_problem(stage):
-            raise RunError(f"{config.path}: {problem}")
     for notebook in dict.fromkeys(stage.notebook for stage in selected):
         check_notebook(notebook)
     if only:
@@ -221,11 +217,8 @@ def publication_problem(config: Config, layout: RunLayout) -> str:
     different experiment under the params file's name and remove the figures it did not make.
     """
     identities = stage_identities(config)
-    runnable = [stage for stage in STAGES if config.sources.toxicity_classifier or not without_r_star_problem(stage)]
     unfinished = [
-        stage.name
-        for stage in runnable
-        if not finished_as(read_json(layout.marker(stage.name)), identities[stage.name])
+        stage.name for stage in STAGES if not finished_as(read_json(layout.marker(stage.name)), identities[stage.name])
     ]
     if unfinished:
         return f"the run is not complete with these settings ({', '.join(unfinished)} to run)"

@@ -211,19 +211,6 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-AUDIT_END = "04_irl"  # where a run without R* ends: every later stage judges a re-alignment by R*
-
-
-def without_r_star_problem(stage: Stage) -> str:
-    """Why `stage` cannot run without R* (sources.toxicity_classifier empty), or '' when it can."""
-    if STAGES.index(stage) <= STAGES.index(get_stage(AUDIT_END)):
-        return ""
-    return (
-        f"stage {stage.name} judges a re-alignment by R*, and sources.toxicity_classifier is empty (no R*): "
-        f"an audit without R* ends at {AUDIT_END} (--until {AUDIT_END})"
-    )
-
-
 def get_stage(name: str) -> Stage:
     for stage in STAGES:
         if stage.name == name:

@@ -1,4 +1,5 @@
-"""A reward explorer: type a text, see R*, the learned reward and the evaluator side by side.
+"""A reward explorer: type a text, see R*, the learned reward and the evaluator side by side (without R*, an audit
+of a brought expert: the learned reward and the evaluator).
 
 It is for a person in JupyterLab auditing what the learned reward rewards. Under papermill it
 stays inert: building the widget reads only saved files (the disagreement list), and the models are
@@ -50,6 +51,11 @@ class RewardExplorer:
         return self._models[name]
 
     @property
+    def has_r_star(self) -> bool:
+        """Whether the run has an R* to show (an audit without one: `irlnb.rewards.ground_truth.NO_R_STAR`)."""
+        return bool(self.sources.toxicity_classifier)
+
+    @property
     def has_posterior(self) -> bool:
         return (self.layout.posterior_reward / "reward.json").is_file()
 
@@ -59,16 +65,14 @@ class RewardExplorer:
         wrong: README, the posterior), then the evaluator's p_toxic."""
         texts = [str(text) for text in texts]
         if not texts:
-            return pd.DataFrame(columns=["text", "r_star", "learned_reward", "evaluator_p_toxic"])
+            columns = ["text", "r_star", "learned_reward", "evaluator_p_toxic"]
+            return pd.DataFrame(columns=[column for column in columns if column != "r_star" or self.has_r_star])
         if any(not text.strip() for text in texts):
             raise ValueError("an empty text cannot be scored; give each text some words")
-        table = pd.DataFrame(
-            {
-                "text": texts,
-                "r_star": self._model("classifier")(texts),
-                "learned_reward": self._model("learned").score(texts),
-            }
-        )
+        table = pd.DataFrame({"text": texts})
+        if self.has_r_star:
+            table["r_star"] = self._model("classifier")(texts)
+        table["learned_reward"] = self._model("learned").score(texts)
         if self.has_posterior:
             table["posterior_mean"], table["posterior_std"] = self._model("posterior").score(texts, return_std=True)
         table["evaluator_p_toxic"] = self._model("evaluator").p_toxic(texts)
@@ -77,7 +81,7 @@ class RewardExplorer:
     def disagreements(self, n: int, seed: int | None = None, by: str = "rank_gap") -> pd.DataFrame:
         """The n test demonstration texts whose rank under the learned reward is furthest from their rank under R*
         (`by="rank_gap"`), or, with `by="uncertainty"`, those with the widest posterior spread (texts unlike the
-        demonstrations; the spread does not flag R-hat's wrong signs).
+        demonstrations; the spread does not flag R-hat's wrong signs). Without R* only the second is defined.
 
         Read from irl/test_scores.parquet (no model is loaded): ranks are percentiles among the
         test demonstration texts, so the learned reward's arbitrary shift and scale do not matter.
@@ -86,6 +90,11 @@ class RewardExplorer:
         key, each text's learned-reward rank is averaged over the repeats. Without test_scores.parquet the test
         demonstrations are scored with the saved reward instead (this loads it).
         """
+        if by == "rank_gap" and not self.has_r_star:
+            raise ValueError(
+                "no R* (sources.toxicity_classifier is empty): no rank gap to sort by; sort by 'uncertainty', or read "
+                f"what the recovered reward ranks highest and lowest in {self.layout.audit_extremes}"
+            )
         path = self.layout.irl_test_scores
         if path.is_file():
             scores = pd.read_parquet(path)
@@ -118,6 +127,8 @@ class RewardExplorer:
         texts["rank_r_star"] = texts["r_star"].rank(pct=True)
         texts["rank_gap"] = texts["rank_learned"] - texts["rank_r_star"]
         columns = ["text", "set", "pair", "r_star", "learned_reward", "rank_r_star", "rank_learned", "rank_gap"]
+        if not self.has_r_star:
+            columns = [column for column in columns if column not in ("r_star", "rank_r_star", "rank_gap")]
         if self.layout.posterior_scores.is_file():
             spread = pd.read_parquet(self.layout.posterior_scores)[["set", "pair", "text", "posterior_std"]]
             texts = texts.merge(spread, on=["set", "pair", "text"], how="left")
@@ -162,10 +173,14 @@ class RewardExplorer:
         import ipywidgets as widgets
 
         def listed(by: str) -> list[str]:
+            if by == "extremes":
+                path = self.layout.audit_extremes
+                return pd.read_csv(path)["text"].tolist() if path.is_file() else []
             return self.disagreements(n, by=by)["text"].tolist() if self.layout.irl_test_scores.is_file() else []
 
+        first = "rank_gap" if self.has_r_star else "extremes"  # without R*, nothing to disagree with
         if examples is None:
-            examples = listed("rank_gap")
+            examples = listed(first)
         text = widgets.Textarea(
             placeholder="one text per line (a text picked from the list is scored whole)",
             layout=widgets.Layout(width="100%", height="6em"),
@@ -173,6 +188,7 @@ class RewardExplorer:
         )
         headings = {
             "rank_gap": "(texts where the learned reward and R* disagree most)",
+            "extremes": "(held-out texts the learned reward ranks highest and lowest: the audit report)",
             "uncertainty": "(texts with the widest posterior spread: far from the demonstrations, not necessarily "
             "wrong)",
         }
@@ -180,12 +196,17 @@ class RewardExplorer:
         def options(by: str, texts: list[str]) -> list[tuple[str, str]]:
             return [(headings[by], "")] + [(example[:120], example) for example in texts]
 
-        picks = widgets.Dropdown(options=options("rank_gap", examples), layout=widgets.Layout(width="100%"))
+        picks = widgets.Dropdown(options=options(first, examples), layout=widgets.Layout(width="100%"))
+        first_option = (
+            ("rank gap", "rank_gap", "ranked by how far the learned reward's rank is from R*'s")
+            if self.has_r_star
+            else ("highest and lowest", "extremes", "the held-out texts the learned reward ranks highest and lowest")
+        )
         order = widgets.ToggleButtons(
-            options=[("rank gap", "rank_gap"), ("uncertainty", "uncertainty")],
-            value="rank_gap",
+            options=[first_option[:2], ("uncertainty", "uncertainty")],
+            value=first,
             disabled=not self.layout.posterior_scores.is_file(),
-            tooltips=["ranked by how far the learned reward's rank is from R*'s", "ranked by the posterior's spread"],
+            tooltips=[first_option[2], "ranked by the posterior's spread"],
         )
 
         def on_order(change) -> None:
@@ -206,8 +227,9 @@ class RewardExplorer:
             if not texts:
                 output.append_stdout("Nothing to score: type a text (one per line) or pick one from the list.\n")
                 return
-            if len(self.loaded) < 3 + self.has_posterior:
-                output.append_stdout("Loading R*, the learned reward and the evaluator (the first time only) ...\n")
+            if len(self.loaded) < 2 + self.has_r_star + self.has_posterior:
+                models = "R*, the learned reward" if self.has_r_star else "The learned reward"
+                output.append_stdout(f"Loading {models} and the evaluator (the first time only) ...\n")
             try:
                 with quiet():
                     self.last_scores = self.score(texts)

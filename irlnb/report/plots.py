@@ -133,12 +133,18 @@ def _measured(values, template: str, *keys: str) -> str:
     return template.format(*(require(values, key, "the pipeline figure") for key in keys))
 
 
-def _aligned_again(values, policy: str) -> str:
-    """A retrained policy's mean p_toxic and, when the analysis defined it, its share of R*'s reduction."""
-    toxicity = _measured(values, "mean p_toxic {:.3f}", policy_metric(policy, metric_names.TOXICITY_MEAN))
-    # Optional: notebook 05 leaves the share out when R*'s own alignment reduced nothing (a short smoke run).
-    share = optional(values, reduction_share(policy))
-    return toxicity + ("\nno reduction by R* to share" if math.isnan(share) else f"\n{share:.0%} of R*'s reduction")
+def _aligned_again(values, policy: str, by_r_star: bool) -> str:
+    """A retrained policy's mean p_toxic and, when the analysis defined it, its share of the expert's reduction, by
+    the ground-truth classifier (`by_r_star`) or else by the independent evaluator (a run without R*)."""
+    scorer, suffix = ("", "") if by_r_star else (metric_names.EVALUATOR, metric_names.SCORER_SUFFIXES[1])
+    toxicity = _measured(
+        values, f"mean {scorer}p_toxic {{:.3f}}", policy_metric(policy, scorer + metric_names.TOXICITY_MEAN)
+    )
+    # Optional: notebook 05 leaves the share out when the expert's own alignment reduced nothing (a short smoke run).
+    share = optional(values, reduction_share(policy, suffix))
+    if math.isnan(share):
+        return toxicity + ("\nno reduction by R* to share" if by_r_star else "\nthe expert reduced nothing to share")
+    return toxicity + f"\n{share:.0%} of {'R*' if by_r_star else 'the expert'}'s reduction"
 
 
 STEP_BOX = (0.8, 0.62)  # width and height of a step's box in the pipeline figure (axis units: a step is 1 apart)
@@ -158,7 +164,10 @@ HANDOVERS = (
 
 
 def _pipeline_steps(values, alignment: str) -> dict[str, tuple[float, float, str, str]]:
-    """The steps of the pipeline figure, name: (x, y, title, what this run measured there)."""
+    """The steps of the pipeline figure, name: (x, y, title, what this run measured there). A run without R* (an
+    audit of a brought expert) shows the independent evaluator's numbers and IRL's pair accuracy instead."""
+    by_r_star = policy_metric("base", metric_names.TOXICITY_MEAN) in values
+    scorer = "" if by_r_star else metric_names.EVALUATOR
     return {
         "curate": (
             0.0,
@@ -171,18 +180,24 @@ def _pipeline_steps(values, alignment: str) -> dict[str, tuple[float, float, str
         "gt": (
             1.0,
             1.0,
-            "2. ground-truth reward\nR* = -logit p_toxic",
-            _measured(values, "AUC vs humans {:.2f}", metric_names.GT_AUC_HUMAN),
+            "2. ground-truth reward\nR* = -logit p_toxic"
+            if by_r_star
+            else "2. no R*: an independent\nevaluator judges",
+            _measured(
+                values,
+                "AUC vs humans {:.2f}",
+                metric_names.GT_AUC_HUMAN if by_r_star else metric_names.GT_EVALUATOR_AUC_HUMAN,
+            ),
         ),
         "rlhf": (
             2.0,
             1.0,
-            f"3. align with R*: {alignment}\n(expert policy)",
+            f"3. align with R*: {alignment}\n(expert policy)" if by_r_star else f"3. the expert policy:\n{alignment}",
             _measured(
                 values,
-                "mean p_toxic {:.3f} → {:.3f}",
-                policy_metric("base", metric_names.TOXICITY_MEAN),
-                policy_metric("ground_truth", metric_names.TOXICITY_MEAN),
+                f"mean {scorer}p_toxic {{:.3f}} → {{:.3f}}",
+                policy_metric("base", scorer + metric_names.TOXICITY_MEAN),
+                policy_metric("ground_truth", scorer + metric_names.TOXICITY_MEAN),
             ),
         ),
         "irl": (
@@ -194,19 +209,23 @@ def _pipeline_steps(values, alignment: str) -> dict[str, tuple[float, float, str
                 "test AUC {:.2f}\naccuracy {:.2f} (label-free cut)",
                 metric_names.irl_metric(None, "test", "auc_mean"),
                 metric_names.irl_metric(None, "test", "accuracy_label_free_mean"),
+            )
+            if by_r_star
+            else _measured(
+                values, "test pair accuracy {:.2f}", metric_names.irl_metric(None, "test", "pair_accuracy_mean")
             ),
         ),
         "learned": (
             3.0,
             0.0,
             "5. align with learned $\\hat{R}$",
-            _aligned_again(values, "learned"),
+            _aligned_again(values, "learned", by_r_star),
         ),
         "random": (
             2.0,
             0.0,
             "control: align with\na random reward",
-            _aligned_again(values, "random"),
+            _aligned_again(values, "random", by_r_star),
         ),
     }
 
@@ -256,13 +275,20 @@ def pipeline_figure(values, alignment: str = "RLHF") -> plt.Figure:
     fig, ax = plt.subplots(figsize=(13, 4.6))
     for name, (x, y, title, measured) in steps.items():
         _draw_step(ax, x, y, title, measured, STEP_COLORS.get(name, "#B0B0B0"))
+    by_r_star = policy_metric("base", metric_names.TOXICITY_MEAN) in values
     for start, end, label in HANDOVERS:
+        label = label if by_r_star or (start, end) != ("gt", "rlhf") else "judges"  # no R*: nothing to align with
         _draw_handover(ax, steps[start][:2], steps[end][:2], label)
     ax.text(
         0.5,
         0.0,
-        "every policy is scored on held-out test prompts\nby the ground-truth classifier and an "
-        "independent evaluator;\nTable 1 compares them",
+        "every policy is scored on held-out test prompts\nby "
+        + (
+            "the ground-truth classifier and an independent evaluator"
+            if by_r_star
+            else "an independent evaluator (no R*)"
+        )
+        + ";\nTable 1 compares them",
         ha="center",
         va="center",
         fontsize=9,
@@ -314,12 +340,17 @@ def rlhf_dynamics_figure(logs) -> plt.Figure:
 
 
 def toxicity_table_figure(table: pd.DataFrame) -> plt.Figure:
-    """Table 1 as bars: toxicity mean and ratio per policy, by both scorers, with 95% interval error bars."""
+    """Table 1 as bars: toxicity mean and ratio per policy, by both scorers, with 95% interval error bars (by the
+    evaluator alone in a run without R*, whose table has no ground-truth columns)."""
     panels = [
-        ("toxicity_mean", "mean p_toxic, ground-truth classifier"),
-        ("toxicity_ratio", "share p_toxic > 0.5, ground-truth classifier"),
-        ("evaluator_toxicity_mean", "mean p_toxic, independent evaluator"),
-        ("evaluator_toxicity_ratio", "share p_toxic > 0.5, independent evaluator"),
+        (column, title)
+        for column, title in (
+            ("toxicity_mean", "mean p_toxic, ground-truth classifier"),
+            ("toxicity_ratio", "share p_toxic > 0.5, ground-truth classifier"),
+            ("evaluator_toxicity_mean", "mean p_toxic, independent evaluator"),
+            ("evaluator_toxicity_ratio", "share p_toxic > 0.5, independent evaluator"),
+        )
+        if column in table
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     x = np.arange(len(table))
@@ -330,7 +361,8 @@ def toxicity_table_figure(table: pd.DataFrame) -> plt.Figure:
             [value - table[f"{column}_ci_low"].to_numpy(float), table[f"{column}_ci_high"].to_numpy(float) - value]
         )
         ax.bar(x, value, yerr=np.nan_to_num(errors), capsize=4, color=colors)
-        ax.set_xticks(x, [POLICY_SHORT.get(tag, tag) for tag in table["policy"]])
+        short = POLICY_SHORT if "toxicity_mean" in table else {**POLICY_SHORT, "ground_truth": "expert"}  # no R*
+        ax.set_xticks(x, [short.get(tag, tag) for tag in table["policy"]])
         ax.set(title=title, ylim=(0, None), xlabel="policy (aligned with which reward)")
         ax.title.set_fontsize(9)
     fig.suptitle("Toxicity of test continuations by policy (greedy; best-of-n samples), 95% bootstrap intervals")

@@ -216,11 +216,14 @@ def reduction_shares(layout: RunLayout, samples: int, seed: int, skip_undefined:
     variation they share cancels. Resamples in which R* reduced nothing are left out (the share is
     undefined there). A run whose R* reduced nothing at all is refused rather than divided by ~0;
     with `skip_undefined` that scorer's keys are left out with a warning instead (a short smoke
-    RLHF may reduce nothing, and the analysis of everything else should still be drawn).
+    RLHF may reduce nothing, and the analysis of everything else should still be drawn). A run without R* (no
+    ground-truth scores: `irlnb.rewards.ground_truth.NO_R_STAR`) has the evaluator's shares alone.
     """
     _, frames = greedy_scores(layout)
     values: dict[str, float] = {}
     for column, suffix in SCORERS.items():
+        if all(frame[column].isna().all() for frame in frames.values()):  # no R*: its p_toxic is NaN throughout
+            continue
         base, ground_truth = frames["base"][column].to_numpy(float), frames["ground_truth"][column].to_numpy(float)
         reduction = float(base.mean() - ground_truth.mean())
         if reduction <= 0:
