@@ -18,6 +18,7 @@ from irlnb.params_file import load_config
 from irlnb.pipeline import recovery
 from irlnb.rewards.features import load_reward
 from irlnb.rewards.ground_truth import GroundTruthReward, ground_truth_reward
+from irlnb.rl.policy_card import PolicyCard
 from irlnb.sources import SourceError
 
 TEXTS = ["Thanks, that was lovely!", "You are an idiot and I hate you.", "The cat sat on the mat.", ""]
@@ -94,6 +95,26 @@ def test_the_suite_table_has_one_row_per_reward_and_kind_and_the_figure_draws_it
     figure = recovery_figure(table)
     bars = [patch for patch in figure.axes[0].patches]
     assert len(bars) == len(RECOVERY_BARS) * len(table)
+
+
+def test_the_suite_runs_a_row_on_the_smoke_params_and_records_it_with_its_figure(tmp_path):
+    """One row of the suite end to end on the smoke params: an expert aligned on sentiment (best-of-2, which trains
+    nothing), audited up to stage 04 and judged against sentiment; the record holds the row's numbers as its run's
+    metrics say, and the figure is drawn. A second call keeps the finished run."""
+    config = load_config(write_params(tmp_path))
+    record, figures = tmp_path / "recovery.metrics.json", tmp_path / "figures"
+    rows = [("embedded:vader-sentiment", "best_of_n")]
+    result = recovery.run_suite(config, rows, str(tmp_path / "runs"), record, figures, log=lambda line: None)
+    run = tmp_path / "runs" / "smoke-vader-sentiment-best_of_n"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["irl.test.spearman_mean"] == result["metrics"]["recovery.vader-sentiment.best_of_n.spearman"]
+    assert json.loads(record.read_text())["metrics"] == result["metrics"]
+    assert (figures / "recovery.png").is_file() and not (run / "stages" / "03_rlhf_learned.json").exists()
+    assert PolicyCard.read(run / "rlhf_ground_truth" / "policy").trainer == "best_of_n"
+    markers = {path.name: path.stat().st_mtime for path in (run / "stages").iterdir()}
+    again = recovery.run_suite(config, rows, str(tmp_path / "runs"), None, None, log=lambda line: None)
+    assert again["metrics"] == result["metrics"]
+    assert {path.name: path.stat().st_mtime for path in (run / "stages").iterdir()} == markers  # nothing redone
 
 
 def test_the_recovered_reward_is_the_same_with_r_star_or_without_any(smoke_run, tmp_path):
