@@ -25,10 +25,12 @@ figures: setup
 	$(BIN)/irlnb run $(PARAMS)
 
 # The tests run in one pytest-xdist worker per core (TEST_WORKERS=0: in this process): the smoke runs they make use
-# one thread each, so two workers on two cores take about half the time one does.
+# one thread each, so two workers on two cores take about half the time one does. The tests marked slow come first,
+# longest first (tests/conftest.py), and are handed out one at a time (--maxschedchunk 1; xdist's default hands each
+# worker a quarter of its share at once, which would give one worker every slow test), so the workers finish together.
 TEST_WORKERS ?= auto
 test: setup lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 1 --durations=15
 
 # Not part of `make test`: JupyterLab end to end in headless Chromium (Selenium, Debian's chromium and
 # chromium-driver): runs 05_analysis by hand on a smoke run, scores two texts in the reward explorer, and

@@ -27,6 +27,18 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests marked `slow(seconds)` first, longest first; the rest after, in their order. pytest-xdist
+    hands the tests out in this order, so each worker starts on a long one (one of them makes the shared smoke run
+    while the other runs a test that makes its own) and both finish on quick ones, together."""
+
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("slow")
+        return marker.args[0] if marker else 0.0
+
+    items.sort(key=seconds, reverse=True)  # stable: equal ones keep their order
+
+
 def write_params(tmp_path: Path, base: str = "smoke.yaml", name: str = "params.yaml", **changes) -> Path:
     """A copy of params/<base> with its runs_dir in tmp_path and `section.key=value` changes applied."""
     data = yaml.safe_load((PARAMS / base).read_text())

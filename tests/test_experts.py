@@ -178,6 +178,7 @@ def test_expert_settings_that_would_break_irl_are_refused_in_one_line(changes, m
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow(50)
 def test_a_dpo_expert_trains_on_prompts_irl_never_sees_and_reports_its_distance_from_the_base(tmp_path):
     """Stage 03 trains the dpo expert with TRL on reward-ordered pairs of base samples; stage 04 draws its
     demonstrations on other prompts and measures the expert's log-ratio against the base (its KL estimate)."""

@@ -59,6 +59,7 @@ def finished_run(smoke_run, tmp_path):
     return copy_of_smoke_run(smoke_run, tmp_path)
 
 
+@pytest.mark.slow(55)
 def test_a_notebook_run_by_hand_never_changes_a_finished_run(finished_run):
     before = tree_digest(finished_run)
     smoke_irl = "    layer=0,"  # the parameters cell shows the default (chosen by 04), as the smoke run does
@@ -105,6 +106,7 @@ def _start_run(params: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow(35)
 def test_a_second_writer_is_refused_and_a_killed_runs_lock_is_taken_over(finished_run):
     params = write_params(finished_run.parent.parent, evaluation__bootstrap_samples=300)  # 02, 03, 05 redo
     lock = finished_run / ".irlnb.lock"

@@ -183,6 +183,7 @@ def test_the_choice_prefers_candidates_within_every_guard_then_the_closest_to_th
     assert table["passes_guards"].tolist() == [True, True, False, False]
 
 
+@pytest.mark.slow(65)
 def test_tune_expert_trains_each_candidate_once_and_measures_it_on_validation_prompts_only(tmp_path):
     from conftest import write_params
 

@@ -116,6 +116,7 @@ def test_the_time_left_reads_each_points_own_time_at_another_seed():
     assert recoverability.time_left(["dpo-prompts50"], {}) is None
 
 
+@pytest.mark.slow(120)
 def test_the_study_runs_on_the_smoke_params_and_goes_on_where_it_stopped(tmp_path):
     """End to end on the smoke params: two points, one seed; a second invocation keeps both; one point lost from
     the record (a study killed after its run finished, before the record was written) is read again from its run

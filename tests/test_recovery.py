@@ -97,6 +97,7 @@ def test_the_suite_table_has_one_row_per_reward_and_kind_and_the_figure_draws_it
     assert len(bars) == len(RECOVERY_BARS) * len(table)
 
 
+@pytest.mark.slow(50)
 def test_the_suite_runs_a_row_on_the_smoke_params_and_records_it_with_its_figure(tmp_path):
     """One row of the suite end to end on the smoke params: an expert aligned on sentiment (best-of-2, which trains
     nothing), audited up to stage 04 and judged against sentiment; the record holds the row's numbers as its run's
@@ -117,6 +118,7 @@ def test_the_suite_runs_a_row_on_the_smoke_params_and_records_it_with_its_figure
     assert {path.name: path.stat().st_mtime for path in (run / "stages").iterdir()} == markers  # nothing redone
 
 
+@pytest.mark.slow(220)  # 140 s, and first in line, it makes the shared smoke run (80 s)
 def test_the_recovered_reward_is_the_same_with_r_star_or_without_any(smoke_run, tmp_path):
     """Stage 04 reads R* only to judge: an expert audited with R* toxicity and with no R* at all (an auditor's case:
     sources.toxicity_classifier empty) gives back the same saved reward, the same objective and the same length

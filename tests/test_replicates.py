@@ -38,6 +38,7 @@ def test_fewer_than_two_seeds_are_refused():
         replicates.run_replicates(load_config(PARAMS / "smoke.yaml"), seeds=1, record=None)
 
 
+@pytest.mark.slow(170)
 def test_replicates_of_irl_alone_then_of_whole_runs_on_the_smoke_params(tmp_path):
     """Two seeds of the smoke run, IRL alone (each run stops after stage 04) and recorded over the seeds; then the
     whole runs, which go on where those stopped, and Table 1 over them, recorded."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import REPO, copy_of_smoke_run, irlnb_cli, write_params
 
 from irlnb.pipeline.stages import STAGES
@@ -153,6 +154,7 @@ def test_keys_follow_what_a_result_depends_on():
     assert changed(rft__rounds=3, best_of_n__n=8, grpo__beta=0.5) == base  # the sections of kinds not aligned with
 
 
+@pytest.mark.slow(45)
 def test_an_evaluation_setting_reevaluates_and_a_training_setting_retrains(smoke_run, tmp_path):
     """End to end on the expert's stage (which stages a change redoes is checked on the keys, above)."""
     run_dir = copy_of_smoke_run(smoke_run, tmp_path)
@@ -189,6 +191,7 @@ def test_only_refuses_a_stage_whose_inputs_are_missing(tmp_path):
     assert "stage 02_ground_truth_rm needs 01_curate, which is not complete" in done.stderr
 
 
+@pytest.mark.slow(30)
 def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
     params = write_params(tmp_path)
     run_dir = tmp_path / "runs" / "smoke"
@@ -223,6 +226,7 @@ def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
     assert "gt.auc_human" in json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow(30)
 def test_rlhf_trains_unchanged_under_accelerate_with_two_cpu_processes(smoke_run, tmp_path):
     run_dir = copy_of_smoke_run(smoke_run, tmp_path)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -265,6 +269,7 @@ def test_rlhf_trains_unchanged_under_accelerate_with_two_cpu_processes(smoke_run
     assert len(log) == 1 + 4
 
 
+@pytest.mark.slow(35)
 def test_a_training_killed_midway_resumes_from_its_last_checkpoint(smoke_run, tmp_path):
     run_dir = copy_of_smoke_run(smoke_run, tmp_path)
     import shutil
@@ -300,6 +305,7 @@ def test_a_training_killed_midway_resumes_from_its_last_checkpoint(smoke_run, tm
     assert len(log) == 1 + 60  # every step once in the log: history restored, nothing redone
 
 
+@pytest.mark.slow(55)
 def test_a_brought_model_is_audited_instead_of_aligned_and_a_foreign_tokenizer_is_refused(smoke_run, tmp_path):
     from irlnb.models.policies import embedded_policy_dir
 
@@ -361,6 +367,7 @@ def test_publishing_removes_what_an_earlier_run_published_and_this_one_did_not_m
     assert json.loads((target / "provenance.json").read_text())["files"] == ["kept.png"]
 
 
+@pytest.mark.slow(40)
 def test_figures_are_published_only_by_a_complete_run_of_the_params_file_as_written(smoke_run, tmp_path):
     published = tmp_path / "published"
     (tmp_path / "partial").mkdir()
