@@ -64,6 +64,7 @@ def test_every_embedded_asset_is_verified_and_unpacked():
         assert assets.sha256_of(assets.cache_dir() / "downloads" / archive.filename) == archive.sha256
 
 
+@pytest.mark.slow(27)
 def test_smollm2_safetensors_cache_gives_the_gguf_logits():
     from irlnb.models.policies import load_policy, load_smollm2_from_gguf, prepare_tokenizer
 

@@ -19,6 +19,7 @@ from irlnb.rewards.features import score_tolerance
 RLHF_PARTS = ("generation", "reference_forward", "policy_forward_backward", "optimizer_update")
 
 
+@pytest.mark.slow(35)
 def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_path):
     out = tmp_path / "bench.json"
     params = PARAMS / "smoke.yaml"

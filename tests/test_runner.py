@@ -88,6 +88,7 @@ def test_executed_notebooks_carry_the_injected_parameters(smoke_run):
     assert len(injected) == 1 and '"n_per_class": 60' in injected[0].source
 
 
+@pytest.mark.slow(22)
 def test_rerun_skips_and_changed_params_are_refused_without_force(smoke_run, tmp_path):
     run_dir = copy_of_smoke_run(smoke_run, tmp_path)
     metrics_before = (run_dir / "metrics.json").read_bytes()
