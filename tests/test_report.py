@@ -462,6 +462,14 @@ def test_without_r_star_the_explorer_shows_the_learned_reward_and_the_evaluator_
     assert [value for _, value in picks.options[1:]] == extremes  # what notebook 04's audit report ranks
     assert order.value == "extremes" and "rank_gap" not in [value for _, value in order.options]
 
+    # notebook 05 run by hand with its committed parameters (R* named) on a run made without R*: none shown either
+    metrics_file = RunLayout(explored_run).metrics
+    judged = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({k: v for k, v in judged.items() if ".toxicity_" not in k}))
+    assert not _explorer(explored_run).has_r_star and config.sources.toxicity_classifier
+    metrics_file.write_text(json.dumps(judged))
+    assert _explorer(explored_run).has_r_star
+
 
 def test_disagreements_rank_demonstration_texts_by_rank_gap(tmp_path):
     run_dir = make_run(tmp_path)

@@ -17,6 +17,7 @@ from irlnb.layout import RunLayout
 from irlnb.metric_names import IRL_SAVED_SEED, optional
 from irlnb.models.classifiers import load_classifier
 from irlnb.progress import quiet
+from irlnb.report.tables import r_star_judged
 from irlnb.rewards.features import load_reward
 from irlnb.rewards.ground_truth import GroundTruthReward
 
@@ -52,8 +53,8 @@ class RewardExplorer:
 
     @property
     def has_r_star(self) -> bool:
-        """Whether the run has an R* to show (an audit without one: `irlnb.rewards.ground_truth.NO_R_STAR`)."""
-        return bool(self.sources.toxicity_classifier)
+        """Whether the run has an R* to show (not an audit without one: `irlnb.rewards.ground_truth.NO_R_STAR`)."""
+        return r_star_judged(self.sources, self.layout.read_metrics())
 
     @property
     def has_posterior(self) -> bool:

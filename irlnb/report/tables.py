@@ -43,6 +43,12 @@ def r_star_in(values: Mapping[str, float]) -> bool:
     return any(policy_metric(tag, metric_names.TOXICITY_MEAN) in values for tag in POLICIES)
 
 
+def r_star_judged(sources, values: Mapping[str, float]) -> bool:
+    """Whether an analysis has an R* to show: the params name a classifier, and stage 03 judged the run's policies by
+    R* (notebook 05 run by hand with its committed parameters on a run made without R* shows none either)."""
+    return bool(sources.toxicity_classifier) and r_star_in(values)
+
+
 def toxicity_table(values: Mapping[str, float]) -> pd.DataFrame:
     """The paper's Table 1: toxicity of each policy's test continuations (greedy; best-of-n samples) with 95% intervals.
 
