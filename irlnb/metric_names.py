@@ -102,6 +102,11 @@ def policy_metric(policy: str, name: str) -> str:
     return policy_prefix(policy) + name
 
 
+def r_star_in(values) -> bool:
+    """Whether stage 03 judged its policies by R* (a run without R* records only the evaluator's toxicity)."""
+    return any(policy_metric(tag, TOXICITY_MEAN) in values for tag in POLICIES)
+
+
 # --------------------------------------------------------------------------------------------
 # 04 IRL
 

@@ -93,7 +93,7 @@ class RewardExplorer:
         """
         if by == "rank_gap" and not self.has_r_star:
             raise ValueError(
-                "no R* (sources.toxicity_classifier is empty): no rank gap to sort by; sort by 'uncertainty', or read "
+                "no R* in this run (an audit without one): no rank gap to sort by; sort by 'uncertainty', or read "
                 f"what the recovered reward ranks highest and lowest in {self.layout.audit_extremes}"
             )
         path = self.layout.irl_test_scores

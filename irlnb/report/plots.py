@@ -12,7 +12,7 @@ import seaborn as sns
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from irlnb import metric_names, metrics
-from irlnb.metric_names import optional, policy_metric, reduction_share, require
+from irlnb.metric_names import optional, policy_metric, r_star_in, reduction_share, require
 
 LABEL_NAMES = {0: "non-toxic", 1: "toxic"}
 LABEL = "human label"
@@ -163,10 +163,9 @@ HANDOVERS = (
 )
 
 
-def _pipeline_steps(values, alignment: str) -> dict[str, tuple[float, float, str, str]]:
+def _pipeline_steps(values, alignment: str, by_r_star: bool) -> dict[str, tuple[float, float, str, str]]:
     """The steps of the pipeline figure, name: (x, y, title, what this run measured there). A run without R* (an
-    audit of a brought expert) shows the independent evaluator's numbers and IRL's pair accuracy instead."""
-    by_r_star = policy_metric("base", metric_names.TOXICITY_MEAN) in values
+    audit of a brought expert: not `by_r_star`) shows the independent evaluator's numbers and IRL's pair accuracy."""
     scorer = "" if by_r_star else metric_names.EVALUATOR
     return {
         "curate": (
@@ -271,11 +270,11 @@ def _draw_handover(ax, start: tuple[float, float], end: tuple[float, float], lab
 def pipeline_figure(values, alignment: str = "RLHF") -> plt.Figure:
     """The paper's pipeline overview, drawn as boxes and arrows, annotated with this run's numbers when present
     (`alignment`: how the run aligned its policies, irlnb.rl.kinds' label of the expert's card)."""
-    steps = _pipeline_steps(values, alignment)
+    by_r_star = r_star_in(values)
+    steps = _pipeline_steps(values, alignment, by_r_star)
     fig, ax = plt.subplots(figsize=(13, 4.6))
     for name, (x, y, title, measured) in steps.items():
         _draw_step(ax, x, y, title, measured, STEP_COLORS.get(name, "#B0B0B0"))
-    by_r_star = policy_metric("base", metric_names.TOXICITY_MEAN) in values
     for start, end, label in HANDOVERS:
         label = label if by_r_star or (start, end) != ("gt", "rlhf") else "judges"  # no R*: nothing to align with
         _draw_handover(ax, steps[start][:2], steps[end][:2], label)
@@ -355,13 +354,13 @@ def toxicity_table_figure(table: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     x = np.arange(len(table))
     colors = [POLICY_COLORS.get(tag, "#8172B2") for tag in table["policy"]]
+    short = POLICY_SHORT if "toxicity_mean" in table else {**POLICY_SHORT, "ground_truth": "expert"}  # no R*
     for ax, (column, title) in zip(axes, panels):
         value = table[column].to_numpy(float)
         errors = np.vstack(
             [value - table[f"{column}_ci_low"].to_numpy(float), table[f"{column}_ci_high"].to_numpy(float) - value]
         )
         ax.bar(x, value, yerr=np.nan_to_num(errors), capsize=4, color=colors)
-        short = POLICY_SHORT if "toxicity_mean" in table else {**POLICY_SHORT, "ground_truth": "expert"}  # no R*
         ax.set_xticks(x, [short.get(tag, tag) for tag in table["policy"]])
         ax.set(title=title, ylim=(0, None), xlabel="policy (aligned with which reward)")
         ax.title.set_fontsize(9)

@@ -19,7 +19,7 @@ import pandas as pd
 from irlnb import metric_names, metrics
 from irlnb.config import ALIGNMENT_KINDS, SECTIONS, doc
 from irlnb.layout import RunLayout, read_json
-from irlnb.metric_names import optional, policy_metric, reduction_share, require
+from irlnb.metric_names import optional, policy_metric, r_star_in, reduction_share, require
 from irlnb.objectives import MEAN_SHIFT, OBJECTIVES
 from irlnb.rl.evaluation import policy_outputs
 
@@ -36,11 +36,6 @@ TABLE_STATISTICS = tuple(
 )
 # Sections of the params whose settings make the paper's hyperparameter table (its table 8).
 HYPERPARAMETER_EXTRA = (("sources", "policy"),)  # which model: the table's point is "per model size"
-
-
-def r_star_in(values: Mapping[str, float]) -> bool:
-    """Whether stage 03 judged its policies by R* (a run without R* records only the evaluator's toxicity)."""
-    return any(policy_metric(tag, metric_names.TOXICITY_MEAN) in values for tag in POLICIES)
 
 
 def r_star_judged(sources, values: Mapping[str, float]) -> bool:
