@@ -464,6 +464,13 @@ class IrlSettings:
         "holding both models can draw), so a pair differs by what the expert changed, not by sampling noise; a "
         "best-of-n expert has no model of its own and is sampled independently (matched: false)",
     )
+    draw: int = setting(
+        0,
+        doc="which draw of the demonstrations: the same prompts, their continuations sampled with other random numbers "
+        "(`irlnb replicates --draws`: the spread between draws, from which regress tolerances are also set; 0: the "
+        "default draw); the test prompts' within-prompt samples stay those of draw 0",
+        ge=0,
+    )
     max_new_tokens: int = setting(24, doc="tokens per demonstration continuation", ge=1)
     within_prompt_samples: int = setting(
         4,

@@ -14,9 +14,9 @@ from irlnb.pipeline import regress
 
 
 def copy_shipped_tolerances(folder: Path) -> None:
-    """regress/tolerances.yaml and the replicates record it names for its spread over seeds."""
-    record = regress.load_tolerances(REPO / "regress" / "tolerances.yaml").seed_record
-    for name in ("tolerances.yaml", record):
+    """regress/tolerances.yaml and the replicates records it names for its spreads."""
+    spreads = regress.load_tolerances(REPO / "regress" / "tolerances.yaml").spreads
+    for name in ("tolerances.yaml", *(spread.record for spread in spreads)):
         (folder / name).write_text((REPO / "regress" / name).read_text())
 
 
@@ -165,6 +165,42 @@ def test_a_key_may_also_move_within_its_spread_over_alignment_seeds_and_the_fail
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:3]}
     assert rows["irl.test.auc_mean"].split()[4:] == ["0.04", "4", "SD", "over", "seeds"]
     assert rows["irl.test.spearman_mean"].split()[4:] == ["0.001", "default"]  # the seeds' 0.0004 is narrower
+
+
+def test_a_key_moves_within_the_widest_of_the_spreads_over_seeds_and_over_draws_and_the_summary_counts_each(
+    tmp_path, capsys
+):
+    reference = {"gt.auc_human": 0.8, "irl.test.auc_mean": 0.80, "irl.test.spearman_mean": 0.60}
+    reference_path, tolerances_path = _reference(tmp_path, reference)
+    folder = tolerances_path.parent
+    (folder / "seeds.json").write_text(
+        json.dumps({"sd_over_seeds": {"irl.test.auc_mean": 0.01, "irl.test.spearman_mean": 0.001}})
+    )
+    (folder / "draws.json").write_text(
+        json.dumps({"sd_over_seeds": {"irl.test.spearman_mean": 0.005}, "varied": "irl.draw"})
+    )
+    tolerances_path.write_text(
+        "default: {abs: 0.001}\nreplicates:\n  - {record: seeds.json, sd: 4}\n  - {record: draws.json, sd: 2}\n"
+    )
+    tolerances = regress.load_tolerances(tolerances_path)
+    assert tolerances.allowed("irl.test.auc_mean", 0.8) == (pytest.approx(0.04), "4 SD over seeds")
+    assert tolerances.allowed("irl.test.spearman_mean", 0.6) == (pytest.approx(0.01), "2 SD over draws")  # > 0.004
+    assert tolerances.allowed("gt.auc_human", 0.8) == (0.001, "default")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    measured = {"gt.auc_human": 0.8, "irl.test.auc_mean": 0.83, "irl.test.spearman_mean": 0.611}
+    (run_dir / "metrics.json").write_text(json.dumps(measured))
+    assert regress.check_run(run_dir, reference_path, tolerances_path) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split() == ["irl.test.spearman_mean", "0.6", "0.611", "+0.011", "0.01", "2", "SD",
+                                           "over", "draws"]  # fmt: skip
+    assert (
+        "1 tolerances from the spread over alignment seeds in seeds.json, 1 tolerances from the spread over "
+        "demonstration draws in draws.json" in out
+    )
+    (folder / "draws.json").write_text(json.dumps({"sd_over_seeds": {"x": 1.0}, "varied": "compute.seed"}))
+    with pytest.raises(regress.RegressError, match=r"draws.json varies 'compute.seed', not one of rlhf.seed, irl.draw"):
+        regress.load_tolerances(tolerances_path)
 
 
 def test_a_replicates_tolerance_without_its_record_is_refused_in_one_line(tmp_path):

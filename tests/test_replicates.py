@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import PARAMS, write_params
 
+from irlnb.layout import RunLayout
 from irlnb.params_file import load_config
 from irlnb.pipeline import replicates
 
@@ -17,6 +19,15 @@ def test_a_replicate_changes_the_alignment_seed_and_the_run_name_only():
     config = replicates.replicate_config(base, 2)
     assert (config.rlhf.seed, config.run.name, config.run.figures_dir) == (2, "default-seed2", "")
     assert config.irl == base.irl and config.dpo == base.dpo and config.compute == base.compute
+
+
+def test_a_replicate_of_the_demonstrations_changes_their_draw_and_the_run_name_only():
+    base = load_config(PARAMS / "default.yaml")
+    config = replicates.replicate_config(base, 1, over="draws")
+    assert (config.irl.draw, config.run.name, config.run.figures_dir) == (1, "default-draw1", "")
+    assert config.rlhf == base.rlhf and config.compute == base.compute
+    assert {**vars(config.irl), "draw": 0} == vars(base.irl)
+    assert replicates.record_path("draws", True).name == "replicates-draws-irl.metrics.json"
 
 
 def test_the_seed_bootstrap_holds_the_spread_between_seeds():
@@ -85,3 +96,45 @@ def test_replicates_of_irl_alone_then_of_whole_runs_on_the_smoke_params(tmp_path
     assert spread["irl.test.auc_mean"] == pytest.approx(np.std([run["irl.test.auc_mean"] for run in runs], ddof=1))
     assert spread["curate.n_train"] == 0 and spread["rlhf.ground_truth.toxicity_mean"] > 0
     assert not any(key.startswith("timing.") for key in spread)
+
+
+@pytest.mark.slow(30)
+def test_replicates_of_the_demonstrations_share_the_finished_expert_and_redraw_only_the_pairs(smoke_run, tmp_path):
+    """Two draws of the smoke run's demonstrations, IRL alone: each replicate adopts the stages the params' own run
+    (the shared smoke run) finished with its settings, so the expert is trained once and draw 0 is that run; draw 1
+    runs stage 04 only, on the same prompts with other samples. The smoke run is only read."""
+    base = load_config(smoke_run.parent.parent / "params.yaml")  # its runs_dir holds the smoke run
+    marker_before = (smoke_run / "stages" / "04_irl.json").read_bytes()
+    lines: list[str] = []
+    record = tmp_path / "replicates-draws-irl.metrics.json"
+    result = replicates.run_replicates(
+        base, seeds=2, runs_dir=str(tmp_path / "draws"), record=record, irl_only=True, over="draws", log=lines.append
+    )
+    first, second = (RunLayout(tmp_path / "draws" / f"smoke-draw{draw}") for draw in (0, 1))
+    adopted = [line for line in lines if "copied" in line]
+    assert adopted[0].startswith("  01_curate, 02_ground_truth_rm, 03_rlhf_ground_truth, 04_irl: finished")
+    assert adopted[1].startswith("  01_curate, 02_ground_truth_rm, 03_rlhf_ground_truth: finished")
+    assert len(adopted) == 2 and any("04_irl done" in line for line in lines)  # draw 1 ran 04, nothing else
+    for layout in (first, second):
+        manifest = json.loads(layout.manifest.read_text())
+        assert manifest["stages"]["03_rlhf_ground_truth"]["adopted_from"] == str(smoke_run)
+        for name in ("01_curate", "03_rlhf_ground_truth"):
+            assert layout.marker(name).read_bytes() == (smoke_run / "stages" / f"{name}.json").read_bytes()
+        trained = sorted((smoke_run / "rlhf_ground_truth" / "policy").rglob("*.safetensors"))
+        assert trained and all(
+            (layout.policy("ground_truth") / path.relative_to(smoke_run / "rlhf_ground_truth" / "policy")).read_bytes()
+            == path.read_bytes()
+            for path in trained
+        )
+    smoke = json.loads((smoke_run / "metrics.json").read_text())
+    drawn_first = first.read_metrics()
+    assert "irl.test.auc_mean" in drawn_first and drawn_first == {k: smoke[k] for k in drawn_first}  # the smoke run's
+    assert (smoke_run / "stages" / "04_irl.json").read_bytes() == marker_before
+    pairs = [pd.read_parquet(layout.demonstrations) for layout in (first, second)]
+    assert pairs[0][["split", "prompt"]].equals(pairs[1][["split", "prompt"]])  # the same prompts
+    assert (pairs[0]["expert"] != pairs[1]["expert"]).mean() > 0.5  # other samples
+    assert pd.read_parquet(first.prompt_sets).equals(pd.read_parquet(second.prompt_sets))  # judged on the same
+    saved = json.loads(record.read_text())
+    assert saved["varied"] == "irl.draw" and saved["until"] == "04_irl" and saved["metrics"] == result["metrics"]
+    spread = saved["sd_over_seeds"]
+    assert spread["rlhf.ground_truth.toxicity_mean"] == 0 and spread["irl.test.auc_mean"] > 0

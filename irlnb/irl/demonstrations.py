@@ -38,6 +38,7 @@ class DemonstrationError(IrlnbError, ValueError):
 
 EXPERT_REWARD = "ground_truth"  # the expert is the policy notebook 03 aligned with R*
 SPLIT_SEED = {split: number for number, split in enumerate(SPLITS)}  # each split samples with its own seeds
+DRAW_SEED_STEP = 1_000_003  # irl.draw's step between the sampling seeds, beyond the splits' (prompts stay the same)
 
 
 def expert_design_problem(kind: AlignmentKind, irl) -> str:
@@ -169,7 +170,7 @@ def build_demonstrations(
             non_expert,
             irl.samples_per_prompt,
             irl.inference_batch_size,
-            seed + 100_003 * SPLIT_SEED[split],
+            seed + 100_003 * SPLIT_SEED[split] + DRAW_SEED_STEP * irl.draw,
             matched=irl.matched and irl.decoding == "sampled",
         )
         frames.append(label_pairs(pairs, split, r_star))

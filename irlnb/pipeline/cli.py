@@ -107,9 +107,10 @@ def cmd_replicates(args) -> int:
     config = load_config(args.params)
     from irlnb.pipeline import replicates  # loads the runner
 
-    record = None if args.no_record else replicates.IRL_RECORD if args.irl_only else replicates.RECORD
+    over = "draws" if args.draws else "seeds"
+    record = None if args.no_record else replicates.record_path(over, args.irl_only)
     values = replicates.run_replicates(
-        config, seeds=args.seeds, runs_dir=args.runs_dir, record=record, irl_only=args.irl_only
+        config, seeds=args.seeds, runs_dir=args.runs_dir, record=record, irl_only=args.irl_only, over=over
     )["metrics"]
     for key, value in values.items():
         print(f"{key}: {value:.4f}")
@@ -301,6 +302,12 @@ def add_replicates(commands) -> None:
         action="store_true",
         help="each run stops after 04_irl: IRL over the seeds, no Table 1 (recorded in "
         "regress/replicates-irl.metrics.json instead)",
+    )
+    replicated.add_argument(
+        "--draws",
+        action="store_true",
+        help="keep the alignment seed and redraw IRL's demonstrations instead (irl.draw 0, 1, ...; the expert "
+        "trained once): regress/replicates-draws[-irl].metrics.json",
     )
     replicated.set_defaults(func=cmd_replicates)
 

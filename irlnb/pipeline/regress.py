@@ -5,11 +5,11 @@ params, git state, packages and hardware it was recorded with, so a failure can 
 from a change of machine. `regress/tolerances.yaml` says how far each metric may move: per key
 prefix (the longest matching prefix wins) an absolute and/or a relative tolerance; a value passes
 when |measured − reference| <= max(abs, rel × |reference|). Those were measured from changes that keep
-every random draw (threads, machines). `replicates` names a record of `irlnb replicates` and a number k:
-a key also passes within k × its SD over that record's alignment seeds, the spread of a change that draws
-again. Each failure says which of the two set its tolerance. Timing keys (`timing.*`, and stage 04's own
-`irl.time.*`) and bootstrap interval bounds (`*_ci_*`) are ignored: the first measure the machine, the second move
-with their point.
+every random draw (threads, machines). `replicates` names records of `irlnb replicates` (over alignment seeds,
+or over draws of the demonstrations with `--draws`), each with a number k: a key also passes within k × its SD over
+a record's replicates, the spread of a change that draws again. Each failure says which set its tolerance.
+Timing keys (`timing.*`, and stage 04's own `irl.time.*`) and bootstrap interval bounds (`*_ci_*`) are ignored:
+the first measure the machine, the second move with their point.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import fnmatch
 import math
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,10 @@ REFERENCE_DIR = REPO_ROOT / "regress"
 TOLERANCES_FILE = "tolerances.yaml"
 REGRESS_RUNS_DIR = "runs/regress"
 ALWAYS_IGNORED = (f"{metric_names.TIMING}*", f"{metric_names.IRL_TIME}*", "*_ci_*")  # the machine; the point
-SEED_SPREAD = "SD over seeds"  # how a deviation names a tolerance set by the spread over alignment seeds
+SPREAD = "SD over"  # how a deviation names a tolerance set by a spread over replicates: "4.24 SD over seeds"
+# What a replicates record varies (its `varied`; records before irl.draw existed vary the alignment seed), as a
+# deviation names it and as the check's summary does.
+SPREAD_NAMES = {"rlhf.seed": ("seeds", "alignment seeds"), "irl.draw": ("draws", "demonstration draws")}
 # Where two runs' params may differ and still be the same experiment.
 NOT_COMPARED_PARAMS = ("run",)
 
@@ -55,13 +58,25 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
+class Spread:
+    """Each metric's SD over one record's replicates, and how many of those a key may move."""
+
+    sd: Mapping[str, float]
+    count: float
+    record: str  # the replicates record's file name
+    varied: str  # what differs between its replicates: rlhf.seed or irl.draw
+
+    @property
+    def source(self) -> str:
+        return f"{self.count:g} {SPREAD} {SPREAD_NAMES[self.varied][0]}"
+
+
+@dataclass(frozen=True)
 class Tolerances:
     default: Tolerance
     prefixes: Mapping[str, Tolerance]
     ignore: tuple[str, ...]
-    seed_sd: Mapping[str, float] = field(default_factory=dict)  # each metric's SD over the replicates' seeds
-    seed_sds: float = 0.0  # how many of those SDs a key may move
-    seed_record: str = ""  # the replicates record they come from
+    spreads: tuple[Spread, ...] = ()
 
     def ignored(self, key: str) -> bool:
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in (*ALWAYS_IGNORED, *self.ignore))
@@ -76,13 +91,13 @@ class Tolerances:
 
     def allowed(self, key: str, reference: float) -> tuple[float, str]:
         """How far `key` may move from `reference`, and where that tolerance came from: the prefix (or default)
-        tolerance, or the spread over alignment seeds where that is wider."""
+        tolerance, or the widest spread over replicates where that is wider."""
         prefix = self.prefix(key)
-        fixed = self.for_key(key).allowed(reference)
-        drawn = self.seed_sds * self.seed_sd.get(key, 0.0)
-        if drawn > fixed:
-            return drawn, f"{self.seed_sds:g} {SEED_SPREAD}"
-        return fixed, f"prefix {prefix}" if prefix is not None else "default"
+        allowed, source = self.for_key(key).allowed(reference), f"prefix {prefix}" if prefix is not None else "default"
+        for spread in self.spreads:
+            if (drawn := spread.count * spread.sd.get(key, 0.0)) > allowed:
+                allowed, source = drawn, spread.source
+        return allowed, source
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,7 @@ class Deviation:
     reference: float
     measured: float  # NaN when the run lacks the key
     allowed: float
-    source: str = ""  # where `allowed` came from: a prefix, the default, or the spread over seeds
+    source: str = ""  # where `allowed` came from: a prefix, the default, or a spread over replicates
 
     @property
     def difference(self) -> float:
@@ -138,49 +153,55 @@ def load_tolerances(path: str | Path) -> Tolerances:
         default=_tolerance(data.get("default", {"abs": 0.0}), f"{path}: default"),
         prefixes={str(k): _tolerance(v, f"{path}: prefixes.{k}") for k, v in prefixes.items()},
         ignore=tuple(ignore),
-        **(_seed_spread(data["replicates"], path) if "replicates" in data else {}),
+        spreads=tuple(_spreads(data.get("replicates", []), path)),
     )
 
 
-def _seed_spread(value: Any, path: Path) -> dict[str, Any]:
-    """`replicates: {record: FILE, sd: K}` (FILE beside the tolerances): each key's SD over that record's seeds."""
+def _spreads(value: Any, path: Path) -> list[Spread]:
+    """`replicates: {record: FILE, sd: K}`, or a list of them (each FILE beside the tolerances): each key's SD over
+    each record's replicates."""
+    return [_spread(one, path) for one in (value if isinstance(value, list) else [value])]
+
+
+def _spread(value: Any, path: Path) -> Spread:
     where = f"{path}: replicates"
     if not isinstance(value, Mapping) or set(value) != {"record", "sd"}:
-        raise RegressError(f"{where}: expected {{record: FILE, sd: K}}, got {value!r}")
+        raise RegressError(f"{where}: expected {{record: FILE, sd: K}} or a list of them, got {value!r}")
     count = value["sd"]
     if isinstance(count, bool) or not isinstance(count, (int, float)) or not count > 0:
         raise RegressError(f"{where}.sd: expected a number > 0, got {count!r}")
     record = path.parent / str(value["record"])
-    spread = (read_json(record) or {}).get("sd_over_seeds") if record.is_file() else None
+    data = (read_json(record) or {}) if record.is_file() else {}
+    spread, varied = data.get("sd_over_seeds"), data.get("varied", "rlhf.seed")
     if not isinstance(spread, Mapping) or not spread:
         raise RegressError(f"{where}.record: {record} holds no sd_over_seeds; record it with 'irlnb replicates'")
-    return {
-        "seed_sd": {str(k): float(v) for k, v in spread.items()},
-        "seed_sds": float(count),
-        "seed_record": record.name,
-    }
+    if varied not in SPREAD_NAMES:
+        raise RegressError(f"{where}.record: {record} varies {varied!r}, not one of {', '.join(SPREAD_NAMES)}")
+    return Spread({str(k): float(v) for k, v in spread.items()}, float(count), record.name, varied)
 
 
 def compare_metrics(
     measured: Mapping[str, float], reference: Mapping[str, float], tolerances: Tolerances
 ) -> tuple[list[Deviation], int, int]:
     """The reference keys out of tolerance (or missing from the run), how many keys were compared, and how many of
-    those took their tolerance from the spread over alignment seeds.
+    those took their tolerance from each spread over replicates (by its source, e.g. "4.24 SD over seeds").
 
     Keys the run has but the reference lacks are new metrics, not regressions: they are not compared.
     """
-    deviations, compared, by_seeds = [], 0, 0
+    deviations, compared = [], 0
+    by_spread = {spread.source: 0 for spread in tolerances.spreads}
     for key in sorted(reference):
         if tolerances.ignored(key):
             continue
         compared += 1
         expected = float(reference[key])
         allowed, source = tolerances.allowed(key, expected)
-        by_seeds += source.endswith(SEED_SPREAD)
+        if source in by_spread:
+            by_spread[source] += 1
         value = float(measured.get(key, math.nan))
         if not math.isfinite(value) or abs(value - expected) > allowed:
             deviations.append(Deviation(key, expected, value, allowed, source))
-    return deviations, compared, by_seeds
+    return deviations, compared, by_spread
 
 
 def deviation_table(deviations: list[Deviation]) -> str:
@@ -221,12 +242,17 @@ def check_run(
     layout = RunLayout(run_dir)
     if not layout.metrics.is_file():
         raise RegressError(f"{layout.metrics}: missing; the run did not finish")
-    deviations, compared, by_seeds = compare_metrics(layout.read_metrics(), reference["metrics"], tolerances)
+    deviations, compared, by_spread = compare_metrics(layout.read_metrics(), reference["metrics"], tolerances)
     recorded = reference.get("git", {}).get("commit", "?")
     sources = (
-        f"; {by_seeds} tolerances from the spread over alignment seeds in {tolerances.seed_record}, "
-        f"the others from {Path(tolerances_path).name}'s prefixes"
-        if tolerances.seed_record
+        "; "
+        + ", ".join(
+            f"{by_spread[spread.source]} tolerances from the spread over {SPREAD_NAMES[spread.varied][1]} in "
+            f"{spread.record}"
+            for spread in tolerances.spreads
+        )
+        + f", the others from {Path(tolerances_path).name}'s prefixes"
+        if tolerances.spreads
         else ""
     )
     if deviations:

@@ -14,6 +14,12 @@ interval is), so it holds the seed-to-seed variance that one run's interval cann
 
 With `irl_only` each run stops after IRL (`IRL_END`): the expert aligned with R* and audited, per seed, without the
 re-alignments; its record (`IRL_RECORD`) holds the IRL metrics and the expert's and base's toxicity over the seeds.
+
+With `over="draws"` the replicates keep the alignment seed and redraw IRL's demonstrations instead (`irl.draw` 0, 1,
+...: the same prompts, other samples; records `DRAWS_RECORD`, `DRAWS_IRL_RECORD`): the spread a change that only
+resamples the demonstrations moves a metric by. Every replicate first adopts the stages that the params' own run, or
+the first replicate, finished with the same settings (`runner.adopt_finished_stages`), so replicates of the draws
+share one expert and the seeds share curation and R*.
 """
 
 from __future__ import annotations
@@ -36,13 +42,28 @@ REPLICATE_RUNS = "runs/replicates"
 RECORD = REPO_ROOT / "regress" / "replicates.metrics.json"
 IRL_END = "04_irl"  # where an IRL-only replicate stops
 IRL_RECORD = REPO_ROOT / "regress" / "replicates-irl.metrics.json"
+DRAWS_RECORD = REPO_ROOT / "regress" / "replicates-draws.metrics.json"
+DRAWS_IRL_RECORD = REPO_ROOT / "regress" / "replicates-draws-irl.metrics.json"
 PREFIX = "replicates."
+# What a replicate varies: the setting, the run name's suffix, and how records and regress name the spread.
+VARIED = {"seeds": ("rlhf.seed", "seed", "alignment seeds"), "draws": ("irl.draw", "draw", "demonstration draws")}
 
 
-def replicate_config(base: Config, seed: int) -> Config:
-    """The params with alignment seed `seed`, a run name of its own, nothing published."""
-    changes = {"rlhf.seed": seed, "run.name": f"{base.run.name}-seed{seed}", "run.figures_dir": ""}
-    return config_with(base, changes, f"replicate with alignment seed {seed}")
+def record_path(over: str, irl_only: bool) -> Path:
+    """Where `irlnb replicates` records its replicates by default."""
+    return {
+        ("seeds", False): RECORD,
+        ("seeds", True): IRL_RECORD,
+        ("draws", False): DRAWS_RECORD,
+        ("draws", True): DRAWS_IRL_RECORD,
+    }[(over, irl_only)]
+
+
+def replicate_config(base: Config, seed: int, over: str = "seeds") -> Config:
+    """The params with alignment seed (or demonstration draw) `seed`, a run name of its own, nothing published."""
+    setting, suffix, what = VARIED[over]
+    changes = {setting: seed, "run.name": f"{base.run.name}-{suffix}{seed}", "run.figures_dir": ""}
+    return config_with(base, changes, f"replicate over {what}: {setting} {seed}")
 
 
 def seed_bootstrap_share(
@@ -131,7 +152,7 @@ def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int, irl_only
         if other != prompts:
             raise ValueError(
                 f"{layout.root}: its test prompts differ from those of {layouts[0].root}; "
-                "replicates differ only in the alignment seed"
+                "replicates differ only in the alignment seed or the demonstrations' draw"
             )
     for column, suffix in SCORERS.items():
         stacked = {
@@ -158,23 +179,33 @@ def run_replicates(
     record: Path | None = RECORD,
     log: Callable[[str], None] = print,
     irl_only: bool = False,
+    over: str = "seeds",
 ) -> dict[str, Any]:
-    """Every seed's run (finished ones kept; with `irl_only` up to `IRL_END`), then Table 1 (or IRL) over them,
-    recorded."""
+    """Every replicate's run (finished ones kept; with `irl_only` up to `IRL_END`), then Table 1 (or IRL) over them,
+    recorded. `over`: what the replicates vary, the alignment seed ("seeds") or IRL's demonstrations ("draws")."""
+    if over not in VARIED:
+        raise ValueError(f"replicates vary {' or '.join(VARIED)}, not {over!r}")
+    setting, _, what = VARIED[over]
     if seeds < 2:
-        raise ValueError(f"replicates need at least 2 alignment seeds to show a spread, got {seeds}")
-    layouts = []
+        raise ValueError(f"replicates need at least 2 {what} to show a spread, got {seeds}")
+    until = IRL_END if irl_only else None
+    own_run = RunLayout.of_run(base.run).root  # finished stages of the params' own run are shared, not redone
+    layouts: list[RunLayout] = []
     for seed in range(seeds):
-        config = replicate_config(base, seed)
-        log(f"replicates [{seed + 1}/{seeds}] alignment seed {seed}")
-        layouts.append(RunLayout(runner.run(config, runs_dir=runs_dir, log=log, until=IRL_END if irl_only else None)))
+        config = replicate_config(base, seed, over)
+        log(f"replicates [{seed + 1}/{seeds}] {setting} {seed}")
+        for source in [own_run, *(layout.root for layout in layouts[:1])]:
+            if adopted := runner.adopt_finished_stages(config, source, runs_dir, until):
+                log(f"  {', '.join(adopted)}: finished with these settings in {repo_relative(source)}; copied")
+        layouts.append(RunLayout(runner.run(config, runs_dir=runs_dir, log=log, until=until)))
     values = table_over_seeds(layouts, base.evaluation.bootstrap_samples, base.compute.seed, irl_only)
     result = {
         "metrics": values,
         "sd_over_seeds": sd_over_seeds([layout.read_metrics() for layout in layouts]),
         "params_file": repo_relative(base.path),
         "seeds": seeds,
-        "until": IRL_END if irl_only else None,
+        "varied": setting,  # what differs between the replicates, so what `sd_over_seeds` is a spread over
+        "until": until,
         "runs": [repo_relative(layout.root) for layout in layouts],
         **provenance(REPO_ROOT),
     }

@@ -35,7 +35,7 @@ from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.models.policies import check_models
 from irlnb.params_file import load_config, settings_digest
-from irlnb.pipeline.lock import RunLock
+from irlnb.pipeline.lock import RunLock, check_free
 from irlnb.pipeline.provenance import provenance
 from irlnb.pipeline.stages import (
     RUNNER_STAGE,
@@ -282,6 +282,61 @@ def run(
             log(f"{layout.root}: took over the lock of a run that was killed (pid {lock.took_over.get('pid')})")
         _run_stages(config, layout, todo, log)
     return layout.root
+
+
+def adopt_finished_stages(
+    config: Config, source: Path, runs_dir: str | None = None, until: str | None = None
+) -> list[str]:
+    """Copy into the run of `config` the stages (up to `until`) that the run at `source` finished with the digest
+    `config` gives them, and that the run has not finished itself: their outputs, markers, executed notebooks,
+    metrics and manifest entries. Equal digests mean the same settings and the same upstream, so the copy is the
+    result the run would compute again (replicates that redraw only IRL's demonstrations share the expert this way,
+    not by training it again). Returns the names adopted; the source is only read, and must not be in use."""
+    layout, origin = RunLayout.of_run(config.run, runs_dir), RunLayout(source)
+    if origin.root.resolve() == layout.root.resolve() or not origin.manifest.is_file():
+        return []
+    check_free(origin.root, "adopting its finished stages")
+    identities = stage_identities(config)
+    selected = list(STAGES)[: list(STAGES).index(get_stage(until)) + 1] if until else list(STAGES)
+    adopted: list[str] = []
+    with RunLock(layout.root, "irlnb run (adopting finished stages)"):
+        manifest = read_json(layout.manifest, default={})
+        manifest.update({"params_file": config.path, "params": config.to_dict(), **provenance(REPO_ROOT)})
+        source_manifest = read_json(origin.manifest)
+        metrics = origin.read_metrics()
+        for stage in selected:
+            identity = identities[stage.name]
+            if finished_as(read_json(layout.marker(stage.name)), identity):
+                continue
+            if not finished_as(read_json(origin.marker(stage.name)), identity) or any(
+                need not in adopted and not finished_as(read_json(layout.marker(need)), identities[need])
+                for need in stage.needs
+            ):
+                break  # the stages after one that must run again read what it will make
+            layout.marker(stage.name).unlink(missing_ok=True)
+            shutil.rmtree(layout.output(stage.output), ignore_errors=True)
+            shutil.copytree(origin.output(stage.output), layout.output(stage.output))
+            executed = origin.notebooks / f"{stage.name}.ipynb"
+            if executed.is_file():
+                layout.notebooks.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(executed, layout.notebooks / executed.name)
+            layout.drop_metrics(stage.metrics_prefixes)
+            layout.record_metrics(
+                {
+                    key: value
+                    for key, value in metrics.items()
+                    if key.startswith(stage.metrics_prefixes) or key == metric_names.stage_seconds(stage.name)
+                }
+            )
+            manifest.setdefault("stages", {})[stage.name] = {
+                **source_manifest["stages"][stage.name],
+                "adopted_from": str(origin.root),
+            }
+            write_json_atomic(layout.manifest, manifest)
+            layout.marker(stage.name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(origin.marker(stage.name), layout.marker(stage.name))  # last: now it is finished here
+            adopted.append(stage.name)
+    return adopted
 
 
 def _run_stages(config: Config, layout: RunLayout, todo: list[Stage], log: Callable[[str], None]) -> None:
