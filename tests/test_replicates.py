@@ -11,7 +11,7 @@ from conftest import PARAMS, write_params
 
 from irlnb.layout import RunLayout
 from irlnb.params_file import load_config
-from irlnb.pipeline import replicates
+from irlnb.pipeline import replicates, runner
 
 
 def test_a_replicate_changes_the_alignment_seed_and_the_run_name_only():
@@ -134,6 +134,11 @@ def test_replicates_of_the_demonstrations_share_the_finished_expert_and_redraw_o
     assert pairs[0][["split", "prompt"]].equals(pairs[1][["split", "prompt"]])  # the same prompts
     assert (pairs[0]["expert"] != pairs[1]["expert"]).mean() > 0.5  # other samples
     assert pd.read_parquet(first.prompt_sets).equals(pd.read_parquet(second.prompt_sets))  # judged on the same
+    again = replicates.replicate_config(base, 1, over="draws")  # its 04 finished otherwise there: never overwritten
+    assert runner.adopt_finished_stages(again, smoke_run, str(tmp_path / "draws"), until="04_irl") == []
+    assert second.marker("04_irl").read_bytes() != marker_before
+    # past 04: the random reward's alignment reads no IRL, so the smoke run's is this draw's; R-hat's is not
+    assert runner.adopt_finished_stages(again, smoke_run, str(tmp_path / "draws")) == ["03_rlhf_random"]
     saved = json.loads(record.read_text())
     assert saved["varied"] == "irl.draw" and saved["until"] == "04_irl" and saved["metrics"] == result["metrics"]
     spread = saved["sd_over_seeds"]

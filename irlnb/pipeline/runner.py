@@ -306,14 +306,13 @@ def adopt_finished_stages(
         metrics = origin.read_metrics()
         for stage in selected:
             identity = identities[stage.name]
-            if finished_as(read_json(layout.marker(stage.name)), identity):
-                continue
+            if layout.marker(stage.name).is_file():
+                continue  # finished here, alike or (refused by the run, never overwritten here) with other settings
             if not finished_as(read_json(origin.marker(stage.name)), identity) or any(
                 need not in adopted and not finished_as(read_json(layout.marker(need)), identities[need])
                 for need in stage.needs
             ):
-                break  # the stages after one that must run again read what it will make
-            layout.marker(stage.name).unlink(missing_ok=True)
+                continue  # not finished alike there, or it reads a stage that must run here first
             shutil.rmtree(layout.output(stage.output), ignore_errors=True)
             shutil.copytree(origin.output(stage.output), layout.output(stage.output))
             executed = origin.notebooks / f"{stage.name}.ipynb"
