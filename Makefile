@@ -33,8 +33,9 @@ test: setup lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 1 --durations=15
 
 # Not part of `make test`: JupyterLab end to end in headless Chromium (Selenium, Debian's chromium and
-# chromium-driver): runs 05_analysis by hand on a smoke run, scores two texts in the reward explorer, and
-# checks that the committed notebook and the run are left unchanged. Screenshot: /tmp/browser_test_screenshot.png
+# chromium-driver): runs 05_analysis by hand on a smoke run and on an audit of its expert without R*, scores two
+# texts in the reward explorer, and checks that the committed notebook and the run are left unchanged.
+# Screenshots: /tmp/browser_test_screenshot.png, /tmp/browser_test_screenshot-no-r-star.png
 test-browser: setup
 	@if [ ! -x /usr/bin/chromedriver ]; then \
 		if [ "$$(id -u)" = 0 ]; then \

@@ -1,10 +1,12 @@
-"""`make lab` end to end, as a person uses it: JupyterLab in headless Chromium runs 05_analysis on a smoke run.
+"""`make lab` end to end, as a person uses it: JupyterLab in headless Chromium runs 05_analysis on a smoke run, and
+again on an audit of its expert made without R* (`sources.toxicity_classifier` empty).
 
 The notebook is opened from a JupyterLab root laid out like the repository (notebooks/ beside runs/default, a
 link to a finished smoke run), its cells are run from the Run menu, two texts are scored in the reward explorer,
-the notebook is saved, and JupyterLab is stopped. Then the copied notebook must be byte for byte the committed
+the notebook is saved, and JupyterLab is stopped. Without R* the notebook says so once and the explorer scores
+without an R* column. Then the copied notebook must be byte for byte the committed
 one (the save hook strips what running it added) and the smoke run must be unchanged (by hand, 05 writes to the
-scratch run beside it). Screenshot: /tmp/browser_test_screenshot.png.
+scratch run beside it). Screenshots: /tmp/browser_test_screenshot.png, /tmp/browser_test_screenshot-no-r-star.png.
 
 Run with `make test-browser` (never part of `make test`). Needs Debian's chromium and chromium-driver and
 Selenium (requirements-browser.txt).
@@ -211,16 +213,35 @@ def smoke_run(tmp_path_factory) -> Path:
     return tmp / "runs" / "smoke"
 
 
+@pytest.fixture(scope="module")
+def audit_without_r_star(tmp_path_factory, smoke_run) -> Path:
+    """The smoke run's expert brought and audited with no R* at all (01 to 05), as an auditor without a classifier
+    runs it."""
+    tmp = tmp_path_factory.mktemp("no-r-star")
+    expert = tmp / "expert"
+    shutil.copytree(smoke_run / "rlhf_ground_truth" / "policy", expert)
+    params = write_params(tmp, sources__expert=str(expert), sources__toxicity_classifier="")
+    done = irlnb_cli("run", str(params), "--set", "run.figures_dir=", timeout=1800)
+    assert done.returncode == 0, f"the audit failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return tmp / "runs" / "smoke"
+
+
+@pytest.fixture(params=["r_star", "no_r_star"])
+def audited_run(request) -> Path:
+    """The run notebook 05 reads: the smoke run (judged by R*), or the audit of its expert without R*."""
+    return request.getfixturevalue("smoke_run" if request.param == "r_star" else "audit_without_r_star")
+
+
 @pytest.fixture()
-def lab_root(tmp_path, smoke_run) -> Path:
-    """A JupyterLab root laid out like the repository: notebooks/ and runs/default (the smoke run)."""
+def lab_root(tmp_path, audited_run) -> Path:
+    """A JupyterLab root laid out like the repository: notebooks/ and runs/default (the run 05 reads)."""
     root = tmp_path / "lab"
     (root / "notebooks").mkdir(parents=True)
     for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
         shutil.copy2(notebook, root / "notebooks" / notebook.name)
     (root / "runs").mkdir()
     # The parameters cell reads run_dir = "../runs/default": the committed notebook reads the smoke run as it is.
-    (root / "runs" / "default").symlink_to(smoke_run, target_is_directory=True)
+    (root / "runs" / "default").symlink_to(audited_run, target_is_directory=True)
     return root
 
 
@@ -348,8 +369,11 @@ def scores_table(explorer) -> list[dict] | None:
 
 
 def test_lab_runs_05_by_hand_scores_texts_and_leaves_notebook_and_run_as_they_were(
-    lab, browser, smoke_run, lab_root, tmp_path
+    lab, browser, audited_run, lab_root, tmp_path, request
 ):
+    smoke_run = audited_run  # the run the notebook reads
+    with_r_star = request.node.callspec.params["audited_run"] == "r_star"
+    screenshot = SCREENSHOT if with_r_star else SCREENSHOT.with_stem(SCREENSHOT.stem + "-no-r-star")
     copied = lab_root / "notebooks" / NOTEBOOK
     committed = (REPO / "notebooks" / NOTEBOOK).read_bytes()
     run_before = tree_digest(smoke_run)
@@ -417,16 +441,21 @@ def test_lab_runs_05_by_hand_scores_texts_and_leaves_notebook_and_run_as_they_we
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", explorer)
         time.sleep(1)
         browser.save_screenshot(str(tmp_path / "screenshot.png"))
-        shutil.copyfile(tmp_path / "screenshot.png", SCREENSHOT)
+        shutil.copyfile(tmp_path / "screenshot.png", screenshot)
         observations["scores"] = rows
 
         assert [row.get("text") for row in rows] == ["You are a stupid idiot", "Thank you, that was kind"], rows
         for row in rows:
-            for column in ("r_star", "learned_reward", "evaluator_p_toxic"):
+            for column in ("learned_reward", "evaluator_p_toxic", *(["r_star"] if with_r_star else [])):
                 assert column in row, f"no column {column} in the explorer's table: {rows}"
                 assert math.isfinite(float(row[column])), f"{column} is not a finite number: {rows}"
-        insult, thanks = (float(row["r_star"]) for row in rows)
-        assert insult < 0 < thanks, f"R* should score the insult below 0 and the thanks above: {rows}"
+        if with_r_star:
+            insult, thanks = (float(row["r_star"]) for row in rows)
+            assert insult < 0 < thanks, f"R* should score the insult below 0 and the thanks above: {rows}"
+        else:
+            assert all("r_star" not in row for row in rows), f"an R* column in an audit without R*: {rows}"
+            said = texts.count("No R* (sources.toxicity_classifier is empty)")
+            assert said == 1, f"notebook 05 says it has no R* {said} times, not once:\n{describe_cells(finished)}"
 
         # Save (File > Save Notebook), as a person does before closing: the save hook writes it clean.
         observations["dirty_after_run"] = is_dirty(notebook_state(browser))
@@ -436,9 +465,9 @@ def test_lab_runs_05_by_hand_scores_texts_and_leaves_notebook_and_run_as_they_we
     except WebDriverException as err:
         pytest.fail(f"the browser failed: {err.msg}\n{lab.log_tail()}")
     finally:
-        if not SCREENSHOT.exists() or SCREENSHOT.stat().st_mtime < time.time() - 60:
+        if not screenshot.exists() or screenshot.stat().st_mtime < time.time() - 60:
             try:
-                browser.save_screenshot(str(SCREENSHOT))  # the page as it was when the test stopped
+                browser.save_screenshot(str(screenshot))  # the page as it was when the test stopped
             except WebDriverException:
                 pass
         (tmp_path / "observations.json").write_text(json.dumps(observations, indent=1))
