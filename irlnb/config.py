@@ -305,7 +305,6 @@ def _held_out_prompt_problems(config: Config, kind: str, prompts: int) -> list[t
     per_label = config.curate.train_per_label()
     pool = per_label * (1 if config.rlhf.train_prompts == "toxic" else 2)
     irl = config.irl
-    irl_pool = per_label * (1 if irl.prompt_pool == "toxic" else 2)
     if prompts > pool:
         return [
             (
@@ -313,11 +312,17 @@ def _held_out_prompt_problems(config: Config, kind: str, prompts: int) -> list[t
                 f"expected at most {pool} (the train prompts of rlhf.train_prompts' pool), got {prompts}",
             )
         ]
-    if irl.train_prompts > irl_pool - prompts:
+    # balanced: half of each label, and the expert's prompts may all be of one label (all of them, from "toxic")
+    irl_pool, room = {
+        "toxic": (per_label, per_label - prompts),
+        "all": (2 * per_label, 2 * per_label - prompts),
+        "balanced": (2 * per_label, 2 * (per_label - prompts)),
+    }[irl.prompt_pool]
+    if irl.train_prompts > room:
         return [
             (
                 "irl.train_prompts",
-                f"expected at most {irl_pool - prompts}: IRL's {irl_pool} train prompts of pool "
+                f"expected at most {room}: IRL's {irl_pool} train prompts of pool "
                 f"'{irl.prompt_pool}' less the {prompts} that {kind}.prompts trains the expert on "
                 f"(IRL never sees them), got {irl.train_prompts}",
             )
@@ -446,8 +451,10 @@ class IrlSettings:
     )
     prompt_pool: str = setting(
         "all",
-        doc="labels of the train and validation prompts drawn (the test pairs use every test prompt)",
-        choices=("all", "toxic"),
+        doc="labels of the train and validation prompts drawn (the test pairs use every test prompt): all, toxic "
+        "only, or balanced: each label's share that of the test split (half and half), whatever prompts the expert "
+        "was trained on took from one label",
+        choices=("all", "toxic", "balanced"),
     )
     decoding: str = setting(
         "sampled",

@@ -128,6 +128,10 @@ def test_a_rule_across_sections_lives_on_its_section_and_parse_config_runs_every
     with pytest.raises(ConfigError) as err:
         parse_config(too_many, "p.yaml")
     assert str(err.value) == f"p.yaml: {message}"
+    balanced = {"run": {"name": "x"}, "irl": {"prompt_pool": "balanced"}}  # 800 prompts: 400 toxic, 200 left
+    with pytest.raises(ConfigError, match=r"irl.train_prompts: expected at most 400: .* pool 'balanced' less the 400"):
+        parse_config(balanced, "p.yaml")
+    parse_config({**balanced, "irl": {"prompt_pool": "balanced", "train_prompts": 400}}, "p.yaml")
     ok = parse_config({"run": {"name": "x"}}, "p.yaml")
     crowded = dataclasses.replace(ok, irl=dataclasses.replace(ok.irl, train_prompts=1000))
     assert ok.dpo.cross_problems(crowded) == [tuple(message.split(": ", 1))]  # the rule is the dpo section's

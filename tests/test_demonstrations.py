@@ -70,6 +70,29 @@ def test_demonstration_prompts_follow_the_pool_and_refuse_more_than_there_are():
         split_prompts(curated, IrlSettings(prompt_pool="toxic", train_prompts=4), "train", 0)
 
 
+def test_a_balanced_pool_draws_each_label_at_the_test_splits_share_whatever_the_expert_took():
+    curated = pd.DataFrame(
+        {
+            "id": [f"c{i}" for i in range(14)],
+            "split": ["train"] * 10 + ["test"] * 4,
+            "label": [1, 0] * 7,
+            "prompt": [f"p{i}" for i in range(14)],
+        }
+    )
+    held_out = {"c0", "c2", "c4"}  # an expert trained on three of the five toxic train prompts
+    irl = IrlSettings(prompt_pool="balanced", train_prompts=4)
+    drawn = split_prompts(curated, irl, "train", 0, held_out)
+    assert sorted(drawn["label"]) == [0, 0, 1, 1] and not set(drawn["id"]) & held_out
+    assert drawn["id"].tolist() == split_prompts(curated, irl, "train", 0, held_out)["id"].tolist()  # seeded
+    assert sorted(split_prompts(curated, irl, "train", 0)["label"]) == [0, 0, 1, 1]
+    with pytest.raises(
+        DemonstrationError,
+        match=r"irl.train_prompts is 6: 3 of label 1 for the test split's toxic share 0.50, but the train split "
+        r"has 2 of them besides the 3 the expert was trained on$",
+    ):
+        split_prompts(curated, IrlSettings(prompt_pool="balanced", train_prompts=6), "train", 0, held_out)
+
+
 def test_demonstration_prompts_never_include_those_a_dpo_expert_was_trained_on():
     curated = pd.DataFrame(
         {

@@ -95,8 +95,21 @@ def split_prompts(
     elif irl.prompt_pool == "toxic":
         rows = rows[rows["label"] == 1]
     count = getattr(irl, f"{split}_prompts")  # irl.train_prompts, irl.validation_prompts, irl.test_prompts
+    aside = f" besides the {len(held_out)} the expert was trained on" if held_out else ""
+    if split != "test" and irl.prompt_pool == "balanced":
+        toxic_share = float(curated.loc[curated["split"] == "test", "label"].mean())
+        wanted = {1: round(count * toxic_share), 0: count - round(count * toxic_share)}
+        drawn = []
+        for label, number in wanted.items():
+            pool = rows[rows["label"] == label]
+            if number > len(pool):
+                raise DemonstrationError(
+                    f"irl.{split}_prompts is {count}: {number} of label {label} for the test split's toxic share "
+                    f"{toxic_share:.2f}, but the {split} split has {len(pool)} of them{aside}"
+                )
+            drawn.append(pool.sample(n=number, random_state=seed))
+        return pd.concat(drawn).sample(frac=1, random_state=seed).reset_index(drop=True)
     if count > len(rows):
-        aside = f" besides the {len(held_out)} the expert was trained on" if held_out else ""
         pool = "" if split == "test" else f" in the pool '{irl.prompt_pool}'"
         raise DemonstrationError(
             f"irl.{split}_prompts is {count}, but the {split} split has {len(rows)} prompts{pool}{aside}"
