@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PARAMS, write_params
+from conftest import PARAMS, irlnb_cli, write_params
 
 from irlnb.layout import RunLayout
 from irlnb.params_file import load_config
@@ -139,6 +139,16 @@ def test_replicates_of_the_demonstrations_share_the_finished_expert_and_redraw_o
     assert second.marker("04_irl").read_bytes() != marker_before
     # past 04: the random reward's alignment reads no IRL, so the smoke run's is this draw's; R-hat's is not
     assert runner.adopt_finished_stages(again, smoke_run, str(tmp_path / "draws")) == ["03_rlhf_random"]
+    # the same from the command line: a run of the same settings elsewhere copies every stage and runs none
+    params, elsewhere = smoke_run.parent.parent / "params.yaml", str(tmp_path / "elsewhere")
+    done = irlnb_cli("run", str(params), "--runs-dir", elsewhere, "--reuse-from", str(smoke_run), "--until", "04_irl")
+    assert done.returncode == 0, done.stderr
+    assert "01_curate, 02_ground_truth_rm, 03_rlhf_ground_truth, 04_irl: finished with these settings" in done.stdout
+    assert "every stage is complete with these settings; nothing to do" in done.stdout
+    refused = irlnb_cli("run", str(params), "--runs-dir", elsewhere, "--reuse-from", str(tmp_path))
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines() == [
+        f"irlnb run: --reuse-from {tmp_path}: not a run directory (no manifest.json)"
+    ]
     saved = json.loads(record.read_text())
     assert saved["varied"] == "irl.draw" and saved["until"] == "04_irl" and saved["metrics"] == result["metrics"]
     spread = saved["sd_over_seeds"]

@@ -45,8 +45,15 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     config = load_config(args.params, args.set)  # a bad params file is refused before the runner loads (seconds)
-    from irlnb.pipeline.runner import run  # papermill and the provenance probe load only to run
+    from irlnb.pipeline.runner import adopt_finished_stages, run  # papermill and the provenance probe load only to run
 
+    if args.reuse_from:
+        source = Path(args.reuse_from)
+        if not (source / "manifest.json").is_file():
+            raise SystemExit(f"irlnb run: --reuse-from {source}: not a run directory (no manifest.json)")
+        adopted = adopt_finished_stages(config, source, args.runs_dir, args.until)
+        print(f"{', '.join(adopted)}: finished with these settings in {source}; copied" if adopted else
+              f"{source}: no stage finished there with these settings that this run lacks; nothing copied")  # fmt: skip
     run(config, only=args.only, force=args.force, runs_dir=args.runs_dir, until=args.until)
     return 0
 
@@ -249,6 +256,12 @@ def add_run(commands) -> None:
         help="redo stages whose settings changed (with --only: redo that stage even if unchanged)",
     )
     run.add_argument("--runs-dir", help="override run.runs_dir")
+    run.add_argument(
+        "--reuse-from",
+        metavar="RUN_DIR",
+        help="first copy the stages that run finished with the settings this run gives them (say, its expert, to "
+        "audit it again under other IRL settings without training it again); that run is only read",
+    )
     add_set_option(run)
     run.set_defaults(func=cmd_run)
 
