@@ -98,7 +98,7 @@ def test_replicates_of_irl_alone_then_of_whole_runs_on_the_smoke_params(tmp_path
     assert not any(key.startswith("timing.") for key in spread)
 
 
-@pytest.mark.slow(30)
+@pytest.mark.slow(70)
 def test_replicates_of_the_demonstrations_share_the_finished_expert_and_redraw_only_the_pairs(smoke_run, tmp_path):
     """Two draws of the smoke run's demonstrations, IRL alone: each replicate adopts the stages the params' own run
     (the shared smoke run) finished with its settings, so the expert is trained once and draw 0 is that run; draw 1
