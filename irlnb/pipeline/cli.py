@@ -319,8 +319,8 @@ def add_replicates(commands) -> None:
     replicated.add_argument(
         "--draws",
         action="store_true",
-        help="keep the alignment seed and redraw IRL's demonstrations instead (irl.draw 0, 1, ...; the expert "
-        "trained once): regress/replicates-draws[-irl].metrics.json",
+        help="keep the alignment seed and redraw IRL's demonstrations instead (--seeds N: irl.draw 0 to N-1; the "
+        "expert trained once): regress/replicates-draws[-irl].metrics.json",
     )
     replicated.set_defaults(func=cmd_replicates)
 
