@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from irlnb.errors import IrlnbError
-from irlnb.layout import REPO_ROOT
+from irlnb.layout import REPO_ROOT, RunLayout
 from irlnb.params_file import describe_settings, load_config
 from irlnb.pipeline.stages import STAGES, check_notebook, notebooks, write_parameters_cell
 from irlnb.rl.kinds import kind_of
@@ -49,7 +49,7 @@ def cmd_run(args) -> int:
 
     if args.reuse_from:
         source = Path(args.reuse_from)
-        if not (source / "manifest.json").is_file():
+        if not RunLayout(source).manifest.is_file():
             raise SystemExit(f"irlnb run: --reuse-from {source}: not a run directory (no manifest.json)")
         adopted = adopt_finished_stages(config, source, args.runs_dir, args.until)
         print(f"{', '.join(adopted)}: finished with these settings in {source}; copied" if adopted else

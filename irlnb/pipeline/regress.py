@@ -31,6 +31,7 @@ from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.params_file import config_with
 from irlnb.pipeline import runner
 from irlnb.pipeline.lock import check_free
+from irlnb.pipeline.replicates import VARIED
 
 REFERENCE_DIR = REPO_ROOT / "regress"
 TOLERANCES_FILE = "tolerances.yaml"
@@ -38,8 +39,8 @@ REGRESS_RUNS_DIR = "runs/regress"
 ALWAYS_IGNORED = (f"{metric_names.TIMING}*", f"{metric_names.IRL_TIME}*", "*_ci_*")  # the machine; the point
 SPREAD = "SD over"  # how a deviation names a tolerance set by a spread over replicates: "4.24 SD over seeds"
 # What a replicates record varies (its `varied`; records before irl.draw existed vary the alignment seed), as a
-# deviation names it and as the check's summary does.
-SPREAD_NAMES = {"rlhf.seed": ("seeds", "alignment seeds"), "irl.draw": ("draws", "demonstration draws")}
+# deviation names it ("seeds") and as the check's summary does ("alignment seeds").
+SPREAD_NAMES = {setting: (over, what) for over, (setting, _, what) in VARIED.items()}
 # Where two runs' params may differ and still be the same experiment.
 NOT_COMPARED_PARAMS = ("run",)
 

@@ -125,6 +125,11 @@ def prepare_environment(config: Config) -> None:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+def stages_until(until: str | None) -> list[Stage]:
+    """The pipeline's stages up to and including `until` (None: all of them)."""
+    return list(STAGES)[: STAGES.index(get_stage(until)) + 1] if until else list(STAGES)
+
+
 def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until: str | None = None) -> list[Stage]:
     """The stages to execute (`until`: the pipeline up to and including that stage).
 
@@ -132,9 +137,7 @@ def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until
     names); one that finished with other settings is refused without --force.
     """
     identities = stage_identities(config)
-    selected = [get_stage(only)] if only else list(STAGES)
-    if until:
-        selected = selected[: selected.index(get_stage(until)) + 1]
+    selected = [get_stage(only)] if only else stages_until(until)
     for notebook in dict.fromkeys(stage.notebook for stage in selected):
         check_notebook(notebook)
     if only:
@@ -297,20 +300,18 @@ def adopt_finished_stages(
         return []
     check_free(origin.root, "adopting its finished stages")
     identities = stage_identities(config)
-    selected = list(STAGES)[: list(STAGES).index(get_stage(until)) + 1] if until else list(STAGES)
     adopted: list[str] = []
     with RunLock(layout.root, "irlnb run (adopting finished stages)"):
         manifest = read_json(layout.manifest, default={})
         manifest.update({"params_file": config.path, "params": config.to_dict(), **provenance(REPO_ROOT)})
         source_manifest = read_json(origin.manifest)
         metrics = origin.read_metrics()
-        for stage in selected:
+        for stage in stages_until(until):
             identity = identities[stage.name]
             if layout.marker(stage.name).is_file():
                 continue  # finished here, alike or (refused by the run, never overwritten here) with other settings
             if not finished_as(read_json(origin.marker(stage.name)), identity) or any(
-                need not in adopted and not finished_as(read_json(layout.marker(need)), identities[need])
-                for need in stage.needs
+                not finished_as(read_json(layout.marker(need)), identities[need]) for need in stage.needs
             ):
                 continue  # not finished alike there, or it reads a stage that must run here first
             shutil.rmtree(layout.output(stage.output), ignore_errors=True)
