@@ -237,6 +237,17 @@ def tune_metric(candidate: str, measure: str) -> str:
     return f"{TUNE}{candidate}.{measure}"
 
 
+# R* distilled into the policy's backbone at an expert's budget, per candidate of `irlnb distill` (irlnb.irl.distilled)
+
+DISTILL = "distill."
+
+
+def distill_metric(part: str, measure: str) -> str:
+    """`distill.<part>.<measure>`: a candidate (the digest of its fitting), `chosen`, `train` (its own train
+    prompts), `test` (stage 04's test prompt sets) or `budget` (`prompts`, `samples`)."""
+    return f"{DISTILL}{part}.{measure}"
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 
@@ -322,6 +333,7 @@ FAMILIES = {  # family -> pattern of its keys; the first family that matches nam
     "layers.layer": rf"(?:irl\.)?layers\.(?:\d+|{'|'.join(LAYER_NAMES.values())})\.(?:(?:last|mean)\.)?{_WORD}",
     "compare": rf"compare\.test\.{_WORD}",
     "tune": rf"tune\.(?:[0-9a-f]{{8}}|chosen)\.(?:{'|'.join(OPTIMUM_MEASURES)})",
+    "distill": rf"distill\.(?:[0-9a-f]{{8}}|chosen|train|test|budget)\.{_WORD}",
     "timing.total": r"timing\.total_s",
     "timing.stage": rf"timing\.{_WORD}_s",
 }

@@ -11,24 +11,59 @@ exactly as R does. So, on `prompts` validation prompts with `samples` base conti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from irlnb import metric_names, metrics
-from irlnb.irl.within_prompt import per_prompt_spearman
+from irlnb.compute import frozen_cached
+from irlnb.irl.within_prompt import draw_prompt_sets, per_prompt_spearman
+from irlnb.models.policies import policy_dir, weights_sha256
 from irlnb.rewards.likelihood import LogRatioReward, LogRatioSpec
 from irlnb.rl.evaluation import perplexity
-from irlnb.rl.sampling import ModelPolicy
+from irlnb.rl.sampling import ModelPolicy, sampling_decoding
 
 MEASURES = metric_names.OPTIMUM_MEASURES
+PROMPTS = 200  # validation prompts whose greedy continuations are scored (toxicity, distinct-2); texts for perplexity
+SET_PROMPTS = 100  # of them, those whose continuations the log-ratio orders (each with `samples` base samples)
 
 
 def validation_prompts(curated: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
     """`count` validation comments (id, prompt, continuation), shuffled by the seed."""
     validation = curated[curated["split"] == "validation"]
     return validation.sample(frac=1.0, random_state=seed).head(count).reset_index(drop=True)
+
+
+def validation_prompt_sets(
+    config, prompts: pd.DataFrame, base, tokenizer, r_star, cache: Path, samples: int
+) -> pd.DataFrame:
+    """`draw_prompt_sets` of the first `SET_PROMPTS` of `prompts` (`validation_prompts`): `samples` base samples of
+    each and its human continuation, labelled by R*. Kept in the runs' shared `cache`, so every expert (`irlnb
+    tune-expert`) and every distilled reward (`irlnb distill`) is measured on the same texts."""
+    key = {
+        "policy": weights_sha256(policy_dir(config.sources.policy)),
+        "prompts": prompts["id"].tolist(),
+        "samples": samples,
+        "decoding": asdict(sampling_decoding(config.rlhf)),
+        "r_star": [config.sources.toxicity_classifier, config.ground_truth.reward_clip],
+    }
+    kept = frozen_cached(
+        cache,
+        "validation-prompt-sets",
+        key,
+        lambda: draw_prompt_sets(
+            ModelPolicy(base, tokenizer, sampling_decoding(config.rlhf)),
+            prompts.head(SET_PROMPTS),
+            samples,
+            config.evaluation.batch_size,
+            config.compute.seed,
+            r_star,
+        ).to_dict(orient="list"),
+        lambda kept: len(kept["group"]) > 0,
+    )
+    return pd.DataFrame(kept)
 
 
 def validation_texts(curated: pd.DataFrame, count: int) -> list[str]:

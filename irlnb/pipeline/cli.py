@@ -179,6 +179,29 @@ def cmd_tune_expert(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from irlnb.pipeline import distill  # loads the models stack
+
+    config = load_config(args.params, args.set)
+    record = distill.record_path(args.record) if args.record else None
+    result = distill.distill(
+        config,
+        [int(value) for value in args.epochs.split(",")],
+        [float(value) for value in args.learning_rates.split(",")],
+        args.samples,
+        args.runs_dir,
+        record,
+    )
+    print(result["table"].round(4).to_string(index=False))
+    test = result["metrics"].get("distill.test.within_prompt_spearman")
+    print(
+        f"chosen on validation: {result['chosen']}; within prompts on its train prompts "
+        f"{result['metrics']['distill.train.within_prompt_spearman']:.3f}"
+        + (f", on the test prompt sets {test:.3f}" if test is not None else "")
+    )
+    return 0
+
+
 def cmd_compare(args) -> int:
     from irlnb.pipeline import compare  # loads the models stack
 
@@ -394,6 +417,24 @@ def add_tune_expert(commands) -> None:
     tune.set_defaults(func=cmd_tune_expert)
 
 
+def add_distill(commands) -> None:
+    distill = commands.add_parser(
+        "distill",
+        help="a reference, not IRL: R* distilled into the policy's backbone (the expert's LoRA and a linear head) on "
+        "the expert's budget of scored base samples, judged within prompts as the expert's log-ratio and IRL are",
+    )
+    distill.add_argument("params", help="params YAML file whose expert's budget (kind, prompts, n) is distilled")
+    distill.add_argument("--epochs", default="1,3", help="passes over the prompts to try, comma-separated (1,3)")
+    distill.add_argument(
+        "--learning-rates", default="3e-4,1e-3", help="AdamW learning rates to try, comma-separated (3e-4,1e-3)"
+    )
+    distill.add_argument("--samples", type=int, help="base samples per train prompt (default: the kind's n)")
+    distill.add_argument("--runs-dir", help="override run.runs_dir")
+    distill.add_argument("--record", metavar="NAME", help="write regress/distill-NAME.metrics.json")
+    add_set_option(distill)
+    distill.set_defaults(func=cmd_distill)
+
+
 def add_compare(commands) -> None:
     compare = commands.add_parser(
         "compare",
@@ -442,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_layers,
         add_compare,
         add_tune_expert,
+        add_distill,
         add_readme,
         add_bench,
     ):

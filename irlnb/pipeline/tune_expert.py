@@ -14,26 +14,31 @@ from __future__ import annotations
 
 import itertools
 import operator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from irlnb.compute import frozen_cached, resolve_device, seed_everything
+from irlnb.compute import resolve_device, seed_everything
 from irlnb.config import Config
 from irlnb.data.curation import load_curated
-from irlnb.irl.optimum import MEASURES, base_side, optimum_measures, validation_prompts, validation_texts
-from irlnb.irl.within_prompt import draw_prompt_sets
+from irlnb.irl.optimum import (
+    MEASURES,
+    PROMPTS,
+    base_side,
+    optimum_measures,
+    validation_prompt_sets,
+    validation_prompts,
+    validation_texts,
+)
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
 from irlnb.metric_names import tune_metric
-from irlnb.models.policies import load_policy, policy_dir, weights_sha256
+from irlnb.models.policies import load_policy
 from irlnb.params_file import config_with, settings_digest
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import provenance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.generation import Decoding
-from irlnb.rl.sampling import ModelPolicy, sampling_decoding
 
 EXPERT_STAGE = "03_rlhf_ground_truth"
 # The expert issue's bounds on its default expert, read on validation: perplexity at most 1.10x the base's, p_toxic
@@ -43,8 +48,6 @@ GUARDS = {
     "toxicity_reduction": (operator.ge, 0.5),
     "distinct_2_ratio": (operator.ge, 0.9),
 }
-PROMPTS = 200  # validation prompts whose greedy continuations are scored (toxicity, distinct-2); texts for perplexity
-SET_PROMPTS = 100  # of them, those whose continuations the log-ratio orders (each with `samples` base samples)
 
 
 def record_path(name: str) -> Path:
@@ -95,28 +98,7 @@ def tune_expert(
     r_star = GroundTruthReward.load(config.sources, config.ground_truth, device=device)
     base, tokenizer = load_policy(config.sources.policy, device=device)
     prompts = validation_prompts(curated, PROMPTS, config.compute.seed)
-    key = {
-        "policy": weights_sha256(policy_dir(config.sources.policy)),
-        "prompts": prompts["id"].tolist(),
-        "samples": samples,
-        "decoding": asdict(sampling_decoding(config.rlhf)),
-        "r_star": [config.sources.toxicity_classifier, config.ground_truth.reward_clip],
-    }
-    prompt_sets = frozen_cached(
-        first.cache,
-        "validation-prompt-sets",
-        key,
-        lambda: draw_prompt_sets(
-            ModelPolicy(base, tokenizer, sampling_decoding(config.rlhf)),
-            prompts.head(SET_PROMPTS),
-            samples,
-            config.evaluation.batch_size,
-            config.compute.seed,
-            r_star,
-        ).to_dict(orient="list"),
-        lambda kept: len(kept["group"]) > 0,
-    )
-    prompt_sets = pd.DataFrame(prompt_sets)
+    prompt_sets = validation_prompt_sets(config, prompts, base, tokenizer, r_star, first.cache, samples)
     greedy = Decoding(config.evaluation.max_new_tokens)
     human_texts = validation_texts(curated, PROMPTS)
     reference = base_side(
