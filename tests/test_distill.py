@@ -65,9 +65,10 @@ def test_distill_fits_the_experts_prompts_chooses_on_validation_and_judges_the_t
     metrics = kept["metrics"]
     assert {metric_names.parse(key) for key in metrics} == {"distill"}
     assert kept["kind"] == "infonca" and kept["chosen"]["epochs"] == int(table["epochs"].iloc[0])
-    assert metrics["distill.chosen.validation_within_prompt_spearman"] == table.iloc[0][
-        "validation_within_prompt_spearman"
-    ]
+    assert (
+        metrics["distill.chosen.validation_within_prompt_spearman"]
+        == table.iloc[0]["validation_within_prompt_spearman"]
+    )
     assert metrics["distill.budget.samples"] == 3 and metrics["distill.budget.prompts"] <= 12
     assert np.isfinite(metrics["distill.test.within_prompt_spearman"])
     assert np.isfinite(metrics["distill.train.within_prompt_spearman"])
