@@ -14,6 +14,7 @@ from irlnb.config import InfoncaSettings
 from irlnb.data.curation import load_curated
 from irlnb.irl.distilled import Distillation, centred_loss, fit_distilled, judged_within_prompts
 from irlnb.layout import RunLayout, read_json
+from irlnb.models.policies import load_policy
 from irlnb.params_file import load_config
 from irlnb.pipeline.distill import DistillError, distill
 from irlnb.rl.kinds import kind_of
@@ -32,7 +33,8 @@ def test_the_centred_loss_is_the_hand_computed_one_and_blind_to_a_shift_per_prom
     assert float(centred_loss(targets + 3.0, targets, groups)) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_a_distilled_reward_learns_the_order_its_scores_give_each_prompts_samples():
+@pytest.mark.parametrize("rank", [4, 0])
+def test_a_distilled_reward_learns_the_order_its_scores_give_each_prompts_samples(rank):
     score = {" good": 2.0, " fine": 1.0, " bad": 0.0}
     rows = [
         {"group": g, "prompt": prompt, "continuation": ending, "r_star": value + 10.0 * g}  # a shift per prompt
@@ -40,14 +42,19 @@ def test_a_distilled_reward_learns_the_order_its_scores_give_each_prompts_sample
         for ending, value in score.items()
     ]
     sets = pd.DataFrame(rows)
+    before = {name: p.detach().clone() for name, p in load_policy("embedded:tiny-gpt-neox")[0].named_parameters()}
     reward, losses = fit_distilled(
-        "embedded:tiny-gpt-neox", InfoncaSettings(lora_rank=4), sets, Distillation(20, 1e-2), 0, "float32", "cpu"
+        "embedded:tiny-gpt-neox", InfoncaSettings(lora_rank=rank), sets, Distillation(20, 1e-2), 0, "float32", "cpu"
     )
     assert len(losses) == 20 and np.isfinite(losses).all() and losses[-1] < 0.1 * losses[0]
-    adapters = [p for name, p in reward.backbone.named_parameters() if "lora_B" in name]
-    assert adapters and any(p.abs().sum() > 0 for p in adapters)  # the adapter moved from its zero start
+    trained = {name: p for name, p in reward.backbone.named_parameters() if p.requires_grad}
+    if rank:  # only the adapter trains, and it moved from its zero start
+        assert trained and all("lora_" in name for name in trained)
+        assert any(p.abs().sum() > 0 for name, p in trained.items() if "lora_B" in name)
+    else:  # every weight trains
+        assert len(trained) == len(before)
+        assert any(not torch.equal(p.detach(), before[name]) for name, p in trained.items())
     assert reward.head.weight.abs().sum() > 0
-    assert not any(p.requires_grad for name, p in reward.backbone.named_parameters() if "lora_" not in name)
     assert judged_within_prompts(reward, sets, 8)["within_prompt_spearman"] == pytest.approx(1.0)
 
 

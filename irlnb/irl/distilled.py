@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from irlnb.irl.within_prompt import within_prompt_metrics
+from irlnb.progress import tracked
 from irlnb.rewards.features import FeatureReward, reward_form
 from irlnb.rl.policy_gradient import lora_config
 
@@ -89,10 +90,11 @@ def fit_distilled(
     order_generator = np.random.default_rng(seed)
     reward.backbone.train()
     losses = []
-    for _ in range(distillation.epochs):
+    for epoch in range(distillation.epochs):
         epoch_losses = []
         order = order_generator.permutation(len(groups))
-        for start in range(0, len(order), PROMPTS_PER_STEP):
+        starts = range(0, len(order), PROMPTS_PER_STEP)
+        for start in tracked(starts, len(starts), f"distilling R*, epoch {epoch + 1}/{distillation.epochs}", "step"):
             chosen = [groups[i] for i in order[start : start + PROMPTS_PER_STEP]]
             batch = pd.concat(chosen)
             prompt_of = torch.as_tensor(np.repeat(np.arange(len(chosen)), [len(rows) for rows in chosen]))
