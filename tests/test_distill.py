@@ -78,7 +78,8 @@ def test_distill_fits_the_experts_prompts_chooses_on_validation_and_judges_the_t
     )
     assert metrics["distill.budget.samples"] == 3 and metrics["distill.budget.prompts"] <= 12
     assert np.isfinite(metrics["distill.test.within_prompt_spearman"])
-    assert np.isfinite(metrics["distill.train.within_prompt_spearman"])
+    assert np.isfinite(metrics["distill.train.within_prompt_spearman"])  # n = 3: a Spearman per prompt
+    assert 0.0 <= metrics["distill.train.within_prompt_pair_accuracy"] <= 1.0
     layout = RunLayout(run_dir)
     curated = load_curated(layout)
     split = dict(zip(curated["id"], curated["split"]))
@@ -91,8 +92,11 @@ def test_distill_fits_the_experts_prompts_chooses_on_validation_and_judges_the_t
     (validation_cache,) = layout.cache.glob("validation-prompt-sets-*.pt")  # the texts tune-expert measures on
     assert {split[i] for i in torch.load(validation_cache, weights_only=True)["id"]} == {"validation"}
     layout.prompt_sets.unlink()  # a run whose stage 04 has not run: no test number, and a line that says so
-    again = distill(config, [1], [1e-3], log=lines.append)
+    again = distill(config, [1], [1e-3], samples=2, log=lines.append)
     assert not any(key.startswith("distill.test.") for key in again["metrics"])
+    assert again["metrics"]["distill.budget.samples"] == 2  # two samples of a prompt order as a pair, no Spearman:
+    assert "distill.train.within_prompt_spearman" not in again["metrics"]
+    assert 0.0 <= again["metrics"]["distill.train.within_prompt_pair_accuracy"] <= 1.0
     assert any("no test number" in line for line in lines)
 
 

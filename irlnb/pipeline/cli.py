@@ -193,11 +193,13 @@ def cmd_distill(args) -> int:
         record,
     )
     print(result["table"].round(4).to_string(index=False))
-    test = result["metrics"].get("distill.test.within_prompt_spearman")
+    read = {
+        "its train prompts' pairs (accuracy)": result["metrics"]["distill.train.within_prompt_pair_accuracy"],
+        "the test prompt sets (Spearman)": result["metrics"].get("distill.test.within_prompt_spearman"),
+    }
     print(
-        f"chosen on validation: {result['chosen']}; within prompts on its train prompts "
-        f"{result['metrics']['distill.train.within_prompt_spearman']:.3f}"
-        + (f", on the test prompt sets {test:.3f}" if test is not None else "")
+        f"chosen on validation: {result['chosen']}; within prompts on "
+        + ", on ".join(f"{where} {value:.3f}" for where, value in read.items() if value is not None)
     )
     return 0
 

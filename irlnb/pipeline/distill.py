@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from irlnb.compute import frozen_cached, resolve_device, seed_everything
@@ -40,6 +41,7 @@ from irlnb.rl.training import alignment_seed, training_rows
 CURATED_STAGE = "02_ground_truth_rm"  # what the distillation needs of a run: the curated splits (and R*'s settings)
 TRAIN_SETS_SEED = 400_009  # the distilled reward's samples draw apart from the expert's and the prompt sets'
 TRAIN_FIT_PROMPTS = 200  # of its train prompts, those its fit is read on (the order it learned, not generalised)
+FIT_MEASURES = ("within_prompt_spearman", "within_prompt_pair_accuracy")  # its fit on its own train prompts
 VALIDATION_SAMPLES = 4  # base samples per validation prompt: as `irlnb tune-expert` reads them by default
 
 
@@ -181,7 +183,9 @@ def distill_metrics(
     values[distill_metric("chosen", "validation_within_prompt_spearman")] = float(
         table["validation_within_prompt_spearman"].iloc[0]
     )
-    values[distill_metric("train", "within_prompt_spearman")] = fit["within_prompt_spearman"]
+    for measure in FIT_MEASURES:  # a Spearman needs three samples of a prompt: none with n = 2
+        if np.isfinite(fit[measure]):
+            values[distill_metric("train", measure)] = fit[measure]
     values.update({distill_metric("test", measure): value for measure, value in test.items()})
     values[distill_metric("budget", "prompts")] = float(prompts)
     values[distill_metric("budget", "samples")] = float(samples)
