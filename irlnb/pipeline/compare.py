@@ -12,7 +12,7 @@ from irlnb import metric_names
 from irlnb.compute import resolve_device
 from irlnb.irl import comparison
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, repo_relative, write_json_atomic
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import held_provenance, provenance
 
 MEASURES = ("auc", "spearman", "within_prompt_spearman")
 
@@ -30,12 +30,13 @@ def run_provenance(folder: Path) -> dict[str, Any]:
 
 def compare(first: Path, second: Path, device: str = "cpu", record: Path | None = None) -> dict[str, Any]:
     """The comparison's metrics and provenance, written to `record` when given."""
+    started = provenance(REPO_ROOT)  # the code that measures: read before it runs
     values = comparison.compare_runs(first, second, resolve_device(device))
     result = {
         "metrics": values,
         "first": run_provenance(first),
         "second": run_provenance(second),
-        **provenance(REPO_ROOT),
+        **held_provenance(started, REPO_ROOT),
     }
     if record is not None:
         write_json_atomic(record, result)

@@ -32,7 +32,7 @@ from irlnb.metric_names import distill_metric
 from irlnb.models.policies import load_policy, policy_dir, weights_sha256
 from irlnb.params_file import settings_digest
 from irlnb.pipeline import runner
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import held_provenance, provenance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.kinds import kind_of, kind_section
 from irlnb.rl.sampling import ModelPolicy, sampling_decoding
@@ -116,6 +116,7 @@ def distill(
     log=print,
 ) -> dict[str, Any]:
     """Fit every candidate, choose on validation, judge the chosen once on its train prompts and the test sets."""
+    started = provenance(REPO_ROOT)  # the code that measures: read before it runs
     kind, section, samples = budget(config, samples)
     layout = RunLayout(runner.run(config, runs_dir=runs_dir, until=CURATED_STAGE, log=log))
     seed_everything(config.compute.seed, config.compute.torch_threads)
@@ -163,7 +164,7 @@ def distill(
         "params_file": repo_relative(config.path),
         "run": repo_relative(layout.root),
         "chosen": {key: table.iloc[0][key].item() for key in ("epochs", "learning_rate")},
-        **provenance(REPO_ROOT),
+        **held_provenance(started, REPO_ROOT),
     }
     if record is not None:
         write_json_atomic(record, result)

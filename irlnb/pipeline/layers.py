@@ -11,7 +11,7 @@ from irlnb.config import Config
 from irlnb.irl import layer_choice
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_atomic, write_json_atomic
 from irlnb.metric_names import AVERAGE_LAYER
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import held_provenance, provenance
 from irlnb.rewards.features import saved_spec
 
 
@@ -45,6 +45,7 @@ def choose_layer(
     `seeds` None: as many as notebook 04's own choice fits. `average`: the blocks' average beside them
     (`irlnb.irl.layer_choice.averaged_reading`). `split_half`: each head's agreement across halves of the
     demonstrations beside it (`irlnb.irl.layer_choice.SPLIT_HALF`)."""
+    started = provenance(REPO_ROOT)  # the code that measures: read before it runs
     seeds = seeds or layer_choice.SEEDS
     layout = RunLayout.of_run(config.run, runs_dir)
     seed_everything(config.compute.seed, config.compute.torch_threads)
@@ -61,7 +62,7 @@ def choose_layer(
         "params": config.to_dict(),  # as swept: with any --set change to the file
         "run": repo_relative(layout.root),
         "run_form": run_form(layout),
-        **provenance(REPO_ROOT),
+        **held_provenance(started, REPO_ROOT),
     }
     if record is not None:
         write_json_atomic(record, result)

@@ -75,3 +75,11 @@ def hardware() -> dict:
 
 def provenance(repo: Path) -> dict:
     return {"git": git_state(repo), "packages": package_versions(), "hardware": hardware()}
+
+
+def held_provenance(started: dict, repo: Path) -> dict:
+    """`started` (`provenance(repo)` read when a command began: the code it loaded), with `checkout_moved_to` (the
+    git state now) where the checkout changed while it ran: read at the end alone, a long command's record would name
+    code that did not measure it, and a module it imported late may be the newer one's."""
+    now = git_state(repo)
+    return started if now == started["git"] else {**started, "checkout_moved_to": now}

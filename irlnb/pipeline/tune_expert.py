@@ -36,7 +36,7 @@ from irlnb.metric_names import tune_metric
 from irlnb.models.policies import load_policy
 from irlnb.params_file import config_with, settings_digest
 from irlnb.pipeline import runner
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import held_provenance, provenance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.generation import Decoding
 
@@ -86,6 +86,7 @@ def tune_expert(
     log=print,
 ) -> dict[str, Any]:
     """Train every candidate (stages 01 to 03 of its run), measure it on validation, and choose."""
+    started = provenance(REPO_ROOT)  # the code that measures: read before it runs
     points = grid_points(grid)
     configs = [candidate_config(config, changes) for changes in points]
     for number, candidate in enumerate(configs, 1):
@@ -135,7 +136,7 @@ def tune_expert(
         "params_file": repo_relative(config.path),
         "chosen": {key: plain(table.iloc[0][key]) for key in grid},
         "chosen_passes_guards": bool(table.iloc[0]["passes_guards"]),
-        **provenance(REPO_ROOT),
+        **held_provenance(started, REPO_ROOT),
     }
     if record is not None:
         write_json_atomic(record, result)
