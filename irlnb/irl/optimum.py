@@ -36,34 +36,53 @@ def validation_prompts(curated: pd.DataFrame, count: int, seed: int) -> pd.DataF
     return validation.sample(frac=1.0, random_state=seed).head(count).reset_index(drop=True)
 
 
-def validation_prompt_sets(
-    config, prompts: pd.DataFrame, base, tokenizer, r_star, cache: Path, samples: int
+def cached_prompt_sets(
+    config, prompts: pd.DataFrame, samples: int, seed: int, cache: Path, kind: str, base, tokenizer, r_star
 ) -> pd.DataFrame:
-    """`draw_prompt_sets` of the first `SET_PROMPTS` of `prompts` (`validation_prompts`): `samples` base samples of
-    each and its human continuation, labelled by R*. Kept in the runs' shared `cache`, so every expert (`irlnb
-    tune-expert`) and every distilled reward (`irlnb distill`) is measured on the same texts."""
+    """`draw_prompt_sets` of `prompts` (id, prompt, continuation) by the base, sampling as the alignments sample, kept
+    in the runs' shared `cache` as `kind` under everything the draw depends on."""
     key = {
         "policy": weights_sha256(policy_dir(config.sources.policy)),
         "prompts": prompts["id"].tolist(),
         "samples": samples,
+        "seed": seed,
         "decoding": asdict(sampling_decoding(config.rlhf)),
         "r_star": [config.sources.toxicity_classifier, config.ground_truth.reward_clip],
     }
     kept = frozen_cached(
         cache,
-        "validation-prompt-sets",
+        kind,
         key,
         lambda: draw_prompt_sets(
             ModelPolicy(base, tokenizer, sampling_decoding(config.rlhf)),
-            prompts.head(SET_PROMPTS),
+            prompts,
             samples,
             config.evaluation.batch_size,
-            config.compute.seed,
+            seed,
             r_star,
         ).to_dict(orient="list"),
         lambda kept: len(kept["group"]) > 0,
     )
     return pd.DataFrame(kept)
+
+
+def validation_prompt_sets(
+    config, prompts: pd.DataFrame, base, tokenizer, r_star, cache: Path, samples: int
+) -> pd.DataFrame:
+    """`cached_prompt_sets` of the first `SET_PROMPTS` of `prompts` (`validation_prompts`): `samples` base samples of
+    each and its human continuation, labelled by R*, so every expert (`irlnb tune-expert`) and every distilled reward
+    (`irlnb distill`) is measured on the same texts."""
+    return cached_prompt_sets(
+        config,
+        prompts.head(SET_PROMPTS),
+        samples,
+        config.compute.seed,
+        cache,
+        "validation-prompt-sets",
+        base,
+        tokenizer,
+        r_star,
+    )
 
 
 def validation_texts(curated: pd.DataFrame, count: int) -> list[str]:

@@ -13,29 +13,26 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from irlnb.compute import frozen_cached, resolve_device, seed_everything
+from irlnb.compute import resolve_device, seed_everything
 from irlnb.config import Config
 from irlnb.data.curation import load_curated
 from irlnb.errors import IrlnbError
 from irlnb.irl.distilled import Distillation, fit_distilled, judged_within_prompts
-from irlnb.irl.optimum import PROMPTS, validation_prompt_sets, validation_prompts
-from irlnb.irl.within_prompt import draw_prompt_sets
+from irlnb.irl.optimum import PROMPTS, cached_prompt_sets, validation_prompt_sets, validation_prompts
 from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
 from irlnb.metric_names import distill_metric
-from irlnb.models.policies import load_policy, policy_dir, weights_sha256
+from irlnb.models.policies import load_policy
 from irlnb.params_file import settings_digest
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import held_provenance, provenance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.kinds import kind_of, kind_section
-from irlnb.rl.sampling import ModelPolicy, sampling_decoding
 from irlnb.rl.training import alignment_seed, training_rows
 
 CURATED_STAGE = "02_ground_truth_rm"  # what the distillation needs of a run: the curated splits (and R*'s settings)
@@ -80,29 +77,9 @@ def train_sets(config: Config, layout: RunLayout, kind, section, samples: int, b
     the expert never sees it), kept in the runs' shared cache."""
     seed = alignment_seed(config.compute, config.rlhf)
     rows = training_rows(load_curated(layout), config.rlhf, kind, section, seed)
-    key = {
-        "policy": weights_sha256(policy_dir(config.sources.policy)),
-        "prompts": rows["id"].tolist(),
-        "samples": samples,
-        "seed": seed,
-        "decoding": asdict(sampling_decoding(config.rlhf)),
-        "r_star": [config.sources.toxicity_classifier, config.ground_truth.reward_clip],
-    }
-    kept = frozen_cached(
-        layout.cache,
-        "distill-train-sets",
-        key,
-        lambda: draw_prompt_sets(
-            ModelPolicy(base, tokenizer, sampling_decoding(config.rlhf)),
-            rows,
-            samples,
-            config.evaluation.batch_size,
-            seed + TRAIN_SETS_SEED,
-            r_star,
-        ).to_dict(orient="list"),
-        lambda kept: len(kept["group"]) > 0,
+    sets = cached_prompt_sets(
+        config, rows, samples, seed + TRAIN_SETS_SEED, layout.cache, "distill-train-sets", base, tokenizer, r_star
     )
-    sets = pd.DataFrame(kept)
     return sets[sets["source"] == "base"].reset_index(drop=True)
 
 
@@ -148,8 +125,9 @@ def distill(
                 "seconds": time.perf_counter() - start,
             }
         )
-        if chosen is None or judged["within_prompt_spearman"] > chosen[0]:
-            chosen = (judged["within_prompt_spearman"], reward)
+        score = np.nan_to_num(judged["within_prompt_spearman"], nan=-np.inf)  # ranked as the table sorts: NaN last
+        if chosen is None or score > chosen[0]:
+            chosen = (score, reward)
     table = pd.DataFrame(rows).sort_values("validation_within_prompt_spearman", ascending=False, kind="stable")
     chosen = chosen[1]
     fit = judged_within_prompts(chosen, train[train["group"] < TRAIN_FIT_PROMPTS], batch_size)
