@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_name = f"03_rlhf_{args.reward}"
         start = prepare_training(layout, args.reward, kind, config, device)
         trainer = job_trainer(training_job(layout, stage_name, start, kind, config, device))
+        trainer.accelerator.wait_for_everyone()
         if trainer.accelerator.is_main_process:
             print(
                 f"irlnb.rl.launch: {stage_name} trained to step {trainer.state.global_step} "
@@ -56,7 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     except (IrlnbError, FileNotFoundError, ValueError) as err:
         print(f"irlnb.rl.launch: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group()
     return 0
+
+
+def leave_process_group() -> None:
+    """Destroy the process group while the interpreter is whole: gloo's worker threads still alive when it
+    is torn down abort a finished training (SIGABRT, "terminate called without an active exception")."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
