@@ -61,7 +61,8 @@ check: setup
 	$(BIN)/irlnb check $(PARAMS)
 
 # Not part of `make test`: reruns the whole pipeline into runs/regress/ and compares its metrics
-# with regress/<run name>.metrics.json (tolerances in regress/tolerances.yaml).
+# with the reference recorded on this machine kind: regress/<run name>.metrics.json, or one that
+# regress/references.yaml lists (tolerances in regress/tolerances.yaml).
 regress: setup
 	$(BIN)/irlnb regress $(PARAMS)
 

@@ -211,3 +211,79 @@ def test_a_replicates_tolerance_without_its_record_is_refused_in_one_line(tmp_pa
     path.write_text("default: {abs: 0.1}\nreplicates: {record: gone.metrics.json, sd: 0}\n")
     with pytest.raises(regress.RegressError, match=r"replicates.sd: expected a number > 0, got 0"):
         regress.load_tolerances(path)
+
+
+def _recorded_on(folder: Path, name: str, hardware: dict | None, value: float) -> Path:
+    record = {"metrics": {"gt.auc_human": value}, **({"hardware": hardware} if hardware else {})}
+    (folder / name).write_text(json.dumps(record))
+    return folder / name
+
+
+EPYC = {"cpu": "AMD EPYC", "gpus": []}
+XEON_AMX = {"cpu": "Intel(R) Xeon(R) Processor", "bfloat16_native": True, "gpus": []}
+
+
+def test_a_run_is_compared_with_the_reference_of_its_own_machine_kind_else_the_main_one_with_a_warning(tmp_path):
+    folder = tmp_path / "regress"
+    folder.mkdir()
+    main = _recorded_on(folder, "smoke.metrics.json", EPYC, 0.8)
+    xeon = _recorded_on(folder, "smoke-xeon.metrics.json", XEON_AMX, 0.7)
+    (folder / "references.yaml").write_text("smoke:\n  - smoke-xeon.metrics.json\n")
+
+    assert regress.chosen_reference("smoke", XEON_AMX, folder) == (xeon, "")
+    assert regress.chosen_reference("smoke", {**EPYC, "bfloat16_native": True}, folder) == (main, "")  # not recorded
+    # a Xeon that only emulates bfloat16, and a machine with a GPU, are other kinds: the main reference, and a line
+    for here in ({**XEON_AMX, "bfloat16_native": False}, {**EPYC, "gpus": ["NVIDIA H100"]}):
+        chosen, warning = regress.chosen_reference("smoke", here, folder)
+        assert chosen == main and warning.count("\n") == 0
+        assert "was recorded on another machine kind (AMD EPYC;" in warning and "references.yaml" in warning
+    (folder / "references.yaml").write_text("smoke:\n  - smoke-gone.metrics.json\n")
+    with pytest.raises(regress.RegressError, match=r"references.yaml: lists .*smoke-gone.metrics.json, which does not"):
+        regress.chosen_reference("smoke", XEON_AMX, folder)
+    (folder / "references.yaml").write_text("smoke: smoke-xeon.metrics.json\n")
+    with pytest.raises(regress.RegressError, match="expected run name -> list of reference file names"):
+        regress.chosen_reference("smoke", XEON_AMX, folder)
+
+
+def test_regress_reads_the_reference_of_this_machine_and_recording_never_overwrites_another_kinds(
+    tmp_path, monkeypatch, capsys
+):
+    from irlnb.pipeline import provenance, runner
+
+    config = load_config(write_params(tmp_path))
+    folder = tmp_path / "references"
+    folder.mkdir()
+    copy_shipped_tolerances(folder)
+    _recorded_on(folder, "smoke.metrics.json", EPYC, 0.8)
+    xeon = _recorded_on(folder, "smoke-xeon.metrics.json", XEON_AMX, 0.7)
+    (folder / "references.yaml").write_text("smoke:\n  - smoke-xeon.metrics.json\n")
+
+    def fake_run(run_config, runs_dir, log):  # a run on the Xeon: 0.7, as the Xeon's reference says
+        (Path(runs_dir) / run_config.run.name).mkdir(parents=True, exist_ok=True)
+        (Path(runs_dir) / run_config.run.name / "metrics.json").write_text(json.dumps({"gt.auc_human": 0.7}))
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(provenance, "hardware", lambda: XEON_AMX)
+    assert regress.regress(config, runs_dir=str(tmp_path / "r"), reference_dir=folder) == 0
+    out = capsys.readouterr().out
+    assert f"regress: comparing with {xeon}" in out and "another machine kind" not in out
+    monkeypatch.setattr(provenance, "hardware", lambda: {**XEON_AMX, "bfloat16_native": False})
+    assert regress.regress(config, runs_dir=str(tmp_path / "r"), reference_dir=folder) == 1  # against the EPYC's
+    assert "regress: warning: " in (out := capsys.readouterr().out) and "another machine kind" in out
+
+    run_dir = make_run(tmp_path / "finished", "smoke", saved_loss=None)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "hardware": XEON_AMX}))
+    with pytest.raises(regress.RegressError, match="recorded on AMD EPYC, and .* was made on Intel.* name of its own"):
+        regress.record_reference(config, run_dir, folder)
+    assert json.loads((folder / "smoke.metrics.json").read_text())["metrics"] == {"gt.auc_human": 0.8}  # untouched
+    written = regress.record_reference(config, run_dir, folder, folder / "smoke-xeon.metrics.json")
+    assert json.loads(written.read_text())["hardware"] == XEON_AMX
+
+
+def test_the_shipped_references_are_each_of_another_machine_kind():
+    main = regress.read_reference(regress.reference_file("default"))["hardware"]
+    listed = regress.listed_references("default")
+    assert listed, "regress/references.yaml lists the default's references on other machine kinds"
+    for file in listed:
+        assert not regress.same_machine_kind(regress.read_reference(file)["hardware"], main), file

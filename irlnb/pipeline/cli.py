@@ -82,9 +82,10 @@ def cmd_regress(args) -> int:
     from irlnb.pipeline import regress  # loads the runner
 
     reference_dir = Path(args.reference_dir) if args.reference_dir else regress.REFERENCE_DIR
+    reference = Path(args.reference) if args.reference else None
     if args.record:
         run_dir = Path(args.run_dir) if args.run_dir else REPO_ROOT / config.run.runs_dir / config.run.name
-        print(f"reference written to {regress.record_reference(config, run_dir, reference_dir)}")
+        print(f"reference written to {regress.record_reference(config, run_dir, reference_dir, reference)}")
         return 0
     return regress.regress(
         config,
@@ -92,6 +93,7 @@ def cmd_regress(args) -> int:
         reuse=args.reuse,
         reference_dir=reference_dir,
         threads=args.threads,
+        reference_path=reference,
     )
 
 
@@ -299,7 +301,8 @@ def add_fetch(commands) -> None:
 def add_regress(commands) -> None:
     regress = commands.add_parser(
         "regress",
-        help="rerun the pipeline into runs/regress/ and compare its metrics with regress/<run name>.metrics.json",
+        help="rerun the pipeline into runs/regress/ and compare its metrics with the reference recorded on this "
+        "machine kind (regress/<run name>.metrics.json, or one regress/references.yaml lists)",
     )
     regress.add_argument("params", help="params YAML file")
     regress.add_argument("--record", action="store_true", help="write the reference from a finished run instead")
@@ -307,6 +310,11 @@ def add_regress(commands) -> None:
     regress.add_argument("--runs-dir", help="where the regression run goes (default runs/regress)")
     regress.add_argument("--reuse", action="store_true", help="keep finished stages of an earlier regression run")
     regress.add_argument("--reference-dir", help="folder of references and tolerances.yaml (default regress/)")
+    regress.add_argument(
+        "--reference",
+        help="the reference file to compare with or, with --record, to write (default: the one recorded on this "
+        "machine kind, among regress/<run name>.metrics.json and those regress/references.yaml lists)",
+    )
     regress.add_argument("--threads", type=int, help="torch threads of the regression run (default: the params')")
     add_set_option(regress)
     regress.set_defaults(func=cmd_regress)

@@ -56,6 +56,8 @@ def package_versions() -> dict[str, str | None]:
 def hardware() -> dict:
     import torch  # loaded when a run starts, not by `irlnb check`
 
+    from irlnb.compute import NATIVE_BFLOAT16_FLAGS, cpu_flags  # loads torch
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -67,6 +69,8 @@ def hardware() -> dict:
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        # where bfloat16 is only emulated it rounds (and runs) otherwise: a CPU model name does not say (EPYCs differ)
+        "bfloat16_native": bool(NATIVE_BFLOAT16_FLAGS & cpu_flags()),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "python": platform.python_version(),
         "platform": platform.platform(),

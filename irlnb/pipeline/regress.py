@@ -10,6 +10,11 @@ or over draws of the demonstrations with `--draws`), each with a number k: a key
 a record's replicates, the spread of a change that draws again. Each failure says which set its tolerance.
 Timing keys (`timing.*`, and stage 04's own `irl.time.*`) and bootstrap interval bounds (`*_ci_*`) are ignored:
 the first measure the machine, the second move with their point.
+
+A reference holds only on the machine kind it was recorded on (bfloat16 rounds otherwise on another CPU, and every
+draw after the first rounding differs). `regress/references.yaml` lists, per run name, references recorded on other
+kinds; a run is compared with the one recorded on its own kind (`chosen_reference`), and where there is none, with
+`regress/<run name>.metrics.json` after one line saying the kinds differ.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from irlnb import metric_names
 from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.params_file import config_with
-from irlnb.pipeline import runner
+from irlnb.pipeline import provenance, runner
 from irlnb.pipeline.lock import check_free
 from irlnb.pipeline.replicates import VARIED
 
 REFERENCE_DIR = REPO_ROOT / "regress"
 TOLERANCES_FILE = "tolerances.yaml"
+REFERENCES_FILE = "references.yaml"  # per run name: its references recorded on other machine kinds
 REGRESS_RUNS_DIR = "runs/regress"
 ALWAYS_IGNORED = (f"{metric_names.TIMING}*", f"{metric_names.IRL_TIME}*", "*_ci_*")  # the machine; the point
 SPREAD = "SD over"  # how a deviation names a tolerance set by a spread over replicates: "4.24 SD over seeds"
@@ -222,6 +228,60 @@ def deviation_table(deviations: list[Deviation]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def machine_kind(hardware: Mapping[str, Any]) -> str:
+    """A machine as far as the rounding of its results goes: CPU model, whether it computes bfloat16 natively
+    (where recorded: references before that field say only the model), and its GPUs."""
+    native = hardware.get("bfloat16_native")
+    bfloat16 = "" if native is None else (", native bfloat16" if native else ", bfloat16 emulated")
+    gpus = hardware.get("gpus") or []
+    return f"{hardware.get('cpu', '?')}{bfloat16}" + (f" with {', '.join(gpus)}" if gpus else "")
+
+
+def same_machine_kind(recorded: Mapping[str, Any], here: Mapping[str, Any]) -> bool:
+    """Whether a reference recorded on `recorded` holds on `here` (a field one side lacks is not compared)."""
+    return all(
+        recorded.get(field) == here.get(field)
+        for field in ("cpu", "bfloat16_native", "gpus")
+        if recorded.get(field) is not None and here.get(field) is not None
+    )
+
+
+def listed_references(run_name: str, reference_dir: Path = REFERENCE_DIR) -> list[Path]:
+    """The references of `run_name` that `references.yaml` lists (recorded on other machine kinds than its
+    `<run name>.metrics.json`); each must exist."""
+    path = Path(reference_dir) / REFERENCES_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RegressError(f"{path}: malformed YAML ({str(err).splitlines()[0]})") from None
+    names = data.get(run_name, []) if isinstance(data, Mapping) else None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise RegressError(f"{path}: expected run name -> list of reference file names, got {run_name}: {names!r}")
+    files = [Path(reference_dir) / name for name in names]
+    if missing := [str(file) for file in files if not file.is_file()]:
+        raise RegressError(f"{path}: lists {', '.join(missing)}, which does not exist")
+    return files
+
+
+def chosen_reference(run_name: str, here: Mapping[str, Any], reference_dir: Path = REFERENCE_DIR) -> tuple[Path, str]:
+    """The reference a run of `run_name` on the machine `here` (`provenance.hardware()`) is compared with: the first
+    of `<run name>.metrics.json` and those `references.yaml` lists recorded on this machine kind (or not saying
+    where), else `<run name>.metrics.json`; and a line saying so when its kind is another."""
+    primary = reference_file(run_name, reference_dir)
+    candidates = [file for file in (primary, *listed_references(run_name, reference_dir)) if file.is_file()]
+    for file in candidates:
+        if same_machine_kind(read_reference(file).get("hardware") or {}, here):
+            return file, ""
+    recorded = machine_kind(read_reference(primary).get("hardware") or {})  # refuses a missing one in one line
+    return primary, (
+        f"regress: warning: {primary} was recorded on another machine kind ({recorded}; here: {machine_kind(here)}): "
+        f"bfloat16 rounds otherwise there, so metrics move that no change of code moved; record a reference on this "
+        f"kind (irlnb regress --record PARAMS --reference FILE) and list it in {Path(reference_dir) / REFERENCES_FILE}"
+    )
+
+
 def read_reference(path: Path) -> dict:
     if not path.is_file():
         raise RegressError(
@@ -280,8 +340,11 @@ def _params_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]
     )
 
 
-def record_reference(config, run_dir: str | Path, reference_dir: Path = REFERENCE_DIR) -> Path:
-    """Write the reference of `config`'s run from a finished run made with the same params.
+def record_reference(
+    config, run_dir: str | Path, reference_dir: Path = REFERENCE_DIR, path: Path | None = None
+) -> Path:
+    """Write the reference of `config`'s run from a finished run made with the same params, to `path` (default
+    `<run name>.metrics.json`), never over a reference recorded on another machine kind.
 
     The file carries the run's params, git state, packages and hardware (from its manifest), so a
     later failure can be traced to a change of code, of settings, or of machine.
@@ -296,7 +359,14 @@ def record_reference(config, run_dir: str | Path, reference_dir: Path = REFERENC
             f"{run_dir}: made with other params than {config.path} ({', '.join(differences[:5])}); "
             "record from a run of this params file"
         )
-    path = reference_file(config.run.name, reference_dir)
+    path = Path(path) if path is not None else reference_file(config.run.name, reference_dir)
+    if path.is_file():
+        recorded, made = read_reference(path).get("hardware") or {}, manifest.get("hardware") or {}
+        if not same_machine_kind(recorded, made):
+            raise RegressError(
+                f"{path}: recorded on {machine_kind(recorded)}, and {run_dir} was made on {machine_kind(made)}; "
+                f"record it under a name of its own (--reference) and list it in {REFERENCES_FILE}"
+            )
     write_json_atomic(
         path,
         {
@@ -321,6 +391,7 @@ def regress(
     reference_dir: Path = REFERENCE_DIR,
     log: Callable[[str], None] = print,
     threads: int | None = None,
+    reference_path: Path | None = None,
 ) -> int:
     """Run the pipeline of `config` afresh into `runs_dir` and check it against its reference; 0 pass, 1 fail.
 
@@ -328,10 +399,15 @@ def regress(
     seconds, not a pipeline. The run starts from an empty run directory unless `reuse`: a regression
     test that resumed from old checkpoints would not exercise today's training code. `threads`
     overrides compute.torch_threads (a setting that never changes a result by intent, but does
-    change floating-point sums: the tolerances were measured with it).
+    change floating-point sums: the tolerances were measured with it). The reference is `reference_path`, else the
+    one recorded on this machine kind (`chosen_reference`).
     """
-    reference_path = reference_file(config.run.name, reference_dir)
+    if reference_path is None:
+        reference_path, other_kind = chosen_reference(config.run.name, provenance.hardware(), reference_dir)
+        if other_kind:
+            log(other_kind)
     reference = read_reference(reference_path)
+    log(f"regress: comparing with {reference_path}")
     tolerances_path = Path(reference_dir) / TOLERANCES_FILE
     load_tolerances(tolerances_path)
     if differences := _params_differences(reference.get("params", {}), config.to_dict()):
