@@ -37,7 +37,7 @@ from irlnb.pipeline.bench_generation import (
     matmul_peak_gflops,
     real_prompts_and_texts,
 )
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import held_provenance, provenance
 from irlnb.rewards.features import decoder_blocks, random_head, reward_form, score_tolerance
 from irlnb.rewards.ground_truth import GroundTruthReward
 from irlnb.rl.generation import sample_continuations
@@ -487,6 +487,7 @@ def run_bench(
     threads: int = 1, out: str | Path = "runs/bench.json", rlhf_threads: int = 2, params: str | Path = DEFAULT_PARAMS
 ) -> dict[str, float]:
     config = load_config(params)
+    measuring = provenance(REPO_ROOT)  # the code that measures: read before it runs
     torch.set_num_threads(threads)
     started = time.perf_counter()
     results = {"bench.torch_threads": float(threads), "matmul.peak_gflops": matmul_peak_gflops()}
@@ -517,7 +518,7 @@ def run_bench(
     out = Path(out) if Path(out).is_absolute() else REPO_ROOT / out
     merged = {**read_json(out, default={}), **results}  # keep other stages' keys
     write_json_atomic(out, merged)
-    write_json_atomic(out.with_suffix(".manifest.json"), provenance(REPO_ROOT))
+    write_json_atomic(out.with_suffix(".manifest.json"), held_provenance(measuring, REPO_ROOT))
     for name, value in sorted(results.items()):
         print(f"{name}: {value:.4g}")
     return results

@@ -34,7 +34,7 @@ from irlnb.layout import REPO_ROOT, RunLayout, read_json, repo_relative, save_fi
 from irlnb.objectives import MEAN_SHIFT
 from irlnb.params_file import config_with, parse_config
 from irlnb.pipeline import runner
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import held_provenance, provenance
 from irlnb.rl.kinds import KINDS, kind_section
 
 STUDY_RUNS = "runs/recoverability"
@@ -278,6 +278,7 @@ class StudyOutputs:
     figures: Path | None  # another folder for the figure (the repository's figures/; None: none)
     record: Path | None  # the record (None: not written)
     plan: dict[str, Any]  # what the record says of the study beside its rows: params file, points, seeds, ...
+    started: dict[str, Any]  # the provenance of the code this invocation loaded (each row names its own commit)
 
     def publish(self, table: pd.DataFrame, finished: int) -> pd.DataFrame:
         from irlnb.report.study_plots import recoverability_figure  # matplotlib loads only once the study publishes
@@ -291,7 +292,13 @@ class StudyOutputs:
             rows = table.astype(object).where(table.notna(), None).to_dict("records")
             write_json_atomic(
                 self.record,
-                {"metrics": summarise(table), "rows": rows, "finished": finished, **self.plan, **provenance(REPO_ROOT)},
+                {
+                    "metrics": summarise(table),
+                    "rows": rows,
+                    "finished": finished,
+                    **self.plan,
+                    **held_provenance(self.started, REPO_ROOT),
+                },
             )
         return table
 
@@ -333,7 +340,7 @@ def run_study(
         "planned": len(todo),
         "runs_dir": runs_dir,
     }
-    outputs = StudyOutputs(REPO_ROOT / runs_dir, figures_dir, record, plan)
+    outputs = StudyOutputs(REPO_ROOT / runs_dir, figures_dir, record, plan, provenance(REPO_ROOT))
     outputs.runs.mkdir(parents=True, exist_ok=True)
     reference = calibration_row(calibration) if calibration is not None else None
     rows: list[dict[str, Any]] = []

@@ -27,7 +27,7 @@ from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, save_figure, write
 from irlnb.objectives import MEAN_SHIFT
 from irlnb.params_file import config_with
 from irlnb.pipeline import runner
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import held_provenance, provenance
 from irlnb.rl.kinds import kind_of
 
 RUNS = "runs/recovery"
@@ -145,6 +145,7 @@ def run_suite(
 ) -> dict[str, Any]:
     """Every row's (reward, kind) run up to IRL (finished ones kept), then the table of rows, recorded with its
     figure."""
+    started = provenance(REPO_ROOT)  # the code that measures: read before it runs
     values: dict[str, float] = {}
     runs = []
     for number, (reward, kind) in enumerate(rows, 1):
@@ -154,7 +155,12 @@ def run_suite(
         runs.append(repo_relative(layout.root))
         for name, value in row_values(layout.read_metrics(), str(layout.root)).items():
             values[f"{PREFIX}{reward_name(reward)}.{kind}.{name}"] = value
-    result = {"metrics": values, "params_file": repo_relative(base.path), "runs": runs, **provenance(REPO_ROOT)}
+    result = {
+        "metrics": values,
+        "params_file": repo_relative(base.path),
+        "runs": runs,
+        **held_provenance(started, REPO_ROOT),
+    }
     if record is not None:
         write_json_atomic(record, result)
     if figures_dir is not None:

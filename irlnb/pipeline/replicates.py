@@ -36,7 +36,7 @@ from irlnb.layout import REPO_ROOT, RunLayout, repo_relative, write_json_atomic
 from irlnb.objectives import MEAN_SHIFT
 from irlnb.params_file import config_with
 from irlnb.pipeline import runner
-from irlnb.pipeline.provenance import provenance
+from irlnb.pipeline.provenance import held_provenance, provenance
 
 REPLICATE_RUNS = "runs/replicates"
 RECORD = REPO_ROOT / "regress" / "replicates.metrics.json"
@@ -189,6 +189,7 @@ def run_replicates(
     if seeds < 2:
         raise ValueError(f"replicates need at least 2 {what} to show a spread, got {seeds}")
     until = IRL_END if irl_only else None
+    started = provenance(REPO_ROOT)  # the code that measures: read before it runs
     own_run = RunLayout.of_run(base.run).root  # finished stages of the params' own run are shared, not redone
     layouts: list[RunLayout] = []
     for seed in range(seeds):
@@ -207,7 +208,7 @@ def run_replicates(
         "varied": setting,  # what differs between the replicates, so what `sd_over_seeds` is a spread over
         "until": until,
         "runs": [repo_relative(layout.root) for layout in layouts],
-        **provenance(REPO_ROOT),
+        **held_provenance(started, REPO_ROOT),
     }
     if record is not None:
         write_json_atomic(record, result)
