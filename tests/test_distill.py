@@ -72,6 +72,7 @@ def test_distill_fits_the_experts_prompts_chooses_on_validation_and_judges_the_t
     metrics = kept["metrics"]
     assert {metric_names.parse(key) for key in metrics} == {"distill"}
     assert kept["kind"] == "infonca" and kept["chosen"]["epochs"] == int(table["epochs"].iloc[0])
+    assert kept["params"]["infonca"]["n"] == 3 and kept["params"]["rlhf"]["trainer"] == "infonca"
     assert (
         metrics["distill.chosen.validation_within_prompt_spearman"]
         == table.iloc[0]["validation_within_prompt_spearman"]

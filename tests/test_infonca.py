@@ -208,6 +208,7 @@ def test_tune_expert_trains_each_candidate_once_and_measures_it_on_validation_pr
     for measure in ("within_prompt_spearman", "perplexity_ratio", "toxicity_reduction", "distinct_2_ratio"):
         assert np.isfinite(table[measure]).all(), measure
     assert read_json(record)["chosen"] == {"infonca.learning_rate": table.iloc[0]["infonca.learning_rate"]}
+    assert read_json(record)["params"]["infonca"]["prompts"] == 12  # the settings it started from, as set
     assert {metric_names.parse(key) for key in read_json(record)["metrics"]} == {"tune"}
     layouts = [RunLayout.of_run(candidate_config(config, {"infonca.learning_rate": v}).run) for v in (1e-3, 1e-2)]
     policies = [layout.policy("ground_truth") / "model.safetensors" for layout in layouts]

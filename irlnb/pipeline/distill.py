@@ -140,6 +140,7 @@ def distill(
         "metrics": distill_metrics(table, fit, test, train["group"].nunique(), samples),
         "kind": kind.name,
         "params_file": repo_relative(config.path),
+        "params": config.to_dict(),  # the settings whose expert's budget it fitted, --set changes included
         "run": repo_relative(layout.root),
         "chosen": {key: table.iloc[0][key].item() for key in ("epochs", "learning_rate")},
         **held_provenance(started, REPO_ROOT),

@@ -134,6 +134,7 @@ def tune_expert(
         "metrics": tune_metrics(table, points),
         "grid": grid,
         "params_file": repo_relative(config.path),
+        "params": config.to_dict(),  # the settings every candidate started from, --set changes included
         "chosen": {key: plain(table.iloc[0][key]) for key in grid},
         "chosen_passes_guards": bool(table.iloc[0]["passes_guards"]),
         **held_provenance(started, REPO_ROOT),
