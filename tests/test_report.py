@@ -684,3 +684,20 @@ def test_the_reward_distribution_figure_is_the_same_figure_from_the_same_scores(
 
     first, again = bars(), bars()
     assert len(first) == 2 and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_the_training_dynamics_figure_draws_what_each_trainer_logged_an_infonca_log_included():
+    from irlnb.report import plots
+    from irlnb.rl.infonca import INFONCA_LOG_COLUMNS
+
+    steps = np.arange(1, 7)
+    infonca = pd.DataFrame(
+        {"step": steps, **{column: np.linspace(0.1, 1.0, len(steps)) for column in INFONCA_LOG_COLUMNS}}
+    )
+    logs = {tag: infonca for tag in ("ground_truth", "learned", "random")}  # an InfoNCA run logs no DPO or RLOO column
+    figure = plots.rlhf_dynamics_figure(logs)
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles[0].startswith("loss") and any("best sample" in title for title in titles) and len(titles) == 3
+    assert figure.axes[-1].get_legend() is not None
+    dpo = pd.DataFrame({"step": steps, "loss": 0.5, "implicit_reward_margin": 1.0, "implicit_reward_accuracy": 0.6})
+    assert len(plots.rlhf_dynamics_figure({"ground_truth": dpo}).axes) == 3

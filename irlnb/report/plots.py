@@ -311,8 +311,10 @@ def rlhf_dynamics_figure(logs) -> plt.Figure:
         ("kl", "KL to the starting policy"),
         ("implicit_reward_margin", "DPO implicit reward: chosen - rejected"),
         ("implicit_reward_accuracy", "pairs its implicit reward orders as the reward does"),
+        ("best_sample_accuracy", "InfoNCA: prompts whose highest log-ratio is the reward's best sample"),
+        ("log_ratio_mean", "InfoNCA: mean log-ratio to the base of its samples"),
     ]
-    # the panels some trainer logged (DPO logs no sampled reward or KL; RLOO no implicit reward)
+    # the panels some trainer logged (DPO logs no sampled reward or KL; RLOO no implicit reward; InfoNCA its own)
     panels = [(column, title) for column, title in candidates if any(column in log for log in logs.values())]
     if any("implicit_reward_margin" in log for log in logs.values()):
         panels[0] = ("loss", "loss")
@@ -332,7 +334,7 @@ def rlhf_dynamics_figure(logs) -> plt.Figure:
                 label=POLICY_LABELS.get(tag, tag),
             )
         ax.set(title=title, xlabel="step")
-    axes[1].legend(fontsize=8, title="5-step mean; faint: per step", title_fontsize=8)
+    axes[-1].legend(fontsize=8, title="5-step mean; faint: per step", title_fontsize=8)
     fig.suptitle("RLHF training dynamics by reward")
     fig.tight_layout()
     return fig
