@@ -697,7 +697,7 @@ def test_the_training_dynamics_figure_draws_what_each_trainer_logged_an_infonca_
     logs = {tag: infonca for tag in ("ground_truth", "learned", "random")}  # an InfoNCA run logs no DPO or RLOO column
     figure = plots.rlhf_dynamics_figure(logs)
     titles = [ax.get_title() for ax in figure.axes]
-    assert titles[0].startswith("loss") and any("best sample" in title for title in titles) and len(titles) == 3
+    assert titles[0] == "loss" and any("best sample" in title for title in titles) and len(titles) == 3
     assert figure.axes[-1].get_legend() is not None
     dpo = pd.DataFrame({"step": steps, "loss": 0.5, "implicit_reward_margin": 1.0, "implicit_reward_accuracy": 0.6})
     assert len(plots.rlhf_dynamics_figure({"ground_truth": dpo}).axes) == 3

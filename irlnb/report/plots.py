@@ -311,12 +311,12 @@ def rlhf_dynamics_figure(logs) -> plt.Figure:
         ("kl", "KL to the starting policy"),
         ("implicit_reward_margin", "DPO implicit reward: chosen - rejected"),
         ("implicit_reward_accuracy", "pairs its implicit reward orders as the reward does"),
-        ("best_sample_accuracy", "InfoNCA: prompts whose highest log-ratio is the reward's best sample"),
-        ("log_ratio_mean", "InfoNCA: mean log-ratio to the base of its samples"),
+        ("best_sample_accuracy", "InfoNCA: reward's best sample ranked first"),
+        ("log_ratio_mean", "InfoNCA: mean log-ratio to the base"),
     ]
     # the panels some trainer logged (DPO logs no sampled reward or KL; RLOO no implicit reward; InfoNCA its own)
     panels = [(column, title) for column, title in candidates if any(column in log for log in logs.values())]
-    if any("implicit_reward_margin" in log for log in logs.values()):
+    if not any("kl" in log for log in logs.values()):  # the title's remark is RLOO's (which logs a KL)
         panels[0] = ("loss", "loss")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
     axes = axes[0]
