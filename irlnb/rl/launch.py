@@ -12,7 +12,9 @@ evaluates the policy. Stage 01 (and, for the learned reward, stage 04) must be c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from irlnb.compute import resolve_device, seed_everything
 from irlnb.config import ConfigError
@@ -57,19 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     except (IrlnbError, FileNotFoundError, ValueError) as err:
         print(f"irlnb.rl.launch: error: {err}", file=sys.stderr)
         return 2
-    finally:
-        leave_process_group()
     return 0
 
 
-def leave_process_group() -> None:
-    """Destroy the process group while the interpreter is whole: gloo's worker threads still alive when it
-    is torn down abort a finished training (SIGABRT, "terminate called without an active exception")."""
-    import torch.distributed
+def end_process(code: int) -> None:
+    """End this rank at once, its output flushed, without tearing down the interpreter or the process group.
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    Every rank has passed the last barrier and its checkpoint files are closed, so nothing is lost. Both ways of
+    tearing down failed CI's `make test` once: the interpreter's own teardown with gloo's worker threads alive
+    aborted a finished training (SIGABRT, "terminate called without an active exception"), and
+    with `destroy_process_group()` called before it, a finished training hung until the test's 600 s limit
+    (pytorch/pytorch#75097 reports such hangs)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        exit_code = main()
+    except Exception:  # noqa: BLE001 - a failure, too, ends without the teardown that can hang
+        traceback.print_exc()
+        exit_code = 1
+    end_process(exit_code)
