@@ -32,7 +32,9 @@ def dpo_job(tmp_path, dtype: str, scorer=length_reward, folder: str = "") -> Tra
     settings = dict(prompts=len(prompts), n=4, learning_rate=1e-3, per_device_train_batch_size=4, lora_rank=8)
     section = parse_section("dpo", settings, "test")
     rlhf = parse_section("rlhf", {"trainer": "dpo", "max_completion_length": 6}, "test")
-    return TrainingJob(KINDS["dpo"], start, tmp_path / (folder or dtype), 0, rlhf, section, "float32", "cpu", dtype)
+    return TrainingJob(
+        KINDS["dpo"], start, tmp_path / (folder or dtype), tmp_path / "cache", 0, rlhf, section, "float32", "cpu", dtype
+    )
 
 
 def test_the_bfloat16_dpo_step_follows_the_float32_step_on_the_same_pairs(tmp_path):
@@ -70,7 +72,7 @@ def test_a_second_alignment_of_the_same_samples_reads_the_reference_log_probabil
     train_dpo(dpo_job(tmp_path / "run", "float32", folder="03_rlhf_ground_truth"))
     pairs = len(read_json(tmp_path / "run" / "03_rlhf_ground_truth" / PAIRS_FILE)["prompt"])
     assert read_through_reference == [pairs]
-    kept = list((tmp_path / "run" / "base_candidates").glob("dpo-reference-log-probs-*.json"))
+    kept = list((tmp_path / "run" / "cache" / "base_candidates").glob("dpo-reference-log-probs-*.json"))
     assert len(kept) == 1 and len(read_json(kept[0])) == 2 * pairs  # each pair's two samples
 
     shared = train_dpo(dpo_job(tmp_path / "run", "float32", shorter_is_better, folder="03_rlhf_learned"))

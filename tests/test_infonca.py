@@ -71,7 +71,8 @@ def infonca_job(tmp_path, dtype: str, folder: str = "", scorer=length_reward, **
     )
     section = parse_section("infonca", {**settings, **changes}, "test")
     rlhf = parse_section("rlhf", {"trainer": "infonca", "max_completion_length": 6}, "test")
-    return TrainingJob(KINDS["infonca"], start, tmp_path / (folder or dtype), 0, rlhf, section, "float32", "cpu", dtype)
+    folder = tmp_path / (folder or dtype)
+    return TrainingJob(KINDS["infonca"], start, folder, tmp_path / "cache", 0, rlhf, section, "float32", "cpu", dtype)
 
 
 def log_ratios(job: TrainingJob, trained) -> tuple[np.ndarray, ScoredSamples]:
@@ -218,6 +219,10 @@ def test_tune_expert_trains_each_candidate_once_and_measures_it_on_validation_pr
     kept = torch.load(cache[0], weights_only=True)
     split = dict(zip(curated["id"], curated["split"]))
     assert {split[i] for i in kept["id"]} == {"validation"}
+    # the candidates align the same base on the same prompts: its samples and their log-probabilities, drawn and
+    # read once, serve both
+    shared = layouts[0].cache / "base_candidates"
+    assert len(list(shared.glob("samples-*.pt"))) == len(list(shared.glob("infonca-reference-log-probs-*.pt"))) == 1
     stamps = [policy.stat().st_mtime_ns for policy in policies]
     again = tune_expert(config, grid, samples=3, log=lambda line: None)
     assert [policy.stat().st_mtime_ns for policy in policies] == stamps  # finished candidates are not trained again

@@ -1,5 +1,6 @@
 """The base policy's samples of a kind's train prompts, drawn once: the kinds that fit scored base samples (dpo,
-infonca) read them, and the alignments of one run with R*, R-hat and a random reward share them."""
+infonca) read them, and every alignment of the same base on the same prompts shares them (a run's alignments with
+R*, R-hat and a random reward, and the candidates of `irlnb tune-expert` in one runs directory)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ from irlnb.rl.training_job import TrainingJob
 
 
 def candidates_folder(job: TrainingJob) -> Path:
-    """Where a run keeps what the alignments of its base share: the base's samples and what the reference reads of
-    them (beside every training key's checkpoints, so a new training key keeps them)."""
-    return job.checkpoints.parent / "base_candidates"
+    """Where the alignments of one base keep what they share: the base's samples and what the reference reads of
+    them, in the frozen cache of the runs directory, each file named by a digest of what it depends on."""
+    return job.frozen_cache / "base_candidates"
 
 
 def base_candidates(job: TrainingJob) -> list[list[str]]:
     """`<kind>.n` samples of the base policy per prompt (dpo, infonca). They depend on the base, the prompts, the
-    decoding, the seed, the dtype and the batch size, never on the reward: the alignments of one run with R*, R-hat
-    and a random reward order the same samples, drawn once and cached in the run's checkpoints folder under a digest
-    of what they depend on (`frozen_cached`)."""
+    decoding, the seed, the dtype, the device and the batch size, never on the reward: every alignment that draws them
+    orders the same samples, drawn once and cached under a digest of what they depend on (`frozen_cached`)."""
     start, section = job.start, job.section
     decoding = sampling_decoding(job.rlhf)
     batch_size = 2 * job.rlhf.reward_batch_size  # each batch draws with its own seed; bfloat16 depends on padding
@@ -37,6 +37,7 @@ def base_candidates(job: TrainingJob) -> list[list[str]]:
         "n": section.n,
         "seed": job.seed,
         "dtype": job.inference_dtype,
+        "device": job.device,
         "batch_size": batch_size,
     }
 

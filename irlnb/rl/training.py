@@ -132,6 +132,7 @@ def training_job(layout: RunLayout, stage_name: str, start: StageTraining, kind:
         kind=kind,
         start=start,
         checkpoints=checkpoint_dir(layout, stage_name, start.key),
+        frozen_cache=layout.cache,
         seed=alignment_seed(settings.compute, settings.rlhf),
         rlhf=settings.rlhf,
         section=kind_section(settings, kind),

@@ -34,6 +34,7 @@ class TrainingJob:
     kind: Any  # its kind's record (irlnb.rl.kinds.AlignmentKind)
     start: StageTraining
     checkpoints: Path  # resumable checkpoints of this training key (emptied when the key changed)
+    frozen_cache: Path  # what the frozen base drew or read, shared by the runs of one runs directory (RunLayout.cache)
     seed: int  # the alignment's seed (compute.seed moved by rlhf.seed)
     rlhf: Any  # the shared rlhf settings (irlnb.config.RlhfSettings)
     section: Any  # the kind's own settings (its section of irlnb/config.py), None for a brought model
