@@ -441,8 +441,8 @@ class IrlSettings:
 
     train_prompts: int = setting(
         800,
-        doc="train-split prompts the fitted demonstrations are drawn on (more pairs: the main lever); never the "
-        "prompts a dpo expert was trained on",
+        doc="train-split prompts the fitted demonstrations are drawn on; never the prompts an expert that holds out "
+        "its train prompts (dpo, infonca) was trained on",
         ge=2,
     )
     validation_prompts: int = setting(200, doc="validation-split prompts (epoch and threshold choice)", ge=2)
@@ -463,7 +463,11 @@ class IrlSettings:
         choices=("greedy", "sampled"),
     )
     samples_per_prompt: int = setting(
-        2, doc="demonstration pairs per prompt (sampled decoding; greedy gives one)", ge=1
+        2,
+        doc="demonstration pairs per prompt (sampled decoding; greedy gives one); more of them order a prompt's "
+        "continuations better, where more prompts did little (README: 'Four times the samples per prompt'); each "
+        "adds to stage 04's sampling and reading",
+        ge=1,
     )
     matched: bool = setting(
         True,
