@@ -469,6 +469,13 @@ class IrlSettings:
         "adds to stage 04's sampling and reading",
         ge=1,
     )
+    test_samples_per_prompt: int = setting(
+        2,
+        doc="demonstration pairs per test prompt, at most samples_per_prompt: test pairs are only judged (the "
+        "auditor's test pair accuracy), never fitted, so more samples per prompt for the fit need not draw and read "
+        "more of them",
+        ge=1,
+    )
     matched: bool = setting(
         True,
         doc="sampled decoding: both sides of a pair draw with the same seed (common random numbers, which an auditor "

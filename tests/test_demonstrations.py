@@ -93,6 +93,15 @@ def test_a_balanced_pool_draws_each_label_at_the_test_splits_share_whatever_the_
         split_prompts(curated, IrlSettings(prompt_pool="balanced", train_prompts=6), "train", 0, held_out)
 
 
+def test_more_samples_per_prompt_for_the_fit_draw_no_more_test_pairs_than_the_test_count():
+    from irlnb.irl.demonstrations import pairs_per_prompt
+
+    irl = IrlSettings(samples_per_prompt=8, test_samples_per_prompt=2)
+    assert [pairs_per_prompt(irl, split) for split in ("train", "validation", "test")] == [8, 8, 2]
+    irl = IrlSettings(samples_per_prompt=1)  # greedy or a study's single pair: the test pairs follow it down
+    assert [pairs_per_prompt(irl, split) for split in ("train", "validation", "test")] == [1, 1, 1]
+
+
 def test_demonstration_prompts_never_include_those_a_dpo_expert_was_trained_on():
     curated = pd.DataFrame(
         {

@@ -181,13 +181,21 @@ def build_demonstrations(
             prompts,
             expert,
             non_expert,
-            irl.samples_per_prompt,
+            pairs_per_prompt(irl, split),
             irl.inference_batch_size,
             seed + 100_003 * SPLIT_SEED[split] + DRAW_SEED_STEP * irl.draw,
             matched=irl.matched and irl.decoding == "sampled",
         )
         frames.append(label_pairs(pairs, split, r_star))
     return pd.concat(frames, ignore_index=True)
+
+
+def pairs_per_prompt(irl, split: str) -> int:
+    """`irl.samples_per_prompt` pairs per train and validation prompt (what IRL fits and chooses on), at most
+    `irl.test_samples_per_prompt` per test prompt (only judged)."""
+    if split == "test":
+        return min(irl.samples_per_prompt, irl.test_samples_per_prompt)
+    return irl.samples_per_prompt
 
 
 def demonstration_counts(demonstrations: pd.DataFrame) -> dict[str, float]:
