@@ -84,11 +84,25 @@ def test_a_left_out_setting_or_section_takes_its_default_but_the_run_must_be_nam
         parse_config({"run": {"runs_dir": "runs"}}, "p.yaml")
 
 
-def test_the_default_params_file_changes_no_setting_of_the_embedded_default():
+def test_the_default_params_file_sets_only_the_expert_and_audit_chosen_for_its_backbone():
+    """Every other setting of the embedded default is the config's default, written once in irlnb/config.py."""
+    written = yaml.safe_load((PARAMS / "default.yaml").read_text())
     config = load_config(PARAMS / "default.yaml")
     assert {name: getattr(config, name) for name in SECTIONS if name != "run"} == {
-        name: parse_section(name, {}, "defaults") for name in SECTIONS if name != "run"
+        name: parse_section(name, written.get(name, {}), "defaults") for name in SECTIONS if name != "run"
     }
+    assert {f"{name}.{key}" for name, section in written.items() if name != "run" for key in section} == {
+        "rlhf.trainer",
+        "rlhf.train_prompts",
+        "infonca.prompts",
+        "infonca.learning_rate",
+        "infonca.num_train_epochs",
+        "infonca.beta",
+        "irl.prompt_pool",
+        "irl.train_prompts",
+        "irl.samples_per_prompt",
+    }
+    assert (config.rlhf.trainer, config.irl.samples_per_prompt) == ("infonca", 8)
 
 
 def test_every_section_is_declared_once_as_a_field_of_config_in_the_params_file_order():

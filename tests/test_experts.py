@@ -170,11 +170,11 @@ def test_dpo_pairs_are_the_rewards_best_against_its_worst_and_ties_carry_no_pref
 )
 def test_expert_settings_that_would_break_irl_are_refused_in_one_line(changes, message):
     from irlnb.config import ConfigError
-    from irlnb.layout import REPO_ROOT
-    from irlnb.params_file import config_with, load_config
+    from irlnb.params_file import config_with, parse_config
 
+    defaults = parse_config({"run": {"name": "test"}}, "p.yaml")  # the config's defaults: a DPO expert
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as error:
-        config_with(load_config(REPO_ROOT / "params/default.yaml"), changes, "test")
+        config_with(defaults, changes, "test")
     assert "\n" not in str(error.value)
 
 

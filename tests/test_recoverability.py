@@ -97,7 +97,7 @@ def test_the_summary_the_record_and_the_figure_read_each_runs_metrics(tmp_path):
 
 
 def test_the_default_run_is_the_full_size_point_read_from_its_record():
-    recorded = json.loads((REPO / "regress" / "default.metrics.json").read_text())
+    recorded = json.loads((REPO / "regress" / "default-2ad361b.metrics.json").read_text())
     row = recoverability.calibration_row()
     assert (row["design"], row["kind"], row["value"], row["seed"]) == ("full", "dpo", 400, 0)
     assert row["irl_auc"] == recorded["metrics"]["irl.test.auc_mean"]

@@ -8,8 +8,8 @@ default with a reduced demonstration design, so that a point takes minutes). The
 run's metrics: IRL's test ROC-AUC, Spearman and STARC-style distance with R*, its floor (mean shift),
 ceiling (supervised) and the reference of R*'s own comparisons; the expert's white-box log-ratio
 (how far the policy learned R*: its Spearman with R*), its KL to the base, toxicity reduction and
-perplexity. The default run, recorded in regress/default.metrics.json, is the study's full-size
-point for calibration.
+perplexity. The DPO default of commit 2ad361b (regress/default-2ad361b.metrics.json; the default until its expert
+became InfoNCA) is the study's full-size point for calibration.
 
 Resumable point by point: every finished point x seed is written to the record
 `regress/recoverability.metrics.json` with the digest of its IRL stage (the runner's: the settings
@@ -39,7 +39,7 @@ from irlnb.rl.kinds import KINDS, kind_section
 
 STUDY_RUNS = "runs/recoverability"
 RECORD = REPO_ROOT / "regress" / "recoverability.metrics.json"
-CALIBRATION_RECORD = REPO_ROOT / "regress" / "default.metrics.json"  # the default run: the full-size point
+CALIBRATION_RECORD = REPO_ROOT / "regress" / "default-2ad361b.metrics.json"  # the DPO default: the full-size point
 IRL_STAGE = "04_irl"
 POINT_STAGES = ("01_curate", "02_ground_truth_rm", "03_rlhf_ground_truth", IRL_STAGE)  # what a point runs
 
