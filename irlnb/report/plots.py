@@ -191,7 +191,7 @@ def _pipeline_steps(values, alignment: str, by_r_star: bool) -> dict[str, tuple[
         "rlhf": (
             2.0,
             1.0,
-            f"3. align with R*: {alignment}\n(expert policy)" if by_r_star else f"3. the expert policy:\n{alignment}",
+            f"3. align with R*:\n{alignment}\n(expert policy)" if by_r_star else f"3. the expert policy:\n{alignment}",
             _measured(
                 values,
                 f"mean {scorer}p_toxic {{:.3f}} → {{:.3f}}",
