@@ -188,7 +188,7 @@ KINDS: dict[str, AlignmentKind] = {
             "infonca",
             has_weights=True,
             train=_train_infonca,
-            label=lambda section: f"InfoNCA ({section.n} samples, beta {section.beta:g})",
+            label=lambda section: f"InfoNCA (n {section.n}, beta {section.beta:g})",
             shared_settings=SAMPLED_TRAINING,
             budget="prompts",
             short_label="InfoNCA",
