@@ -21,6 +21,7 @@ from dataclasses import asdict
 import pandas as pd
 
 from irlnb import metric_names
+from irlnb.config import IrlSettings
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
 from irlnb.metric_names import SPLITS
@@ -190,7 +191,7 @@ def build_demonstrations(
     return pd.concat(frames, ignore_index=True)
 
 
-def pairs_per_prompt(irl, split: str) -> int:
+def pairs_per_prompt(irl: IrlSettings, split: str) -> int:
     """`irl.samples_per_prompt` pairs per train and validation prompt (what IRL fits and chooses on), at most
     `irl.test_samples_per_prompt` per test prompt (only judged)."""
     if split == "test":
