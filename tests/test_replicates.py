@@ -30,6 +30,18 @@ def test_a_replicate_of_the_demonstrations_changes_their_draw_and_the_run_name_o
     assert replicates.record_path("draws", True).name == "replicates-draws-irl.metrics.json"
 
 
+def test_a_named_record_goes_beside_the_modes_own_and_contradicting_flags_are_refused():
+    assert replicates.record_path("seeds", True, "dpo").name == "replicates-irl-dpo.metrics.json"
+    assert replicates.record_path("seeds", False, "dpo").name == "replicates-dpo.metrics.json"
+    assert replicates.record_path("draws", False, "x").name == "replicates-draws-x.metrics.json"
+    assert replicates.record_path("seeds", False, "dpo").parent == replicates.RECORD.parent
+    refused = irlnb_cli("replicates", str(PARAMS / "smoke.yaml"), "--record", "dpo", "--no-record")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "irlnb replicates: --record NAME writes a record and --no-record writes none; give one"
+    )
+
+
 def test_the_seed_bootstrap_holds_the_spread_between_seeds():
     rng = np.random.default_rng(0)
     base = np.full((3, 200), 0.2) + rng.normal(0, 0.01, (3, 200))

@@ -113,11 +113,13 @@ def cmd_recoverability(args) -> int:
 
 
 def cmd_replicates(args) -> int:
+    if args.record and args.no_record:
+        raise SystemExit("irlnb replicates: --record NAME writes a record and --no-record writes none; give one")
     config = load_config(args.params)
     from irlnb.pipeline import replicates  # loads the runner
 
     over = "draws" if args.draws else "seeds"
-    record = None if args.no_record else replicates.record_path(over, args.irl_only)
+    record = None if args.no_record else replicates.record_path(over, args.irl_only, args.record or "")
     values = replicates.run_replicates(
         config, seeds=args.seeds, runs_dir=args.runs_dir, record=record, irl_only=args.irl_only, over=over
     )["metrics"]
@@ -354,6 +356,12 @@ def add_replicates(commands) -> None:
         action="store_true",
         help="keep the alignment seed and redraw IRL's demonstrations instead (--seeds N: irl.draw 0 to N-1; the "
         "expert trained once): regress/replicates-draws[-irl].metrics.json",
+    )
+    replicated.add_argument(
+        "--record",
+        metavar="NAME",
+        help="write the record beside the mode's, as regress/replicates[-draws][-irl]-NAME.metrics.json, and leave "
+        "the mode's record as it is (replicates of other params, or of another machine)",
     )
     replicated.set_defaults(func=cmd_replicates)
 

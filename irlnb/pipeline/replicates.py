@@ -45,18 +45,21 @@ IRL_RECORD = REPO_ROOT / "regress" / "replicates-irl.metrics.json"
 DRAWS_RECORD = REPO_ROOT / "regress" / "replicates-draws.metrics.json"
 DRAWS_IRL_RECORD = REPO_ROOT / "regress" / "replicates-draws-irl.metrics.json"
 PREFIX = "replicates."
+METRICS_SUFFIX = ".metrics.json"
 # What a replicate varies: the setting, the run name's suffix, and how records and regress name the spread.
 VARIED = {"seeds": ("rlhf.seed", "seed", "alignment seeds"), "draws": ("irl.draw", "draw", "demonstration draws")}
 
 
-def record_path(over: str, irl_only: bool) -> Path:
-    """Where `irlnb replicates` records its replicates by default."""
-    return {
+def record_path(over: str, irl_only: bool, name: str = "") -> Path:
+    """Where `irlnb replicates` records its replicates: the mode's record, or with `name` one beside it that keeps
+    the mode's record as it is (regress/replicates-irl-NAME.metrics.json)."""
+    record = {
         ("seeds", False): RECORD,
         ("seeds", True): IRL_RECORD,
         ("draws", False): DRAWS_RECORD,
         ("draws", True): DRAWS_IRL_RECORD,
     }[(over, irl_only)]
+    return record.with_name(record.name.replace(METRICS_SUFFIX, f"-{name}{METRICS_SUFFIX}")) if name else record
 
 
 def replicate_config(base: Config, seed: int, over: str = "seeds") -> Config:
