@@ -92,6 +92,8 @@ def test_replicates_of_irl_alone_then_of_whole_runs_on_the_smoke_params(tmp_path
         toxicity = [run[f"rlhf.{policy}.toxicity_mean"] for run in runs]
         assert values[f"replicates.{policy}.toxicity_mean_mean"] == pytest.approx(np.mean(toxicity))
         assert values[f"replicates.{policy}.toxicity_mean_max"] == max(toxicity)
+        distinct = [run[f"rlhf.{policy}.distinct2"] for run in runs]
+        assert values[f"replicates.{policy}.distinct2_min"] == min(distinct)
     # the base policy is not aligned: the same greedy continuations whatever the alignment seed
     assert values["replicates.base.toxicity_mean_sd"] == 0
     assert runs[0]["rlhf.ground_truth.toxicity_mean"] != runs[1]["rlhf.ground_truth.toxicity_mean"]  # seeds differ

@@ -128,8 +128,8 @@ def spread_over_seeds(data: np.ndarray) -> dict[str, float]:
 
 
 def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int, irl_only: bool = False) -> dict[str, float]:
-    """`replicates.<policy>.<statistic>_{mean,sd,min,max}` of each policy's toxicity over the runs,
-    `replicates.<tag>_reduction_share[_evaluator]` (mean over seeds) with `_sd`, `_ci_low`, `_ci_high`, and
+    """`replicates.<policy>.<statistic>_{mean,sd,min,max}` of each policy's toxicity, perplexity and distinct-2 over
+    the runs, `replicates.<tag>_reduction_share[_evaluator]` (mean over seeds) with `_sd`, `_ci_low`, `_ci_high`, and
     `replicates.<IRL metric>_{mean,sd,min,max}` for each of `IRL_OVER_SEEDS` every run holds. With `irl_only` (runs
     that stopped after IRL) only the base and the expert are policies, and no share is computed."""
     from irlnb.report.tables import SCORERS, greedy_scores
@@ -137,7 +137,12 @@ def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int, irl_only
     values: dict[str, float] = {"replicates.seeds": float(len(layouts))}
     per_run = [layout.read_metrics() for layout in layouts]
     for policy in names.POLICIES[:2] if irl_only else names.POLICIES:
-        for statistic in (names.TOXICITY_MEAN, names.EVALUATOR + names.TOXICITY_MEAN, names.PERPLEXITY):
+        for statistic in (
+            names.TOXICITY_MEAN,
+            names.EVALUATOR + names.TOXICITY_MEAN,
+            names.PERPLEXITY,
+            names.DISTINCT2,
+        ):
             data = np.array(
                 [names.require(run, names.policy_metric(policy, statistic), "Table 1 over seeds") for run in per_run]
             )
