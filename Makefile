@@ -70,7 +70,8 @@ clean-venv:
 	rm -rf $(VENV)
 
 # Not part of `make test` or `make figures`: Table 1 over 3 alignment seeds, one whole run each (about
-# 30 min per seed on 2 cores) in runs/replicates/, recorded in regress/replicates.metrics.json.
+# 50 min per seed of the InfoNCA default on 2 cores; seed 0 is runs/default where that is finished) in
+# runs/replicates/, recorded in regress/replicates.metrics.json.
 replicates: setup
 	$(BIN)/irlnb replicates $(PARAMS)
 
