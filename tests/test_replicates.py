@@ -42,6 +42,20 @@ def test_a_named_record_goes_beside_the_modes_own_and_contradicting_flags_are_re
     )
 
 
+def test_replicates_share_the_frozen_cache_of_the_params_own_run(tmp_path):
+    own = RunLayout(tmp_path / "runs" / "default")
+    replicate = RunLayout(tmp_path / "runs" / "replicates" / "default-seed1")
+    assert replicates.share_frozen_cache(replicate, own)
+    (replicate.cache / "kept.pt").write_bytes(b"x")  # what a replicate keeps lands in the own run's cache
+    assert (own.cache / "kept.pt").read_bytes() == b"x" and replicate.cache.is_symlink()
+    assert not replicates.share_frozen_cache(replicate, own)  # linked once
+    other = RunLayout(tmp_path / "elsewhere" / "default-seed1")
+    other.cache.mkdir(parents=True)
+    assert not replicates.share_frozen_cache(other, own) and not other.cache.is_symlink()  # its own cache is kept
+    beside = RunLayout(tmp_path / "runs" / "default-seed1")  # the same runs directory: one cache already
+    assert not replicates.share_frozen_cache(beside, own) and not beside.cache.is_symlink()
+
+
 def test_the_seed_bootstrap_holds_the_spread_between_seeds():
     rng = np.random.default_rng(0)
     base = np.full((3, 200), 0.2) + rng.normal(0, 0.01, (3, 200))
@@ -81,6 +95,7 @@ def test_replicates_of_irl_alone_then_of_whole_runs_on_the_smoke_params(tmp_path
     assert saved["until"] == "04_irl"
     assert saved["sd_over_seeds"]["irl.test.spearman_mean"] == pytest.approx(np.std(over_seeds, ddof=1))
     irl_stages = [(folder / "stages" / "04_irl.json").read_bytes() for folder in folders]
+    assert (tmp_path / "replicates" / ".frozen-cache").resolve() == (tmp_path / "runs" / ".frozen-cache").resolve()
 
     record = tmp_path / "replicates.metrics.json"
     result = replicates.run_replicates(base, seeds=2, runs_dir=str(tmp_path / "replicates"), record=record)

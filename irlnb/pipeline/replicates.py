@@ -19,7 +19,7 @@ With `over="draws"` the replicates keep the alignment seed and redraw IRL's demo
 ...: the same prompts, other samples; records `DRAWS_RECORD`, `DRAWS_IRL_RECORD`): the spread a change that only
 resamples the demonstrations moves a metric by. Every replicate first adopts the stages that the params' own run, or
 the first replicate, finished with the same settings (`runner.adopt_finished_stages`), so replicates of the draws
-share one expert and the seeds share curation and R*.
+share one expert and the seeds share curation and R*; and they share its frozen cache (`share_frozen_cache`).
 """
 
 from __future__ import annotations
@@ -180,6 +180,20 @@ def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int, irl_only
     return values
 
 
+def share_frozen_cache(replicate: RunLayout, own_run: RunLayout) -> bool:
+    """Link the replicates' runs directory's frozen cache to that of the params' own run, so what a frozen model
+    computed there (the human texts' features, the base's samples of the test prompts, ...) is read, not computed
+    again; content keys make every kept value valid in both (`irlnb.compute.frozen_cached`). Only where the
+    replicates' directory has no cache of its own yet; returns whether it linked."""
+    mine, theirs = replicate.cache, own_run.cache
+    if mine.exists() or mine.is_symlink() or mine.parent.resolve() == theirs.parent.resolve():
+        return False
+    theirs.mkdir(parents=True, exist_ok=True)
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.symlink_to(theirs.resolve(), target_is_directory=True)
+    return True
+
+
 def run_replicates(
     base: Config,
     seeds: int = 3,
@@ -199,6 +213,8 @@ def run_replicates(
     until = IRL_END if irl_only else None
     started = provenance(REPO_ROOT)  # the code that measures: read before it runs
     own_run = RunLayout.of_run(base.run).root  # finished stages of the params' own run are shared, not redone
+    if share_frozen_cache(RunLayout.of_run(replicate_config(base, 0, over).run, runs_dir), RunLayout(own_run)):
+        log(f"replicates read and add to the frozen cache of {repo_relative(own_run.parent)}")
     layouts: list[RunLayout] = []
     for seed in range(seeds):
         config = replicate_config(base, seed, over)
