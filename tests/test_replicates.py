@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,8 @@ def test_replicates_share_the_frozen_cache_of_the_params_own_run(tmp_path):
     (replicate.cache / "kept.pt").write_bytes(b"x")  # what a replicate keeps lands in the own run's cache
     assert (own.cache / "kept.pt").read_bytes() == b"x" and replicate.cache.is_symlink()
     assert not replicates.share_frozen_cache(replicate, own)  # linked once
+    shutil.rmtree(own.cache)  # the own run's directory deleted: the link dangles, and is mended by the next replicates
+    assert not replicates.share_frozen_cache(replicate, own) and replicate.cache.is_dir()
     other = RunLayout(tmp_path / "elsewhere" / "default-seed1")
     other.cache.mkdir(parents=True)
     assert not replicates.share_frozen_cache(other, own) and not other.cache.is_symlink()  # its own cache is kept

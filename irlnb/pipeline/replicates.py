@@ -184,11 +184,14 @@ def share_frozen_cache(replicate: RunLayout, own_run: RunLayout) -> bool:
     """Link the replicates' runs directory's frozen cache to that of the params' own run, so what a frozen model
     computed there (the human texts' features, the base's samples of the test prompts, ...) is read, not computed
     again; content keys make every kept value valid in both (`irlnb.compute.frozen_cached`). Only where the
-    replicates' directory has no cache of its own yet; returns whether it linked."""
+    replicates' directory has no cache of its own yet; returns whether it linked. The own cache is made first, so a
+    link whose target was deleted with the own run's directory points at a folder again."""
     mine, theirs = replicate.cache, own_run.cache
-    if mine.exists() or mine.is_symlink() or mine.parent.resolve() == theirs.parent.resolve():
-        return False
+    if mine.parent.resolve() == theirs.parent.resolve():
+        return False  # one runs directory: one cache already
     theirs.mkdir(parents=True, exist_ok=True)
+    if mine.exists() or mine.is_symlink():
+        return False
     mine.parent.mkdir(parents=True, exist_ok=True)
     mine.symlink_to(theirs.resolve(), target_is_directory=True)
     return True
