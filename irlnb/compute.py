@@ -65,6 +65,13 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if native else "float32"
 
 
+def training_attention(device: str) -> str | None:
+    """The attention a policy trains with (transformers' `attn_implementation`): on a CPU the eager one, whose
+    backward at this package's lengths (under 128 tokens) is cheaper than torch's fused CPU kernel (`irlnb bench`:
+    `infonca_step.eager_attention_speedup`, 1.3x on the 2-core Xeon); elsewhere transformers' default (None)."""
+    return "eager" if device == "cpu" else None
+
+
 def cache_file(directory: Path, kind: str, key: object, suffix: str = ".pt") -> Path:
     """Where what a frozen model computed for `key` is kept: `directory`/<kind>-<digest of key and torch's
     version><suffix> (`key`: JSON, everything the value depends on)."""

@@ -53,20 +53,28 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
     assert results["rlhf_step.gflops"] == approx(flops / results["rlhf_step.seconds"] / 1e9)
     assert 0 < results["rlhf_step.generated_tokens"] <= results["rlhf_step.tokens"]
 
-    # The InfoNCA step in both dtypes: 4N per token over each one's time, over the matmul peak in that dtype.
+    # The InfoNCA step in both dtypes: 4N per token, the LM head's part only at the continuations' tokens, over
+    # each one's time, over the matmul peak in that dtype; the bfloat16 step against its two alternatives.
+    n_head = load_policy(config.sources.policy)[0].get_output_embeddings().weight.numel()
+    assert 0 < results["infonca_step.scored_tokens"] < results["infonca_step.tokens"]
     for dtype in ("float32", "bfloat16"):
-        gflops = 4 * n_params * results["infonca_step.tokens"] / results[f"infonca_step.{dtype}_s"] / 1e9
+        tokens, scored = results["infonca_step.tokens"], results["infonca_step.scored_tokens"]
+        gflops = 4 * ((n_params - n_head) * tokens + n_head * scored) / results[f"infonca_step.{dtype}_s"] / 1e9
         assert results[f"infonca_step.{dtype}_gflops"] == approx(gflops)
         assert results[f"infonca_step.{dtype}_peak_fraction"] == approx(gflops / results[f"matmul.{dtype}_peak_gflops"])
-    assert results["infonca_step.bfloat16_speedup"] == approx(
-        results["infonca_step.float32_s"] / results["infonca_step.bfloat16_s"]
+    bfloat16_s = results["infonca_step.bfloat16_s"]
+    assert results["infonca_step.bfloat16_speedup"] == approx(results["infonca_step.float32_s"] / bfloat16_s)
+    assert results["infonca_step.eager_attention_speedup"] == approx(
+        results["infonca_step.default_attention_s"] / bfloat16_s
+    )
+    assert results["infonca_step.frozen_bfloat16_speedup"] == approx(
+        results["infonca_step.frozen_cast_each_use_s"] / bfloat16_s
     )
     assert results["infonca_step.sequences"] == config.infonca.per_device_train_batch_size * config.infonca.n
 
     # The DPO step (TRL's trainer) in both dtypes, the same way, its LM head counted only where it projects (the
     # completions' tokens); the time outside the model is a share.
     assert 0 < results["dpo_step.scored_tokens"] < results["dpo_step.tokens"]
-    n_head = load_policy(config.sources.policy)[0].get_output_embeddings().weight.numel()
     for dtype in ("float32", "bfloat16"):
         tokens, scored = results["dpo_step.tokens"], results["dpo_step.scored_tokens"]
         gflops = 4 * ((n_params - n_head) * tokens + n_head * scored) / results[f"dpo_step.{dtype}_s"] / 1e9

@@ -17,7 +17,7 @@ from irlnb import metric_names
 from irlnb.layout import read_json
 from irlnb.models.policies import embedded_policy_dir, load_policy
 from irlnb.params_file import parse_section
-from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
+from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows, token_log_probs
 from irlnb.rl.infonca import (
     SAMPLES_FILE,
     PromptSamples,
@@ -167,6 +167,68 @@ def test_the_bfloat16_step_follows_the_float32_step_on_the_same_batches(tmp_path
         gradients[dtype] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     cosine = torch.nn.functional.cosine_similarity(gradients["float32"], gradients["bfloat16"], dim=0)
     assert cosine > 0.99
+
+
+def test_the_output_layer_projects_only_the_scored_positions_and_the_sums_are_those_of_every_position(tmp_path):
+    """continuation_log_probs projects the hidden states that predict a continuation's token, not the prompt's or
+    the padding's, through a LoRA policy as it trains: values and gradients those of the full projection."""
+    job = infonca_job(tmp_path, "float32")
+    rows = continuation_rows(job.start.tokenizer, PROMPTS[:3], [" yes", " no, not at all", " maybe so"])
+    ids, mask, scored = padded_rows(rows, job.start.tokenizer.pad_token_id)
+    results = {}
+    for how in ("scored", "every"):
+        torch.manual_seed(0)
+        model = get_peft_model(load_policy("embedded:tiny-gpt-neox")[0], lora_config(job.section))
+        projected = []
+        model.get_output_embeddings().register_forward_hook(
+            lambda _l, _a, out, projected=projected: projected.append(out.shape[:-1])
+        )
+        if how == "scored":
+            sums = continuation_log_probs(model, ids, mask, scored)
+        else:
+            sums = (token_log_probs(model, ids, mask) * scored[:, 1:]).sum(dim=1)
+        sums.sum().backward()
+        results[how] = sums.detach(), [p.grad for p in model.parameters() if p.grad is not None], projected
+    assert results["scored"][2] == [(int(scored[:, 1:].sum()),)] and results["every"][2] == [ids.shape]
+    assert int(scored[:, 1:].sum()) < int(mask.sum()) / 2  # the prompts' and padding's positions are not projected
+    assert torch.allclose(results["scored"][0], results["every"][0], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results["scored"][1], results["every"][1]))
+
+
+def test_frozen_weights_held_in_bfloat16_while_training_change_no_number_and_are_given_back(tmp_path, monkeypatch):
+    """FrozenWeightsInBfloat16: the bfloat16 training's log and policy equal, bit for bit, those of the same training
+    with autocast casting the frozen weights at each use; during training they were bfloat16, after it float32."""
+    from irlnb.rl import infonca
+    from irlnb.rl.policy_gradient import FrozenWeightsInBfloat16
+
+    held = train_infonca(infonca_job(tmp_path, "bfloat16", folder="held", num_train_epochs=1))
+    seen = []
+
+    class Recording(FrozenWeightsInBfloat16):  # records the dtypes it leaves, and leaves them float32
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen.extend({p.dtype for p in model.parameters() if not p.requires_grad})
+
+    monkeypatch.setattr(infonca, "FrozenWeightsInBfloat16", Recording)
+    cast_at_each_use = train_infonca(infonca_job(tmp_path, "bfloat16", folder="cast", num_train_epochs=1))
+    assert seen == [torch.float32]
+    assert held.log["loss"].tolist() == cast_at_each_use.log["loss"].tolist()
+    for (name, a), (_, b) in zip(held.model.state_dict().items(), cast_at_each_use.model.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert {p.dtype for p in held.model.parameters()} == {torch.float32}
+    assert held.model.config._attn_implementation == "eager"  # irlnb.compute.training_attention on a CPU
+
+    callback, model = (
+        FrozenWeightsInBfloat16(),
+        get_peft_model(
+            load_policy("embedded:tiny-gpt-neox")[0], lora_config(infonca_job(tmp_path, "bfloat16").section)
+        ),
+    )
+    callback.on_train_begin(None, None, None, model=model)
+    frozen = [layer.base_layer.weight for layer in model.modules() if hasattr(layer, "base_layer")]
+    assert frozen and {w.dtype for w in frozen} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}  # the adapter trains in float32
+    callback.on_train_end(None, None, None)
+    assert {w.dtype for w in frozen} == {torch.float32}
 
 
 def test_the_choice_prefers_candidates_within_every_guard_then_the_closest_to_the_optimum():

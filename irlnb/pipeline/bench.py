@@ -187,45 +187,74 @@ def split_in_halves(texts: list[str]) -> tuple[list[str], list[str]]:
     return [" ".join(w[: len(w) // 2]) for w in words], [" " + " ".join(w[len(w) // 2 :]) for w in words]
 
 
+def lora_step_gflops(n_params: int, n_head: int, tokens: int, scored: int, seconds: float) -> float:
+    """A LoRA training step's model FLOPs over its time: 4N per token (forward 2N; backward through the activations
+    2N, the frozen weights taking no gradient), the LM head's part of N counted only at the scored tokens, the only
+    positions it projects."""
+    return 4 * ((n_params - n_head) * tokens + n_head * scored) / seconds / 1e9
+
+
 def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, float]:
     """One InfoNCA optimiser step (forward, backward, AdamW) on the infonca section's shapes, `prompts per step x n`
-    real comments split into prompt and continuation, with its LoRA: in float32 and in bfloat16 autocast over
-    float32 weights (`compute.training_dtype`), side by side on the same batch. Model FLOPs: 4N per
-    token (forward 2N; backward through the activations 2N, the frozen weights taking no gradient); each dtype's
-    rate over `peaks[dtype]`, the matmul peak in that dtype."""
+    real comments split into prompt and continuation, with its LoRA, as the kind trains on a CPU (eager attention,
+    `irlnb.compute.training_attention`; only the continuations' positions projected): in float32 and in bfloat16
+    autocast (`compute.training_dtype`) with the frozen weights held in bfloat16 (`FrozenWeightsInBfloat16`), side
+    by side on the same batch; beside it the bfloat16 step with transformers' default attention
+    (`eager_attention_speedup`) and with autocast casting the frozen weights at each use
+    (`frozen_bfloat16_speedup`). Model FLOPs: `lora_step_gflops`; each dtype's rate over `peaks[dtype]`, the matmul
+    peak in that dtype."""
     from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
 
+    from irlnb.compute import training_attention
     from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
     from irlnb.rl.infonca import infonca_loss, soft_targets
+    from irlnb.rl.policy_gradient import FrozenWeightsInBfloat16
 
     section = config.infonca
     width = section.per_device_train_batch_size * section.n
     prompts, continuations = split_in_halves(real_prompts_and_texts(width, seed=3)[1])
     model, tokenizer = load_policy(config.sources.policy)
-    n_params = model.num_parameters()
-    model = get_peft_model(model, lora_config(section)) if section.lora_rank else model
+    n_params, n_head, source = model.num_parameters(), model.get_output_embeddings().weight.numel(), model.name_or_path
+    del model
     rows = continuation_rows(tokenizer, prompts, continuations)
     ids, mask, scored = padded_rows(rows, tokenizer.pad_token_id)
     shape = (section.per_device_train_batch_size, section.n)
     targets = torch.tensor(soft_targets(np.random.default_rng(0).normal(size=shape), section.beta))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=section.learning_rate)
-    model.train()
 
-    def step(dtype: str) -> float:
-        optimizer.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            log_probs = continuation_log_probs(model, ids, mask, scored)
-        loss = infonca_loss(log_probs.double().view(shape), targets)
-        loss.backward()
-        optimizer.step()
-        return float(loss)
+    def seconds_per_step(dtype: str, attention: str | None, frozen_in_bfloat16: bool) -> float:
+        """The fastest of 3 steps after a warm-up, of a fresh policy read with `attention`."""
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention)
+        model = get_peft_model(model, lora_config(section)) if section.lora_rank else model
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=section.learning_rate)
+        model.train()
+        frozen = FrozenWeightsInBfloat16()
+        if frozen_in_bfloat16:
+            frozen.on_train_begin(None, None, None, model=model)
 
-    tokens = int(mask.sum())
-    values = {"infonca_step.tokens": float(tokens), "infonca_step.sequences": float(width)}
+        def step() -> None:
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                log_probs = continuation_log_probs(model, ids, mask, scored)
+            infonca_loss(log_probs.double().view(shape), targets).backward()
+            optimizer.step()
+
+        step()  # warm-up
+        seconds = best_seconds(step, repeats=3)
+        frozen.on_train_end(None, None, None)
+        return seconds
+
+    tokens, scored_tokens = int(mask.sum()), int(scored.sum())
+    values = {
+        "infonca_step.tokens": float(tokens),
+        "infonca_step.scored_tokens": float(scored_tokens),
+        "infonca_step.sequences": float(width),
+    }
+    trained = training_attention("cpu")
     for dtype in ("float32", "bfloat16"):
-        step(dtype)  # warm-up
-        seconds = best_seconds(lambda dtype=dtype: step(dtype), repeats=3)
-        gflops = 4 * n_params * tokens / seconds / 1e9
+        seconds = seconds_per_step(dtype, trained, frozen_in_bfloat16=dtype == "bfloat16")
+        gflops = lora_step_gflops(n_params, n_head, tokens, scored_tokens, seconds)
         values.update(
             {
                 f"infonca_step.{dtype}_s": seconds,
@@ -233,7 +262,12 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
                 f"infonca_step.{dtype}_peak_fraction": gflops / peaks[dtype],
             }
         )
-    values["infonca_step.bfloat16_speedup"] = values["infonca_step.float32_s"] / values["infonca_step.bfloat16_s"]
+    bfloat16 = values["infonca_step.bfloat16_s"]
+    values["infonca_step.bfloat16_speedup"] = values["infonca_step.float32_s"] / bfloat16
+    values["infonca_step.default_attention_s"] = seconds_per_step("bfloat16", None, frozen_in_bfloat16=True)
+    values["infonca_step.eager_attention_speedup"] = values["infonca_step.default_attention_s"] / bfloat16
+    values["infonca_step.frozen_cast_each_use_s"] = seconds_per_step("bfloat16", trained, frozen_in_bfloat16=False)
+    values["infonca_step.frozen_bfloat16_speedup"] = values["infonca_step.frozen_cast_each_use_s"] / bfloat16
     return values
 
 
@@ -371,7 +405,7 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
             logits.float().logsumexp(-1).mean().backward()
 
         model_s = best_seconds(forward_backward, repeats=2)
-        gflops = 4 * ((n_params - n_head) * tokens + n_head * scored) / step_s / 1e9
+        gflops = lora_step_gflops(n_params, n_head, tokens, scored, step_s)
         values.update(
             {
                 f"dpo_step.{dtype}_s": step_s,

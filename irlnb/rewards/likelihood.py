@@ -12,6 +12,8 @@ It needs the expert's weights (a best-of-n policy has none). Saved with `save`, 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,8 +103,30 @@ def padded_rows(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def continuation_log_probs(model, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    """log p(continuation | prompt) per row: the scored tokens' log-probabilities summed (differentiable)."""
-    return (token_log_probs(model, ids, mask) * scored[:, 1:]).sum(dim=1)
+    """log p(continuation | prompt) per row: the scored tokens' log-probabilities summed (differentiable). The
+    output layer projects only the positions that predict a scored token (`projecting_only`), not the prompt's and
+    the padding's: a third of a training batch's positions or more, with the log-softmax over the vocabulary at
+    each. The sums agree with every position's projected to float rounding (tests/test_infonca.py)."""
+    targets = scored[:, 1:].bool()
+    with projecting_only(model, torch.nn.functional.pad(targets, (0, 1))):
+        logits = model(input_ids=ids, attention_mask=mask).logits  # [scored tokens, vocabulary]
+    picked = picked_log_probs(logits[None], ids[:, 1:][targets][None])[0]
+    return torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device).masked_scatter(targets, picked).sum(1)
+
+
+@contextmanager
+def projecting_only(model, positions: torch.Tensor) -> Iterator[None]:
+    """While open, `model`'s output layer projects only the hidden states at `positions` ([batch, length], bool),
+    in row-major order: its logits are [positions, vocabulary]. The layer's input is selected before it runs, so a
+    model's own scaling of logits (Gemma's soft cap) applies unchanged. `model` may be wrapped (DDP, PEFT)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda _layer, args: (args[0][positions], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class LogRatioReward:

@@ -13,7 +13,10 @@ The base's log-probabilities of the samples are read once, before the first step
 policy trains in (its LoRA adapter starts at zero), and kept beside the checkpoints with the scored samples, so a
 resumed training fits the same targets; the alignments of one run that share the samples read them once
 (`shared_reference`). The step runs in `compute.training_dtype`: bfloat16 autocast over float32
-weights where the device computes it natively (`irlnb bench`'s `infonca_step` keys compare it with float32).
+weights where the device computes it natively (`irlnb bench`'s `infonca_step` keys compare it with float32), the
+frozen weights under the adapter held in bfloat16 meanwhile (`FrozenWeightsInBfloat16`, the same numbers); the
+policy reads with `irlnb.compute.training_attention` (eager on a CPU) and projects only the samples' positions
+(`continuation_log_probs`).
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from irlnb.compute import frozen_cached
+from irlnb.compute import frozen_cached, training_attention
 from irlnb.layout import read_json, write_json_atomic
 from irlnb.models.policies import weights_sha256
 from irlnb.progress import tracked
 from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
 from irlnb.rl.candidates import base_candidates, candidates_folder
-from irlnb.rl.policy_gradient import StepProgress, checkpointing, finished_training, lora_config
+from irlnb.rl.policy_gradient import (
+    FrozenWeightsInBfloat16,
+    StepProgress,
+    checkpointing,
+    finished_training,
+    lora_config,
+)
 from irlnb.rl.training_job import TrainingJob, TrainingResult
 
 SAMPLES_FILE = "infonca_samples.json"  # the scored samples and base log-probabilities of a training key
@@ -171,6 +180,8 @@ def shared_reference(job: TrainingJob, model, prompts: list[str], samples: list[
         "batch": job.section.per_device_train_batch_size * job.section.n,
         "dtype": job.training_dtype,
         "device": job.device,
+        "attention": training_attention(job.device),
+        "projected": "scored positions",  # continuation_log_probs' output layer
     }
     return frozen_cached(
         candidates_folder(job),
@@ -219,7 +230,9 @@ def train_infonca(job: TrainingJob) -> TrainingResult:
     from peft import get_peft_model  # LoRA is this kind's default; peft loads only with it
 
     section, start = job.section, job.start
-    model = AutoModelForCausalLM.from_pretrained(start.policy_dir, dtype=torch.float32).to(job.device)
+    model = AutoModelForCausalLM.from_pretrained(
+        start.policy_dir, dtype=torch.float32, attn_implementation=training_attention(job.device)
+    ).to(job.device)
     adapter = lora_config(section)
     if adapter is not None:
         torch.manual_seed(job.seed)  # its initialisation: the same whether the samples were drawn now or read back
@@ -232,7 +245,10 @@ def train_infonca(job: TrainingJob) -> TrainingResult:
         args=infonca_arguments(job, max_steps),
         train_dataset=dataset,
         data_collator=collate(start.tokenizer.pad_token_id),
-        callbacks=[StepProgress(start.reward, what="InfoNCA")],
+        callbacks=[
+            StepProgress(start.reward, what="InfoNCA"),
+            *([FrozenWeightsInBfloat16()] if adapter is not None and job.training_dtype == "bfloat16" else []),
+        ],
     )
     return finished_training(trainer, job, infonca_log)
 
