@@ -73,6 +73,27 @@ def test_the_seed_bootstrap_holds_the_spread_between_seeds():
         replicates.seed_bootstrap_share(base, base + 0.1, same, samples=20, seed=0)
 
 
+def test_the_summary_reads_one_line_a_metric_with_its_spread_or_interval():
+    values = {
+        "replicates.seeds": 3.0,
+        "replicates.expert.tox_mean": 0.04,
+        "replicates.expert.tox_sd": 0.003,
+        "replicates.expert.tox_min": 0.038,
+        "replicates.expert.tox_max": 0.0465,
+        "replicates.learned_reduction_share": 1.18,
+        "replicates.learned_reduction_share_sd": 0.1,
+        "replicates.learned_reduction_share_ci_low": 1.06,
+        "replicates.learned_reduction_share_ci_high": 1.35,
+        "replicates.auc_mean": 0.85,  # a mean without the rest of its spread stays as it is
+    }
+    assert replicates.summary_lines(values) == [
+        "replicates.seeds: 3.0000",
+        "replicates.expert.tox: 0.0400 ± 0.0030 (0.0380 to 0.0465)",
+        "replicates.learned_reduction_share: 1.1800 ± 0.1000 [1.0600, 1.3500]",
+        "replicates.auc_mean: 0.8500",
+    ]
+
+
 def test_fewer_than_two_seeds_are_refused():
     with pytest.raises(ValueError, match="replicates need at least 2 alignment seeds to show a spread, got 1"):
         replicates.run_replicates(load_config(PARAMS / "smoke.yaml"), seeds=1, record=None)

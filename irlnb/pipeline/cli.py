@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from irlnb.errors import IrlnbError
-from irlnb.layout import REPO_ROOT, RunLayout
+from irlnb.layout import REPO_ROOT, RunLayout, repo_relative
 from irlnb.params_file import describe_settings, load_config
 from irlnb.pipeline.stages import STAGES, check_notebook, notebooks, write_parameters_cell
 from irlnb.rl.kinds import kind_of
@@ -123,8 +123,9 @@ def cmd_replicates(args) -> int:
     values = replicates.run_replicates(
         config, seeds=args.seeds, runs_dir=args.runs_dir, record=record, irl_only=args.irl_only, over=over
     )["metrics"]
-    for key, value in values.items():
-        print(f"{key}: {value:.4f}")
+    print("\n".join(replicates.summary_lines(values)))
+    if record is not None:
+        print(f"recorded: {repo_relative(record)}")
     return 0
 
 

@@ -180,6 +180,30 @@ def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int, irl_only
     return values
 
 
+def summary_lines(values: Mapping[str, float]) -> list[str]:
+    """The table over seeds as a person reads it, one line a metric: `key: mean ± sd (min to max)` for a metric's
+    spread (`_mean`, `_sd`, `_min`, `_max`), `key: mean ± sd [ci_low, ci_high]` for a share with its interval, and
+    any other value as it is."""
+    spread, interval = ("_mean", "_sd", "_min", "_max"), ("_sd", "_ci_low", "_ci_high")
+    lines, shown = [], set()
+    for key, value in values.items():
+        if key in shown:
+            continue
+        stem = key.removesuffix("_mean")
+        if key.endswith("_mean") and all(stem + part in values for part in spread):
+            mean, sd, low, high = (values[stem + part] for part in spread)
+            lines.append(f"{stem}: {mean:.4f} ± {sd:.4f} ({low:.4f} to {high:.4f})")
+            shown.update(stem + part for part in spread)
+        elif all(key + part in values for part in interval):
+            sd, low, high = (values[key + part] for part in interval)
+            lines.append(f"{key}: {value:.4f} ± {sd:.4f} [{low:.4f}, {high:.4f}]")
+            shown.update([key, *(key + part for part in interval)])
+        else:
+            lines.append(f"{key}: {value:.4f}")
+            shown.add(key)
+    return lines
+
+
 def share_frozen_cache(replicate: RunLayout, own_run: RunLayout) -> bool:
     """Link the replicates' runs directory's frozen cache to that of the params' own run, so what a frozen model
     computed there (the human texts' features, the base's samples of the test prompts, ...) is read, not computed
