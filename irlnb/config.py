@@ -412,7 +412,8 @@ class BestOfNSettings:
 
 @dataclass(frozen=True)
 class RandomRewardSettings:
-    """Notebook 03's control: a fixed, seeded random linear reward on the policy's own features."""
+    """Notebook 03's control: a fixed, seeded random linear reward on the policy's own features, read in
+    `compute.inference_dtype`."""
 
     seed: int = setting(1234, doc="seed of the random head", ge=0)
     pooling: str = setting(

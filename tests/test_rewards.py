@@ -79,13 +79,23 @@ def test_make_scorer_gives_each_reward_source_and_what_identifies_it(tmp_path):
     from irlnb.params_file import load_config
 
     config, layout = load_config("params/smoke.yaml"), RunLayout(tmp_path)
-    sections = dict(sources=config.sources, ground_truth=config.ground_truth, rlhf=config.rlhf, device="cpu")
+    sections = dict(
+        sources=config.sources, ground_truth=config.ground_truth, rlhf=config.rlhf, device="cpu", dtype="float32"
+    )
     ground_truth, identity = make_scorer("ground_truth", layout, **sections)
     scores = ground_truth(["You are a stupid idiot", "Thank you, that was kind"])
     assert scores[0] < 0 < scores[1]  # R*: toxic below zero
     assert identity == {"classifier": "embedded:tox-block", "clip": 10.0}
     random, identity = make_scorer("random", layout, **sections, random_reward=config.random_reward)
     assert np.isfinite(random(TEXTS)).all() and identity["seed"] == config.random_reward.seed
+    # the random reward reads its features in the stage's inference dtype, which its identity (the training key) holds
+    in_bfloat16, identity_bfloat16 = make_scorer(
+        "random", layout, **{**sections, "dtype": "bfloat16"}, random_reward=config.random_reward
+    )
+    assert identity["dtype"] == "float32" and identity_bfloat16["dtype"] == "bfloat16"
+    read_in_bfloat16, read_in_float32 = np.asarray(in_bfloat16(TEXTS)), np.asarray(random(TEXTS))
+    assert np.corrcoef(read_in_bfloat16, read_in_float32)[0, 1] > 0.95
+    assert not np.array_equal(read_in_bfloat16, read_in_float32)
     with pytest.raises(RewardLoadError, match="not a saved reward"):
         make_scorer("learned", layout, **sections)
     random_reward(BACKBONE, seed=9, pooling="last", layer=-1).save(

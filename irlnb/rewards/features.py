@@ -272,9 +272,12 @@ def reward_form(
 RANDOM_REWARD_MAX_LENGTH = 128  # longest text the random control reward reads, in tokens (as recorded in its key)
 
 
-def random_reward(backbone: str, seed: int, pooling: str, layer: int, device: str = "cpu") -> FeatureReward:
-    """A fixed, seeded random linear reward on the backbone's features: the 'training alone' baseline."""
-    reward = reward_form(backbone, pooling, layer, RANDOM_REWARD_MAX_LENGTH, kind="random", device=device)
+def random_reward(
+    backbone: str, seed: int, pooling: str, layer: int, device: str = "cpu", dtype: str = "float32"
+) -> FeatureReward:
+    """A fixed, seeded random linear reward on the backbone's features (read in `dtype`): the 'training alone'
+    baseline."""
+    reward = reward_form(backbone, pooling, layer, RANDOM_REWARD_MAX_LENGTH, kind="random", dtype=dtype, device=device)
     reward.head = random_head(reward.head.in_features, seed).to(reward.device)
     return reward
 

@@ -107,6 +107,7 @@ def load_stage_policy(layout: RunLayout, reward: str, device: str, dtype: str, d
         rlhf=rlhf,
         random_reward=card.section("random_reward") if reward == "random" else None,
         device=device,
+        dtype=card.section("compute").inference_dtype,
     )
     model, tokenizer = load_policy(sources.policy, device=device, dtype=dtype)
     chosen = n or kind.candidates(card.section(kind.settings_section))

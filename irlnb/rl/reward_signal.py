@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from irlnb.compute import resolve_dtype
 from irlnb.errors import IrlnbError
 from irlnb.layout import RunLayout
 from irlnb.rewards.features import REWARD_CONFIG, load_reward
@@ -75,13 +76,14 @@ class PolicyReward:
 
 
 def make_scorer(
-    reward: str, layout: RunLayout, *, sources, ground_truth, rlhf, random_reward=None, device: str
+    reward: str, layout: RunLayout, *, sources, ground_truth, rlhf, random_reward=None, device: str, dtype: str
 ) -> tuple[TextScorer | None, dict[str, Any]]:
     """The text reward a policy is trained with (R*, the reward learned by IRL, or a random one), and its identity.
 
     The settings are the typed sections of irlnb/config.py (`random_reward` only for the random
     reward). The identity is what the reward's scores depend on: the classifier and clip of R*, the
-    saved learned reward's config (its head's sha256 included), the random reward's settings. The scorer is None
+    saved learned reward's config (its head's sha256 included), the random reward's settings and the dtype it reads
+    its features in (`dtype`: the stage's `compute.inference_dtype`; the others keep their own). The scorer is None
     for R* where there is none (sources.toxicity_classifier empty: an audit of a brought expert, which no stage
     trains).
     """
@@ -90,7 +92,9 @@ def make_scorer(
         return GroundTruthReward.load(sources, ground_truth, device), identity
     if reward == "random":
         r = random_reward
-        reward_model = random_head_reward(sources.policy, r.seed, r.pooling, r.layer, device=device)
+        reward_model = random_head_reward(
+            sources.policy, r.seed, r.pooling, r.layer, device=device, dtype=resolve_dtype(dtype, device)
+        )
         identity = {**asdict(reward_model.spec), "seed": random_reward.seed}
     elif reward == "learned":
         reward_model = load_reward(layout.learned_reward, device=device)

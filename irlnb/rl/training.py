@@ -108,6 +108,7 @@ def prepare_training(layout: RunLayout, reward_kind: str, kind: AlignmentKind, s
         rlhf=settings.rlhf,
         random_reward=settings.random_reward if reward_kind == "random" else None,
         device=device,
+        dtype=settings.compute.inference_dtype,
     )
     scale_texts = normalizer_texts(curated, settings.compute.seed)
     # No scorer: R* of an audit without R* (only a brought expert, never trained: the config refuses the rest).
