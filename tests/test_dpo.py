@@ -54,6 +54,28 @@ def test_the_bfloat16_dpo_step_follows_the_float32_step_on_the_same_pairs(tmp_pa
     assert {p.dtype for p in mixed.model.parameters()} == {torch.float32}  # autocast: float32 weights
 
 
+def test_frozen_weights_held_in_bfloat16_change_no_dpo_number(tmp_path, monkeypatch):
+    """FrozenWeightsInBfloat16 around TRL's DPO step: the log and the merged policy equal, bit for bit, those of the
+    same training with autocast casting the frozen weights at each use (the callback replaced by one that casts
+    nothing)."""
+    from irlnb.rl import dpo
+    from irlnb.rl.policy_gradient import FrozenWeightsInBfloat16
+
+    held = train_dpo(dpo_job(tmp_path, "bfloat16", folder="held"))
+    began = []
+
+    class CastingNothing(FrozenWeightsInBfloat16):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            began.append(model is not None)
+
+    monkeypatch.setattr(dpo, "FrozenWeightsInBfloat16", CastingNothing)
+    cast_at_each_use = train_dpo(dpo_job(tmp_path, "bfloat16", folder="cast"))
+    assert began == [True]  # the dpo kind holds the frozen weights in bfloat16 when it trains in it
+    assert held.log["loss"].tolist() == cast_at_each_use.log["loss"].tolist()
+    for (name, a), (_, b) in zip(held.model.state_dict().items(), cast_at_each_use.model.state_dict().items()):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b), name
+
+
 def test_a_second_alignment_of_the_same_samples_reads_the_reference_log_probabilities_the_first_kept(
     tmp_path, monkeypatch
 ):

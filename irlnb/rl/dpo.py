@@ -36,6 +36,7 @@ from irlnb.layout import read_json, write_json_atomic
 from irlnb.models.policies import weights_sha256
 from irlnb.rl.candidates import base_candidates, candidates_folder
 from irlnb.rl.policy_gradient import (
+    FrozenWeightsInBfloat16,
     StepProgress,
     checkpointing,
     finished_training,
@@ -194,7 +195,10 @@ def train_dpo(job: TrainingJob) -> TrainingResult:
             train_dataset=datasets.Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False),
             processing_class=copy.deepcopy(job.start.tokenizer),
             peft_config=lora_config(section),
-            callbacks=[StepProgress(job.start.reward, what="DPO")],
+            callbacks=[
+                StepProgress(job.start.reward, what="DPO"),
+                *([FrozenWeightsInBfloat16()] if section.lora_rank and args.bf16 else []),
+            ],
         )
         return finished_training(trainer, job, dpo_log)
 
