@@ -363,6 +363,7 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
     import datasets
 
     from irlnb.rl.dpo import dpo_config
+    from irlnb.rl.policy_gradient import FrozenWeightsInBfloat16
 
     section = config.dpo
     width = section.per_device_train_batch_size
@@ -391,7 +392,8 @@ def bench_dpo_step(config: Config, peaks: dict[str, float], steps: int = 4) -> d
                 train_dataset=pairs.select([i % width for i in range(steps * width)]),
                 processing_class=tokenizer,
                 peft_config=lora_config(section),
-                callbacks=[timer.callback],
+                # as the kind trains: its frozen weights held in bfloat16 while the step runs in it
+                callbacks=[timer.callback, *([FrozenWeightsInBfloat16()] if args.bf16 and section.lora_rank else [])],
             )
             trainer.train()
         return trainer, min(timer.seconds[1:])
