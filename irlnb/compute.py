@@ -68,7 +68,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
 def training_attention(device: str) -> str | None:
     """The attention a policy trains with (transformers' `attn_implementation`): on a CPU the eager one, whose
     backward at this package's lengths (under 128 tokens) is cheaper than torch's fused CPU kernel (`irlnb bench`:
-    `infonca_step.eager_attention_speedup`, 1.3x on the 2-core Xeon); elsewhere transformers' default (None)."""
+    `infonca_step.eager_attention_speedup`, 1.37x on the 2-core Xeon: regress/bench-0499553-xeon.metrics.json);
+    elsewhere transformers' default (None)."""
     return "eager" if device == "cpu" else None
 
 
