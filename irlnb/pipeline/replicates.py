@@ -122,9 +122,12 @@ def sd_over_seeds(per_run: list[Mapping[str, float]]) -> dict[str, float]:
     }
 
 
+SPREAD = ("mean", "sd", "min", "max")  # what `spread_over_seeds` gives of a metric, in this order
+
+
 def spread_over_seeds(data: np.ndarray) -> dict[str, float]:
     """`mean`, `sd`, `min`, `max` of one metric over the seeds' runs."""
-    return {"mean": data.mean(), "sd": data.std(ddof=1), "min": data.min(), "max": data.max()}
+    return dict(zip(SPREAD, (data.mean(), data.std(ddof=1), data.min(), data.max()), strict=True))
 
 
 def table_over_seeds(layouts: list[RunLayout], samples: int, seed: int, irl_only: bool = False) -> dict[str, float]:
@@ -184,20 +187,21 @@ def summary_lines(values: Mapping[str, float]) -> list[str]:
     """The table over seeds as a person reads it, one line a metric: `key: mean ± sd (min to max)` for a metric's
     spread (`_mean`, `_sd`, `_min`, `_max`), `key: mean ± sd [ci_low, ci_high]` for a share with its interval, and
     any other value as it is."""
-    spread, interval = ("_mean", "_sd", "_min", "_max"), ("_sd", "_ci_low", "_ci_high")
     lines, shown = [], set()
     for key, value in values.items():
         if key in shown:
             continue
         stem = key.removesuffix("_mean")
-        if key.endswith("_mean") and all(stem + part in values for part in spread):
-            mean, sd, low, high = (values[stem + part] for part in spread)
+        spread = [f"{stem}_{statistic}" for statistic in SPREAD]
+        with_interval = [f"{key}_sd", *names.interval(key)]
+        if key.endswith("_mean") and all(part in values for part in spread):
+            mean, sd, low, high = (values[part] for part in spread)
             lines.append(f"{stem}: {mean:.4f} ± {sd:.4f} ({low:.4f} to {high:.4f})")
-            shown.update(stem + part for part in spread)
-        elif all(key + part in values for part in interval):
-            sd, low, high = (values[key + part] for part in interval)
+            shown.update(spread)
+        elif all(part in values for part in with_interval):
+            sd, low, high = (values[part] for part in with_interval)
             lines.append(f"{key}: {value:.4f} ± {sd:.4f} [{low:.4f}, {high:.4f}]")
-            shown.update([key, *(key + part for part in interval)])
+            shown.update([key, *with_interval])
         else:
             lines.append(f"{key}: {value:.4f}")
             shown.add(key)
