@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -71,6 +72,53 @@ def training_attention(device: str) -> str | None:
     `infonca_step.eager_attention_speedup`, 1.37x on the 2-core Xeon: regress/bench-0499553-xeon.metrics.json);
     elsewhere transformers' default (None)."""
     return "eager" if device == "cpu" else None
+
+
+def resolve_layers(setting: str, device: str) -> str:
+    """compute.training_layers made concrete: 'auto' is 'compiled' on a CPU where a C++ compiler is found (inductor
+    writes C++ for a CPU; `irlnb bench`: `infonca_step.compiled_layers_speedup`), else 'eager'; 'compiled' on a
+    CPU without one is an error, not a failure at the first step."""
+    if setting == "eager" or (setting == "auto" and device != "cpu"):
+        return "eager"
+    if device == "cpu" and not cpp_compiler():
+        if setting == "compiled":
+            raise DeviceError(
+                "compute.training_layers is 'compiled' but no C++ compiler is found for torch.compile on a CPU "
+                "(install g++ or set CXX); use 'eager' or 'auto'"
+            )
+        return "eager"
+    return "compiled"
+
+
+def cpp_compiler() -> str:
+    """The C++ compiler torch's inductor would build with on a CPU, or '' where there is none."""
+    from torch._inductor.cpp_builder import get_cpp_compiler  # inductor's own search (CXX, then g++ / clang++)
+
+    try:
+        return get_cpp_compiler()
+    except Exception:  # noqa: BLE001 - inductor raises its own error types when it finds none
+        return ""
+
+
+@contextmanager
+def compiled_decoder_layers(model, compiled: bool) -> Iterator[None]:
+    """While open, each decoder layer of `model` (a transformers model, maybe under a LoRA adapter) runs compiled
+    by torch.compile with free shapes: the layers are alike, so a graph traced once serves all of them (the first
+    has one of its own: its input takes no gradient) at every batch length (`continuation_log_probs` keeps the
+    key-value cache out of it). Inductor fuses the
+    elementwise work between the matrix products, half a CPU training step's time at this package's sizes.
+    Closed, the layers run eagerly again: the merged policy generates as any other. Nothing happens where
+    `compiled` is false."""
+    from transformers.modeling_layers import GradientCheckpointingLayer  # every decoder layer of transformers
+
+    layers = [layer for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)] if compiled else []
+    for layer in layers:
+        layer.compile(dynamic=True)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None  # what nn.Module.compile set, undone (torch has no public call)
 
 
 def cache_file(directory: Path, kind: str, key: object, suffix: str = ".pt") -> Path:

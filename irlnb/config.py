@@ -102,15 +102,23 @@ class ComputeSettings:
         "computes it natively (as inference_dtype's 'auto'), else float32; rloo, grpo and rft train in float32",
         choices=("auto", "float32", "bfloat16"),
     )
+    training_layers: str = setting(
+        "auto",
+        doc="how the decoder layers of the infonca training step run: 'compiled' by torch.compile (inductor; the "
+        "same model, its sums rounded in another order) or 'eager' ('auto': compiled on a CPU where a C++ compiler "
+        "is found, else eager; compiling is untried on a GPU)",
+        choices=("auto", "compiled", "eager"),
+    )
 
     def resolved(self) -> ComputeSettings:
-        """'auto' made concrete for this machine, so that stage keys and manifests record the dtype that ran."""
-        from irlnb.compute import resolve_dtype  # torch: imported only when a compute section is parsed
+        """'auto' made concrete for this machine, so that stage keys and manifests record what ran."""
+        from irlnb.compute import resolve_dtype, resolve_layers  # torch: only when a compute section is parsed
 
         return dataclasses.replace(
             self,
             inference_dtype=resolve_dtype(self.inference_dtype, self.device),
             training_dtype=resolve_dtype(self.training_dtype, self.device),
+            training_layers=resolve_layers(self.training_layers, self.device),
         )
 
 

@@ -70,6 +70,8 @@ def test_the_bench_measures_every_key_and_its_values_agree_with_each_other(tmp_p
     assert results["infonca_step.frozen_bfloat16_speedup"] == approx(
         results["infonca_step.frozen_cast_each_use_s"] / bfloat16_s
     )
+    eager_layers_s = results["infonca_step.eager_layers_s"]
+    assert results["infonca_step.compiled_layers_speedup"] == approx(eager_layers_s / bfloat16_s)
     assert results["infonca_step.sequences"] == config.infonca.per_device_train_batch_size * config.infonca.n
 
     # The DPO step (TRL's trainer) in both dtypes, the same way, its LM head counted only where it projects (the

@@ -363,6 +363,38 @@ def test_inference_dtype_auto_is_bfloat16_only_where_the_cpu_computes_it_nativel
     assert chosen.inference_dtype == "bfloat16"  # a dtype the params name is kept
 
 
+@pytest.mark.parametrize(
+    "setting, device, compiler, expected",
+    [
+        ("auto", "cpu", "g++", "compiled"),
+        ("auto", "cpu", "", "eager"),  # inductor has nothing to build its C++ with
+        ("auto", "cuda", "g++", "eager"),  # untried on a GPU
+        ("eager", "cpu", "g++", "eager"),
+        ("compiled", "cpu", "g++", "compiled"),
+    ],
+)
+def test_training_layers_auto_are_compiled_only_on_a_cpu_with_a_cpp_compiler(
+    monkeypatch, setting, device, compiler, expected
+):
+    from irlnb import compute
+
+    monkeypatch.setattr(compute, "cpp_compiler", lambda: compiler)
+    assert compute.resolve_layers(setting, device) == expected
+    if device == "cpu":
+        parsed = parse_section("compute", {"device": "cpu", "training_layers": setting}, "p.yaml")
+        assert parsed.training_layers == expected
+
+
+def test_compiled_training_layers_without_a_cpp_compiler_are_refused_in_one_line(monkeypatch):
+    from irlnb import compute
+
+    monkeypatch.setattr(compute, "cpp_compiler", lambda: "")
+    with pytest.raises(compute.DeviceError) as err:
+        parse_section("compute", {"device": "cpu", "training_layers": "compiled"}, "p.yaml")
+    message = str(err.value)
+    assert message.startswith("compute.training_layers is 'compiled' but no C++ compiler") and "\n" not in message
+
+
 def test_cpu_flags_are_read_from_the_flags_line(tmp_path):
     from irlnb.compute import cpu_flags
 

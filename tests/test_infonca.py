@@ -326,3 +326,33 @@ def test_the_base_measured_against_its_own_side_reads_no_change_and_its_log_rati
     assert values["toxicity_reduction"] == 0.0
     assert values["distinct_2_ratio"] == 1.0
     assert np.isnan(values["within_prompt_spearman"])  # log-ratios all 0: no order within any prompt
+
+
+def test_compiled_layers_train_what_eager_layers_train_start_at_zero_and_run_eagerly_again(tmp_path, monkeypatch):
+    """compute.training_layers compiled: the decoder layers run compiled for the reference pass and every step (each
+    layer handed to torch.compile); in float32 the log and the policy follow the eager training's to float rounding;
+    in bfloat16, as the default trains, the log-ratios before the first step are exactly 0 (the reference read by the
+    same compiled forward); after training every layer runs eagerly again."""
+    import dataclasses
+
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    compiled_callables = []
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_callables.append(fn) or compile(fn, **kw))
+    results = {}
+    for dtype, compiled in (("float32", False), ("float32", True), ("bfloat16", True)):
+        job = infonca_job(tmp_path, dtype, folder=f"{dtype}-{compiled}", num_train_epochs=1, learning_rate=1e-3)
+        results[dtype, compiled] = train_infonca(dataclasses.replace(job, compiled_layers=compiled))
+    layers = [m for m in results["float32", True].model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert len(compiled_callables) == 2 * len(layers) == 4  # the tiny model's 2 layers, in each compiled training
+    assert all(layer._compiled_call_impl is None for layer in layers)  # eager again: it generates as any other
+    eager, compiled = results["float32", False], results["float32", True]
+    assert np.allclose(compiled.log["loss"], eager.log["loss"], rtol=1e-4), (compiled.log, eager.log)
+    for (name, a), (_, b) in zip(compiled.model.state_dict().items(), eager.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    base = load_policy("embedded:tiny-gpt-neox")[0].state_dict()
+    assert any(not torch.equal(a, base[name]) for name, a in compiled.model.state_dict().items())  # it trained
+    mixed = results["bfloat16", True].log
+    assert mixed["log_ratio_mean"].iloc[0] == 0.0 and mixed["loss"].iloc[0] == pytest.approx(math.log(4), abs=1e-4)
+    assert np.isfinite(mixed["loss"]).all()

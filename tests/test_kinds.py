@@ -173,3 +173,22 @@ def test_the_training_dtype_is_in_the_key_of_the_kinds_that_train_in_it_and_of_n
         assert key(trainer, "float32") != key(trainer, "bfloat16"), trainer
     for trainer in ("rloo", "rft"):
         assert key(trainer, "float32") == key(trainer, "bfloat16"), trainer
+
+
+def test_training_layers_are_in_the_key_of_the_kind_that_compiles_its_layers_and_of_no_other(monkeypatch):
+    """infonca's step runs its layers compiled where compute.training_layers says so: its sums rounded in another
+    order, so switching it retrains that expert, and no other."""
+    from irlnb import compute
+    from irlnb.rl.training import training_key
+
+    monkeypatch.setattr(compute, "cpp_compiler", lambda: "g++")  # compiling needs one
+
+    def key(trainer: str, layers: str) -> str:
+        config = parse_config(
+            {"run": {"name": "x"}, "rlhf": {"trainer": trainer}, "compute": {"training_layers": layers}}, "p.yaml"
+        )
+        return training_key(config, KINDS[trainer], {"reward": "r"}, ["a prompt"], ["a text"])
+
+    assert key("infonca", "eager") != key("infonca", "compiled")
+    for trainer in ("dpo", "rloo", "rft"):
+        assert key(trainer, "eager") == key(trainer, "compiled"), trainer

@@ -199,14 +199,16 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
     real comments split into prompt and continuation, with its LoRA, as the kind trains on a CPU (eager attention,
     `irlnb.compute.training_attention`; only the continuations' positions projected): in float32 and in bfloat16
     autocast (`compute.training_dtype`) with the frozen weights held in bfloat16 (`FrozenWeightsInBfloat16`), side
-    by side on the same batch; beside it the bfloat16 step with transformers' default attention
-    (`eager_attention_speedup`) and with autocast casting the frozen weights at each use
-    (`frozen_bfloat16_speedup`). Model FLOPs: `lora_step_gflops`; each dtype's rate over `peaks[dtype]`, the matmul
-    peak in that dtype."""
+    by side on the same batch, its decoder layers compiled where `compute.training_layers` resolves to compiled; beside
+    it the bfloat16 step with transformers' default attention (`eager_attention_speedup`), with autocast casting
+    the frozen weights at each use (`frozen_bfloat16_speedup`) and with its layers run eagerly
+    (`compiled_layers_speedup`; `first_step_s`: the first compiled step, compilation included, with torch's
+    compile cache as this machine had it). Model FLOPs: `lora_step_gflops`; each dtype's rate over
+    `peaks[dtype]`, the matmul peak in that dtype."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from irlnb.compute import training_attention
+    from irlnb.compute import compiled_decoder_layers, training_attention
     from irlnb.rewards.likelihood import continuation_log_probs, continuation_rows, padded_rows
     from irlnb.rl.infonca import infonca_loss, soft_targets
     from irlnb.rl.policy_gradient import FrozenWeightsInBfloat16
@@ -222,7 +224,10 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
     shape = (section.per_device_train_batch_size, section.n)
     targets = torch.tensor(soft_targets(np.random.default_rng(0).normal(size=shape), section.beta))
 
-    def seconds_per_step(dtype: str, attention: str | None, frozen_in_bfloat16: bool) -> float:
+    compiled = config.compute.training_layers == "compiled"
+    first_steps: list[float] = []
+
+    def seconds_per_step(dtype: str, attention: str | None, frozen_in_bfloat16: bool, compiled: bool) -> float:
         """The fastest of 3 steps after a warm-up, of a fresh policy read with `attention`."""
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention)
@@ -240,8 +245,11 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
             infonca_loss(log_probs.double().view(shape), targets).backward()
             optimizer.step()
 
-        step()  # warm-up
-        seconds = best_seconds(step, repeats=3)
+        with compiled_decoder_layers(model, compiled):
+            started = time.perf_counter()
+            step()  # warm-up (and compilation)
+            first_steps.append(time.perf_counter() - started)
+            seconds = best_seconds(step, repeats=3)
         frozen.on_train_end(None, None, None)
         return seconds
 
@@ -253,7 +261,9 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
     }
     trained = training_attention("cpu")
     for dtype in ("float32", "bfloat16"):
-        seconds = seconds_per_step(dtype, trained, frozen_in_bfloat16=dtype == "bfloat16")
+        seconds = seconds_per_step(dtype, trained, frozen_in_bfloat16=dtype == "bfloat16", compiled=compiled)
+        if dtype == "bfloat16":
+            values["infonca_step.first_step_s"] = first_steps[-1]
         gflops = lora_step_gflops(n_params, n_head, tokens, scored_tokens, seconds)
         values.update(
             {
@@ -264,10 +274,15 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
         )
     bfloat16 = values["infonca_step.bfloat16_s"]
     values["infonca_step.bfloat16_speedup"] = values["infonca_step.float32_s"] / bfloat16
-    values["infonca_step.default_attention_s"] = seconds_per_step("bfloat16", None, frozen_in_bfloat16=True)
-    values["infonca_step.eager_attention_speedup"] = values["infonca_step.default_attention_s"] / bfloat16
-    values["infonca_step.frozen_cast_each_use_s"] = seconds_per_step("bfloat16", trained, frozen_in_bfloat16=False)
-    values["infonca_step.frozen_bfloat16_speedup"] = values["infonca_step.frozen_cast_each_use_s"] / bfloat16
+    variants = {  # the bfloat16 step with one thing changed: its seconds' key, its speedup's key, the change
+        ("default_attention_s", "eager_attention_speedup"): dict(attention=None),
+        ("frozen_cast_each_use_s", "frozen_bfloat16_speedup"): dict(frozen_in_bfloat16=False),
+        ("eager_layers_s", "compiled_layers_speedup"): dict(compiled=not compiled),
+    }
+    for (seconds_key, speedup_key), change in variants.items():
+        as_trained = dict(attention=trained, frozen_in_bfloat16=True, compiled=compiled)
+        values[f"infonca_step.{seconds_key}"] = seconds_per_step("bfloat16", **{**as_trained, **change})
+        values[f"infonca_step.{speedup_key}"] = values[f"infonca_step.{seconds_key}"] / bfloat16
     return values
 
 

@@ -106,6 +106,7 @@ RLHF_SETTINGS = (
     "compute.seed",
     "compute.inference_dtype",
     "compute.training_dtype",
+    "compute.training_layers",
     "sources.policy",
     "sources.toxicity_classifier",
     "sources.evaluator",

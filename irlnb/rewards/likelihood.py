@@ -109,7 +109,7 @@ def continuation_log_probs(model, ids: torch.Tensor, mask: torch.Tensor, scored:
     each. The sums agree with every position's projected to float rounding (tests/test_infonca.py)."""
     targets = scored[:, 1:].bool()
     with projecting_only(model, torch.nn.functional.pad(targets, (0, 1))):
-        logits = model(input_ids=ids, attention_mask=mask).logits  # [scored tokens, vocabulary]
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # [scored tokens, vocabulary]
     picked = picked_log_probs(logits[None], ids[:, 1:][targets][None])[0]
     return torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device).masked_scatter(targets, picked).sum(1)
 

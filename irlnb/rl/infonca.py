@@ -16,7 +16,8 @@ resumed training fits the same targets; the alignments of one run that share the
 weights where the device computes it natively (`irlnb bench`'s `infonca_step` keys compare it with float32), the
 frozen weights under the adapter held in bfloat16 meanwhile (`FrozenWeightsInBfloat16`, the same numbers); the
 policy reads with `irlnb.compute.training_attention` (eager on a CPU) and projects only the samples' positions
-(`continuation_log_probs`).
+(`continuation_log_probs`); its decoder layers run compiled where `compute.training_layers` is 'compiled'
+(`irlnb.compute.compiled_decoder_layers`), for the reference pass too, so the log-ratios start at zero.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from irlnb.compute import frozen_cached, training_attention
+from irlnb.compute import compiled_decoder_layers, frozen_cached, training_attention
 from irlnb.layout import read_json, write_json_atomic
 from irlnb.models.policies import weights_sha256
 from irlnb.progress import tracked
@@ -182,6 +183,7 @@ def shared_reference(job: TrainingJob, model, prompts: list[str], samples: list[
         "device": job.device,
         "attention": training_attention(job.device),
         "projected": "scored positions",  # continuation_log_probs' output layer
+        "compiled": job.compiled_layers,
     }
     return frozen_cached(
         candidates_folder(job),
@@ -237,20 +239,21 @@ def train_infonca(job: TrainingJob) -> TrainingResult:
     if adapter is not None:
         torch.manual_seed(job.seed)  # its initialisation: the same whether the samples were drawn now or read back
         model = get_peft_model(model, adapter)
-    samples = scored_samples(job, model)
-    dataset = PromptSamples(samples, start.tokenizer, section.beta)
-    max_steps = section.num_train_epochs * math.ceil(len(dataset) / section.per_device_train_batch_size)
-    trainer = InfoNcaTrainer(
-        model=model,
-        args=infonca_arguments(job, max_steps),
-        train_dataset=dataset,
-        data_collator=collate(start.tokenizer.pad_token_id),
-        callbacks=[
-            StepProgress(start.reward, what="InfoNCA"),
-            *([FrozenWeightsInBfloat16()] if adapter is not None and job.training_dtype == "bfloat16" else []),
-        ],
-    )
-    return finished_training(trainer, job, infonca_log)
+    with compiled_decoder_layers(model, job.compiled_layers):  # the reference pass and the steps alike
+        samples = scored_samples(job, model)
+        dataset = PromptSamples(samples, start.tokenizer, section.beta)
+        max_steps = section.num_train_epochs * math.ceil(len(dataset) / section.per_device_train_batch_size)
+        trainer = InfoNcaTrainer(
+            model=model,
+            args=infonca_arguments(job, max_steps),
+            train_dataset=dataset,
+            data_collator=collate(start.tokenizer.pad_token_id),
+            callbacks=[
+                StepProgress(start.reward, what="InfoNCA"),
+                *([FrozenWeightsInBfloat16()] if adapter is not None and job.training_dtype == "bfloat16" else []),
+            ],
+        )
+        return finished_training(trainer, job, infonca_log)
 
 
 INFONCA_LOG_COLUMNS = ("loss", "best_sample_accuracy", "log_ratio_mean", "grad_norm")

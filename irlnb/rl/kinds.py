@@ -50,6 +50,7 @@ class AlignmentKind:
     kl_to_base: Callable[[Any], float] | None = None  # KL(policy || base) known in closed form from its settings
     holds_out_prompts: bool = False  # trains on a sample of `<section>.prompts` train prompts that IRL never uses
     trains_in_training_dtype: bool = False  # its step runs in compute.training_dtype (others train in float32)
+    compiles_layers: bool = False  # its step runs its decoder layers compiled where compute.training_layers says so
 
     def __post_init__(self) -> None:
         if not self.has_weights and self.candidates is None:
@@ -197,6 +198,7 @@ KINDS: dict[str, AlignmentKind] = {
             samples_in_inference_dtype=True,
             holds_out_prompts=True,
             trains_in_training_dtype=True,
+            compiles_layers=True,
         ),
         _policy_gradient_kind("rloo", "RLOO", "#C44E52", study_budgets=(3, 8, 24), study_order=1),
         _policy_gradient_kind("grpo", "GRPO", "#8172B2"),

@@ -67,6 +67,8 @@ def training_key(
         rlhf["inference_dtype"] = settings.compute.inference_dtype
     if kind.trains_in_training_dtype:
         rlhf["training_dtype"] = settings.compute.training_dtype
+    if kind.compiles_layers:
+        rlhf["training_layers"] = settings.compute.training_layers
     return settings_digest(
         {
             "policy": weights_sha256(policy_dir(settings.sources.policy)),
@@ -140,6 +142,7 @@ def training_job(layout: RunLayout, stage_name: str, start: StageTraining, kind:
         inference_dtype=settings.compute.inference_dtype,
         device=device,
         training_dtype=settings.compute.training_dtype if kind.trains_in_training_dtype else "float32",
+        compiled_layers=kind.compiles_layers and settings.compute.training_layers == "compiled",
     )
 
 

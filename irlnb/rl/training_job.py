@@ -41,6 +41,7 @@ class TrainingJob:
     inference_dtype: str
     device: str
     training_dtype: str = "float32"  # the dtype of a training step where its kind reads compute.training_dtype
+    compiled_layers: bool = False  # the step's decoder layers run compiled (compute.training_layers, resolved)
 
 
 @dataclass
