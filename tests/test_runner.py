@@ -192,6 +192,40 @@ def test_only_refuses_a_stage_whose_inputs_are_missing(tmp_path):
     assert "stage 02_ground_truth_rm needs 01_curate, which is not complete" in done.stderr
 
 
+def test_a_stage_is_not_started_on_a_full_disk_and_a_failed_one_says_the_disk_is_full(tmp_path, monkeypatch):
+    """Under 1 GiB free, no stage starts (one line; what is finished stays); a stage that failed while the disk
+    filled says so beside its error, instead of leaving torch's `unexpected pos` to explain it."""
+    import papermill
+
+    from irlnb.params_file import load_config
+    from irlnb.pipeline import runner
+
+    config = load_config(write_params(tmp_path))
+    free = {"bytes": 5 << 30}
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 0, free["bytes"]))
+    monkeypatch.setattr(runner, "prepare_environment", lambda config: None)
+
+    def fills_the_disk(*args, **kwargs):
+        free["bytes"] = 1 << 20
+        raise papermill.PapermillExecutionError(0, 1, "", "RuntimeError", "unexpected pos 64 vs 0", [])
+
+    monkeypatch.setattr(papermill, "execute_notebook", fills_the_disk)
+    with pytest.raises(runner.RunError) as failed:
+        runner.run(config, runs_dir=str(tmp_path / "runs"))
+    message = str(failed.value)
+    assert (
+        message.startswith("stage 01_curate failed: RuntimeError: unexpected pos 64 vs 0 (see ") and "\n" not in message
+    )
+    assert message.endswith(
+        f"the likely cause: 0.00 GiB free on the disk of {tmp_path / 'runs' / 'smoke'} (a stage writes up to 0.6 GiB)"
+    )
+    with pytest.raises(runner.RunError) as refused:
+        runner.run(config, runs_dir=str(tmp_path / "runs"))
+    assert str(refused.value).startswith("stage 01_curate not started: 0.00 GiB free on the disk of ")
+    assert str(refused.value).endswith("; free some and run again (finished stages are kept)")
+    assert not (tmp_path / "runs" / "smoke" / "stages" / "01_curate.json").exists()
+
+
 @pytest.mark.slow(30)
 def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
     params = write_params(tmp_path)

@@ -163,6 +163,21 @@ def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until
     return todo
 
 
+LOW_DISK_BYTES = 1 << 30  # a default stage writes up to 0.6 GB: a trained policy in float32 and its checkpoints
+
+
+def disk_problem(root: Path) -> str:
+    """Why a stage could not write its results, in words: under LOW_DISK_BYTES free on the disk of `root` (a full
+    disk otherwise shows as torch's `unexpected pos` in the middle of a save); '' where there is room."""
+    folder = Path(root)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the run directory before its first stage
+    free = shutil.disk_usage(folder).free
+    if free >= LOW_DISK_BYTES:
+        return ""
+    return f"{free / 2**30:.2f} GiB free on the disk of {root} (a stage writes up to 0.6 GiB)"
+
+
 def execute_notebook(stage: Stage, layout: RunLayout, parameters: dict, executed: Path) -> None:
     """Execute a stage's notebook as the runner does: its kernel knows it runs under the runner."""
     import papermill  # a second or so of imports (nbformat's schema checkers), paid only where a stage runs
@@ -181,9 +196,10 @@ def execute_notebook(stage: Stage, layout: RunLayout, parameters: dict, executed
             kernel_manager_class=IpcKernelManager,  # IPC sockets, not TCP ports: nothing listens on the network
         )
     except papermill.PapermillExecutionError as err:
+        full = disk_problem(layout.root)
         raise RunError(
             f"stage {stage.name} failed: {err.ename}: {err.evalue.splitlines()[0] if err.evalue else ''} "
-            f"(see {executed})"
+            f"(see {executed})" + (f"; the likely cause: {full}" if full else "")
         ) from None
     finally:
         os.environ.pop(RUNNER_STAGE, None)
@@ -345,6 +361,10 @@ def _run_stages(config: Config, layout: RunLayout, todo: list[Stage], log: Calla
     manifest.setdefault("stages", {})
     identities = stage_identities(config)
     for number, stage in enumerate(todo, 1):
+        if full := disk_problem(layout.root):
+            raise RunError(
+                f"stage {stage.name} not started: {full}; free some and run again (finished stages are kept)"
+            )
         log(f"[{number}/{len(todo)}] {stage.name} ...")
         seconds = execute_stage(stage, config, layout, identities[stage.name])
         # Per stage, since stages of one run directory may come from different invocations and commits.
