@@ -105,10 +105,9 @@ def compiled_decoder_layers(model, compiled: bool) -> Iterator[None]:
     """While open, each decoder layer of `model` (a transformers model, maybe under a LoRA adapter) runs compiled
     by torch.compile with free shapes: the layers are alike, so a graph traced once serves all of them (the first
     has one of its own: its input takes no gradient) at every batch length (`continuation_log_probs` keeps the
-    key-value cache out of it). Inductor fuses the
-    elementwise work between the matrix products, half a CPU training step's time at this package's sizes.
-    Closed, the layers run eagerly again: the merged policy generates as any other. Nothing happens where
-    `compiled` is false."""
+    key-value cache out of it). Inductor fuses the elementwise work between the matrix products, half a CPU
+    training step's time at this package's sizes. Closed, the layers run eagerly again: the merged policy generates
+    as any other. Nothing happens where `compiled` is false."""
     from transformers.modeling_layers import GradientCheckpointingLayer  # every decoder layer of transformers
 
     layers = [layer for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)] if compiled else []

@@ -224,7 +224,7 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
     shape = (section.per_device_train_batch_size, section.n)
     targets = torch.tensor(soft_targets(np.random.default_rng(0).normal(size=shape), section.beta))
 
-    compiled = config.compute.training_layers == "compiled"
+    compiled_as_trained = config.compute.training_layers == "compiled"
     first_steps: list[float] = []
 
     def seconds_per_step(dtype: str, attention: str | None, frozen_in_bfloat16: bool, compiled: bool) -> float:
@@ -261,7 +261,7 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
     }
     trained = training_attention("cpu")
     for dtype in ("float32", "bfloat16"):
-        seconds = seconds_per_step(dtype, trained, frozen_in_bfloat16=dtype == "bfloat16", compiled=compiled)
+        seconds = seconds_per_step(dtype, trained, frozen_in_bfloat16=dtype == "bfloat16", compiled=compiled_as_trained)
         if dtype == "bfloat16":
             values["infonca_step.first_step_s"] = first_steps[-1]
         gflops = lora_step_gflops(n_params, n_head, tokens, scored_tokens, seconds)
@@ -277,10 +277,10 @@ def bench_infonca_step(config: Config, peaks: dict[str, float]) -> dict[str, flo
     variants = {  # the bfloat16 step with one thing changed: its seconds' key, its speedup's key, the change
         ("default_attention_s", "eager_attention_speedup"): dict(attention=None),
         ("frozen_cast_each_use_s", "frozen_bfloat16_speedup"): dict(frozen_in_bfloat16=False),
-        ("eager_layers_s", "compiled_layers_speedup"): dict(compiled=not compiled),
+        ("eager_layers_s", "compiled_layers_speedup"): dict(compiled=not compiled_as_trained),
     }
     for (seconds_key, speedup_key), change in variants.items():
-        as_trained = dict(attention=trained, frozen_in_bfloat16=True, compiled=compiled)
+        as_trained = dict(attention=trained, frozen_in_bfloat16=True, compiled=compiled_as_trained)
         values[f"infonca_step.{seconds_key}"] = seconds_per_step("bfloat16", **{**as_trained, **change})
         values[f"infonca_step.{speedup_key}"] = values[f"infonca_step.{seconds_key}"] / bfloat16
     return values

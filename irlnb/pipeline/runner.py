@@ -163,7 +163,7 @@ def plan(config: Config, layout: RunLayout, only: str | None, force: bool, until
     return todo
 
 
-LOW_DISK_BYTES = 1 << 30  # a default stage writes up to 0.6 GB: a trained policy in float32 and its checkpoints
+LOW_DISK_BYTES = 1 << 30  # a default stage writes up to 0.6 GiB: a trained policy in float32 and its checkpoints
 
 
 def disk_problem(root: Path) -> str:
