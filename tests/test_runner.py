@@ -9,7 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, copy_of_smoke_run, irlnb_cli, write_params
@@ -192,6 +194,27 @@ def test_only_refuses_a_stage_whose_inputs_are_missing(tmp_path):
     assert "stage 02_ground_truth_rm needs 01_curate, which is not complete" in done.stderr
 
 
+def test_a_kernels_sockets_go_where_their_paths_fit(tmp_path, monkeypatch):
+    """Under the temp folder where a socket's path fits in sockaddr_un (107 bytes), else under /tmp: a run started
+    from a deep temp folder would otherwise fail with zmq's `File name too long`."""
+    from irlnb.pipeline import runner
+
+    shallow = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(shallow))
+        near = runner.kernel_folder()
+        assert near.parent == shallow and near.name.startswith(runner.KERNEL_FOLDER_PREFIX)
+        monkeypatch.setattr(tempfile, "tempdir", str(deep))
+        far = runner.kernel_folder()
+        assert far.parent == Path("/tmp") and len(str(far / "kernel-99999")) <= 107
+        assert not list(deep.iterdir())  # the folder tried in the deep one was removed
+        far.rmdir()
+    finally:
+        shutil.rmtree(shallow, ignore_errors=True)
+
+
 def test_a_stage_is_not_started_on_a_full_disk_and_a_failed_one_says_the_disk_is_full(tmp_path, monkeypatch):
     """Under 1 GiB free, no stage starts (one line; what is finished stays); a stage that failed while the disk
     filled says so beside its error, instead of leaving torch's `unexpected pos` to explain it."""
@@ -248,14 +271,17 @@ def test_a_stage_killed_midway_is_redone_and_finished_stages_are_kept(tmp_path):
     assert not (run_dir / "stages" / "02_ground_truth_rm.json").exists()
     curate_marker = first_marker.read_bytes()
 
-    temp = tmp_path / "temp"  # the kernel's sockets go in a folder of their own here, removed with the kernel
-    temp.mkdir()
-    done = irlnb_cli("run", str(params), "--until", "02_ground_truth_rm", env={"TMPDIR": str(temp)})
-    assert done.returncode == 0, done.stderr
-    assert _stages_run(done.stdout) == ["02_ground_truth_rm"]  # 01 kept, 02 redone, nothing after it
-    from irlnb.pipeline.runner import KERNEL_FOLDER_PREFIX
+    # the kernel's sockets go in a folder of their own here, removed with the kernel (a short path: a socket's must fit)
+    temp = Path(tempfile.mkdtemp(prefix="irlnb-test-"))
+    try:
+        done = irlnb_cli("run", str(params), "--until", "02_ground_truth_rm", env={"TMPDIR": str(temp)})
+        assert done.returncode == 0, done.stderr
+        assert _stages_run(done.stdout) == ["02_ground_truth_rm"]  # 01 kept, 02 redone, nothing after it
+        from irlnb.pipeline.runner import KERNEL_FOLDER_PREFIX
 
-    assert not list(temp.glob(f"{KERNEL_FOLDER_PREFIX}*"))
+        assert not list(temp.glob(f"{KERNEL_FOLDER_PREFIX}*"))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert first_marker.read_bytes() == curate_marker
     assert (run_dir / "stages" / "02_ground_truth_rm.json").exists()
     assert "gt.auc_human" in json.loads((run_dir / "metrics.json").read_text())

@@ -54,6 +54,19 @@ class RunError(IrlnbError, RuntimeError):
 
 
 KERNEL_FOLDER_PREFIX = "irlnb-kernel-"  # each stage's kernel sockets, in a folder of their own under the temp folder
+# An IPC socket's path must fit sockaddr_un's 107 bytes; jupyter_client names the sockets `kernel-<n>` in the folder.
+KERNEL_FOLDER_MAX_LENGTH = 107 - len("/kernel-99999")
+SHORT_TEMP = "/tmp"  # where the folder goes when the temp folder's path is too long for a socket's
+
+
+def kernel_folder() -> Path:
+    """A private folder for a kernel's sockets, under the temp folder, or under /tmp where the temp folder's path
+    is so long that a socket's path in it would not fit (zmq: `File name too long`)."""
+    folder = Path(tempfile.mkdtemp(prefix=KERNEL_FOLDER_PREFIX))
+    if len(str(folder)) <= KERNEL_FOLDER_MAX_LENGTH or not Path(SHORT_TEMP).is_dir():
+        return folder
+    folder.rmdir()
+    return Path(tempfile.mkdtemp(prefix=KERNEL_FOLDER_PREFIX, dir=SHORT_TEMP))
 
 
 class IpcKernelManager(AsyncKernelManager):
@@ -66,7 +79,7 @@ class IpcKernelManager(AsyncKernelManager):
     @default("ip")
     def _default_ip(self) -> str:
         # jupyter_client would put the sockets in the working directory (notebooks/), where a killed run leaves them.
-        return str(Path(tempfile.mkdtemp(prefix=KERNEL_FOLDER_PREFIX)) / "kernel")
+        return str(kernel_folder() / "kernel")
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         """jupyter_client's cleanup (it removes the sockets), then the private folder they were in, unless the kernel
