@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import REPO, copy_of_smoke_run, irlnb_cli, write_params
@@ -225,7 +226,7 @@ def test_a_stage_is_not_started_on_a_full_disk_and_a_failed_one_says_the_disk_is
 
     config = load_config(write_params(tmp_path))
     free = {"bytes": 5 << 30}
-    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 0, free["bytes"]))
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: SimpleNamespace(free=free["bytes"]))
     monkeypatch.setattr(runner, "prepare_environment", lambda config: None)
 
     def fills_the_disk(*args, **kwargs):
