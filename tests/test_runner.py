@@ -211,9 +211,31 @@ def test_a_kernels_sockets_go_where_their_paths_fit(tmp_path, monkeypatch):
         far = runner.kernel_folder()
         assert far.parent == Path("/tmp") and len(str(far / "kernel-99999")) <= 107
         assert not list(deep.iterdir())  # the folder tried in the deep one was removed
-        far.rmdir()
+        shutil.rmtree(far)
     finally:
         shutil.rmtree(shallow, ignore_errors=True)
+
+
+def test_the_kernel_folders_a_killed_run_left_are_removed_by_the_next_and_no_other(tmp_path, monkeypatch):
+    """A killed run cannot remove its kernel's folder (its sockets stay); the next stage's kernel folder removes
+    those whose maker no longer runs, and keeps a running one's and any folder without a maker's id."""
+    import subprocess
+
+    from irlnb.pipeline import runner
+
+    ended = subprocess.Popen(["true"])  # a process that ran and ended: its id is free (reaped)
+    ended.wait()
+    abandoned, running, foreign = (tmp_path / f"{runner.KERNEL_FOLDER_PREFIX}{name}" for name in "abc")
+    for folder, owner in ((abandoned, ended.pid), (running, os.getpid()), (foreign, None)):
+        folder.mkdir()
+        (folder / "kernel-1").write_text("")
+        if owner is not None:
+            (folder / runner.KERNEL_OWNER).write_text(str(owner))
+    assert runner.abandoned_kernel_folders(tmp_path) == [abandoned]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = runner.kernel_folder()
+    assert (made / runner.KERNEL_OWNER).read_text() == str(os.getpid())
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([made.name, running.name, foreign.name])
 
 
 def test_a_stage_is_not_started_on_a_full_disk_and_a_failed_one_says_the_disk_is_full(tmp_path, monkeypatch):

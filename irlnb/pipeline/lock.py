@@ -25,7 +25,8 @@ class RunInUse(IrlnbError, RuntimeError):
     """A run directory another process is writing; the message names it."""
 
 
-def _alive(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process with this id runs (one of another user's counts: it cannot be signalled, but it runs)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,7 +60,7 @@ class RunLock:
             ) from None
         handle.seek(0)
         previous = _read_holder(handle.read())
-        if previous.get("pid") and previous.get("pid") != os.getpid() and not _alive(int(previous["pid"])):
+        if previous.get("pid") and previous.get("pid") != os.getpid() and not process_running(int(previous["pid"])):
             self.took_over = previous
         handle.seek(0)
         handle.truncate()

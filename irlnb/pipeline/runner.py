@@ -35,7 +35,7 @@ from irlnb.errors import IrlnbError
 from irlnb.layout import REPO_ROOT, RunLayout, read_json, write_json_atomic
 from irlnb.models.policies import check_models
 from irlnb.params_file import load_config, settings_digest
-from irlnb.pipeline.lock import RunLock, check_free
+from irlnb.pipeline.lock import RunLock, check_free, process_running
 from irlnb.pipeline.provenance import provenance
 from irlnb.pipeline.stages import (
     RUNNER_STAGE,
@@ -59,14 +59,36 @@ KERNEL_FOLDER_MAX_LENGTH = 107 - len("/kernel-99999")
 SHORT_TEMP = "/tmp"  # where the folder goes when the temp folder's path is too long for a socket's
 
 
+KERNEL_OWNER = "owner.pid"  # in each kernel folder: the id of the process that made it
+
+
 def kernel_folder() -> Path:
     """A private folder for a kernel's sockets, under the temp folder, or under /tmp where the temp folder's path
-    is so long that a socket's path in it would not fit (zmq: `File name too long`)."""
+    is so long that a socket's path in it would not fit (zmq: `File name too long`). It holds the id of the process
+    that made it, and the folders beside it that a killed run left are removed (`abandoned_kernel_folders`)."""
     folder = Path(tempfile.mkdtemp(prefix=KERNEL_FOLDER_PREFIX))
-    if len(str(folder)) <= KERNEL_FOLDER_MAX_LENGTH or not Path(SHORT_TEMP).is_dir():
-        return folder
-    folder.rmdir()
-    return Path(tempfile.mkdtemp(prefix=KERNEL_FOLDER_PREFIX, dir=SHORT_TEMP))
+    if len(str(folder)) > KERNEL_FOLDER_MAX_LENGTH and Path(SHORT_TEMP).is_dir():
+        folder.rmdir()
+        folder = Path(tempfile.mkdtemp(prefix=KERNEL_FOLDER_PREFIX, dir=SHORT_TEMP))
+    (folder / KERNEL_OWNER).write_text(str(os.getpid()))
+    for abandoned in abandoned_kernel_folders(folder.parent):
+        shutil.rmtree(abandoned, ignore_errors=True)
+    return folder
+
+
+def abandoned_kernel_folders(where: Path) -> list[Path]:
+    """The kernel folders under `where` whose maker is no longer running: a killed run cannot remove its own, and
+    its sockets would stay. A folder without an owner's id (being made, or not this package's) is never one."""
+    abandoned = []
+    for folder in Path(where).glob(f"{KERNEL_FOLDER_PREFIX}*"):
+        try:
+            owner = int((folder / KERNEL_OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not process_running(owner):
+            abandoned.append(folder)
+    return abandoned
+    return True
 
 
 class IpcKernelManager(AsyncKernelManager):
