@@ -14,7 +14,7 @@ from conftest import PARAMS, irlnb_cli, write_params
 from irlnb import metric_names as names
 from irlnb.metric_names import MissingMetricError
 from irlnb.models.classifiers import ReadabilityScorer, SentimentScorer, load_classifier
-from irlnb.params_file import load_config
+from irlnb.params_file import config_with, load_config
 from irlnb.pipeline import recovery
 from irlnb.rewards.features import load_reward
 from irlnb.rewards.ground_truth import GroundTruthReward, ground_truth_reward
@@ -65,6 +65,15 @@ def test_a_row_aligns_on_its_reward_by_its_kind_and_keeps_every_other_setting():
     best_of_n = recovery.row_config(base, "embedded:flesch-readability", "best_of_n")
     assert best_of_n.rlhf.trainer == "best_of_n" and best_of_n.irl.matched is False  # what the config requires of it
     assert best_of_n.irl == type(base.irl)(**{**base.irl.__dict__, "matched": False})
+
+
+def test_a_suite_aligns_by_the_params_own_kind_and_by_best_of_n_unless_told_otherwise():
+    default = load_config(PARAMS / "default.yaml")
+    assert recovery.default_kinds(default) == ("infonca", "best_of_n")  # the default's expert is one of its rows
+    assert recovery.default_kinds(config_with(default, {"rlhf.trainer": "dpo"}, "a dpo run")) == ("dpo", "best_of_n")
+    best_of_n = config_with(default, {"rlhf.trainer": "best_of_n", "irl.matched": False}, "a best-of-n run")
+    assert recovery.default_kinds(best_of_n) == ("best_of_n", "dpo")  # the config's default trainer beside it
+    assert recovery.suite_rows(("a", "b"), ("k",)) == [("a", "k"), ("b", "k")]
 
 
 def test_a_rows_metrics_are_read_from_its_run_and_a_missing_one_is_refused():

@@ -134,7 +134,7 @@ def cmd_recovery(args) -> int:
     from irlnb.pipeline import recovery  # loads the runner
 
     rewards = tuple(args.rewards.split(",")) if args.rewards else recovery.REWARDS
-    kinds = tuple(args.kinds.split(",")) if args.kinds else recovery.KINDS
+    kinds = tuple(args.kinds.split(",")) if args.kinds else recovery.default_kinds(config)
     record = None if args.no_record else recovery.RECORD
     figures = None if args.no_record else REPO_ROOT / "figures"
     rows = recovery.suite_rows(rewards, kinds)
@@ -380,7 +380,9 @@ def add_recovery(commands) -> None:
         help="params file every row starts from (default params/default.yaml)",
     )
     suite.add_argument("--rewards", help="sources of R*, comma-separated (default: toxicity, sentiment, readability)")
-    suite.add_argument("--kinds", help="alignment kinds, comma-separated (default: dpo,best_of_n)")
+    suite.add_argument(
+        "--kinds", help="alignment kinds, comma-separated (default: the params' rlhf.trainer and best_of_n)"
+    )
     suite.add_argument("--runs-dir", default="runs/recovery", help="where its runs go (default runs/recovery)")
     suite.add_argument(
         "--no-record", action="store_true", help="write neither regress/recovery.metrics.json nor figures/recovery"

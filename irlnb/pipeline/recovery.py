@@ -2,9 +2,10 @@
 
 The pipeline's defaults were chosen on toxicity. An auditor's model was aligned on a reward nobody tells them. The
 suite aligns the base policy on rewards that are not toxicity (`REWARDS`: sentiment and readability, scorers from
-maintained PyPI packages, `irlnb.models.classifiers.SCORERS`) by several alignment kinds (`KINDS`), audits each
-expert with every other setting the params file's (the default's), and judges the recovered reward against the
-expert's own reward on the held-out human texts. The default's toxicity expert is one row.
+maintained PyPI packages, `irlnb.models.classifiers.SCORERS`) by two alignment kinds (`default_kinds`: the params'
+own and best-of-n), audits each expert with every other setting the params file's (the default's), and judges the
+recovered reward against the expert's own reward on the held-out human texts. The default's toxicity expert is one
+row.
 
 Each row is one run of stages 01 to 04 with `sources.toxicity_classifier` naming the row's reward: stage 03 aligns
 the expert on it, and stage 04 recovers a reward from demonstrations alone, reading R* only to judge after its choices
@@ -36,7 +37,7 @@ FIGURE = "recovery"
 PREFIX = "recovery."
 TOXICITY = "embedded:tox-block"
 REWARDS = (TOXICITY, "embedded:vader-sentiment", "embedded:flesch-readability")
-KINDS = ("dpo", "best_of_n")
+BESIDE = "best_of_n"  # the kind every suite audits beside the params' own: it trains nothing, the base's samples
 LAST_STAGE = "04_irl"  # an audit stops after IRL: nothing after it changes what was recovered
 
 # What each row reports (name in the record -> the run's metric). The saved reward (`irl.test.*`) and the mean-shift
@@ -130,7 +131,14 @@ def suite_table(values: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
-def suite_rows(rewards: tuple[str, ...] = REWARDS, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str]]:
+def default_kinds(config: Config) -> tuple[str, ...]:
+    """The kinds a suite aligns by when none are named: the params' own (so the default's expert is one of its rows)
+    and `BESIDE`, which trains nothing; beside a best-of-n params file, the config's default trainer."""
+    own = config.rlhf.trainer
+    return (own, BESIDE) if own != BESIDE else (own, type(config.rlhf)().trainer)
+
+
+def suite_rows(rewards: tuple[str, ...], kinds: tuple[str, ...]) -> list[tuple[str, str]]:
     """Every (reward, kind) of the suite: each reward aligned by each kind."""
     return [(reward, kind) for reward in rewards for kind in kinds]
 
