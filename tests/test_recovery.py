@@ -80,6 +80,7 @@ def test_a_rows_metrics_are_read_from_its_run_and_a_missing_one_is_refused():
     metrics = {key: 0.5 for name, key in recovery.ROW_METRICS.items() if name not in recovery.OPTIONAL}
     values = recovery.row_values(metrics, "runs/x")
     assert set(values) == set(recovery.ROW_METRICS) - set(recovery.OPTIONAL)  # no log-ratio: a best-of-n expert
+    assert recovery.row_values({**metrics, "irl.layers.chosen": 15.0}, "runs/x")["block_chosen"] == 15.0
     missing = names.irl_metric(None, "test", "auc_mean")
     with pytest.raises(MissingMetricError, match=f"runs/x: metric '{missing}' is missing from metrics.json; rerun"):
         recovery.row_values({k: v for k, v in metrics.items() if k != missing}, "runs/x")

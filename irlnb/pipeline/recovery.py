@@ -56,6 +56,7 @@ ROW_METRICS = {
     "base_log_likelihood_spearman": names.irl_metric(None, "test", "base_log_likelihood_spearman_mean"),
     "repetition_shift": names.irl_metric(None, "test", "repetition_shift_mean"),
     "length_directions_removed": names.IRL_LENGTH_DIRECTIONS,
+    "block_chosen": names.layers_chosen(names.IRL_LAYERS),  # the block stage 04 chose without R* (none: irl.layer set)
     "mean_shift_auc": names.irl_metric(MEAN_SHIFT.name, "test", "auc_mean"),
     "mean_shift_spearman": names.irl_metric(MEAN_SHIFT.name, "test", "spearman_mean"),
     "mean_shift_within_prompt_spearman": names.irl_metric(MEAN_SHIFT.name, "test", "within_prompt_spearman_mean"),
@@ -76,9 +77,11 @@ ROW_METRICS = {
 }
 # A best-of-n expert has no weights, so no log-ratio; a statistic constant over the held-out texts (no text with a
 # line break) has no correlation, which the run leaves out of its metrics; R*'s own comparisons need two base
-# samples per prompt; the base's log-likelihood of a text is measured since this suite's first record.
+# samples per prompt; the base's log-likelihood of a text is measured since this suite's first record; a run whose
+# params fix `irl.layer` chose no block.
 OPTIONAL = (
     "base_log_likelihood_spearman",
+    "block_chosen",
     "log_ratio_within_prompt_spearman",
     "newline_share_spearman",
     "punctuation_share_spearman",
