@@ -107,6 +107,44 @@ def test_the_suite_table_has_one_row_per_reward_and_kind_and_the_figure_draws_it
     assert len(bars) == len(RECOVERY_BARS) * len(table)
 
 
+def test_over_alignment_seeds_a_row_keeps_seed_zeros_values_with_their_mean_and_sd_beside_them(tmp_path, monkeypatch):
+    """With --seeds 3 each row is also run at alignment seeds 1 and 2 (its replicates, `<row>-seed<S>`); the row's
+    values stay seed 0's and each gets its mean and sd over the three. The runs are stood in for by their metrics
+    (what the suite reads of a run): stage 03 and 04 are tested by the smoke row below."""
+    from irlnb.layout import RunLayout
+
+    ran = []
+
+    def fake_run(config, runs_dir, log, until):
+        layout = RunLayout.of_run(config.run, runs_dir)
+        layout.root.mkdir(parents=True)
+        seed = config.rlhf.seed
+        metrics = {key: 0.5 for name, key in recovery.ROW_METRICS.items() if name not in recovery.OPTIONAL}
+        metrics[names.irl_metric(None, "test", "spearman_mean")] = 0.1 * (seed + 1)  # 0.1, 0.2, 0.3
+        layout.record_metrics(metrics)
+        ran.append((config.run.name, seed, config.sources.toxicity_classifier, until))
+        return layout.root
+
+    monkeypatch.setattr(recovery.runner, "run", fake_run)
+    base = load_config(PARAMS / "default.yaml")
+    record = recovery.record_path("seeds")
+    assert record.name == "recovery-seeds.metrics.json" and record.parent == recovery.RECORD.parent
+    result = recovery.run_suite(
+        base, [("embedded:vader-sentiment", "infonca")], str(tmp_path), tmp_path / "r.json", None, lambda _: None, 3
+    )
+    assert ran == [
+        (f"default-vader-sentiment-infonca{suffix}", seed, "embedded:vader-sentiment", "04_irl")
+        for seed, suffix in ((0, ""), (1, "-seed1"), (2, "-seed2"))
+    ]
+    values, row = result["metrics"], "recovery.vader-sentiment.infonca."
+    assert values[row + "spearman"] == 0.1 and values[row + "spearman_seeds_mean"] == pytest.approx(0.2)
+    assert values[row + "spearman_seeds_sd"] == pytest.approx(0.1) and values[row + "auc_seeds_sd"] == 0.0
+    assert result["seeds"] == 3 and json.loads((tmp_path / "r.json").read_text())["metrics"] == values
+    assert recovery.suite_table(values)["spearman"].tolist() == [0.1]  # the figure draws seed 0's row
+    with pytest.raises(ValueError, match="at least 1 alignment seed"):
+        recovery.run_suite(base, [], str(tmp_path), None, None, seeds=0)
+
+
 @pytest.mark.slow(50)
 def test_the_suite_runs_a_row_on_the_smoke_params_and_records_it_with_its_figure(tmp_path):
     """One row of the suite end to end on the smoke params: an expert aligned on sentiment (best-of-2, which trains
@@ -208,3 +246,10 @@ def test_the_suite_refuses_an_unknown_kind_or_reward_in_one_line_before_any_run(
         done = irlnb_cli("recovery", option, value, "--runs-dir", str(tmp_path / "runs"), "--no-record")
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "runs").exists()
+    both = irlnb_cli("recovery", "--record", "seeds", "--no-record", "--runs-dir", str(tmp_path / "runs"))
+    assert both.returncode != 0 and both.stderr.strip() == (
+        "irlnb recovery: --record NAME writes a record and --no-record writes none; give one"
+    )
+    none = irlnb_cli("recovery", "--seeds", "0", "--no-record", "--runs-dir", str(tmp_path / "runs"))
+    assert none.returncode != 0 and none.stderr.strip().endswith("--seeds 0: a row needs at least 1 alignment seed")
+    assert not (tmp_path / "runs").exists()

@@ -135,10 +135,14 @@ def cmd_recovery(args) -> int:
 
     rewards = tuple(args.rewards.split(",")) if args.rewards else recovery.REWARDS
     kinds = tuple(args.kinds.split(",")) if args.kinds else recovery.default_kinds(config)
-    record = None if args.no_record else recovery.RECORD
-    figures = None if args.no_record else REPO_ROOT / "figures"
+    if args.record and args.no_record:
+        raise SystemExit("irlnb recovery: --record NAME writes a record and --no-record writes none; give one")
+    if args.seeds < 1:
+        raise SystemExit(f"irlnb recovery: --seeds {args.seeds}: a row needs at least 1 alignment seed")
+    record = None if args.no_record else recovery.record_path(args.record or "")
+    figures = None if args.no_record or args.record else REPO_ROOT / "figures"  # the figure is the main record's
     rows = recovery.suite_rows(rewards, kinds)
-    values = recovery.run_suite(config, rows, args.runs_dir, record, figures)["metrics"]
+    values = recovery.run_suite(config, rows, args.runs_dir, record, figures, seeds=args.seeds)["metrics"]
     print(recovery.suite_table(values).round(3).to_string(index=False))
     return 0
 
@@ -383,9 +387,21 @@ def add_recovery(commands) -> None:
     suite.add_argument(
         "--kinds", help="alignment kinds, comma-separated (default: the params' rlhf.trainer and best_of_n)"
     )
+    suite.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="alignment seeds 0 to N-1 of every row (default 1); a row's values are seed 0's, with their mean and sd "
+        "over the seeds beside them",
+    )
     suite.add_argument("--runs-dir", default="runs/recovery", help="where its runs go (default runs/recovery)")
     suite.add_argument(
         "--no-record", action="store_true", help="write neither regress/recovery.metrics.json nor figures/recovery"
+    )
+    suite.add_argument(
+        "--record",
+        metavar="NAME",
+        help="write regress/recovery-NAME.metrics.json instead, and leave the suite's record and figure as they are",
     )
     suite.set_defaults(func=cmd_recovery)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from irlnb import metric_names as names
@@ -29,6 +30,7 @@ from irlnb.objectives import MEAN_SHIFT
 from irlnb.params_file import config_with
 from irlnb.pipeline import runner
 from irlnb.pipeline.provenance import held_provenance, provenance
+from irlnb.pipeline.replicates import replicate_config, spread_over_seeds
 from irlnb.rl.kinds import kind_of
 
 RUNS = "runs/recovery"
@@ -146,6 +148,17 @@ def suite_rows(rewards: tuple[str, ...], kinds: tuple[str, ...]) -> list[tuple[s
     return [(reward, kind) for reward in rewards for kind in kinds]
 
 
+def record_path(name: str = "") -> Path:
+    """Where the suite is recorded: `RECORD`, or with `name` regress/recovery-NAME.metrics.json beside it (rows of
+    other params, or the same rows over more alignment seeds), which leaves `RECORD` as it is."""
+    return RECORD.with_name(f"recovery-{name}.metrics.json") if name else RECORD
+
+
+def seed_config(row: Config, seed: int) -> Config:
+    """A row at alignment seed `seed`: the row itself for 0, else its replicate (`rlhf.seed`, `<row>-seed<S>`)."""
+    return row if seed == 0 else replicate_config(row, seed)
+
+
 def run_suite(
     base: Config,
     rows: list[tuple[str, str]],
@@ -153,22 +166,34 @@ def run_suite(
     record: Path | None = RECORD,
     figures_dir: Path | None = REPO_ROOT / "figures",
     log: Callable[[str], None] = print,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """Every row's (reward, kind) run up to IRL (finished ones kept), then the table of rows, recorded with its
-    figure."""
+    figure. With `seeds` > 1 each row is also aligned and audited at alignment seeds 1 to `seeds` - 1: the row's
+    values stay seed 0's, and each gets `<name>_seeds_mean` and `<name>_seeds_sd` over the seeds beside it."""
+    if seeds < 1:
+        raise ValueError(f"a suite needs at least 1 alignment seed, got {seeds}")
     started = provenance(REPO_ROOT)  # the code that measures: read before it runs
     values: dict[str, float] = {}
     runs = []
     for number, (reward, kind) in enumerate(rows, 1):
-        config = row_config(base, reward, kind)
-        log(f"recovery [{number}/{len(rows)}] reward {reward_name(reward)}, aligned by {kind}")
-        layout = RunLayout(runner.run(config, runs_dir=runs_dir, log=log, until=LAST_STAGE))
-        runs.append(repo_relative(layout.root))
-        for name, value in row_values(layout.read_metrics(), str(layout.root)).items():
-            values[f"{PREFIX}{reward_name(reward)}.{kind}.{name}"] = value
+        row = row_config(base, reward, kind)
+        per_seed = []
+        for seed in range(seeds):
+            log(f"recovery [{number}/{len(rows)}] reward {reward_name(reward)}, aligned by {kind}, seed {seed}")
+            layout = RunLayout(runner.run(seed_config(row, seed), runs_dir=runs_dir, log=log, until=LAST_STAGE))
+            runs.append(repo_relative(layout.root))
+            per_seed.append(row_values(layout.read_metrics(), str(layout.root)))
+        key = f"{PREFIX}{reward_name(reward)}.{kind}."
+        values.update({key + name: value for name, value in per_seed[0].items()})
+        if seeds > 1:
+            for name in set.intersection(*(set(seed_values) for seed_values in per_seed)):
+                spread = spread_over_seeds(np.array([seed_values[name] for seed_values in per_seed]))
+                values.update({f"{key}{name}_seeds_{how}": spread[how] for how in ("mean", "sd")})
     result = {
         "metrics": values,
         "params_file": repo_relative(base.path),
+        "seeds": seeds,
         "runs": runs,
         **held_provenance(started, REPO_ROOT),
     }
