@@ -11,7 +11,9 @@ Each row is one run of stages 01 to 04 with `sources.toxicity_classifier` naming
 the expert on it, and stage 04 recovers a reward from demonstrations alone, reading R* only to judge after its choices
 (the saved reward is the same whatever R* is: `tests/test_recovery.py` holds that). So each row is audited exactly as
 a brought model is, and judged against its true reward. Finished runs are kept; a killed one goes on from its last
-finished stage. Written to `regress/recovery.metrics.json` and the figure `recovery`.
+finished stage. Written to `regress/recovery.metrics.json` and the figure `recovery` (or, named, beside them:
+`record_path`). With several alignment seeds each row is also run as its replicates (`irlnb.pipeline.replicates`)
+and its values get their spread over the seeds.
 """
 
 from __future__ import annotations
