@@ -57,8 +57,6 @@ KERNEL_FOLDER_PREFIX = "irlnb-kernel-"  # each stage's kernel sockets, in a fold
 # An IPC socket's path must fit sockaddr_un's 107 bytes; jupyter_client names the sockets `kernel-<n>` in the folder.
 KERNEL_FOLDER_MAX_LENGTH = 107 - len("/kernel-99999")
 SHORT_TEMP = "/tmp"  # where the folder goes when the temp folder's path is too long for a socket's
-
-
 KERNEL_OWNER = "owner.pid"  # in each kernel folder: the id of the process that made it
 
 
