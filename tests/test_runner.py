@@ -219,8 +219,6 @@ def test_a_kernels_sockets_go_where_their_paths_fit(tmp_path, monkeypatch):
 def test_the_kernel_folders_a_killed_run_left_are_removed_by_the_next_and_no_other(tmp_path, monkeypatch):
     """A killed run cannot remove its kernel's folder (its sockets stay); the next stage's kernel folder removes
     those whose maker no longer runs, and keeps a running one's and any folder without a maker's id."""
-    import subprocess
-
     from irlnb.pipeline import runner
 
     ended = subprocess.Popen(["true"])  # a process that ran and ended: its id is free (reaped)

@@ -86,7 +86,6 @@ def abandoned_kernel_folders(where: Path) -> list[Path]:
         if not process_running(owner):
             abandoned.append(folder)
     return abandoned
-    return True
 
 
 class IpcKernelManager(AsyncKernelManager):
